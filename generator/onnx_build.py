@@ -1,0 +1,63 @@
+"""Pinned model construction: every zoo model is stamped the same way, whoever builds it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+PRODUCER_NAME = "onnx-genai-proposals"
+PRODUCER_VERSION = "1"  # fixed on purpose: a package version would change the bytes
+PROPOSAL_DOMAIN = "org.onnx.genai.proposals"  # the project's own domain for proposed ops
+
+
+def ir_version_for(opsets: Mapping[str, int]) -> int:
+    """Lowest IR version that carries these opsets (from onnx's pinned version table)."""
+    ids = [helper.make_opsetid(domain, version) for domain, version in opsets.items()]
+    return helper.find_min_ir_version_for(ids, ignore_unknown=True)
+
+
+def make_model(
+    graph: onnx.GraphProto,
+    opsets: Mapping[str, int],
+    functions: Sequence[onnx.FunctionProto] = (),
+) -> onnx.ModelProto:
+    """Build a model with pinned IR version, opset imports and producer fields."""
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        functions=list(functions),
+        producer_name=PRODUCER_NAME,
+        producer_version=PRODUCER_VERSION,
+    )
+    return stamp(model)
+
+
+def stamp(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Pin IR version and producer fields of a model built elsewhere (onnxscript, torch)."""
+    opsets = {o.domain: o.version for o in model.opset_import}
+    model.ir_version = max(ir_version_for(opsets), 10)
+    model.producer_name = PRODUCER_NAME
+    model.producer_version = PRODUCER_VERSION
+    return model
+
+
+def tensor_info(name: str, array_or_dtype: np.ndarray | np.dtype | type, shape=None) -> onnx.ValueInfoProto:
+    """A graph input/output description from an array (or a dtype plus a symbolic shape)."""
+    if isinstance(array_or_dtype, np.ndarray):
+        dtype, shape = array_or_dtype.dtype, array_or_dtype.shape if shape is None else shape
+    else:
+        dtype = np.dtype(array_or_dtype)
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
+
+
+def initializer(name: str, array: np.ndarray) -> onnx.TensorProto:
+    """A named constant tensor for ``graph.initializer``."""
+    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+
+
+def seeded(seed: int) -> np.random.RandomState:
+    """The project's one RNG: legacy RandomState is frozen across numpy releases (NEP 19)."""
+    return np.random.RandomState(seed)

@@ -1,0 +1,27 @@
+"""onnxruntime sessions configured the same way everywhere (verifier, docs, benchmarks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+
+def session(model: onnx.ModelProto | bytes | Path | str, *, threads: int = 2) -> ort.InferenceSession:
+    """A CPU session with thread-pool spinning off.
+
+    On a 2-core machine an idle spinning pool steals the second core from whatever
+    runs next, so side-by-side timings would be meaningless with it on.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # keep TensorScatter's copy warning off plain runs
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif isinstance(model, Path):
+        model = str(model)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

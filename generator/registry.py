@@ -1,0 +1,130 @@
+"""Case registry: a zoo case is one decorated function in ``proposals/<topic>/cases.py``.
+
+The function builds a model, computes its expected outputs with an independent
+reference and returns a :class:`Case`. Discovery imports every ``cases`` module
+under ``proposals/``; no central list is edited.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+import onnx
+
+from generator.errors import UsageError
+
+RUNTIMES_WITH_DIVERGENCES = ("reference", "onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """One ``test_data_set_N``: graph inputs and expected graph outputs, by name."""
+
+    inputs: Mapping[str, np.ndarray]
+    outputs: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Case:
+    """What a case function returns.
+
+    ``datasets`` are written as ``test_data_set_0``, ``test_data_set_1``, ... and
+    run in order (a prefill followed by a decode step, for example).
+    ``divergences`` maps a runtime name to the reason it is known to disagree
+    with the reference; the verifier then records, rather than fails, a mismatch.
+    """
+
+    model: onnx.ModelProto
+    datasets: Sequence[DataSet]
+    rtol: float = 1e-5
+    atol: float = 1e-6
+    divergences: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """A registered case function and where it came from."""
+
+    topic: str
+    name: str
+    description: str
+    build: Callable[[], Case]
+
+    @property
+    def id(self) -> str:
+        return f"{self.topic}/{self.name}"
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.build.__module__}.{self.build.__qualname__}"
+
+    @property
+    def source(self) -> str:
+        return inspect.getsource(self.build)
+
+
+_REGISTRY: dict[str, CaseSpec] = {}
+
+
+def _topic_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) < 3 or parts[0] != "proposals":
+        raise UsageError(f"@case functions live in proposals/<topic>/cases.py, not in {module}")
+    return parts[1]
+
+
+def case(fn: Callable[[], Case]) -> Callable[[], Case]:
+    """Register ``fn`` as a zoo case; its name is the case name, its docstring's first
+    line the description."""
+    doc = inspect.getdoc(fn)
+    if not doc:
+        raise UsageError(f"case {fn.__qualname__} needs a one-line docstring (its description)")
+    spec = CaseSpec(_topic_of(fn.__module__), fn.__name__, doc.splitlines()[0], fn)
+    previous = _REGISTRY.get(spec.id)
+    if previous is not None and previous.qualname != spec.qualname:
+        raise UsageError(f"case {spec.id} is defined twice: {previous.qualname}, {spec.qualname}")
+    _REGISTRY[spec.id] = spec
+    return fn
+
+
+@cache
+def discover() -> dict[str, CaseSpec]:
+    """Import every ``proposals.<topic>.cases`` module and return the cases by id."""
+    import proposals
+
+    for info in sorted(pkgutil.iter_modules(proposals.__path__), key=lambda m: m.name):
+        if info.ispkg:
+            try:
+                importlib.import_module(f"proposals.{info.name}.cases")
+            except ModuleNotFoundError as err:
+                if err.name != f"proposals.{info.name}.cases":
+                    raise
+    return dict(sorted(_REGISTRY.items()))
+
+
+def select(patterns: Sequence[str] = ()) -> list[CaseSpec]:
+    """Cases matching ``patterns`` (``topic``, ``topic/case`` or ``case``); all if empty."""
+    cases = discover()
+    if not patterns:
+        return list(cases.values())
+    chosen: dict[str, CaseSpec] = {}
+    for pattern in patterns:
+        hits = [
+            spec
+            for spec in cases.values()
+            if pattern in (spec.id, spec.topic, spec.name)
+        ]
+        if not hits:
+            topics = sorted({spec.topic for spec in cases.values()})
+            raise UsageError(
+                f"unknown case {pattern!r}; valid: a topic ({', '.join(topics)}), "
+                "a case name or topic/case (see `python -m generator list`)"
+            )
+        chosen.update((spec.id, spec) for spec in hits)
+    return [chosen[key] for key in sorted(chosen)]
