@@ -1,0 +1,189 @@
+"""The generation loop: ``Text2Text::Generator`` over any runner, and beam search.
+
+``Generator`` is the WG's incremental interface (``AppendInputTokens`` /
+``GenerateNextToken`` / ``IsDone``) for a batch of sequences: it holds no model code,
+only the stopping rules and the logits processors, so every backend that provides a
+runner gets identical semantics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from generator.errors import UsageError
+from generator.onnx_build import seeded
+from proposals.text_pipeline import logits as lp
+from proposals.text_pipeline.config import GenerationConfig, StopCriteria
+from proposals.text_pipeline.runners import Runner
+
+Decode = Callable[[Sequence[int]], str]
+
+
+@dataclass
+class Sequence_:
+    """One sequence's state: its history, what it generated and why it stopped."""
+
+    history: list[int] = field(default_factory=list)
+    new_tokens: list[int] = field(default_factory=list)
+    prompt_len: int = 0
+    finish_reason: str | None = None
+
+
+# --8<-- [start:generator]
+class Generator:
+    """``Text2Text::Generator`` for a batch: feed prompts, then pull one token per step."""
+
+    def __init__(self, runner: Runner, config: GenerationConfig, *, decode: Decode | None = None,
+                 batch_size: int = 1) -> None:
+        if config.beam_search_config.num_beams != 1:
+            raise UsageError("Generator does greedy or sampled decoding; use beam_search() "
+                             "for num_beams > 1")
+        if config.stop_strings and decode is None:
+            raise UsageError("stop_strings need a tokenizer: pass decode= to the Generator")
+        self.runner, self.config, self.decode = runner, config, decode
+        self.rng = seeded(config.sampling_config.rng_seed)
+        self.seqs = [Sequence_() for _ in range(batch_size)]
+        self._logits: np.ndarray | None = None  # next-token logits, once inputs are fed
+        self._unfed: list[list[int]] | None = None  # last generated tokens, fed lazily
+        self._started = False
+
+    def append_input_tokens(self, tokens: Sequence[Sequence[int]]) -> None:
+        """``AppendInputTokens``: add tokens to every sequence (one list per sequence)."""
+        if len(tokens) != len(self.seqs):
+            raise UsageError(f"append_input_tokens got {len(tokens)} token lists for a batch "
+                             f"of {len(self.seqs)}")
+        bad = [t for seq in tokens for t in seq if not 0 <= int(t) < self.runner.vocab_size]
+        if bad:
+            raise UsageError(f"token ids {bad[:5]} are outside the vocabulary "
+                             f"[0, {self.runner.vocab_size})")
+        if not self._started:
+            longest = max(len(t) for t in tokens)
+            budget = self.config.new_token_budget(min(len(t) for t in tokens))
+            capacity = longest + (budget if budget is not None else self.runner.max_positions)
+            self.runner.start(len(self.seqs), capacity)
+            self._started = True
+        self._feed_pending()
+        self._logits = self.runner.append(tokens)
+        for seq, new in zip(self.seqs, tokens, strict=True):
+            seq.history.extend(int(t) for t in new)
+            seq.prompt_len = len(seq.history)
+            seq.new_tokens, seq.finish_reason = [], None
+
+    def generate_next_token(self) -> list[int | None]:
+        """``GenerateNextToken``: one new token per sequence (None for finished ones)."""
+        if self._logits is None:
+            raise UsageError("generate_next_token called before append_input_tokens")
+        if self.is_done():
+            raise UsageError("generate_next_token called after the generator is done")
+        self._feed_pending()
+        processed = lp.process(self._logits, [s.history for s in self.seqs],
+                               [len(s.new_tokens) for s in self.seqs], self.config)
+        chosen = lp.choose(processed, self.config.sampling_config, self.rng)
+        out: list[int | None] = []
+        # every sequence is fed each step, so the longest one bounds the whole batch
+        full = max(self.runner.lengths) + 1 > self.runner.capacity
+        for seq, token in zip(self.seqs, chosen.tolist(), strict=True):
+            if seq.finish_reason is not None:
+                out.append(None)
+                continue
+            seq.history.append(token)
+            seq.new_tokens.append(token)
+            seq.finish_reason = self._finish_reason(seq, full)
+            out.append(token)
+        # finished sequences keep being fed their last token so the batch stays in step
+        self._unfed = [[s.history[-1]] for s in self.seqs]
+        return out
+
+    def is_done(self) -> bool:
+        """``IsDone``: every sequence hit EOS, a stop string or its length limit."""
+        return self._started and all(s.finish_reason is not None for s in self.seqs)
+
+    def _feed_pending(self) -> None:
+        if self._unfed is not None:
+            self._logits = self.runner.append(self._unfed)
+            self._unfed = None
+
+    def _finish_reason(self, seq: Sequence_, cache_full: bool) -> str | None:
+        n = len(seq.new_tokens)
+        if seq.new_tokens[-1] in self.config.eos_token_ids:  # banned before min_new_tokens
+            return "eos"
+        if self.config.stop_strings and n >= self.config.min_new_tokens:
+            text = self.decode(seq.new_tokens)
+            if any(s in text for s in self.config.stop_strings):
+                return "stop_string"
+        budget = self.config.new_token_budget(seq.prompt_len)
+        if (budget is not None and n >= budget) or cache_full:
+            return "length"
+        return None
+# --8<-- [end:generator]
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: tuple[int, ...]
+    score: float  # sum of log-probabilities divided by length ** length_penalty
+
+
+def beam_search(runner: Runner, prompt: Sequence[int], config: GenerationConfig) -> list[Hypothesis]:
+    """Beam search for one prompt, best hypotheses first (``num_return_sequences`` of them).
+
+    Follows transformers' rules: 2 * num_beams candidates per step, EOS candidates among
+    the top num_beams become finished hypotheses scored ``sum_logprob / len**length_penalty``,
+    and ``stop_criteria`` decides when no running beam can still win.
+    """
+    beams = config.beam_search_config
+    k = beams.num_beams
+    budget = config.new_token_budget(len(prompt))
+    budget = runner.max_positions - len(prompt) if budget is None else budget
+    runner.start(k, len(prompt) + budget)
+    logits = runner.append([list(prompt)] * k)
+    scores = np.full(k, -1e9)
+    scores[0] = 0.0  # identical beams at the start: only the first one may expand
+    running: list[list[int]] = [[] for _ in range(k)]
+    finished: list[Hypothesis] = []
+    for step in range(budget):
+        history = [list(prompt) + r for r in running]
+        processed = lp.process(logits, history, [step] * k, config)
+        total = lp.log_softmax(processed.astype(np.float64)) + scores[:, None]
+        flat = total.ravel()
+        top = np.argsort(-flat, kind="stable")[: 2 * k]
+        next_rows, next_tokens, next_scores = [], [], []
+        for rank, index in enumerate(top):
+            row, token = divmod(int(index), total.shape[1])
+            if token in config.eos_token_ids:
+                if rank < k and step + 1 > config.min_new_tokens - 1:
+                    tokens = tuple(running[row])
+                    finished.append(Hypothesis(tokens, flat[index] / _norm(len(tokens) + 1, beams)))
+                continue
+            next_rows.append(row)
+            next_tokens.append(token)
+            next_scores.append(flat[index])
+            if len(next_rows) == k:
+                break
+        running = [running[r] + [t] for r, t in zip(next_rows, next_tokens, strict=True)]
+        scores = np.asarray(next_scores)
+        if _beams_done(finished, scores, step + 1, beams) or step + 1 == budget:
+            break
+        runner.reorder(next_rows)
+        logits = runner.append([[t] for t in next_tokens])
+    finished += [Hypothesis(tuple(r), s / _norm(len(r), beams)) for r, s in zip(running, scores, strict=True)]
+    finished.sort(key=lambda h: -h.score)
+    return finished[: beams.num_return_sequences]
+
+
+def _norm(length: int, beams) -> float:
+    return float(length) ** beams.length_penalty
+
+
+def _beams_done(finished: list[Hypothesis], scores: np.ndarray, length: int, beams) -> bool:
+    if len(finished) < beams.num_beams:
+        return False
+    if beams.stop_criteria is StopCriteria.EARLY:
+        return True
+    if beams.stop_criteria is StopCriteria.NEVER:
+        return False
+    worst = sorted(h.score for h in finished)[-beams.num_beams]
+    return float(scores.max()) / _norm(length, beams) <= worst

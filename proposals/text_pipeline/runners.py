@@ -1,0 +1,158 @@
+"""Decoder runners: append tokens to each sequence of a batch, return next-token logits.
+
+A runner owns the KV cache. ``OrtRunner`` runs the opset-24 decoder with onnxruntime:
+the cache is one numpy buffer per layer and direction, bound through IOBinding as both
+``past_*`` and ``present_*`` so TensorScatter updates it in place (``inplace=False`` runs
+plain ``session.run`` instead, which copies the cache every step: the bench baseline).
+``TorchRunner`` runs the transformers module with its own cache: the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from generator.errors import UsageError
+from generator.ort import session
+from proposals.text_pipeline.decoder import DecoderSpec, spec_from_model
+
+
+class Runner(Protocol):
+    """What the generation loop needs from a backend."""
+
+    lengths: list[int]  # tokens in each sequence so far
+    vocab_size: int
+    max_positions: int
+
+    def start(self, batch: int, capacity: int) -> None:
+        """Empty caches for ``batch`` sequences of up to ``capacity`` tokens."""
+
+    def append(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
+        """Feed tokens to every sequence (same count per sequence, or a prefill of any
+        lengths); return the logits after each sequence's last token, ``[batch, vocab]``."""
+
+    def reorder(self, rows: Sequence[int]) -> None:
+        """Make sequence ``i`` a copy of sequence ``rows[i]`` (beam search)."""
+
+
+# --8<-- [start:ort_runner]
+class OrtRunner:
+    """onnxruntime CPU runner with the cache updated in place through IOBinding."""
+
+    def __init__(self, model: onnx.ModelProto, *, inplace: bool = True, threads: int = 2) -> None:
+        self.spec: DecoderSpec = spec_from_model(model)
+        self.session = session(model, threads=threads)
+        self.inplace = inplace
+        self.vocab_size = self.spec.vocab_size
+        self.max_positions = self.spec.max_positions
+        self.lengths: list[int] = []
+        self.caches: dict[str, np.ndarray] = {}
+
+    def start(self, batch: int, capacity: int) -> None:
+        shape = self.spec.cache_shape(batch, min(capacity, self.max_positions))
+        names = [f"{kind}_{i}" for i in range(self.spec.num_layers) for kind in ("key", "value")]
+        self.caches = {name: np.zeros(shape, np.float32) for name in names}
+        self.lengths = [0] * batch
+        self.capacity = self.max_positions if self.spec.circular else shape[2]
+
+    def append(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
+        counts = {len(t) for t in tokens}
+        if counts == {1}:
+            return self._step(np.asarray(tokens, np.int64), slice(None))
+        # Prefill of ragged lengths: one batch-1 run per sequence on a view of the shared
+        # cache (no padding); circular caches go token by token once past the window.
+        rows = []
+        for row, seq in enumerate(tokens):
+            for chunk in self._chunks(row, list(seq)):
+                last = self._step(np.asarray([chunk], np.int64), slice(row, row + 1))
+            rows.append(last[0])
+        return np.stack(rows)
+
+    def _chunks(self, row: int, seq: list[int]) -> list[list[int]]:
+        if not seq:
+            raise UsageError("append_input_tokens got an empty token list for a sequence")
+        if not self.spec.circular:
+            return [seq]
+        # A chunk may fill the window linearly; after that, wrapping chunks would break
+        # the causal order inside the buffer, so later tokens go one at a time.
+        head = max(0, min(len(seq), self.spec.sliding_window - self.lengths[row]))
+        return ([seq[:head]] if head else []) + [[t] for t in seq[head:]]
+
+    def _step(self, ids: np.ndarray, rows: slice) -> np.ndarray:
+        starts = np.asarray(self.lengths[rows], np.int64)
+        if starts.max() + ids.shape[1] > self.capacity:
+            raise UsageError(f"{starts.max() + ids.shape[1]} tokens exceed the cache capacity "
+                             f"{self.capacity}")
+        logits = self._run_inplace(ids, starts, rows) if self.inplace else self._run_copy(ids, starts, rows)
+        for r in range(*rows.indices(len(self.lengths))):
+            self.lengths[r] += ids.shape[1]
+        return logits[:, -1, :]
+
+    def _run_inplace(self, ids: np.ndarray, starts: np.ndarray, rows: slice) -> np.ndarray:
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("write_indices", starts)
+        binding.bind_output("logits")
+        for name, cache in self.caches.items():
+            # The same OrtValue as past and present: TensorScatter writes in place.
+            value = ort.OrtValue.ortvalue_from_numpy(cache[rows])
+            binding.bind_ortvalue_input(f"past_{name}", value)
+            binding.bind_ortvalue_output(f"present_{name}", value)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
+    def _run_copy(self, ids: np.ndarray, starts: np.ndarray, rows: slice) -> np.ndarray:
+        feeds = {"input_ids": ids, "write_indices": starts}
+        feeds.update({f"past_{n}": np.ascontiguousarray(c[rows]) for n, c in self.caches.items()})
+        outputs = self.session.run(None, feeds)
+        names = [o.name for o in self.session.get_outputs()]
+        for name, value in zip(names, outputs, strict=True):
+            if name.startswith("present_"):
+                self.caches[name.removeprefix("present_")][rows] = value
+        return outputs[names.index("logits")]
+
+    def reorder(self, rows: Sequence[int]) -> None:
+        index = np.asarray(rows)
+        for cache in self.caches.values():
+            cache[...] = cache[index]  # fancy indexing copies first; buffers stay bound
+        self.lengths = [self.lengths[r] for r in rows]
+# --8<-- [end:ort_runner]
+
+
+class TorchRunner:
+    """transformers reference runner: one model call per sequence, each with its own cache
+    (no padding, so no attention mask to get wrong)."""
+
+    def __init__(self, hf_model) -> None:
+        self.model = hf_model.eval()
+        self.vocab_size = hf_model.config.vocab_size
+        self.max_positions = hf_model.config.max_position_embeddings
+        self.lengths: list[int] = []
+        self.caches: list[object] = []
+
+    def start(self, batch: int, capacity: int) -> None:
+        self.lengths = [0] * batch
+        self.caches = [None] * batch
+        self.capacity = min(capacity, self.max_positions)
+
+    def append(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
+        import torch
+
+        rows = []
+        with torch.no_grad():
+            for row, seq in enumerate(tokens):
+                out = self.model(input_ids=torch.tensor([list(seq)]), past_key_values=self.caches[row],
+                                 use_cache=True)
+                self.caches[row] = out.past_key_values
+                self.lengths[row] += len(seq)
+                rows.append(out.logits[0, -1].float().numpy())
+        return np.stack(rows)
+
+    def reorder(self, rows: Sequence[int]) -> None:
+        self.caches = [copy.deepcopy(self.caches[r]) for r in rows]
+        self.lengths = [self.lengths[r] for r in rows]

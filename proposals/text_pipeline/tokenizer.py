@@ -1,0 +1,56 @@
+"""A real byte-level BPE tokenizer, trained offline and deterministically on text this
+project ships (``corpus/``, a copy of the project's KV-cache background notes).
+
+Training is single-threaded and the corpus is read in a fixed order, so two trainings
+give the same ``tokenizer.json`` bytes (checked by the tests).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
+VOCAB_SIZE = 512
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)  # ids 0 and 1
+
+
+def corpus_lines() -> list[str]:
+    """Every line of every corpus file, files in sorted order."""
+    lines: list[str] = []
+    for path in sorted(CORPUS_DIR.glob("*.txt")):
+        lines.extend(path.read_text(encoding="utf-8").splitlines())
+    return lines
+
+
+def train_tokenizer(vocab_size: int = VOCAB_SIZE) -> Tokenizer:
+    """Train the byte-level BPE from scratch on the shipped corpus."""
+    # rayon's parallel merge counting may break ties in a different order per run.
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus_lines(), trainer=trainer, length=None)
+    return tokenizer
+
+
+@cache
+def tokenizer_json() -> bytes:
+    """The trained tokenizer serialized as ``tokenizer.json`` bytes (cached per process)."""
+    return train_tokenizer().to_str(pretty=True).encode("utf-8")
+
+
+def load_tokenizer(data: bytes | None = None) -> Tokenizer:
+    """A tokenizer from ``tokenizer.json`` bytes (the freshly trained one by default)."""
+    return Tokenizer.from_str((data or tokenizer_json()).decode("utf-8"))
