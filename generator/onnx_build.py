@@ -55,7 +55,8 @@ def tensor_info(name: str, array_or_dtype: np.ndarray | np.dtype | type, shape=N
 
 def initializer(name: str, array: np.ndarray) -> onnx.TensorProto:
     """A named constant tensor for ``graph.initializer``."""
-    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+    # np.ascontiguousarray would turn a 0-d scalar into shape [1]
+    return numpy_helper.from_array(np.asarray(array, order="C"), name)
 
 
 def seeded(seed: int) -> np.random.RandomState:
