@@ -146,9 +146,9 @@ class TorchRunner:
         rows = []
         with torch.no_grad():
             for row, seq in enumerate(tokens):
-                out = self.model(input_ids=torch.tensor([list(seq)]), past_key_values=self.caches[row],
+                out = self.model(input_ids=torch.tensor([list(seq)]), cache=self.caches[row],
                                  use_cache=True)
-                self.caches[row] = out.past_key_values
+                self.caches[row] = out.cache
                 self.lengths[row] += len(seq)
                 rows.append(out.logits[0, -1].float().numpy())
         return np.stack(rows)
