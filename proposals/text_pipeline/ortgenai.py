@@ -5,9 +5,12 @@ ORT GenAI 0.18 knows nothing of ``write_indices``: it feeds ``input_ids``,
 ``past_present_share_buffer`` it binds one ``[batch, kv_heads, max_length, head_dim]``
 buffer as both past and present, which is exactly the TensorScatter in-place pattern.
 So the adapter below replaces the ``write_indices`` input with ``position_ids`` and
-reads the write index as ``position_ids[:, 0]``. That is right for batch 1 only: ORT
-GenAI left-pads batches, which shifts tokens inside the cache, and it sizes the cache
-to ``max_length``, which a circular (sliding-window) cache cannot be.
+reads the write index as ``position_ids[:, 0]``. Checked with 0.18.0: batch 1 is
+token-identical to transformers, for the linear and the circular (sliding-window) cache
+(the buffer takes the decoder's fixed window length). A batch of prompts of different
+lengths is not: ORT GenAI left-pads, so the padded row's tokens sit at shifted cache slots
+and its positions restart after the padding; that row's output diverges. This pipeline
+therefore runs ORT GenAI one prompt at a time.
 """
 
 from __future__ import annotations
@@ -87,17 +90,12 @@ def write_genai_folder(folder: ModelFolder, target: Path) -> None:
 
 
 class OrtGenaiPipeline(Pipeline):
-    """``Text2Text::Pipeline`` run by onnxruntime-genai (batch 1, linear caches)."""
+    """``Text2Text::Pipeline`` run by onnxruntime-genai, one prompt at a time."""
 
     def __init__(self, folder: ModelFolder) -> None:
         import onnxruntime_genai as og
 
         spec = spec_from_model(folder.decoder)
-        if spec.circular:
-            raise UsageError(
-                "onnxruntime-genai cannot run a circular (sliding-window) cache: it allocates "
-                f"past/present as max_length={spec.max_positions} slots, the decoder's circular "
-                f"buffer is fixed at sliding_window={spec.sliding_window}")
         self._dir = tempfile.TemporaryDirectory(prefix="ortgenai-")
         write_genai_folder(folder, Path(self._dir.name))
         self.og = og

@@ -1,0 +1,79 @@
+"""``python -m proposals.text_pipeline "prompt" --backend onnxruntime --max-new-tokens 32``
+
+Streams the generated text as tokens are produced. The model folder defaults to the
+zoo's (``zoo/text_pipeline/<arch>_decoder``); when the zoo is not written yet the same
+files are built into a temporary folder. Bad arguments: one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from generator.errors import UsageError
+from proposals.text_pipeline.config import GenerationConfig, GenerationInput, SamplingConfig
+from proposals.text_pipeline.folder import write_folder, zoo_folder
+from proposals.text_pipeline.models import ARCHITECTURES
+from proposals.text_pipeline.pipeline import backend_names, create_pipeline
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m proposals.text_pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("prompt")
+    p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(backend_names())}")
+    p.add_argument("--arch", default="llama", help=f"zoo model: {', '.join(ARCHITECTURES)}")
+    p.add_argument("--model-dir", type=Path, help="a pipeline model folder (overrides --arch)")
+    p.add_argument("--device", default=None, help="device identifier (default: the backend's first)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    return p
+
+
+def _model_dir(args, scratch: Path) -> Path:
+    if args.model_dir is not None:
+        return args.model_dir
+    if args.arch not in ARCHITECTURES:
+        raise UsageError(f"unknown --arch {args.arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    return zoo_folder(args.arch) or write_folder(args.arch, scratch / args.arch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        with tempfile.TemporaryDirectory() as scratch:
+            pipeline = create_pipeline(args.backend, _model_dir(args, Path(scratch)), args.device)
+            base = pipeline.get_generation_config()
+            pipeline.set_generation_config(base.with_(
+                max_new_tokens=args.max_new_tokens,
+                min_new_tokens=args.min_new_tokens,
+                stop_strings=frozenset(args.stop),
+                sampling_config=SamplingConfig(
+                    do_sample=args.sample, rng_seed=args.seed, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty),
+            ))
+            for piece in pipeline.stream(GenerationInput(args.prompt)):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
