@@ -1,0 +1,38 @@
+"""Text-to-text GenAI pipeline: the WG interface in Python, run end to end on an opset-24
+decoder (TensorScatter-24 KV cache + Attention-24) with a real BPE tokenizer."""
+
+from proposals.text_pipeline.config import (
+    BeamSearchConfig,
+    GenerationConfig,
+    GenerationInput,
+    GenerationResult,
+    SamplingConfig,
+    StopCriteria,
+)
+from proposals.text_pipeline.decoder import build_decoder
+from proposals.text_pipeline.generator import Generator
+from proposals.text_pipeline.pipeline import (
+    Device,
+    Pipeline,
+    backend_names,
+    create_pipeline,
+    enumerate_devices,
+    register_backend,
+)
+
+__all__ = [
+    "BeamSearchConfig",
+    "Device",
+    "GenerationConfig",
+    "GenerationInput",
+    "GenerationResult",
+    "Generator",
+    "Pipeline",
+    "SamplingConfig",
+    "StopCriteria",
+    "backend_names",
+    "build_decoder",
+    "create_pipeline",
+    "enumerate_devices",
+    "register_backend",
+]

@@ -123,7 +123,7 @@ class Generator:
 
 @dataclass(frozen=True)
 class Hypothesis:
-    tokens: tuple[int, ...]
+    tokens: tuple[int, ...]  # generated tokens, ending with the EOS token when it finished
     score: float  # sum of log-probabilities divided by length ** length_penalty
 
 
@@ -155,8 +155,8 @@ def beam_search(runner: Runner, prompt: Sequence[int], config: GenerationConfig)
             row, token = divmod(int(index), total.shape[1])
             if token in config.eos_token_ids:
                 if rank < k and step + 1 > config.min_new_tokens - 1:
-                    tokens = tuple(running[row])
-                    finished.append(Hypothesis(tokens, flat[index] / _norm(len(tokens) + 1, beams)))
+                    tokens = (*running[row], token)  # kept, as transformers does
+                    finished.append(Hypothesis(tokens, flat[index] / _norm(len(tokens), beams)))
                 continue
             next_rows.append(row)
             next_tokens.append(token)

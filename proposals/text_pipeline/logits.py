@@ -107,6 +107,9 @@ def choose(logits: np.ndarray, sampling: SamplingConfig, rng: np.random.RandomSt
         return logits.argmax(axis=-1)
     probs = softmax(logits.astype(np.float64))
     draws = rng.random_sample(len(probs))
-    # inverse CDF; clip guards the last bin against rounding just below 1.0
-    picks = [np.searchsorted(np.cumsum(row), u, side="right") for row, u in zip(probs, draws, strict=True)]
-    return np.minimum(np.asarray(picks), logits.shape[-1] - 1)
+    picks = []
+    for row, u in zip(probs, draws, strict=True):
+        cdf = np.cumsum(row)
+        # inverse CDF; scaling by the total keeps rounding from picking a filtered last token
+        picks.append(np.searchsorted(cdf, u * cdf[-1], side="right"))
+    return np.asarray(picks)

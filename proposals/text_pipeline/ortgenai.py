@@ -110,7 +110,7 @@ class OrtGenaiPipeline(Pipeline):
         shown = ""
         for tokens, reason in self._run(prompt):
             text = self._text(tokens, reason)
-            if not text.endswith("\ufffd") and text != shown:
+            if text != shown and (reason or not text.endswith("\ufffd")):
                 yield text[len(shown):]
                 shown = text
 

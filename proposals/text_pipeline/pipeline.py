@@ -72,7 +72,8 @@ class Pipeline:
         while not gen.is_done():
             gen.generate_next_token()
             text = self._result(gen.seqs[0].new_tokens, gen.seqs[0].finish_reason).text
-            if not text.endswith("\ufffd") and text != shown:  # hold back a partial UTF-8 char
+            # hold back a partial UTF-8 character, unless nothing more is coming
+            if text != shown and (gen.is_done() or not text.endswith("\ufffd")):
                 yield text[len(shown):]
                 shown = text
 

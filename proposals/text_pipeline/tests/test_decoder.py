@@ -1,0 +1,105 @@
+"""build_decoder: standard ops only, one graph for prefill and decode, transformers parity,
+clear errors for what it does not support."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from generator.errors import UsageError
+from proposals.text_pipeline import build_decoder
+from proposals.text_pipeline.decoder import spec_from_model
+from proposals.text_pipeline.folder import hf_step
+from proposals.text_pipeline.models import ARCHITECTURES, tiny_config, tiny_model
+from proposals.text_pipeline.runners import OrtRunner
+
+ARCHS = sorted(ARCHITECTURES)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def built(request):
+    model = tiny_model(request.param)
+    return model, build_decoder(model)
+
+
+def test_standard_ops_at_opset_24(built):
+    _, decoder = built
+    assert {o.domain: o.version for o in decoder.opset_import} == {"": 24}
+    ops = {n.op_type for n in decoder.graph.node}
+    assert {"RMSNormalization", "RotaryEmbedding", "TensorScatter", "Attention"} <= ops
+    assert all(n.domain == "" for n in decoder.graph.node)
+    onnx.checker.check_model(decoder, full_check=True)
+    assert len(decoder.SerializeToString()) < 1 << 20
+
+
+def test_attention_is_causal_gqa_with_nonpad(built):
+    _, decoder = built
+    spec = spec_from_model(decoder)
+    for node in (n for n in decoder.graph.node if n.op_type == "Attention"):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["is_causal"] == 1
+        assert (attrs["q_num_heads"], attrs["kv_num_heads"]) == (4, 2)
+        assert node.input[6] == "kv_valid"  # nonpad_kv_seqlen is always fed
+    modes = {onnx.helper.get_attribute_value(a) for n in decoder.graph.node
+             if n.op_type == "TensorScatter" for a in n.attribute if a.name == "mode"}
+    assert modes == ({b"circular"} if spec.circular else {b"linear"})
+
+
+def test_prefill_then_decode_matches_transformers(built):
+    """Same graph for a 7-token prefill and two single-token steps; the in-place cache holds
+    exactly transformers' keys and values after RoPE."""
+    model, decoder = built
+    runner = OrtRunner(decoder)
+    runner.start(1, 32)
+    prompt = [5, 9, 30, 41, 77, 100, 3]
+    expected, cache, layers = hf_step(model, prompt)
+    np.testing.assert_allclose(runner.append([prompt])[0], expected[-1], atol=2e-5)
+    for token in (11, 200):
+        expected, cache, layers = hf_step(model, [token], cache)
+        np.testing.assert_allclose(runner.append([[token]])[0], expected[-1], atol=2e-5)
+    n = len(prompt) + 2
+    np.testing.assert_allclose(runner.caches["key_1"][0, :, :n], layers[1][0], atol=2e-5)
+    np.testing.assert_allclose(runner.caches["value_0"][0, :, :n], layers[0][1], atol=2e-5)
+
+
+def test_circular_buffer_wraps_like_sliding_window():
+    """Mistral's window is 16: 30 tokens wrap the circular buffer; logits still match."""
+    model = tiny_model("mistral")
+    runner = OrtRunner(build_decoder(model))
+    runner.start(1, 64)
+    tokens = [(7 * i + 3) % 500 for i in range(30)]
+    got = runner.append([tokens])[0]
+    with torch.no_grad():
+        want = model(torch.tensor([tokens])).logits[0, -1].numpy()
+    assert runner.caches["key_0"].shape[2] == 16
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    ("arch", "overrides", "feature"),
+    [
+        ("llama", {"hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ("llama", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+         "rope_type='dynamic'"),
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
+         "layer_types mixing full and sliding attention"),
+    ],
+)
+def test_unsupported_config_features_are_named(arch, overrides, feature):
+    import transformers
+
+    torch.manual_seed(0)
+    config = tiny_config(arch, **overrides)
+    model = getattr(transformers, ARCHITECTURES[arch][1])(config)
+    with pytest.raises(UsageError, match=feature.replace("(", r"\(").replace("[", r"\[")):
+        build_decoder(model)
+
+
+def test_unsupported_architecture_is_named():
+    import transformers
+
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)
+    with pytest.raises(UsageError, match="unsupported architecture 'gpt2'"):
+        build_decoder(transformers.GPT2LMHeadModel(config))
