@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 
 from generator.errors import UsageError
-from proposals.text_pipeline.config import GenerationConfig, GenerationInput, SamplingConfig
+from proposals.text_pipeline.config import GenerationInput, SamplingConfig
 from proposals.text_pipeline.folder import write_folder, zoo_folder
 from proposals.text_pipeline.models import ARCHITECTURES
-from proposals.text_pipeline.pipeline import backend_names, create_pipeline
+from proposals.text_pipeline.pipeline import backend_names, create_pipeline, enumerate_devices
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(backend_names())}")
     p.add_argument("--arch", default="llama", help=f"zoo model: {', '.join(ARCHITECTURES)}")
     p.add_argument("--model-dir", type=Path, help="a pipeline model folder (overrides --arch)")
-    p.add_argument("--device", default=None, help="device identifier (default: the backend's first)")
+    p.add_argument(
+        "--device", default=None, help="device identifier (default: the backend's first)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--min-new-tokens", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
@@ -54,17 +56,25 @@ def _model_dir(args, scratch: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
+        enumerate_devices(args.backend)  # an unknown backend fails before any model is built
         with tempfile.TemporaryDirectory() as scratch:
             pipeline = create_pipeline(args.backend, _model_dir(args, Path(scratch)), args.device)
             base = pipeline.get_generation_config()
-            pipeline.set_generation_config(base.with_(
-                max_new_tokens=args.max_new_tokens,
-                min_new_tokens=args.min_new_tokens,
-                stop_strings=frozenset(args.stop),
-                sampling_config=SamplingConfig(
-                    do_sample=args.sample, rng_seed=args.seed, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty),
-            ))
+            pipeline.set_generation_config(
+                base.with_(
+                    max_new_tokens=args.max_new_tokens,
+                    min_new_tokens=args.min_new_tokens,
+                    stop_strings=frozenset(args.stop),
+                    sampling_config=SamplingConfig(
+                        do_sample=args.sample,
+                        rng_seed=args.seed,
+                        temperature=args.temperature,
+                        top_k=args.top_k,
+                        top_p=args.top_p,
+                        repetition_penalty=args.repetition_penalty,
+                    ),
+                )
+            )
             for piece in pipeline.stream(GenerationInput(args.prompt)):
                 sys.stdout.write(piece)
                 sys.stdout.flush()

@@ -39,16 +39,22 @@ def decoder_case(arch: str) -> Case:
 
     # prefill: the graph computes every column, padding included, so the reference does too
     prefill = [hf_step(model, r) for r in padded]
-    past = {f"past_{k}_{i}": np.zeros(shape, np.float32) for i in range(spec.num_layers)
-            for k in ("key", "value")}
+    past = {
+        f"past_{k}_{i}": np.zeros(shape, np.float32)
+        for i in range(spec.num_layers)
+        for k in ("key", "value")
+    }
     present = {name.replace("past", "present"): cache.copy() for name, cache in past.items()}
     for b, (_, _, layers) in enumerate(prefill):
         for i, (k, v) in enumerate(layers):
             present[f"present_key_{i}"][b, :, :width] = k
             present[f"present_value_{i}"][b, :, :width] = v
     first = DataSet(
-        inputs={"input_ids": np.array(padded, np.int64),
-                "write_indices": np.zeros(len(rows), np.int64), **past},
+        inputs={
+            "input_ids": np.array(padded, np.int64),
+            "write_indices": np.zeros(len(rows), np.int64),
+            **past,
+        },
         outputs={"logits": np.stack([logits for logits, _, _ in prefill]), **present},
     )
 
@@ -67,12 +73,17 @@ def decoder_case(arch: str) -> Case:
             decode_present[f"present_key_{i}"][b, :, lengths[b]] = k[:, -1]
             decode_present[f"present_value_{i}"][b, :, lengths[b]] = v[:, -1]
     second = DataSet(
-        inputs={"input_ids": np.array([[t] for t in nxt], np.int64),
-                "write_indices": np.array(lengths, np.int64), **decode_past},
+        inputs={
+            "input_ids": np.array([[t] for t in nxt], np.int64),
+            "write_indices": np.array(lengths, np.int64),
+            **decode_past,
+        },
         outputs={"logits": np.stack(logits), **decode_present},
     )
     extra = {"files": extra_files(arch)} if _HAS_FILES else {}
     return Case(decoder, [first, second], rtol=1e-4, atol=1e-5, **extra)
+
+
 # --8<-- [end:case]
 
 
@@ -96,5 +107,5 @@ def qwen3_decoder() -> Case:
 
 @case
 def mistral_decoder() -> Case:
-    """Tiny Mistral decoder (sliding window 16: circular TensorScatter cache), tokenizer and config."""
+    """Tiny Mistral decoder (sliding window 16: circular cache), tokenizer and config."""
     return decoder_case("mistral")

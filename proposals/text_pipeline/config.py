@@ -27,8 +27,10 @@ def _is_int(value: object) -> bool:
 
 
 def _optional_positive(name: str, value: int | None) -> None:
-    _require(value is None or (_is_int(value) and value >= 1),
-             f"{name} must be a positive integer or None (unbounded), got {value!r}")
+    _require(
+        value is None or (_is_int(value) and value >= 1),
+        f"{name} must be a positive integer or None (unbounded), got {value!r}",
+    )
 
 
 # --8<-- [start:types]
@@ -39,7 +41,9 @@ class GenerationInput:
     text: str
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.text, str), f"GenerationInput.text must be a str, got {self.text!r}")
+        _require(
+            isinstance(self.text, str), f"GenerationInput.text must be a str, got {self.text!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -69,17 +73,27 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.do_sample, bool), f"do_sample must be a bool, got {self.do_sample!r}")
-        _require(_is_int(self.rng_seed) and 0 <= self.rng_seed < 2**32,
-                 f"rng_seed must be an integer in [0, 2**32), got {self.rng_seed!r}")
-        _require(_finite(self.temperature) and self.temperature > 0,
-                 f"temperature must be a finite float > 0, got {self.temperature!r}")
+        _require(
+            isinstance(self.do_sample, bool), f"do_sample must be a bool, got {self.do_sample!r}"
+        )
+        _require(
+            _is_int(self.rng_seed) and 0 <= self.rng_seed < 2**32,
+            f"rng_seed must be an integer in [0, 2**32), got {self.rng_seed!r}",
+        )
+        _require(
+            _finite(self.temperature) and self.temperature > 0,
+            f"temperature must be a finite float > 0, got {self.temperature!r}",
+        )
         _optional_positive("top_k", self.top_k)
-        _require(_finite(self.top_p) and 0 < self.top_p <= 1,
-                 f"top_p must be in (0, 1], got {self.top_p!r}")
-        _require(_finite(self.repetition_penalty) and self.repetition_penalty > 0,
-                 f"repetition_penalty must be a finite float > 0 (1.0 = off), got "
-                 f"{self.repetition_penalty!r}")
+        _require(
+            _finite(self.top_p) and 0 < self.top_p <= 1,
+            f"top_p must be in (0, 1], got {self.top_p!r}",
+        )
+        _require(
+            _finite(self.repetition_penalty) and self.repetition_penalty > 0,
+            f"repetition_penalty must be a finite float > 0 (1.0 = off), got "
+            f"{self.repetition_penalty!r}",
+        )
 
 
 class StopCriteria(enum.Enum):
@@ -105,26 +119,38 @@ class BeamSearchConfig:
     stop_criteria: StopCriteria = StopCriteria.HEURISTIC
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.num_beams) and self.num_beams >= 1,
-                 f"num_beams must be an integer >= 1, got {self.num_beams!r}")
-        _require(_is_int(self.num_return_sequences)
-                 and 1 <= self.num_return_sequences <= self.num_beams,
-                 f"num_return_sequences must be in [1, num_beams={self.num_beams}], got "
-                 f"{self.num_return_sequences!r}")
-        _require(self.num_beam_groups == 1,
-                 f"num_beam_groups={self.num_beam_groups!r} (group beam search) is not "
-                 "implemented; valid: 1")
-        _require(self.diversity_penalty == 0.0,
-                 f"diversity_penalty={self.diversity_penalty!r} needs group beam search, "
-                 "which is not implemented; valid: 0.0")
-        _require(self.no_repeat_ngram_size in (None, 0),
-                 f"no_repeat_ngram_size={self.no_repeat_ngram_size!r} is not implemented; "
-                 "valid: None")
-        _require(_finite(self.length_penalty),
-                 f"length_penalty must be a finite float, got {self.length_penalty!r}")
-        _require(isinstance(self.stop_criteria, StopCriteria),
-                 f"stop_criteria must be a StopCriteria ({', '.join(StopCriteria.__members__)}), "
-                 f"got {self.stop_criteria!r}")
+        _require(
+            _is_int(self.num_beams) and self.num_beams >= 1,
+            f"num_beams must be an integer >= 1, got {self.num_beams!r}",
+        )
+        _require(
+            _is_int(self.num_return_sequences) and 1 <= self.num_return_sequences <= self.num_beams,
+            f"num_return_sequences must be in [1, num_beams={self.num_beams}], got "
+            f"{self.num_return_sequences!r}",
+        )
+        _require(
+            self.num_beam_groups == 1,
+            f"num_beam_groups={self.num_beam_groups!r} (group beam search) is not "
+            "implemented; valid: 1",
+        )
+        _require(
+            self.diversity_penalty == 0.0,
+            f"diversity_penalty={self.diversity_penalty!r} needs group beam search, "
+            "which is not implemented; valid: 0.0",
+        )
+        _require(
+            self.no_repeat_ngram_size in (None, 0),
+            f"no_repeat_ngram_size={self.no_repeat_ngram_size!r} is not implemented; valid: None",
+        )
+        _require(
+            _finite(self.length_penalty),
+            f"length_penalty must be a finite float, got {self.length_penalty!r}",
+        )
+        _require(
+            isinstance(self.stop_criteria, StopCriteria),
+            f"stop_criteria must be a StopCriteria ({', '.join(StopCriteria.__members__)}), "
+            f"got {self.stop_criteria!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -144,21 +170,31 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         _optional_positive("max_length", self.max_length)
         _optional_positive("max_new_tokens", self.max_new_tokens)
-        _require(_is_int(self.min_new_tokens) and self.min_new_tokens >= 0,
-                 f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
+        _require(
+            _is_int(self.min_new_tokens) and self.min_new_tokens >= 0,
+            f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}",
+        )
         if self.max_new_tokens is not None:
-            _require(self.min_new_tokens <= self.max_new_tokens,
-                     f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens="
-                     f"{self.max_new_tokens}")
+            _require(
+                self.min_new_tokens <= self.max_new_tokens,
+                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens="
+                f"{self.max_new_tokens}",
+            )
         object.__setattr__(self, "eos_token_ids", _id_set(self.eos_token_ids))
         object.__setattr__(self, "stop_strings", _string_set(self.stop_strings))
-        _require(isinstance(self.sampling_config, SamplingConfig),
-                 "sampling_config must be a SamplingConfig")
-        _require(isinstance(self.beam_search_config, BeamSearchConfig),
-                 "beam_search_config must be a BeamSearchConfig")
-        _require(not (self.sampling_config.do_sample and self.beam_search_config.num_beams > 1),
-                 "do_sample=True with num_beams > 1 (beam sampling) is not implemented; "
-                 "use one or the other")
+        _require(
+            isinstance(self.sampling_config, SamplingConfig),
+            "sampling_config must be a SamplingConfig",
+        )
+        _require(
+            isinstance(self.beam_search_config, BeamSearchConfig),
+            "beam_search_config must be a BeamSearchConfig",
+        )
+        _require(
+            not (self.sampling_config.do_sample and self.beam_search_config.num_beams > 1),
+            "do_sample=True with num_beams > 1 (beam sampling) is not implemented; "
+            "use one or the other",
+        )
 
     def with_(self, **changes) -> GenerationConfig:
         """A copy with some fields replaced (validated again)."""
@@ -170,6 +206,8 @@ class GenerationConfig:
         if self.max_length is not None:
             limits.append(max(self.max_length - prompt_len, 0))
         return min(limits) if limits else None
+
+
 # --8<-- [end:types]
 
 
@@ -185,9 +223,13 @@ def _id_set(values: Iterable[int]) -> frozenset[int]:
 
 
 def _string_set(values: Iterable[str]) -> frozenset[str]:
-    _require(not isinstance(values, str),
-             f"stop_strings must be a collection of strings, not the string {values!r}")
+    _require(
+        not isinstance(values, str),
+        f"stop_strings must be a collection of strings, not the string {values!r}",
+    )
     values = frozenset(values)
-    _require(all(isinstance(v, str) and v for v in values),
-             f"stop_strings must be non-empty strings, got {sorted(map(repr, values))}")
+    _require(
+        all(isinstance(v, str) and v for v in values),
+        f"stop_strings must be non-empty strings, got {sorted(map(repr, values))}",
+    )
     return values

@@ -60,6 +60,8 @@ class DecoderSpec:
         if self.circular:
             length = self.sliding_window
         return (batch, self.num_kv_heads, length, self.head_dim)
+
+
 # --8<-- [end:spec]
 
 
@@ -97,7 +99,8 @@ def decoder_spec(config) -> DecoderSpec:
     model_type = _config_value(config, "model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UsageError(
-            f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"unsupported architecture {model_type!r}; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     act = _config_value(config, "hidden_act")
     if act != "silu":
@@ -193,22 +196,46 @@ def _heads(g: _Graph, x: str, n_heads: int, spec: DecoderSpec, name: str, norm=N
 
 def _attention_block(g: _Graph, x: str, attn, spec: DecoderSpec, i: int, ctx: dict) -> str:
     p = f"layers.{i}.attn"
-    q = _heads(g, _linear(g, x, attn.q_proj, f"{p}.q_proj"), spec.num_heads, spec, f"{p}.q",
-               getattr(attn, "q_norm", None))
-    k = _heads(g, _linear(g, x, attn.k_proj, f"{p}.k_proj"), spec.num_kv_heads, spec, f"{p}.k",
-               getattr(attn, "k_norm", None))
+    q = _heads(
+        g,
+        _linear(g, x, attn.q_proj, f"{p}.q_proj"),
+        spec.num_heads,
+        spec,
+        f"{p}.q",
+        getattr(attn, "q_norm", None),
+    )
+    k = _heads(
+        g,
+        _linear(g, x, attn.k_proj, f"{p}.k_proj"),
+        spec.num_kv_heads,
+        spec,
+        f"{p}.k",
+        getattr(attn, "k_norm", None),
+    )
     v = _heads(g, _linear(g, x, attn.v_proj, f"{p}.v_proj"), spec.num_kv_heads, spec, f"{p}.v")
     rope_in = [ctx["cos"], ctx["sin"], ctx["positions"]]
     q = g.op("RotaryEmbedding", [q, *rope_in], f"{p}.q_rot")
     k = g.op("RotaryEmbedding", [k, *rope_in], f"{p}.k_rot")
     mode = "circular" if spec.circular else "linear"
-    present_k = g.op("TensorScatter", [f"past_key_{i}", k, ctx["slots"]], f"present_key_{i}",
-                     axis=2, mode=mode)
-    present_v = g.op("TensorScatter", [f"past_value_{i}", v, ctx["slots"]], f"present_value_{i}",
-                     axis=2, mode=mode)
-    y = g.op("Attention", [q, present_k, present_v, "", "", "", ctx["nonpad"]], f"{p}.y",
-             is_causal=1, q_num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
-             scale=float(attn.scaling))
+    present_k = g.op(
+        "TensorScatter", [f"past_key_{i}", k, ctx["slots"]], f"present_key_{i}", axis=2, mode=mode
+    )
+    present_v = g.op(
+        "TensorScatter",
+        [f"past_value_{i}", v, ctx["slots"]],
+        f"present_value_{i}",
+        axis=2,
+        mode=mode,
+    )
+    y = g.op(
+        "Attention",
+        [q, present_k, present_v, "", "", "", ctx["nonpad"]],
+        f"{p}.y",
+        is_causal=1,
+        q_num_heads=spec.num_heads,
+        kv_num_heads=spec.num_kv_heads,
+        scale=float(attn.scaling),
+    )
     y = g.op("Transpose", [y], f"{p}.y_bshd", perm=[0, 2, 1, 3])
     merged = g.const(f"{p}.merge_shape", np.array([0, 0, spec.num_heads * spec.head_dim], np.int64))
     y = g.op("Reshape", [y, merged], f"{p}.y_merged")
@@ -225,13 +252,17 @@ def _mlp_block(g: _Graph, x: str, mlp, i: int) -> str:
 
 def _cache_context(g: _Graph, spec: DecoderSpec, cos: np.ndarray, sin: np.ndarray) -> dict:
     """Positions, scatter slots and valid lengths, all derived from ``write_indices``."""
-    seq = g.op("Gather", ["input_ids_shape", g.const("one", np.array(1, np.int64))], "seq_len",
-               axis=0)
-    g.nodes.insert(0, helper.make_node("Shape", ["input_ids"], ["input_ids_shape"],
-                                       name="input_ids_shape_node"))
+    seq = g.op(
+        "Gather", ["input_ids_shape", g.const("one", np.array(1, np.int64))], "seq_len", axis=0
+    )
+    g.nodes.insert(
+        0,
+        helper.make_node("Shape", ["input_ids"], ["input_ids_shape"], name="input_ids_shape_node"),
+    )
     steps = g.op("Range", [g.const("zero", np.array(0, np.int64)), seq, "one"], "steps")
-    starts = g.op("Unsqueeze", ["write_indices", g.const("axis1", np.array([1], np.int64))],
-                  "write_starts")
+    starts = g.op(
+        "Unsqueeze", ["write_indices", g.const("axis1", np.array([1], np.int64))], "write_starts"
+    )
     positions = g.op("Add", [starts, steps], "rope_positions")
     nonpad = g.op("Add", ["write_indices", seq], "kv_end")
     slots = "write_indices"
@@ -278,7 +309,9 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     x = g.op("Gather", [embed, "input_ids"], "embedded", axis=0)
     for i, layer in enumerate(body.layers):
         h = _rms_norm(g, x, layer.input_layernorm, f"layers.{i}.input_layernorm")
-        x = g.op("Add", [x, _attention_block(g, h, layer.self_attn, spec, i, ctx)], f"layers.{i}.res1")
+        x = g.op(
+            "Add", [x, _attention_block(g, h, layer.self_attn, spec, i, ctx)], f"layers.{i}.res1"
+        )
         h = _rms_norm(g, x, layer.post_attention_layernorm, f"layers.{i}.post_attention_layernorm")
         x = g.op("Add", [x, _mlp_block(g, h, layer.mlp, i)], f"layers.{i}.res2")
     x = _rms_norm(g, x, body.norm, "final_norm")
@@ -286,8 +319,11 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         head = g.op("Transpose", [embed], "lm_head.weight_t", perm=[1, 0])
         g.op("MatMul", [x, head], "logits")
     else:
-        g.op("MatMul", [x, g.const("lm_head.weight_t", _weight(hf_causal_lm.lm_head.weight).T)],
-             "logits")
+        g.op(
+            "MatMul",
+            [x, g.const("lm_head.weight_t", _weight(hf_causal_lm.lm_head.weight).T)],
+            "logits",
+        )
     inputs, outputs = _io(spec)
     graph = helper.make_graph(g.nodes, f"{spec.model_type}_decoder", inputs, outputs, g.inits)
     model = make_model(graph, {"": OPSET})
@@ -295,6 +331,8 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         [onnx.StringStringEntryProto(key=k, value=str(v)) for k, v in vars(spec).items()]
     )
     return model
+
+
 # --8<-- [end:build_decoder]
 
 
@@ -304,8 +342,14 @@ def spec_from_model(model: onnx.ModelProto) -> DecoderSpec:
     missing = [f for f in DecoderSpec.__dataclass_fields__ if f not in meta]
     if missing:
         raise UsageError(f"not a text_pipeline decoder: metadata lacks {', '.join(missing)}")
-    as_int = {k: int(v) for k, v in meta.items() if k in DecoderSpec.__dataclass_fields__
-              and k not in ("model_type", "sliding_window")}
+    as_int = {
+        k: int(v)
+        for k, v in meta.items()
+        if k in DecoderSpec.__dataclass_fields__ and k not in ("model_type", "sliding_window")
+    }
     window = meta["sliding_window"]
-    return DecoderSpec(model_type=meta["model_type"], sliding_window=None if window == "None"
-                       else int(window), **as_int)
+    return DecoderSpec(
+        model_type=meta["model_type"],
+        sliding_window=None if window == "None" else int(window),
+        **as_int,
+    )

@@ -7,8 +7,6 @@ import json
 from functools import cache
 from pathlib import Path
 
-import numpy as np
-
 from generator.bench import ROOT
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.decoder import build_decoder

@@ -36,11 +36,18 @@ class Sequence_:
 class Generator:
     """``Text2Text::Generator`` for a batch: feed prompts, then pull one token per step."""
 
-    def __init__(self, runner: Runner, config: GenerationConfig, *, decode: Decode | None = None,
-                 batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        config: GenerationConfig,
+        *,
+        decode: Decode | None = None,
+        batch_size: int = 1,
+    ) -> None:
         if config.beam_search_config.num_beams != 1:
-            raise UsageError("Generator does greedy or sampled decoding; use beam_search() "
-                             "for num_beams > 1")
+            raise UsageError(
+                "Generator does greedy or sampled decoding; use beam_search() for num_beams > 1"
+            )
         if config.stop_strings and decode is None:
             raise UsageError("stop_strings need a tokenizer: pass decode= to the Generator")
         self.runner, self.config, self.decode = runner, config, decode
@@ -53,12 +60,14 @@ class Generator:
     def append_input_tokens(self, tokens: Sequence[Sequence[int]]) -> None:
         """``AppendInputTokens``: add tokens to every sequence (one list per sequence)."""
         if len(tokens) != len(self.seqs):
-            raise UsageError(f"append_input_tokens got {len(tokens)} token lists for a batch "
-                             f"of {len(self.seqs)}")
+            raise UsageError(
+                f"append_input_tokens got {len(tokens)} token lists for a batch of {len(self.seqs)}"
+            )
         bad = [t for seq in tokens for t in seq if not 0 <= int(t) < self.runner.vocab_size]
         if bad:
-            raise UsageError(f"token ids {bad[:5]} are outside the vocabulary "
-                             f"[0, {self.runner.vocab_size})")
+            raise UsageError(
+                f"token ids {bad[:5]} are outside the vocabulary [0, {self.runner.vocab_size})"
+            )
         if not self._started:
             longest = max(len(t) for t in tokens)
             budget = self.config.new_token_budget(min(len(t) for t in tokens))
@@ -79,8 +88,12 @@ class Generator:
         if self.is_done():
             raise UsageError("generate_next_token called after the generator is done")
         self._feed_pending()
-        processed = lp.process(self._logits, [s.history for s in self.seqs],
-                               [len(s.new_tokens) for s in self.seqs], self.config)
+        processed = lp.process(
+            self._logits,
+            [s.history for s in self.seqs],
+            [len(s.new_tokens) for s in self.seqs],
+            self.config,
+        )
         chosen = lp.choose(processed, self.config.sampling_config, self.rng)
         out: list[int | None] = []
         # every sequence is fed each step, so the longest one bounds the whole batch
@@ -118,6 +131,8 @@ class Generator:
         if (budget is not None and n >= budget) or cache_full:
             return "length"
         return None
+
+
 # --8<-- [end:generator]
 
 
@@ -127,12 +142,15 @@ class Hypothesis:
     score: float  # sum of log-probabilities divided by length ** length_penalty
 
 
-def beam_search(runner: Runner, prompt: Sequence[int], config: GenerationConfig) -> list[Hypothesis]:
+def beam_search(
+    runner: Runner, prompt: Sequence[int], config: GenerationConfig
+) -> list[Hypothesis]:
     """Beam search for one prompt, best hypotheses first (``num_return_sequences`` of them).
 
-    Follows transformers' rules: 2 * num_beams candidates per step, EOS candidates among
-    the top num_beams become finished hypotheses scored ``sum_logprob / len**length_penalty``,
-    and ``stop_criteria`` decides when no running beam can still win.
+    Follows transformers' rules: each step ranks ``max(2, 1 + #eos) * num_beams`` candidates;
+    those among the top ``num_beams`` that end (EOS, or the length limit) may enter a pool of
+    ``num_beams`` finished hypotheses scored ``sum_logprob / new_len ** length_penalty``; the
+    best non-ending candidates run on; ``stop_criteria`` decides when the pool is final.
     """
     beams = config.beam_search_config
     k = beams.num_beams
@@ -143,47 +161,47 @@ def beam_search(runner: Runner, prompt: Sequence[int], config: GenerationConfig)
     scores = np.full(k, -1e9)
     scores[0] = 0.0  # identical beams at the start: only the first one may expand
     running: list[list[int]] = [[] for _ in range(k)]
-    finished: list[Hypothesis] = []
+    pool: list[Hypothesis] = []
+    keep = max(2, 1 + len(config.eos_token_ids)) * k
     for step in range(budget):
+        last = step + 1 == budget
         history = [list(prompt) + r for r in running]
         processed = lp.process(logits, history, [step] * k, config)
-        total = lp.log_softmax(processed.astype(np.float64)) + scores[:, None]
-        flat = total.ravel()
-        top = np.argsort(-flat, kind="stable")[: 2 * k]
-        next_rows, next_tokens, next_scores = [], [], []
+        total = (lp.log_softmax(processed.astype(np.float64)) + scores[:, None]).ravel()
+        top = np.argsort(-total, kind="stable")[:keep]
+        cont_rows, cont_tokens, cont_scores = [], [], []
         for rank, index in enumerate(top):
-            row, token = divmod(int(index), total.shape[1])
-            if token in config.eos_token_ids:
-                if rank < k and step + 1 > config.min_new_tokens - 1:
-                    tokens = (*running[row], token)  # kept, as transformers does
-                    finished.append(Hypothesis(tokens, flat[index] / _norm(len(tokens), beams)))
-                continue
-            next_rows.append(row)
-            next_tokens.append(token)
-            next_scores.append(flat[index])
-            if len(next_rows) == k:
-                break
-        running = [running[r] + [t] for r, t in zip(next_rows, next_tokens, strict=True)]
-        scores = np.asarray(next_scores)
-        if _beams_done(finished, scores, step + 1, beams) or step + 1 == budget:
+            row, token = divmod(int(index), logits.shape[1])
+            ends = last or token in config.eos_token_ids
+            if ends and rank < k:
+                tokens = (*running[row], token)  # EOS kept, as transformers does
+                pool.append(Hypothesis(tokens, total[index] / _norm(len(tokens), beams)))
+            elif not ends and len(cont_rows) < k:
+                cont_rows.append(row)
+                cont_tokens.append(token)
+                cont_scores.append(total[index])
+        pool = sorted(pool, key=lambda h: -h.score)[:k]
+        if last or _pool_is_final(pool, max(cont_scores), step + 1, budget, beams):
             break
-        runner.reorder(next_rows)
-        logits = runner.append([[t] for t in next_tokens])
-    finished += [Hypothesis(tuple(r), s / _norm(len(r), beams)) for r, s in zip(running, scores, strict=True)]
-    finished.sort(key=lambda h: -h.score)
-    return finished[: beams.num_return_sequences]
+        running = [running[r] + [t] for r, t in zip(cont_rows, cont_tokens, strict=True)]
+        scores = np.asarray(cont_scores)
+        runner.reorder(cont_rows)
+        logits = runner.append([[t] for t in cont_tokens])
+    return pool[: beams.num_return_sequences]
 
 
 def _norm(length: int, beams) -> float:
     return float(length) ** beams.length_penalty
 
 
-def _beams_done(finished: list[Hypothesis], scores: np.ndarray, length: int, beams) -> bool:
-    if len(finished) < beams.num_beams:
+def _pool_is_final(
+    pool: list[Hypothesis], best_running: float, length: int, budget: int, beams
+) -> bool:
+    """No running beam can still enter the pool (transformers' early-stop heuristic)."""
+    if len(pool) < beams.num_beams:
         return False
     if beams.stop_criteria is StopCriteria.EARLY:
         return True
-    if beams.stop_criteria is StopCriteria.NEVER:
-        return False
-    worst = sorted(h.score for h in finished)[-beams.num_beams]
-    return float(scores.max()) / _norm(length, beams) <= worst
+    never = beams.stop_criteria is StopCriteria.NEVER and beams.length_penalty > 0
+    best_length = budget if never else length
+    return best_running / _norm(best_length, beams) <= pool[-1].score

@@ -17,7 +17,9 @@ FILTERED = -np.inf  # transformers' filter_value
 
 
 # --8<-- [start:processors]
-def repetition_penalty(logits: np.ndarray, history: Sequence[Sequence[int]], penalty: float) -> np.ndarray:
+def repetition_penalty(
+    logits: np.ndarray, history: Sequence[Sequence[int]], penalty: float
+) -> np.ndarray:
     """CTRL-style penalty on every token already in a row's history (prompt + generated):
     positive logits are divided by ``penalty``, negative ones multiplied."""
     out = logits.copy()
@@ -69,6 +71,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 # --8<-- [end:processors]
 
 

@@ -44,8 +44,16 @@ def position_ids_decoder(model: onnx.ModelProto) -> onnx.ModelProto:
     positions = helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])
     graph.input.extend([kept[0], positions, *kept[1:]])
     graph.initializer.append(initializer("first_position", np.array(0, np.int64)))
-    graph.node.insert(0, helper.make_node("Gather", ["position_ids", "first_position"],
-                                          ["write_indices"], axis=1, name="write_indices_node"))
+    graph.node.insert(
+        0,
+        helper.make_node(
+            "Gather",
+            ["position_ids", "first_position"],
+            ["write_indices"],
+            axis=1,
+            name="write_indices_node",
+        ),
+    )
     return out
 
 
@@ -68,14 +76,23 @@ def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int]) -> dict:
                 "num_key_value_heads": spec.num_kv_heads,
                 "num_hidden_layers": spec.num_layers,
                 "session_options": {"provider_options": [], "intra_op_num_threads": 2},
-                "inputs": {"input_ids": "input_ids", "position_ids": "position_ids",
-                           "past_key_names": "past_key_%d", "past_value_names": "past_value_%d"},
-                "outputs": {"logits": "logits", "present_key_names": "present_key_%d",
-                            "present_value_names": "present_value_%d"},
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_%d",
+                    "past_value_names": "past_value_%d",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present_key_%d",
+                    "present_value_names": "present_value_%d",
+                },
             },
         },
         "search": {"max_length": spec.max_positions, "past_present_share_buffer": True},
     }
+
+
 # --8<-- [end:adapter]
 
 
@@ -84,9 +101,18 @@ def write_genai_folder(folder: ModelFolder, target: Path) -> None:
     eos = sorted(folder.config.eos_token_ids) or [0]
     onnx.save(position_ids_decoder(folder.decoder), target / "model.onnx")
     (target / "tokenizer.json").write_bytes(folder.tokenizer_json)
-    (target / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}))
-    (target / "genai_config.json").write_text(json.dumps(genai_config(folder.decoder, eos), indent=2))
+    (target / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": EOS_TOKEN,
+                "pad_token": PAD_TOKEN,
+            }
+        )
+    )
+    (target / "genai_config.json").write_text(
+        json.dumps(genai_config(folder.decoder, eos), indent=2)
+    )
 
 
 class OrtGenaiPipeline(Pipeline):
@@ -111,12 +137,14 @@ class OrtGenaiPipeline(Pipeline):
         for tokens, reason in self._run(prompt):
             text = self._text(tokens, reason)
             if text != shown and (reason or not text.endswith("\ufffd")):
-                yield text[len(shown):]
+                yield text[len(shown) :]
                 shown = text
 
     def generator(self, prompts):
-        raise UsageError("the onnxruntime-genai backend exposes its own og.Generator; "
-                         "use __call__, generate or stream")
+        raise UsageError(
+            "the onnxruntime-genai backend exposes its own og.Generator; "
+            "use __call__, generate or stream"
+        )
 
     def _one(self, prompt: GenerationInput) -> GenerationResult:
         runs = list(self._run(prompt))
@@ -132,19 +160,30 @@ class OrtGenaiPipeline(Pipeline):
         """Yield (new tokens so far, finish reason or None) after every step."""
         og, c = self.og, self.config
         if c.beam_search_config.num_beams > 1:
-            raise UsageError("beam search on the onnxruntime-genai backend is not wired here; "
-                             "use the onnxruntime backend")
+            raise UsageError(
+                "beam search on the onnxruntime-genai backend is not wired here; "
+                "use the onnxruntime backend"
+            )
         ids = self.encode(prompt)
         budget = c.new_token_budget(len(ids))
-        total = self.spec.max_positions if budget is None else min(len(ids) + budget,
-                                                                   self.spec.max_positions)
+        total = (
+            self.spec.max_positions
+            if budget is None
+            else min(len(ids) + budget, self.spec.max_positions)
+        )
         params = og.GeneratorParams(self.model)
         s = c.sampling_config
-        options = {"max_length": total, "min_length": len(ids) + c.min_new_tokens,
-                   "do_sample": s.do_sample, "temperature": s.temperature, "top_p": s.top_p,
-                   "repetition_penalty": s.repetition_penalty, "random_seed": s.rng_seed,
-                   "top_k": s.top_k or self.spec.vocab_size,
-                   "early_stopping": c.beam_search_config.stop_criteria is StopCriteria.EARLY}
+        options = {
+            "max_length": total,
+            "min_length": len(ids) + c.min_new_tokens,
+            "do_sample": s.do_sample,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "repetition_penalty": s.repetition_penalty,
+            "random_seed": s.rng_seed,
+            "top_k": s.top_k or self.spec.vocab_size,
+            "early_stopping": c.beam_search_config.stop_criteria is StopCriteria.EARLY,
+        }
         params.set_search_options(**options)
         gen = og.Generator(self.model, params)
         gen.append_tokens(np.asarray([ids], np.int32))

@@ -40,7 +40,9 @@ class Pipeline:
     ``stream`` yields text pieces as tokens are generated.
     """
 
-    def __init__(self, make_runner: Callable[[], Runner], tokenizer, config: GenerationConfig) -> None:
+    def __init__(
+        self, make_runner: Callable[[], Runner], tokenizer, config: GenerationConfig
+    ) -> None:
         self.make_runner, self.tokenizer = make_runner, tokenizer
         self.set_generation_config(config)
 
@@ -74,15 +76,18 @@ class Pipeline:
             text = self._result(gen.seqs[0].new_tokens, gen.seqs[0].finish_reason).text
             # hold back a partial UTF-8 character, unless nothing more is coming
             if text != shown and (gen.is_done() or not text.endswith("\ufffd")):
-                yield text[len(shown):]
+                yield text[len(shown) :]
                 shown = text
 
     def generator(self, prompts: Sequence[Sequence[int]]) -> Generator:
         """A fresh ``Text2Text::Generator`` with the prompts appended."""
-        gen = Generator(self.make_runner(), self.config, decode=self.decode, batch_size=len(prompts))
+        gen = Generator(
+            self.make_runner(), self.config, decode=self.decode, batch_size=len(prompts)
+        )
         gen.append_input_tokens(prompts)
         return gen
-# --8<-- [end:pipeline]
+
+    # --8<-- [end:pipeline]
 
     def encode(self, prompt: GenerationInput) -> list[int]:
         if not isinstance(prompt, GenerationInput):
@@ -138,8 +143,9 @@ def config_from_json(data: Mapping) -> GenerationConfig:
         beams = dict(data.pop("beam_search_config", {}))
         if "stop_criteria" in beams:
             beams["stop_criteria"] = StopCriteria[beams["stop_criteria"]]
-        return GenerationConfig(sampling_config=sampling, beam_search_config=BeamSearchConfig(**beams),
-                                **data)
+        return GenerationConfig(
+            sampling_config=sampling, beam_search_config=BeamSearchConfig(**beams), **data
+        )
     except (TypeError, KeyError) as err:
         raise UsageError(f"bad generation_config in {PIPELINE_FILE}: {err}") from None
 
@@ -159,14 +165,20 @@ class ModelFolder:
         path = Path(path)
         meta_path = path / PIPELINE_FILE
         if not meta_path.is_file():
-            raise UsageError(f"{path} is not a text_pipeline model folder: no {PIPELINE_FILE} "
-                             "(run `python -m generator zoo text_pipeline` to write the zoo)")
+            raise UsageError(
+                f"{path} is not a text_pipeline model folder: no {PIPELINE_FILE} "
+                "(run `python -m generator zoo text_pipeline` to write the zoo)"
+            )
         manifest = json.loads(meta_path.read_text())
         if manifest.get("format") != FORMAT:
             raise UsageError(f"{meta_path}: format {manifest.get('format')!r}; expected {FORMAT!r}")
-        return cls(path, onnx.load(path / manifest["decoder"]),
-                   (path / manifest["tokenizer"]).read_bytes(),
-                   config_from_json(manifest["generation_config"]), manifest)
+        return cls(
+            path,
+            onnx.load(path / manifest["decoder"]),
+            (path / manifest["tokenizer"]).read_bytes(),
+            config_from_json(manifest["generation_config"]),
+            manifest,
+        )
 
 
 def pipeline_manifest(arch: str, config: GenerationConfig, hf_config: dict) -> dict:
@@ -176,8 +188,11 @@ def pipeline_manifest(arch: str, config: GenerationConfig, hf_config: dict) -> d
         "decoder": "model.onnx",
         "tokenizer": "tokenizer.json",
         "generation_config": config_to_json(config),
-        "transformers": {"architecture": arch, "recipe": "proposals.text_pipeline.models.tiny_model",
-                         "config": hf_config},
+        "transformers": {
+            "architecture": arch,
+            "recipe": "proposals.text_pipeline.models.tiny_model",
+            "config": hf_config,
+        },
     }
 
 
@@ -201,8 +216,9 @@ _BACKENDS: dict[str, Backend] = {}
 
 
 # --8<-- [start:factory]
-def register_backend(name: str, create: Callable[[Path, Device], Pipeline],
-                     enumerate_: Callable[[], list[Device]]) -> None:
+def register_backend(
+    name: str, create: Callable[[Path, Device], Pipeline], enumerate_: Callable[[], list[Device]]
+) -> None:
     """``DeviceFactory::Register`` + ``Text2TextPipelineFactory::Register`` in one call."""
     _BACKENDS[name] = Backend(name, create, enumerate_)
 
@@ -216,7 +232,9 @@ def enumerate_devices(backend: str) -> list[Device]:
     return _backend(backend).enumerate()
 
 
-def create_pipeline(backend: str, model_dir: str | Path, device: str | Device | None = None) -> Pipeline:
+def create_pipeline(
+    backend: str, model_dir: str | Path, device: str | Device | None = None
+) -> Pipeline:
     """``Text2TextPipelineFactory::Create``: a pipeline for a model folder on a device
     (by identifier; the backend's first device when None)."""
     entry = _backend(backend)
@@ -231,6 +249,8 @@ def create_pipeline(backend: str, model_dir: str | Path, device: str | Device | 
             raise UsageError(f"backend {backend!r} has no device {wanted!r}; valid: {valid}")
         chosen = matches[0]
     return entry.create(Path(model_dir), chosen)
+
+
 # --8<-- [end:factory]
 
 
@@ -243,8 +263,11 @@ def _backend(name: str) -> Backend:
 def _onnxruntime(model_dir: Path, device: Device) -> Pipeline:
     folder = ModelFolder.read(model_dir)
     inplace = bool(device.config.get("inplace_cache", True))
-    return Pipeline(lambda: OrtRunner(folder.decoder, inplace=inplace),
-                    load_tokenizer(folder.tokenizer_json), folder.config)
+    return Pipeline(
+        lambda: OrtRunner(folder.decoder, inplace=inplace),
+        load_tokenizer(folder.tokenizer_json),
+        folder.config,
+    )
 
 
 def _transformers(model_dir: Path, device: Device) -> Pipeline:
@@ -252,7 +275,9 @@ def _transformers(model_dir: Path, device: Device) -> Pipeline:
 
     folder = ModelFolder.read(model_dir)
     model = tiny_model(folder.manifest["transformers"]["architecture"])
-    return Pipeline(lambda: TorchRunner(model), load_tokenizer(folder.tokenizer_json), folder.config)
+    return Pipeline(
+        lambda: TorchRunner(model), load_tokenizer(folder.tokenizer_json), folder.config
+    )
 
 
 def _onnxruntime_genai(model_dir: Path, device: Device) -> Pipeline:
@@ -261,8 +286,12 @@ def _onnxruntime_genai(model_dir: Path, device: Device) -> Pipeline:
     return OrtGenaiPipeline(ModelFolder.read(model_dir))
 
 
-register_backend("onnxruntime", _onnxruntime,
-                 lambda: [Device("CPU", {"provider": "CPUExecutionProvider", "inplace_cache": True})])
+register_backend(
+    "onnxruntime",
+    _onnxruntime,
+    lambda: [Device("CPU", {"provider": "CPUExecutionProvider", "inplace_cache": True})],
+)
 register_backend("transformers", _transformers, lambda: [Device("CPU", {"torch_device": "cpu"})])
-register_backend("onnxruntime-genai", _onnxruntime_genai,
-                 lambda: [Device("CPU", {"provider": "cpu"})])
+register_backend(
+    "onnxruntime-genai", _onnxruntime_genai, lambda: [Device("CPU", {"provider": "cpu"})]
+)

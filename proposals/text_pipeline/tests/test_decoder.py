@@ -42,8 +42,13 @@ def test_attention_is_causal_gqa_with_nonpad(built):
         assert attrs["is_causal"] == 1
         assert (attrs["q_num_heads"], attrs["kv_num_heads"]) == (4, 2)
         assert node.input[6] == "kv_valid"  # nonpad_kv_seqlen is always fed
-    modes = {onnx.helper.get_attribute_value(a) for n in decoder.graph.node
-             if n.op_type == "TensorScatter" for a in n.attribute if a.name == "mode"}
+    modes = {
+        onnx.helper.get_attribute_value(a)
+        for n in decoder.graph.node
+        if n.op_type == "TensorScatter"
+        for a in n.attribute
+        if a.name == "mode"
+    }
     assert modes == ({b"circular"} if spec.circular else {b"linear"})
 
 
@@ -81,10 +86,16 @@ def test_circular_buffer_wraps_like_sliding_window():
     ("arch", "overrides", "feature"),
     [
         ("llama", {"hidden_act": "gelu"}, "hidden_act='gelu'"),
-        ("llama", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
-         "rope_type='dynamic'"),
-        ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
-         "layer_types mixing full and sliding attention"),
+        (
+            "llama",
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+            "rope_type='dynamic'",
+        ),
+        (
+            "qwen2",
+            {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
+            "layer_types mixing full and sliding attention",
+        ),
     ],
 )
 def test_unsupported_config_features_are_named(arch, overrides, feature):

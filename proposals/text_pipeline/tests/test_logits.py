@@ -32,8 +32,9 @@ def history() -> list[list[int]]:
 def hf_apply(processor, logits: np.ndarray, history: list[list[int]] | None = None) -> np.ndarray:
     width = max(map(len, history)) if history else 1
     # right-pad histories with a token already present so padding adds no new penalties
-    ids = torch.tensor([h + [h[0]] * (width - len(h)) for h in history] if history
-                       else [[0]] * len(logits))
+    ids = torch.tensor(
+        [h + [h[0]] * (width - len(h)) for h in history] if history else [[0]] * len(logits)
+    )
     return processor(ids, torch.from_numpy(logits.copy())).numpy()
 
 
@@ -45,8 +46,10 @@ def assert_same(ours: np.ndarray, theirs: np.ndarray) -> None:
 
 @pytest.mark.parametrize("penalty", [0.7, 1.3, 2.0])
 def test_repetition_penalty(logits, history, penalty):
-    assert_same(lp.repetition_penalty(logits, history, penalty),
-                hf_apply(hf.RepetitionPenaltyLogitsProcessor(penalty), logits, history))
+    assert_same(
+        lp.repetition_penalty(logits, history, penalty),
+        hf_apply(hf.RepetitionPenaltyLogitsProcessor(penalty), logits, history),
+    )
 
 
 @pytest.mark.parametrize("value", [0.3, 0.7, 1.5])
@@ -69,12 +72,20 @@ def test_top_p(logits, p):
 def test_processor_chain_matches_transformers_order(logits, history):
     """repetition penalty, min-new-tokens EOS ban, temperature, top-k, top-p."""
     config = GenerationConfig(
-        min_new_tokens=2, eos_token_ids={0, 3},
-        sampling_config=SamplingConfig(do_sample=True, temperature=0.8, top_k=40, top_p=0.9,
-                                       repetition_penalty=1.2))
-    chain = hf.LogitsProcessorList([
-        hf.RepetitionPenaltyLogitsProcessor(1.2),
-        hf.TemperatureLogitsWarper(0.8), hf.TopKLogitsWarper(40), hf.TopPLogitsWarper(0.9)])
+        min_new_tokens=2,
+        eos_token_ids={0, 3},
+        sampling_config=SamplingConfig(
+            do_sample=True, temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.2
+        ),
+    )
+    chain = hf.LogitsProcessorList(
+        [
+            hf.RepetitionPenaltyLogitsProcessor(1.2),
+            hf.TemperatureLogitsWarper(0.8),
+            hf.TopKLogitsWarper(40),
+            hf.TopPLogitsWarper(0.9),
+        ]
+    )
     banned = logits.copy()
     banned[1, [0, 3]] = -np.inf  # row 1 has generated fewer than min_new_tokens
     ours = lp.process(logits, history, [5, 1, 2], config)
@@ -82,8 +93,12 @@ def test_processor_chain_matches_transformers_order(logits, history):
 
 
 def sample(runner, seed: int, prompts=([5, 6, 7], [40, 41, 42, 43, 44])) -> list[list[int]]:
-    config = GenerationConfig(max_new_tokens=16, sampling_config=SamplingConfig(
-        do_sample=True, rng_seed=seed, temperature=0.9, top_k=50, top_p=0.95))
+    config = GenerationConfig(
+        max_new_tokens=16,
+        sampling_config=SamplingConfig(
+            do_sample=True, rng_seed=seed, temperature=0.9, top_k=50, top_p=0.95
+        ),
+    )
     gen = Generator(runner, config, batch_size=len(prompts))
     gen.append_input_tokens(list(prompts))
     while not gen.is_done():

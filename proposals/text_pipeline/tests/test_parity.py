@@ -25,8 +25,15 @@ def hf_generate(model, prompts: list[list[int]], new: int) -> list[list[int]]:
     ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
-                             min_new_tokens=new, do_sample=False, pad_token_id=PAD, eos_token_id=None)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=PAD,
+            eos_token_id=None,
+        )
     return [row[width:].tolist() for row in out]
 
 

@@ -1,0 +1,140 @@
+"""The WG interface in Python: config validation, factories, backends that agree."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from generator.errors import UsageError
+from proposals.text_pipeline import (
+    BeamSearchConfig,
+    GenerationConfig,
+    GenerationInput,
+    SamplingConfig,
+    StopCriteria,
+    backend_names,
+    create_pipeline,
+    enumerate_devices,
+)
+from proposals.text_pipeline.folder import decoder_bytes, write_folder
+from proposals.text_pipeline.generator import beam_search
+from proposals.text_pipeline.models import tiny_model
+from proposals.text_pipeline.pipeline import config_from_json, config_to_json
+from proposals.text_pipeline.runners import OrtRunner
+
+BAD_CONFIGS = [
+    (lambda: GenerationConfig(max_new_tokens=0), "max_new_tokens must be a positive integer"),
+    (lambda: GenerationConfig(max_length=-3), "max_length must be a positive integer"),
+    (lambda: GenerationConfig(min_new_tokens=5, max_new_tokens=2), "min_new_tokens=5 exceeds"),
+    (lambda: GenerationConfig(eos_token_ids={-1}), "eos_token_ids must be non-negative"),
+    (lambda: GenerationConfig(stop_strings="stop"), "stop_strings must be a collection"),
+    (lambda: GenerationConfig(stop_strings={""}), "stop_strings must be non-empty"),
+    (lambda: SamplingConfig(temperature=0.0), "temperature must be a finite float > 0"),
+    (lambda: SamplingConfig(top_k=0), "top_k must be a positive integer or None"),
+    (lambda: SamplingConfig(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (lambda: SamplingConfig(repetition_penalty=0), "repetition_penalty must be"),
+    (lambda: SamplingConfig(rng_seed=-1), "rng_seed must be an integer"),
+    (lambda: BeamSearchConfig(num_beams=0), "num_beams must be an integer >= 1"),
+    (lambda: BeamSearchConfig(num_beams=2, num_return_sequences=3), "num_return_sequences must"),
+    (lambda: BeamSearchConfig(num_beam_groups=2), "num_beam_groups=2 .* not implemented"),
+    (
+        lambda: GenerationConfig(
+            sampling_config=SamplingConfig(do_sample=True),
+            beam_search_config=BeamSearchConfig(num_beams=2),
+        ),
+        "beam sampling",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), BAD_CONFIGS)
+def test_invalid_config_is_a_one_line_usage_error(make, message):
+    with pytest.raises(UsageError, match=message) as err:
+        make()
+    assert "\n" not in str(err.value)
+
+
+def test_config_json_round_trip():
+    config = GenerationConfig(
+        max_new_tokens=9,
+        eos_token_ids={0, 4},
+        stop_strings={"\n\n"},
+        sampling_config=SamplingConfig(do_sample=True, rng_seed=3, top_k=5),
+        beam_search_config=BeamSearchConfig(stop_criteria=StopCriteria.NEVER),
+    )
+    assert config_from_json(config_to_json(config)) == config
+    with pytest.raises(UsageError, match="bad generation_config"):
+        config_from_json({"max_tokens": 3})
+
+
+def test_factories_and_devices(tmp_path):
+    assert backend_names() == ["onnxruntime", "onnxruntime-genai", "transformers"]
+    assert [d.identifier for d in enumerate_devices("onnxruntime")] == ["CPU"]
+    with pytest.raises(UsageError, match="unknown backend 'tensorrt'; valid: onnxruntime"):
+        enumerate_devices("tensorrt")
+    folder = write_folder("llama", tmp_path / "llama")
+    with pytest.raises(UsageError, match="has no device 'NPU'; valid: CPU"):
+        create_pipeline("onnxruntime", folder, "NPU")
+    with pytest.raises(UsageError, match="not a text_pipeline model folder"):
+        create_pipeline("onnxruntime", tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_three_backends_give_the_same_text(tmp_path, arch):
+    """onnxruntime (in-place cache), onnxruntime-genai (its own generator) and transformers."""
+    folder = write_folder(arch, tmp_path / arch)
+    prompt = GenerationInput("Attention reads the whole cache")
+    texts = {}
+    for backend in backend_names():
+        pipeline = create_pipeline(backend, folder)
+        pipeline.set_generation_config(GenerationConfig(max_new_tokens=24))
+        texts[backend] = pipeline(prompt).token_ids
+    assert len(set(texts.values())) == 1, texts
+    assert len(texts["onnxruntime"]) == 24
+
+
+@pytest.mark.parametrize("eos_at", [0, 1])
+@pytest.mark.parametrize("stop", list(StopCriteria))
+def test_beam_search_matches_transformers(stop, eos_at):
+    """num_beams=4, num_return_sequences=3, length_penalty, and an EOS that the beams hit
+    (at the first step, or at the second, where EARLY returns another set than the rest)."""
+    model = tiny_model("qwen2")
+    prompt = list(range(8, 16))
+    with torch.no_grad():
+        plain = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=12,
+            num_beams=4,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=1,
+        )
+    eos = int(plain[0, len(prompt) + eos_at])
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=12,
+            num_beams=4,
+            num_return_sequences=3,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=1,
+            length_penalty=1.3,
+            early_stopping=stop.value,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    expected = [[t for t in row[len(prompt) :].tolist() if t != 1] for row in out.sequences]
+    config = GenerationConfig(
+        max_new_tokens=12,
+        eos_token_ids={eos},
+        beam_search_config=BeamSearchConfig(
+            num_beams=4, num_return_sequences=3, length_penalty=1.3, stop_criteria=stop
+        ),
+    )
+    hyps = beam_search(OrtRunner(onnx.load_from_string(decoder_bytes("qwen2"))), prompt, config)
+    assert [list(h.tokens) for h in hyps] == expected
+    if eos_at == 0:
+        assert any(h.tokens[-1] == eos for h in hyps)
+    assert [h.score for h in hyps] == pytest.approx(out.sequences_scores.tolist(), abs=1e-4)
