@@ -57,6 +57,7 @@ class OrtRunner:
         shape = self.spec.cache_shape(batch, min(capacity, self.max_positions))
         names = [f"{kind}_{i}" for i in range(self.spec.num_layers) for kind in ("key", "value")]
         self.caches = {name: np.zeros(shape, np.float32) for name in names}
+        self._bindings: dict[tuple, tuple] = {}
         self.lengths = [0] * batch
         self.capacity = self.max_positions if self.spec.circular else shape[2]
 
@@ -99,32 +100,51 @@ class OrtRunner:
         return logits[:, -1, :]
 
     def _run_inplace(self, ids: np.ndarray, starts: np.ndarray, rows: slice) -> np.ndarray:
-        binding = self.session.io_binding()
+        binding = self._binding(rows)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("write_indices", starts)
-        binding.bind_output("logits")
-        for name, cache in self.caches.items():
-            # The same OrtValue as past and present: TensorScatter writes in place.
-            value = ort.OrtValue.ortvalue_from_numpy(cache[rows])
-            binding.bind_ortvalue_input(f"past_{name}", value)
-            binding.bind_ortvalue_output(f"present_{name}", value)
+        binding.bind_output("logits")  # unallocated again: its shape changes with seq
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()
 
+    def _binding(self, rows: slice) -> ort.IOBinding:
+        """An IOBinding with every cache bound as both past and present (kept per row range:
+        rebinding eight OrtValues each decode step would cost more than it saves)."""
+        key = (rows.start, rows.stop)
+        if key not in self._bindings:
+            binding = self.session.io_binding()
+            binding.bind_output("logits")  # first, so it is get_outputs()[0]
+            values = []  # kept alive beside the binding
+            for name, cache in self.caches.items():
+                # The same OrtValue as past and present: TensorScatter writes in place.
+                value = ort.OrtValue.ortvalue_from_numpy(cache[rows])
+                binding.bind_ortvalue_input(f"past_{name}", value)
+                binding.bind_ortvalue_output(f"present_{name}", value)
+                values.append(value)
+            self._bindings[key] = (binding, values)
+        return self._bindings[key][0]
+
     def _run_copy(self, ids: np.ndarray, starts: np.ndarray, rows: slice) -> np.ndarray:
+        """Plain ``session.run``: ORT allocates each present buffer and copies the past into it
+        (TensorScatter cannot alias a graph input), and the present becomes the next past."""
+        whole = rows == slice(None)
         feeds = {"input_ids": ids, "write_indices": starts}
-        feeds.update({f"past_{n}": np.ascontiguousarray(c[rows]) for n, c in self.caches.items()})
+        feeds.update({f"past_{n}": c if whole else c[rows] for n, c in self.caches.items()})
         outputs = self.session.run(None, feeds)
         names = [o.name for o in self.session.get_outputs()]
         for name, value in zip(names, outputs, strict=True):
             if name.startswith("present_"):
-                self.caches[name.removeprefix("present_")][rows] = value
+                key = name.removeprefix("present_")
+                if whole:
+                    self.caches[key] = value
+                else:
+                    self.caches[key][rows] = value
         return outputs[names.index("logits")]
 
     def reorder(self, rows: Sequence[int]) -> None:
         index = np.asarray(rows)
         for cache in self.caches.values():
-            cache[...] = cache[index]  # fancy indexing copies first; buffers stay bound
+            cache[...] = cache[index]  # fancy indexing copies first; the bound buffers stay
         self.lengths = [self.lengths[r] for r in rows]
 
 

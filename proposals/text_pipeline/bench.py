@@ -1,0 +1,119 @@
+"""ORT CPU: time to first token and decode speed, in-place cache vs copying cache.
+
+The in-place runner binds one buffer per cache tensor as both ``past_*`` and ``present_*``
+(IOBinding), so TensorScatter writes the new token and nothing else moves. The copying
+runner uses a plain ``session.run``: ORT allocates every ``present_*`` and copies the whole
+past into it before the scatter, so each decode step moves the full static cache.
+Both run the same decoder (a Llama-shaped model, larger than the zoo's so compute is not
+negligible), side by side in one process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from generator.bench import plot_ratios, time_interleaved, write_json
+from proposals.text_pipeline.decoder import build_decoder
+from proposals.text_pipeline.models import tiny_model
+from proposals.text_pipeline.runners import OrtRunner
+
+TOPIC = "text_pipeline"
+BENCH_MODEL = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "max_position_embeddings": 4160,
+}
+
+
+def _runners(decoder) -> dict[str, OrtRunner]:
+    return {"in-place": OrtRunner(decoder), "copying": OrtRunner(decoder, inplace=False)}
+
+
+def _prefill(runner: OrtRunner, prompt: list[int]):
+    def run() -> None:
+        runner.start(1, len(prompt) + 1)
+        runner.append([prompt])  # logits of the first new token
+
+    return run
+
+
+def _decode_step(runner: OrtRunner, context: int):
+    """One decode step at a fixed context length (the same slot is rewritten each call)."""
+    runner.start(1, context + 1)
+
+    def run() -> None:
+        runner.lengths = [context]
+        runner.append([[7]])
+
+    return run
+
+
+def measure(context: int, decoder, *, batches: int, min_batch_s: float) -> dict:
+    prompt = [(13 * i + 5) % 500 + 2 for i in range(context)]
+    ttft = time_interleaved(
+        {name: _prefill(r, prompt) for name, r in _runners(decoder).items()},
+        batches=batches,
+        min_batch_s=min_batch_s,
+    )
+    step = time_interleaved(
+        {name: _decode_step(r, context) for name, r in _runners(decoder).items()},
+        batches=batches,
+        min_batch_s=min_batch_s,
+    )
+    return {
+        "context": context,
+        "ttft_s": ttft,
+        "decode_tokens_per_s": {name: 1.0 / t for name, t in step.items()},
+        "ttft_ratio_copying_over_inplace": ttft["copying"] / ttft["in-place"],
+        "decode_speedup_inplace_over_copying": step["copying"] / step["in-place"],
+        "cache_bytes_per_sequence": 4
+        * 2
+        * 2
+        * BENCH_MODEL["num_key_value_heads"]
+        * (context + 1)
+        * BENCH_MODEL["head_dim"],  # float32, K and V, 2 layers
+    }
+
+
+def main(quick: bool = False) -> None:
+    contexts = [64, 256] if quick else [512, 4096]
+    decoder = build_decoder(tiny_model("llama", **BENCH_MODEL))
+    rows = [
+        measure(c, decoder, batches=3 if quick else 9, min_batch_s=0.01 if quick else 0.05)
+        for c in contexts
+    ]
+    name = "cache_quick" if quick else "cache"
+    write_json(TOPIC, name, rows, model=BENCH_MODEL, threads=2, quick=quick)
+    plot_ratios(
+        TOPIC,
+        name,
+        contexts,
+        {
+            "decode tokens/s: in-place / copying": [
+                r["decode_speedup_inplace_over_copying"] for r in rows
+            ],
+            "time to first token: copying / in-place": [
+                r["ttft_ratio_copying_over_inplace"] for r in rows
+            ],
+        },
+        xlabel="context length (tokens)",
+        ylabel="ratio (>1: in-place is better)",
+        title="ORT CPU, TensorScatter cache bound in place vs copied each run",
+        logy=False,
+    )
+    for r in rows:
+        print(
+            f"context {r['context']}: decode {r['decode_tokens_per_s']['in-place']:.0f} vs "
+            f"{r['decode_tokens_per_s']['copying']:.0f} tok/s "
+            f"(x{r['decode_speedup_inplace_over_copying']:.2f}); "
+            f"TTFT {r['ttft_s']['in-place'] * 1e3:.1f} vs {r['ttft_s']['copying'] * 1e3:.1f} ms"
+        )
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(quick="--quick" in sys.argv)
