@@ -43,6 +43,8 @@ def bind_in_place(
     for name in outputs:
         binding.bind_output(name)
     return binding
+
+
 # --8<-- [end:bind]
 
 
@@ -78,8 +80,10 @@ def in_place_evidence(
     plain = dict(zip(output_names, session.run(None, plain_feeds), strict=True))
 
     # On CPU, ortvalue_from_numpy wraps the numpy buffer without copying it.
-    caches = {past: ort.OrtValue.ortvalue_from_numpy(np.array(feeds[past], copy=True))
-              for past, _ in CACHE_PAIRS}
+    caches = {
+        past: ort.OrtValue.ortvalue_from_numpy(np.array(feeds[past], copy=True))
+        for past, _ in CACHE_PAIRS
+    }
     presents = [present for _, present in CACHE_PAIRS]
     others = {name: value for name, value in feeds.items() if name not in caches}
     extra = [name for name in output_names if name not in presents]
@@ -94,4 +98,6 @@ def in_place_evidence(
         bound_present_address=bound["present_key"].data_ptr(),
         outputs_equal=all(np.array_equal(plain[n], bound[n].numpy()) for n in output_names),
     )
+
+
 # --8<-- [end:evidence]

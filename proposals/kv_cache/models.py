@@ -63,14 +63,26 @@ def cache_attention_nodes(
     """
     scatter = {"mode": mode, "axis": 2}
     return [
-        helper.make_node("TensorScatter", ["past_key", key, "write_indices"],
-                         ["present_key"], name="scatter_key", **scatter),
-        helper.make_node("TensorScatter", ["past_value", value, "write_indices"],
-                         ["present_value"], name="scatter_value", **scatter),
+        helper.make_node(
+            "TensorScatter",
+            ["past_key", key, "write_indices"],
+            ["present_key"],
+            name="scatter_key",
+            **scatter,
+        ),
+        helper.make_node(
+            "TensorScatter",
+            ["past_value", value, "write_indices"],
+            ["present_value"],
+            name="scatter_value",
+            **scatter,
+        ),
         helper.make_node(
             "Attention",
             [query, "present_key", "present_value", "", "", "", "nonpad_kv_seqlen"],
-            [output], name="attention", is_causal=1,
+            [output],
+            name="attention",
+            is_causal=1,
             **_window_attrs(left_window_size, right_window_size),
         ),
     ]
@@ -92,9 +104,15 @@ def cache_step_model(
     ``mode="circular"`` the circular buffer, and a window turns the read into
     Attention-25 (opset 25).
     """
-    nodes = cache_attention_nodes("q", "k", "v", "y", mode=mode,
-                                  left_window_size=left_window_size,
-                                  right_window_size=right_window_size)
+    nodes = cache_attention_nodes(
+        "q",
+        "k",
+        "v",
+        "y",
+        mode=mode,
+        left_window_size=left_window_size,
+        right_window_size=right_window_size,
+    )
     graph = helper.make_graph(
         nodes,
         f"kv_cache_{mode}_step",
@@ -114,6 +132,8 @@ def cache_step_model(
         ],
     )
     return make_model(graph, {"": _opset(left_window_size, right_window_size)})
+
+
 # --8<-- [end:cache_step]
 
 
@@ -146,12 +166,21 @@ def attention_model(
 
 
 def tensor_scatter_model(
-    past_shape: tuple[int, ...] | list, update_shape: tuple[int, ...] | list,
-    *, axis: int = -2, mode: str = "linear", dtype=FLOAT,
+    past_shape: tuple[int, ...] | list,
+    update_shape: tuple[int, ...] | list,
+    *,
+    axis: int = -2,
+    mode: str = "linear",
+    dtype=FLOAT,
 ) -> onnx.ModelProto:
-    """A lone TensorScatter-24: ``past_cache``, ``update``, ``write_indices`` -> ``present_cache``."""
-    node = helper.make_node("TensorScatter", ["past_cache", "update", "write_indices"],
-                            ["present_cache"], axis=axis, mode=mode)
+    """A lone TensorScatter-24: ``past_cache, update, write_indices -> present_cache``."""
+    node = helper.make_node(
+        "TensorScatter",
+        ["past_cache", "update", "write_indices"],
+        ["present_cache"],
+        axis=axis,
+        mode=mode,
+    )
     graph = helper.make_graph(
         [node],
         f"tensor_scatter_{mode}",
@@ -180,8 +209,10 @@ def concat_cache_model(*, kv_heads: int, head_dim: int) -> onnx.ModelProto:
 def attention23_step_model(*, q_heads: int, kv_heads: int, head_dim: int) -> onnx.ModelProto:
     """Attention-23 with past/present: the cache grows by Concat inside the op."""
     node = helper.make_node(
-        "Attention", ["q", "k", "v", "", "past_key", "past_value"],
-        ["y", "present_key", "present_value"], is_causal=1,
+        "Attention",
+        ["q", "k", "v", "", "past_key", "past_value"],
+        ["y", "present_key", "present_value"],
+        is_causal=1,
     )
     graph = helper.make_graph(
         [node],
@@ -216,7 +247,11 @@ class DecoderLayerWeights:
 
 
 def decoder_layer_model(
-    weights: DecoderLayerWeights, *, q_heads: int, kv_heads: int, max_len: int,
+    weights: DecoderLayerWeights,
+    *,
+    q_heads: int,
+    kv_heads: int,
+    max_len: int,
 ) -> onnx.ModelProto:
     """The attention block of a decoder layer with an external static KV cache.
 
@@ -238,25 +273,45 @@ def decoder_layer_model(
     hidden = weights.q_proj.shape[0]
     head_dim = weights.q_proj.shape[1] // q_heads
     nodes: list[onnx.NodeProto] = []
-    for name, heads in (("q", q_heads), ("k", kv_heads), ("v", kv_heads)):
+    for name in ("q", "k", "v"):
         nodes += [
-            helper.make_node("MatMul", ["hidden_states", f"{name}_proj.weight"],
-                             [f"{name}_flat"], name=f"{name}_proj"),
-            helper.make_node("Reshape", [f"{name}_flat", f"{name}_heads_shape"],
-                             [f"{name}_bshd"], name=f"{name}_split_heads"),
-            helper.make_node("Transpose", [f"{name}_bshd"], [f"{name}_bhsd"],
-                             name=f"{name}_to_bhsd", perm=[0, 2, 1, 3]),
+            helper.make_node(
+                "MatMul",
+                ["hidden_states", f"{name}_proj.weight"],
+                [f"{name}_flat"],
+                name=f"{name}_proj",
+            ),
+            helper.make_node(
+                "Reshape",
+                [f"{name}_flat", f"{name}_heads_shape"],
+                [f"{name}_bshd"],
+                name=f"{name}_split_heads",
+            ),
+            helper.make_node(
+                "Transpose",
+                [f"{name}_bshd"],
+                [f"{name}_bhsd"],
+                name=f"{name}_to_bhsd",
+                perm=[0, 2, 1, 3],
+            ),
         ]
     for name in ("q", "k"):
-        nodes.append(helper.make_node(
-            "RotaryEmbedding", [f"{name}_bhsd", "cos_cache", "sin_cache", "position_ids"],
-            [f"{name}_rope"], name=f"rope_{name}"))
+        nodes.append(
+            helper.make_node(
+                "RotaryEmbedding",
+                [f"{name}_bhsd", "cos_cache", "sin_cache", "position_ids"],
+                [f"{name}_rope"],
+                name=f"rope_{name}",
+            )
+        )
     nodes += cache_attention_nodes("q_rope", "k_rope", "v_bhsd", "attn_bhsd")
     nodes += [
-        helper.make_node("Transpose", ["attn_bhsd"], ["attn_bshd"], name="attn_to_bshd",
-                         perm=[0, 2, 1, 3]),
-        helper.make_node("Reshape", ["attn_bshd", "merge_heads_shape"], ["attn_flat"],
-                         name="merge_heads"),
+        helper.make_node(
+            "Transpose", ["attn_bhsd"], ["attn_bshd"], name="attn_to_bshd", perm=[0, 2, 1, 3]
+        ),
+        helper.make_node(
+            "Reshape", ["attn_bshd", "merge_heads_shape"], ["attn_flat"], name="merge_heads"
+        ),
         helper.make_node("MatMul", ["attn_flat", "o_proj.weight"], ["output"], name="o_proj"),
     ]
     inits = [
@@ -290,11 +345,18 @@ def decoder_layer_model(
         initializer=inits,
     )
     return make_model(graph, {"": 24})
+
+
 # --8<-- [end:decoder_layer]
 
 
 def random_decoder_weights(
-    rng: np.random.RandomState, *, hidden: int, q_heads: int, kv_heads: int, head_dim: int,
+    rng: np.random.RandomState,
+    *,
+    hidden: int,
+    q_heads: int,
+    kv_heads: int,
+    head_dim: int,
     max_positions: int,
 ) -> DecoderLayerWeights:
     """Small random projections (std 1/sqrt(fan_in)) and standard RoPE tables."""
@@ -312,4 +374,3 @@ def random_decoder_weights(
         cos_cache=cos,
         sin_cache=sin,
     )
-

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 # --8<-- [start:tensor_scatter]
 def tensor_scatter(
     past: np.ndarray,
@@ -50,6 +51,8 @@ def tensor_scatter(
         raise ValueError("linear mode needs 0 <= write_indices and write_indices + S <= max_len")
     present[np.arange(batch)[:, None], slots] = rows
     return np.moveaxis(present, 1, axis)
+
+
 # --8<-- [end:tensor_scatter]
 
 
@@ -135,6 +138,8 @@ def _pad_mask(mask: np.ndarray, total: int) -> np.ndarray:
     fill = False if mask.dtype == bool else -np.inf
     pad = np.full((*mask.shape[:-1], short), fill, dtype=mask.dtype)
     return np.concatenate([mask, pad], axis=-1)
+
+
 # --8<-- [end:attention]
 
 
@@ -159,8 +164,14 @@ def rotary_embedding(
     if x.ndim == 3:
         batch, seq, hidden = x.shape
         heads = x.reshape(batch, seq, num_heads, hidden // num_heads).transpose(0, 2, 1, 3)
-        out = rotary_embedding(heads, cos_cache, sin_cache, position_ids,
-                               interleaved=interleaved, rotary_embedding_dim=rotary_embedding_dim)
+        out = rotary_embedding(
+            heads,
+            cos_cache,
+            sin_cache,
+            position_ids,
+            interleaved=interleaved,
+            rotary_embedding_dim=rotary_embedding_dim,
+        )
         return out.transpose(0, 2, 1, 3).reshape(x.shape)
     dim = rotary_embedding_dim or x.shape[-1]
     if position_ids is not None:
@@ -180,11 +191,15 @@ def rotary_embedding(
     return np.concatenate([rotated.astype(x.dtype), x[..., dim:]], axis=-1)
 
 
-def rope_caches(max_positions: int, rotary_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+def rope_caches(
+    max_positions: int, rotary_dim: int, base: float = 10000.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The usual cos/sin tables ``(max_positions, rotary_dim/2)`` of RoPE (Su et al. 2021)."""
     inv_freq = base ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
     angles = np.arange(max_positions, dtype=np.float64)[:, None] * inv_freq[None, :]
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
 # --8<-- [end:rotary]
 
 
@@ -252,12 +267,24 @@ def run_circular(tokens, past_key, past_value, seen=None) -> list[Step]:
         steps.append(step)
         past_key, past_value, seen = step.present_key, step.present_value, seen + 1
     return steps
+
+
 # --8<-- [end:drivers]
 
 
 # --8<-- [start:decoder_layer]
-def decoder_layer(weights, hidden_states, position_ids, past_key, past_value, write_indices,
-                  nonpad_kv_seqlen, *, q_heads: int, kv_heads: int) -> Step:
+def decoder_layer(
+    weights,
+    hidden_states,
+    position_ids,
+    past_key,
+    past_value,
+    write_indices,
+    nonpad_kv_seqlen,
+    *,
+    q_heads: int,
+    kv_heads: int,
+) -> Step:
     """The attention block of :func:`proposals.kv_cache.models.decoder_layer_model`.
 
     Projections, RoPE on Q and K, linear TensorScatter of the rotated K and V, causal
@@ -268,14 +295,18 @@ def decoder_layer(weights, hidden_states, position_ids, past_key, past_value, wr
     def heads(w, n):  # (B, S, n*D) -> (B, n, S, D)
         return (hidden_states @ w).reshape(batch, seq, n, -1).transpose(0, 2, 1, 3)
 
-    q = rotary_embedding(heads(weights.q_proj, q_heads), weights.cos_cache,
-                         weights.sin_cache, position_ids)
-    k = rotary_embedding(heads(weights.k_proj, kv_heads), weights.cos_cache,
-                         weights.sin_cache, position_ids)
+    q = rotary_embedding(
+        heads(weights.q_proj, q_heads), weights.cos_cache, weights.sin_cache, position_ids
+    )
+    k = rotary_embedding(
+        heads(weights.k_proj, kv_heads), weights.cos_cache, weights.sin_cache, position_ids
+    )
     v = heads(weights.v_proj, kv_heads)
     key = tensor_scatter(past_key, k, write_indices)
     value = tensor_scatter(past_value, v, write_indices)
     y = attention(q, key, value, nonpad_kv_seqlen=nonpad_kv_seqlen, is_causal=True)
     out = y.transpose(0, 2, 1, 3).reshape(batch, seq, -1) @ weights.o_proj
     return Step(np.asarray(write_indices), np.asarray(nonpad_kv_seqlen), out, key, value)
+
+
 # --8<-- [end:decoder_layer]

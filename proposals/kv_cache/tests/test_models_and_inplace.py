@@ -21,8 +21,9 @@ def _check(model: onnx.ModelProto) -> None:
     [("linear", -1, 24), ("circular", -1, 24), ("linear", 3, 25)],
 )
 def test_cache_step_model_is_valid(mode: str, window: int, opset: int) -> None:
-    model = models.cache_step_model(q_heads=4, kv_heads=2, max_len=8, head_dim=4, mode=mode,
-                                    left_window_size=window)
+    model = models.cache_step_model(
+        q_heads=4, kv_heads=2, max_len=8, head_dim=4, mode=mode, left_window_size=window
+    )
     _check(model)
     assert {o.domain: o.version for o in model.opset_import} == {"": opset}
     ops = [n.op_type for n in model.graph.node]
@@ -37,15 +38,22 @@ def test_decoder_layer_applies_rope_before_scatter() -> None:
     scatter_key = next(n for n in case.model.graph.node if n.name == "scatter_key")
     assert producers[scatter_key.input[1]].op_type == "RotaryEmbedding"
     assert [i.name for i in case.model.graph.input] == [
-        "hidden_states", "position_ids", "past_key", "past_value", "write_indices",
-        "nonpad_kv_seqlen"]
+        "hidden_states",
+        "position_ids",
+        "past_key",
+        "past_value",
+        "write_indices",
+        "nonpad_kv_seqlen",
+    ]
     assert [o.name for o in case.model.graph.output] == ["output", "present_key", "present_value"]
 
 
 def test_one_linear_graph_serves_prefill_and_decode_on_both_runtimes() -> None:
     case = cases.linear_prefill_then_decode()
-    runners = {"reference": ReferenceEvaluator(case.model).run,
-               "onnxruntime": session(case.model).run}
+    runners = {
+        "reference": ReferenceEvaluator(case.model).run,
+        "onnxruntime": session(case.model).run,
+    }
     for name, run in runners.items():
         past = None
         for ds in case.datasets:

@@ -13,7 +13,8 @@ from proposals.kv_cache import reference as ref
 
 def _run_node(node, feeds: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
     graph = helper.make_graph(
-        [node], "one_node",
+        [node],
+        "one_node",
         [tensor_info(name, value) for name, value in feeds.items()],
         [helper.make_value_info(name, helper.TypeProto()) for name in node.output],
     )
@@ -108,8 +109,14 @@ def test_attention_matches_onnx_reference(seed: int) -> None:
     node = helper.make_node("Attention", inputs, ["Y"], **attrs)
     (expected,) = _run_node(node, feeds, opset)[:1]
     got = ref.attention(
-        feeds["Q"], feeds["K"], feeds["V"], feeds.get("attn_mask"), feeds.get("past_key"),
-        feeds.get("past_value"), feeds.get("nonpad_kv_seqlen"), **attrs,
+        feeds["Q"],
+        feeds["K"],
+        feeds["V"],
+        feeds.get("attn_mask"),
+        feeds.get("past_key"),
+        feeds.get("past_value"),
+        feeds.get("nonpad_kv_seqlen"),
+        **attrs,
     )
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -135,7 +142,8 @@ def test_rotary_embedding_matches_onnx_reference(seed: int) -> None:
     sin = rng.randn(10, half).astype(np.float32)
     feeds = {
         "X": rng.randn(batch, heads, seq, head).astype(np.float32),
-        "cos": cos, "sin": sin,
+        "cos": cos,
+        "sin": sin,
         "pos": rng.randint(0, 10, size=(batch, seq)).astype(np.int64),
     }
     three_d = seed % 3 == 0
@@ -152,12 +160,20 @@ def test_rotary_embedding_matches_onnx_reference(seed: int) -> None:
 def test_circular_decode_equals_sliding_window_over_full_cache() -> None:
     rng = seeded(7)
     slots, steps, heads, head = 3, 7, 2, 4
-    tokens = [tuple(rng.randn(1, heads, 1, head).astype(np.float32) for _ in range(3))
-              for _ in range(steps)]
+    tokens = [
+        tuple(rng.randn(1, heads, 1, head).astype(np.float32) for _ in range(3))
+        for _ in range(steps)
+    ]
     ring = ref.run_circular(tokens, *(np.zeros((1, heads, slots, head), np.float32),) * 2)
     full_k = np.concatenate([k for _, k, _ in tokens], axis=2)
     full_v = np.concatenate([v for _, _, v in tokens], axis=2)
     for t, ((q, _, _), step) in enumerate(zip(tokens, ring, strict=True)):
-        windowed = ref.attention(q, full_k, full_v, nonpad_kv_seqlen=np.array([t + 1]),
-                                 is_causal=True, left_window_size=slots - 1)
+        windowed = ref.attention(
+            q,
+            full_k,
+            full_v,
+            nonpad_kv_seqlen=np.array([t + 1]),
+            is_causal=True,
+            left_window_size=slots - 1,
+        )
         np.testing.assert_allclose(step.y, windowed, rtol=1e-6, atol=1e-6)
