@@ -68,9 +68,7 @@ def decode_variants(length: int, rng: np.random.RandomState) -> dict[str, Callab
         _randn(rng, 1, KV_HEADS, length, HEAD_DIM),
     )
 
-    a23 = session(
-        models.attention23_step_model(q_heads=Q_HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM)
-    )
+    a23 = session(models.attention23_step_model(q_heads=Q_HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM))
     a23_feeds = {
         "q": q,
         "k": k,
@@ -79,11 +77,7 @@ def decode_variants(length: int, rng: np.random.RandomState) -> dict[str, Callab
         "past_value": value[:, :, : length - 1].copy(),
     }
 
-    a24 = session(
-        models.cache_step_model(
-            q_heads=Q_HEADS, kv_heads=KV_HEADS, max_len=length, head_dim=HEAD_DIM
-        )
-    )
+    a24 = session(models.cache_step_model(q_heads=Q_HEADS, kv_heads=KV_HEADS, max_len=length, head_dim=HEAD_DIM))
     step = {
         "q": q,
         "k": k,
@@ -129,20 +123,14 @@ def measure(
                 "baseline": baseline,
             }
         )
-        print(
-            f"L={length:6d} " + "  ".join(f"{name}: {t * 1e6:9.1f} us" for name, t in times.items())
-        )
+        print(f"L={length:6d} " + "  ".join(f"{name}: {t * 1e6:9.1f} us" for name, t in times.items()))
     return rows
 
 
-def write_results(
-    name: str, rows: list[dict], *, title: str, unit: float, ylabel: str, **meta: object
-) -> None:
+def write_results(name: str, rows: list[dict], *, title: str, unit: float, ylabel: str, **meta: object) -> None:
     """JSON rows plus a plot of time per step against L, one line per variant."""
     bench.write_json(TOPIC, name, rows, **meta)
-    series = {
-        variant: [row["seconds"][variant] / unit for row in rows] for variant in rows[0]["seconds"]
-    }
+    series = {variant: [row["seconds"][variant] / unit for row in rows] for variant in rows[0]["seconds"]}
     bench.plot_ratios(
         TOPIC,
         name,
@@ -161,9 +149,7 @@ def main(quick: bool = False) -> None:
     print("KV update per decode step (B=1, 8 kv heads, head_dim 128, 1 token):")
     update = measure(update_variants, lengths, "TensorScatter, IOBinding in place", **timing)
     print("Decode step (32 q heads, 8 kv heads, head_dim 128, 1 token):")
-    decode = measure(
-        decode_variants, lengths, "TensorScatter + Attention-24, IOBinding in place", **timing
-    )
+    decode = measure(decode_variants, lengths, "TensorScatter + Attention-24, IOBinding in place", **timing)
     if quick:
         return
     shape = {

@@ -45,9 +45,7 @@ def _step_dataset(q, k, v, past_key, past_value, step: reference.Step) -> DataSe
     )
 
 
-def _linear_sequence(
-    rng, chunks: list[int], *, batch=1, q_heads=2, kv_heads=2, max_len=8, head_dim=4
-) -> list[DataSet]:
+def _linear_sequence(rng, chunks: list[int], *, batch=1, q_heads=2, kv_heads=2, max_len=8, head_dim=4) -> list[DataSet]:
     """Prefill/decode chunks of the given sizes through one linear buffer."""
     past_key = np.zeros((batch, kv_heads, max_len, head_dim), np.float32)
     past_value = np.zeros_like(past_key)
@@ -74,9 +72,7 @@ def linear_decode_gqa_ragged() -> Case:
     """Linear buffer, one decode token for a ragged batch (5 and 2 cached tokens), GQA 4:2."""
     rng = seeded(1)
     batch, q_heads, kv_heads, max_len, head_dim = 2, 4, 2, 8, 4
-    model = models.cache_step_model(
-        q_heads=q_heads, kv_heads=kv_heads, max_len=max_len, head_dim=head_dim
-    )
+    model = models.cache_step_model(q_heads=q_heads, kv_heads=kv_heads, max_len=max_len, head_dim=head_dim)
     lengths = np.array([5, 2], np.int64)
     # Slots past each sample's length hold garbage: nonpad_kv_seqlen must hide it.
     past_key = _randn(rng, batch, kv_heads, max_len, head_dim)
@@ -171,9 +167,7 @@ def tensor_scatter_circular_batch_wrap() -> Case:
 def attention_causal_without_nonpad_is_top_left() -> Case:
     """Pitfall: is_causal=1, 1 query, 8 keys, no nonpad_kv_seqlen: top-left, sees k0 only."""
     rng = seeded(6)
-    model = models.attention_model(
-        q_heads=2, kv_heads=2, q_len=1, kv_len=8, head_dim=4, nonpad=False
-    )
+    model = models.attention_model(q_heads=2, kv_heads=2, q_len=1, kv_len=8, head_dim=4, nonpad=False)
     q, k, v = _randn(rng, 1, 2, 1, 4), _randn(rng, 1, 2, 8, 4), _randn(rng, 1, 2, 8, 4)
     y = reference.attention(q, k, v, is_causal=True)
     return Case(model, [DataSet({"q": q, "k": k, "v": v}, {"y": y})], rtol=RTOL, atol=ATOL)

@@ -41,9 +41,7 @@ def slot_trace(mode: str, slots: int, chunks: Sequence[int]) -> str:
 
 def _tokens(rng, steps: int, q_heads: int = 2, kv_heads: int = 1, head_dim: int = 4):
     return [
-        tuple(
-            rng.randn(1, h, 1, head_dim).astype(np.float32) for h in (q_heads, kv_heads, kv_heads)
-        )
+        tuple(rng.randn(1, h, 1, head_dim).astype(np.float32) for h in (q_heads, kv_heads, kv_heads))
         for _ in range(steps)
     ]
 
@@ -124,9 +122,7 @@ def chunk_on_full_ring(slots: int = 4, seen: int = 6, chunk: int = 3) -> dict[st
         is_causal=True,
     )
     wanted = np.concatenate([s.y for s in exact[seen:]], axis=2)
-    split = reference.run_circular(
-        tokens[seen:], before.present_key, before.present_value, seen=np.array([seen])
-    )
+    split = reference.run_circular(tokens[seen:], before.present_key, before.present_value, seen=np.array([seen]))
     return {
         "slot_tokens": slot_tokens.tolist(),
         "sees": sees,
@@ -145,9 +141,7 @@ def attended_keys(nonpad: bool, kv_len: int = 8) -> np.ndarray:
 
     With ``V`` = identity and equal scores, ``Y`` equals the attention weights.
     """
-    model = models.attention_model(
-        q_heads=1, kv_heads=1, q_len=1, kv_len=kv_len, head_dim=kv_len, nonpad=nonpad
-    )
+    model = models.attention_model(q_heads=1, kv_heads=1, q_len=1, kv_len=kv_len, head_dim=kv_len, nonpad=nonpad)
     feeds = {
         "q": np.zeros((1, 1, 1, kv_len), np.float32),  # all scores equal
         "k": np.zeros((1, 1, kv_len, kv_len), np.float32),
@@ -197,19 +191,3 @@ def openvino_import(model) -> str:
         summary = [line for line in lines if "No conversion rule" in line]
         return (summary or lines)[0]
     return "ok"
-
-
-def graph_picture(model) -> str:
-    """Inline picture of a model's graph for ``html="on"`` blocks.
-
-    TODO(lead): switch to ``generator.docs.graph_svg`` only once it is on main.
-    """
-    try:
-        from generator.docs import graph_svg
-    except ImportError:
-        import html
-
-        import onnx.printer
-
-        return f"<pre>{html.escape(onnx.printer.to_text(model.graph))}</pre>"
-    return graph_svg(model)

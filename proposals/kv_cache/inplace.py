@@ -68,9 +68,7 @@ class InPlaceEvidence:
 
 
 # --8<-- [start:evidence]
-def in_place_evidence(
-    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]
-) -> InPlaceEvidence:
+def in_place_evidence(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> InPlaceEvidence:
     """Run one step plainly and with IOBinding, and compare ``past_key``/``present_key`` addresses.
 
     ``feeds`` holds every graph input, ``past_key`` and ``past_value`` included.
@@ -80,10 +78,7 @@ def in_place_evidence(
     plain = dict(zip(output_names, session.run(None, plain_feeds), strict=True))
 
     # On CPU, ortvalue_from_numpy wraps the numpy buffer without copying it.
-    caches = {
-        past: ort.OrtValue.ortvalue_from_numpy(np.array(feeds[past], copy=True))
-        for past, _ in CACHE_PAIRS
-    }
+    caches = {past: ort.OrtValue.ortvalue_from_numpy(np.array(feeds[past], copy=True)) for past, _ in CACHE_PAIRS}
     presents = [present for _, present in CACHE_PAIRS]
     others = {name: value for name, value in feeds.items() if name not in caches}
     extra = [name for name in output_names if name not in presents]

@@ -306,12 +306,8 @@ def decoder_layer_model(
         )
     nodes += cache_attention_nodes("q_rope", "k_rope", "v_bhsd", "attn_bhsd")
     nodes += [
-        helper.make_node(
-            "Transpose", ["attn_bhsd"], ["attn_bshd"], name="attn_to_bshd", perm=[0, 2, 1, 3]
-        ),
-        helper.make_node(
-            "Reshape", ["attn_bshd", "merge_heads_shape"], ["attn_flat"], name="merge_heads"
-        ),
+        helper.make_node("Transpose", ["attn_bhsd"], ["attn_bshd"], name="attn_to_bshd", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["attn_bshd", "merge_heads_shape"], ["attn_flat"], name="merge_heads"),
         helper.make_node("MatMul", ["attn_flat", "o_proj.weight"], ["output"], name="o_proj"),
     ]
     inits = [

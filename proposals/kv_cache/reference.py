@@ -191,9 +191,7 @@ def rotary_embedding(
     return np.concatenate([rotated.astype(x.dtype), x[..., dim:]], axis=-1)
 
 
-def rope_caches(
-    max_positions: int, rotary_dim: int, base: float = 10000.0
-) -> tuple[np.ndarray, np.ndarray]:
+def rope_caches(max_positions: int, rotary_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
     """The usual cos/sin tables ``(max_positions, rotary_dim/2)`` of RoPE (Su et al. 2021)."""
     inv_freq = base ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
     angles = np.arange(max_positions, dtype=np.float64)[:, None] * inv_freq[None, :]
@@ -295,12 +293,8 @@ def decoder_layer(
     def heads(w, n):  # (B, S, n*D) -> (B, n, S, D)
         return (hidden_states @ w).reshape(batch, seq, n, -1).transpose(0, 2, 1, 3)
 
-    q = rotary_embedding(
-        heads(weights.q_proj, q_heads), weights.cos_cache, weights.sin_cache, position_ids
-    )
-    k = rotary_embedding(
-        heads(weights.k_proj, kv_heads), weights.cos_cache, weights.sin_cache, position_ids
-    )
+    q = rotary_embedding(heads(weights.q_proj, q_heads), weights.cos_cache, weights.sin_cache, position_ids)
+    k = rotary_embedding(heads(weights.k_proj, kv_heads), weights.cos_cache, weights.sin_cache, position_ids)
     v = heads(weights.v_proj, kv_heads)
     key = tensor_scatter(past_key, k, write_indices)
     value = tensor_scatter(past_value, v, write_indices)

@@ -21,9 +21,7 @@ def _check(model: onnx.ModelProto) -> None:
     [("linear", -1, 24), ("circular", -1, 24), ("linear", 3, 25)],
 )
 def test_cache_step_model_is_valid(mode: str, window: int, opset: int) -> None:
-    model = models.cache_step_model(
-        q_heads=4, kv_heads=2, max_len=8, head_dim=4, mode=mode, left_window_size=window
-    )
+    model = models.cache_step_model(q_heads=4, kv_heads=2, max_len=8, head_dim=4, mode=mode, left_window_size=window)
     _check(model)
     assert {o.domain: o.version for o in model.opset_import} == {"": opset}
     ops = [n.op_type for n in model.graph.node]

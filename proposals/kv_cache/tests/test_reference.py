@@ -160,10 +160,7 @@ def test_rotary_embedding_matches_onnx_reference(seed: int) -> None:
 def test_circular_decode_equals_sliding_window_over_full_cache() -> None:
     rng = seeded(7)
     slots, steps, heads, head = 3, 7, 2, 4
-    tokens = [
-        tuple(rng.randn(1, heads, 1, head).astype(np.float32) for _ in range(3))
-        for _ in range(steps)
-    ]
+    tokens = [tuple(rng.randn(1, heads, 1, head).astype(np.float32) for _ in range(3)) for _ in range(steps)]
     ring = ref.run_circular(tokens, *(np.zeros((1, heads, slots, head), np.float32),) * 2)
     full_k = np.concatenate([k for _, k, _ in tokens], axis=2)
     full_v = np.concatenate([v for _, _, v in tokens], axis=2)
