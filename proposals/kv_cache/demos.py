@@ -191,3 +191,25 @@ def openvino_import(model) -> str:
         summary = [line for line in lines if "No conversion rule" in line]
         return (summary or lines)[0]
     return "ok"
+
+
+# --8<-- [start:openvino_top_left]
+def openvino_top_left_error(precision: str) -> float:
+    """Max |Y_openvino - Y_numpy| of the top-left case on OpenVINO CPU at one precision hint.
+
+    ``precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT`` (``"bf16"``, ``"f32"``).
+    """
+    import openvino
+
+    from proposals.kv_cache import cases
+
+    case = cases.attention_causal_without_nonpad_is_top_left()
+    core = openvino.Core()
+    model = core.read_model(case.model.SerializeToString(), b"")
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    (ds,) = case.datasets
+    y = compiled(dict(ds.inputs))[compiled.output(0)]
+    return float(np.abs(y - ds.outputs["y"]).max())
+
+
+# --8<-- [end:openvino_top_left]
