@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)
 export NO_MKDOCS_2_WARNING := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv zoo verify test lint unit docs serve bench clean
+.PHONY: venv zoo verify test lint unit docs serve bench snippets clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,9 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m generator bench
+
+snippets: $(STAMP)
+	$(PY) -m generator snippets
 
 clean:
 	rm -rf site build .pytest_cache

@@ -100,6 +100,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_proposal(args: argparse.Namespace) -> int:
+    from generator.scaffold import ROOT, new_proposal
+
+    for path in new_proposal(args.name):
+        print(f"created {path.relative_to(ROOT)}")
+    print(f"added proposals/{args.name}/README.md to mkdocs.yml and its example case to zoo/")
+    return 0
+
+
+def cmd_snippets(args: argparse.Namespace) -> int:
+    from generator.snippets import ROOT, export_all
+
+    for path in export_all():
+        print(f"exported {path.relative_to(ROOT)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from generator.verify import MATRIX_JSON
     from generator.zoo import ZOO
@@ -133,6 +150,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("topics", nargs="*", help="topics (default: every topic with a bench.py)")
     b.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     b.set_defaults(run=cmd_bench)
+
+    n = sub.add_parser("new-proposal", help="scaffold proposals/NAME/ (document, cases, reference, test)")
+    n.add_argument("name", help="snake_case topic name, e.g. flex_attention")
+    n.set_defaults(run=cmd_new_proposal)
+
+    s = sub.add_parser("snippets", help="export each blog post as standalone Markdown to build/snippets/")
+    s.set_defaults(run=cmd_snippets)
     return p
 
 
