@@ -174,6 +174,29 @@ def attention_causal_without_nonpad_is_top_left() -> Case:
 
 
 @case
+def attention25_window_external_cache() -> Case:
+    """Attention-25 alone: 2 decode queries, left_window_size=2 over a ragged external cache."""
+    rng = seeded(8)
+    model = models.attention_model(
+        q_heads=4, kv_heads=2, q_len=1, kv_len=8, head_dim=4, nonpad=True, left_window_size=2, right_window_size=0
+    )
+    q, k, v = _randn(rng, 2, 4, 1, 4), _randn(rng, 2, 2, 8, 4), _randn(rng, 2, 2, 8, 4)
+    nonpad = np.array([6, 3], np.int64)
+    y = reference.attention(q, k, v, nonpad_kv_seqlen=nonpad, is_causal=True, left_window_size=2, right_window_size=0)
+    inputs = {"q": q, "k": k, "v": v, "nonpad_kv_seqlen": nonpad}
+    return Case(
+        model,
+        [DataSet(inputs, {"y": y})],
+        rtol=RTOL,
+        atol=ATOL,
+        divergences={
+            "openvino": "OpenVINO 2026.4.1 imports Attention-25 but ignores left_window_size: "
+            "its Y equals the unwindowed result (see the kv_cache page, Backend support)"
+        },
+    )
+
+
+@case
 def decoder_layer_rope_scatter_attention() -> Case:
     """Decoder attention block: projections, RoPE on Q/K, TensorScatter, Attention-24 GQA."""
     rng = seeded(7)

@@ -213,3 +213,28 @@ def openvino_top_left_error(precision: str) -> float:
 
 
 # --8<-- [end:openvino_top_left]
+
+
+# --8<-- [start:openvino_window]
+def openvino_window_errors() -> dict[str, float]:
+    """Max error of OpenVINO (f32) on the Attention-25 window case, against the windowed
+    reference and against the same attention without the window."""
+    import openvino
+
+    from proposals.kv_cache import cases
+
+    case = cases.attention25_window_external_cache()
+    (ds,) = case.datasets
+    core = openvino.Core()
+    model = core.read_model(case.model.SerializeToString(), b"")
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    y = compiled(dict(ds.inputs))[compiled.output(0)]
+    q, k, v, nonpad = (ds.inputs[n] for n in ("q", "k", "v", "nonpad_kv_seqlen"))
+    unwindowed = reference.attention(q, k, v, nonpad_kv_seqlen=nonpad, is_causal=True)
+    return {
+        "vs windowed reference": float(np.abs(y - ds.outputs["y"]).max()),
+        "vs reference without window": float(np.abs(y - unwindowed).max()),
+    }
+
+
+# --8<-- [end:openvino_window]

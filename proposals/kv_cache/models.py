@@ -146,11 +146,16 @@ def attention_model(
     head_dim: int,
     nonpad: bool,
     is_causal: int = 1,
-    opset: int = 24,
+    left_window_size: int = -1,
+    right_window_size: int = -1,
 ) -> onnx.ModelProto:
-    """A lone Attention node over given K/V, with or without ``nonpad_kv_seqlen``."""
+    """A lone Attention node over given K/V, with or without ``nonpad_kv_seqlen``.
+
+    Opset 24, or 25 when a window is set.
+    """
     inputs = ["q", "k", "v"] + (["", "", "", "nonpad_kv_seqlen"] if nonpad else [])
-    node = helper.make_node("Attention", inputs, ["y"], is_causal=is_causal)
+    windows = _window_attrs(left_window_size, right_window_size)
+    node = helper.make_node("Attention", inputs, ["y"], is_causal=is_causal, **windows)
     graph = helper.make_graph(
         [node],
         "attention",
@@ -162,7 +167,7 @@ def attention_model(
         + ([_per_sample("nonpad_kv_seqlen")] if nonpad else []),
         [_heads("y", q_heads, head_dim, seq=q_len)],
     )
-    return make_model(graph, {"": opset})
+    return make_model(graph, {"": _opset(left_window_size, right_window_size)})
 
 
 def tensor_scatter_model(
