@@ -36,9 +36,10 @@ unit: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
-# Everything: lint, the conformance run over the committed zoo, the unit tests (which also
-# rebuild the zoo in a temporary folder and compare bytes), and the strict docs build.
-test: lint verify unit docs
+# Everything: lint, the conformance run over the committed zoo, the strict docs build, then
+# the unit tests (which rebuild the zoo in a temporary folder and compare bytes, and open
+# the freshly built site in headless Chromium).
+test: lint verify docs unit
 
 serve: $(STAMP)
 	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
