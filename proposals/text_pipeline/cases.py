@@ -9,8 +9,6 @@ transformers module run sequence by sequence, never from onnxruntime.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx
 
@@ -22,7 +20,6 @@ from proposals.text_pipeline.tokenizer import PAD_TOKEN, load_tokenizer
 
 PROMPTS = ("The cache is", "TensorScatter writes keys into the buffer")
 LINEAR_CACHE_LEN = 12
-_HAS_FILES = "files" in {f.name for f in dataclasses.fields(Case)}
 
 
 # --8<-- [start:case]
@@ -39,11 +36,7 @@ def decoder_case(arch: str) -> Case:
 
     # prefill: the graph computes every column, padding included, so the reference does too
     prefill = [hf_step(model, r) for r in padded]
-    past = {
-        f"past_{k}_{i}": np.zeros(shape, np.float32)
-        for i in range(spec.num_layers)
-        for k in ("key", "value")
-    }
+    past = {f"past_{k}_{i}": np.zeros(shape, np.float32) for i in range(spec.num_layers) for k in ("key", "value")}
     present = {name.replace("past", "present"): cache.copy() for name, cache in past.items()}
     for b, (_, _, layers) in enumerate(prefill):
         for i, (k, v) in enumerate(layers):
@@ -80,8 +73,7 @@ def decoder_case(arch: str) -> Case:
         },
         outputs={"logits": np.stack(logits), **decode_present},
     )
-    extra = {"files": extra_files(arch)} if _HAS_FILES else {}
-    return Case(decoder, [first, second], rtol=1e-4, atol=1e-5, **extra)
+    return Case(decoder, [first, second], rtol=1e-4, atol=1e-5, files=extra_files(arch))
 
 
 # --8<-- [end:case]
