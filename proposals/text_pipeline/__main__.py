@@ -30,9 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(backend_names())}")
     p.add_argument("--arch", default="llama", help=f"zoo model: {', '.join(ARCHITECTURES)}")
     p.add_argument("--model-dir", type=Path, help="a pipeline model folder (overrides --arch)")
-    p.add_argument(
-        "--device", default=None, help="device identifier (default: the backend's first)"
-    )
+    p.add_argument("--device", default=None, help="device identifier (default: the backend's first)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--min-new-tokens", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")

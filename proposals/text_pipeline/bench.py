@@ -79,10 +79,7 @@ def measure(context: int, decoder, *, batches: int, min_batch_s: float) -> dict:
 def main(quick: bool = False) -> None:
     contexts = [64, 256] if quick else [512, 4096]
     decoder = build_decoder(tiny_model("llama", **BENCH_MODEL))
-    rows = [
-        measure(c, decoder, batches=3 if quick else 9, min_batch_s=0.01 if quick else 0.05)
-        for c in contexts
-    ]
+    rows = [measure(c, decoder, batches=3 if quick else 9, min_batch_s=0.01 if quick else 0.05) for c in contexts]
     if not quick:  # a quick run only shows that the bench works; it writes nothing
         write_json(TOPIC, "cache", rows, model=BENCH_MODEL, threads=2)
         plot_ratios(
@@ -90,12 +87,8 @@ def main(quick: bool = False) -> None:
             "cache",
             contexts,
             {
-                "decode tokens/s: in-place / copying": [
-                    r["decode_speedup_inplace_over_copying"] for r in rows
-                ],
-                "time to first token: copying / in-place": [
-                    r["ttft_ratio_copying_over_inplace"] for r in rows
-                ],
+                "decode tokens/s: in-place / copying": [r["decode_speedup_inplace_over_copying"] for r in rows],
+                "time to first token: copying / in-place": [r["ttft_ratio_copying_over_inplace"] for r in rows],
             },
             xlabel="context length (tokens)",
             ylabel="ratio (>1: in-place is better)",
@@ -111,7 +104,25 @@ def main(quick: bool = False) -> None:
         )
 
 
-if __name__ == "__main__":
+def results_table() -> str:
+    """The committed full run as a text table (what the page prints)."""
+    import json
+
+    from generator.bench import results_dir
+
+    data = json.loads((results_dir(TOPIC) / "cache.json").read_text())
+    lines = ["context  decode tok/s in-place  copying  ratio   TTFT ms in-place  copying  ratio"]
+    for r in data["rows"]:
+        tok, ttft = r["decode_tokens_per_s"], r["ttft_s"]
+        lines.append(
+            f"{r['context']:7d}  {tok['in-place']:20.0f}  {tok['copying']:7.0f}  "
+            f"{r['decode_speedup_inplace_over_copying']:5.2f}x  {ttft['in-place'] * 1e3:16.1f}  "
+            f"{ttft['copying'] * 1e3:7.1f}  {r['ttft_ratio_copying_over_inplace']:5.2f}x"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
     import sys
 
     main(quick="--quick" in sys.argv)

@@ -41,9 +41,7 @@ class GenerationInput:
     text: str
 
     def __post_init__(self) -> None:
-        _require(
-            isinstance(self.text, str), f"GenerationInput.text must be a str, got {self.text!r}"
-        )
+        _require(isinstance(self.text, str), f"GenerationInput.text must be a str, got {self.text!r}")
 
 
 @dataclass(frozen=True)
@@ -73,9 +71,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        _require(
-            isinstance(self.do_sample, bool), f"do_sample must be a bool, got {self.do_sample!r}"
-        )
+        _require(isinstance(self.do_sample, bool), f"do_sample must be a bool, got {self.do_sample!r}")
         _require(
             _is_int(self.rng_seed) and 0 <= self.rng_seed < 2**32,
             f"rng_seed must be an integer in [0, 2**32), got {self.rng_seed!r}",
@@ -91,8 +87,7 @@ class SamplingConfig:
         )
         _require(
             _finite(self.repetition_penalty) and self.repetition_penalty > 0,
-            f"repetition_penalty must be a finite float > 0 (1.0 = off), got "
-            f"{self.repetition_penalty!r}",
+            f"repetition_penalty must be a finite float > 0 (1.0 = off), got {self.repetition_penalty!r}",
         )
 
 
@@ -125,13 +120,11 @@ class BeamSearchConfig:
         )
         _require(
             _is_int(self.num_return_sequences) and 1 <= self.num_return_sequences <= self.num_beams,
-            f"num_return_sequences must be in [1, num_beams={self.num_beams}], got "
-            f"{self.num_return_sequences!r}",
+            f"num_return_sequences must be in [1, num_beams={self.num_beams}], got {self.num_return_sequences!r}",
         )
         _require(
             self.num_beam_groups == 1,
-            f"num_beam_groups={self.num_beam_groups!r} (group beam search) is not "
-            "implemented; valid: 1",
+            f"num_beam_groups={self.num_beam_groups!r} (group beam search) is not implemented; valid: 1",
         )
         _require(
             self.diversity_penalty == 0.0,
@@ -148,8 +141,7 @@ class BeamSearchConfig:
         )
         _require(
             isinstance(self.stop_criteria, StopCriteria),
-            f"stop_criteria must be a StopCriteria ({', '.join(StopCriteria.__members__)}), "
-            f"got {self.stop_criteria!r}",
+            f"stop_criteria must be a StopCriteria ({', '.join(StopCriteria.__members__)}), got {self.stop_criteria!r}",
         )
 
 
@@ -177,8 +169,7 @@ class GenerationConfig:
         if self.max_new_tokens is not None:
             _require(
                 self.min_new_tokens <= self.max_new_tokens,
-                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens="
-                f"{self.max_new_tokens}",
+                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={self.max_new_tokens}",
             )
         object.__setattr__(self, "eos_token_ids", _id_set(self.eos_token_ids))
         object.__setattr__(self, "stop_strings", _string_set(self.stop_strings))
@@ -192,8 +183,7 @@ class GenerationConfig:
         )
         _require(
             not (self.sampling_config.do_sample and self.beam_search_config.num_beams > 1),
-            "do_sample=True with num_beams > 1 (beam sampling) is not implemented; "
-            "use one or the other",
+            "do_sample=True with num_beams > 1 (beam sampling) is not implemented; use one or the other",
         )
 
     def with_(self, **changes) -> GenerationConfig:

@@ -98,10 +98,7 @@ def decoder_spec(config) -> DecoderSpec:
     """
     model_type = _config_value(config, "model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UsageError(
-            f"unsupported architecture {model_type!r}; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+        raise UsageError(f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     act = _config_value(config, "hidden_act")
     if act != "silu":
         raise UsageError(f"unsupported config feature: hidden_act={act!r}; supported: 'silu'")
@@ -109,8 +106,7 @@ def decoder_spec(config) -> DecoderSpec:
     rope_type = rope.get("rope_type", "default")
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise UsageError(
-            f"unsupported config feature: rope_type={rope_type!r}; "
-            f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+            f"unsupported config feature: rope_type={rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
         )
     if (_config_value(config, "pretraining_tp") or 1) != 1:
         raise UsageError("unsupported config feature: pretraining_tp != 1; supported: 1")
@@ -119,9 +115,7 @@ def decoder_spec(config) -> DecoderSpec:
     head_dim = _config_value(config, "head_dim") or config.hidden_size // heads
     partial = rope.get("partial_rotary_factor", 1.0)
     if partial != 1.0:
-        raise UsageError(
-            f"unsupported config feature: partial_rotary_factor={partial}; supported: 1.0"
-        )
+        raise UsageError(f"unsupported config feature: partial_rotary_factor={partial}; supported: 1.0")
     return DecoderSpec(
         model_type=model_type,
         num_layers=config.num_hidden_layers,
@@ -217,9 +211,7 @@ def _attention_block(g: _Graph, x: str, attn, spec: DecoderSpec, i: int, ctx: di
     q = g.op("RotaryEmbedding", [q, *rope_in], f"{p}.q_rot")
     k = g.op("RotaryEmbedding", [k, *rope_in], f"{p}.k_rot")
     mode = "circular" if spec.circular else "linear"
-    present_k = g.op(
-        "TensorScatter", [f"past_key_{i}", k, ctx["slots"]], f"present_key_{i}", axis=2, mode=mode
-    )
+    present_k = g.op("TensorScatter", [f"past_key_{i}", k, ctx["slots"]], f"present_key_{i}", axis=2, mode=mode)
     present_v = g.op(
         "TensorScatter",
         [f"past_value_{i}", v, ctx["slots"]],
@@ -252,17 +244,13 @@ def _mlp_block(g: _Graph, x: str, mlp, i: int) -> str:
 
 def _cache_context(g: _Graph, spec: DecoderSpec, cos: np.ndarray, sin: np.ndarray) -> dict:
     """Positions, scatter slots and valid lengths, all derived from ``write_indices``."""
-    seq = g.op(
-        "Gather", ["input_ids_shape", g.const("one", np.array(1, np.int64))], "seq_len", axis=0
-    )
+    seq = g.op("Gather", ["input_ids_shape", g.const("one", np.array(1, np.int64))], "seq_len", axis=0)
     g.nodes.insert(
         0,
         helper.make_node("Shape", ["input_ids"], ["input_ids_shape"], name="input_ids_shape_node"),
     )
     steps = g.op("Range", [g.const("zero", np.array(0, np.int64)), seq, "one"], "steps")
-    starts = g.op(
-        "Unsqueeze", ["write_indices", g.const("axis1", np.array([1], np.int64))], "write_starts"
-    )
+    starts = g.op("Unsqueeze", ["write_indices", g.const("axis1", np.array([1], np.int64))], "write_starts")
     positions = g.op("Add", [starts, steps], "rope_positions")
     nonpad = g.op("Add", ["write_indices", seq], "kv_end")
     slots = "write_indices"
@@ -309,9 +297,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     x = g.op("Gather", [embed, "input_ids"], "embedded", axis=0)
     for i, layer in enumerate(body.layers):
         h = _rms_norm(g, x, layer.input_layernorm, f"layers.{i}.input_layernorm")
-        x = g.op(
-            "Add", [x, _attention_block(g, h, layer.self_attn, spec, i, ctx)], f"layers.{i}.res1"
-        )
+        x = g.op("Add", [x, _attention_block(g, h, layer.self_attn, spec, i, ctx)], f"layers.{i}.res1")
         h = _rms_norm(g, x, layer.post_attention_layernorm, f"layers.{i}.post_attention_layernorm")
         x = g.op("Add", [x, _mlp_block(g, h, layer.mlp, i)], f"layers.{i}.res2")
     x = _rms_norm(g, x, body.norm, "final_norm")
@@ -327,9 +313,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     inputs, outputs = _io(spec)
     graph = helper.make_graph(g.nodes, f"{spec.model_type}_decoder", inputs, outputs, g.inits)
     model = make_model(graph, {"": OPSET})
-    model.metadata_props.extend(
-        [onnx.StringStringEntryProto(key=k, value=str(v)) for k, v in vars(spec).items()]
-    )
+    model.metadata_props.extend([onnx.StringStringEntryProto(key=k, value=str(v)) for k, v in vars(spec).items()])
     return model
 
 

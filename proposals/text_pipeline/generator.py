@@ -45,9 +45,7 @@ class Generator:
         batch_size: int = 1,
     ) -> None:
         if config.beam_search_config.num_beams != 1:
-            raise UsageError(
-                "Generator does greedy or sampled decoding; use beam_search() for num_beams > 1"
-            )
+            raise UsageError("Generator does greedy or sampled decoding; use beam_search() for num_beams > 1")
         if config.stop_strings and decode is None:
             raise UsageError("stop_strings need a tokenizer: pass decode= to the Generator")
         self.runner, self.config, self.decode = runner, config, decode
@@ -60,14 +58,10 @@ class Generator:
     def append_input_tokens(self, tokens: Sequence[Sequence[int]]) -> None:
         """``AppendInputTokens``: add tokens to every sequence (one list per sequence)."""
         if len(tokens) != len(self.seqs):
-            raise UsageError(
-                f"append_input_tokens got {len(tokens)} token lists for a batch of {len(self.seqs)}"
-            )
+            raise UsageError(f"append_input_tokens got {len(tokens)} token lists for a batch of {len(self.seqs)}")
         bad = [t for seq in tokens for t in seq if not 0 <= int(t) < self.runner.vocab_size]
         if bad:
-            raise UsageError(
-                f"token ids {bad[:5]} are outside the vocabulary [0, {self.runner.vocab_size})"
-            )
+            raise UsageError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.runner.vocab_size})")
         if not self._started:
             longest = max(len(t) for t in tokens)
             budget = self.config.new_token_budget(min(len(t) for t in tokens))
@@ -142,9 +136,7 @@ class Hypothesis:
     score: float  # sum of log-probabilities divided by length ** length_penalty
 
 
-def beam_search(
-    runner: Runner, prompt: Sequence[int], config: GenerationConfig
-) -> list[Hypothesis]:
+def beam_search(runner: Runner, prompt: Sequence[int], config: GenerationConfig) -> list[Hypothesis]:
     """Beam search for one prompt, best hypotheses first (``num_return_sequences`` of them).
 
     Follows transformers' rules: each step ranks ``max(2, 1 + #eos) * num_beams`` candidates;
@@ -194,9 +186,7 @@ def _norm(length: int, beams) -> float:
     return float(length) ** beams.length_penalty
 
 
-def _pool_is_final(
-    pool: list[Hypothesis], best_running: float, length: int, budget: int, beams
-) -> bool:
+def _pool_is_final(pool: list[Hypothesis], best_running: float, length: int, budget: int, beams) -> bool:
     """No running beam can still enter the pool (transformers' early-stop heuristic)."""
     if len(pool) < beams.num_beams:
         return False

@@ -17,9 +17,7 @@ FILTERED = -np.inf  # transformers' filter_value
 
 
 # --8<-- [start:processors]
-def repetition_penalty(
-    logits: np.ndarray, history: Sequence[Sequence[int]], penalty: float
-) -> np.ndarray:
+def repetition_penalty(logits: np.ndarray, history: Sequence[Sequence[int]], penalty: float) -> np.ndarray:
     """CTRL-style penalty on every token already in a row's history (prompt + generated):
     positive logits are divided by ``penalty``, negative ones multiplied."""
     out = logits.copy()

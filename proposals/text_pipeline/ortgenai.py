@@ -110,9 +110,7 @@ def write_genai_folder(folder: ModelFolder, target: Path) -> None:
             }
         )
     )
-    (target / "genai_config.json").write_text(
-        json.dumps(genai_config(folder.decoder, eos), indent=2)
-    )
+    (target / "genai_config.json").write_text(json.dumps(genai_config(folder.decoder, eos), indent=2))
 
 
 class OrtGenaiPipeline(Pipeline):
@@ -141,10 +139,7 @@ class OrtGenaiPipeline(Pipeline):
                 shown = text
 
     def generator(self, prompts):
-        raise UsageError(
-            "the onnxruntime-genai backend exposes its own og.Generator; "
-            "use __call__, generate or stream"
-        )
+        raise UsageError("the onnxruntime-genai backend exposes its own og.Generator; use __call__, generate or stream")
 
     def _one(self, prompt: GenerationInput) -> GenerationResult:
         runs = list(self._run(prompt))
@@ -161,16 +156,11 @@ class OrtGenaiPipeline(Pipeline):
         og, c = self.og, self.config
         if c.beam_search_config.num_beams > 1:
             raise UsageError(
-                "beam search on the onnxruntime-genai backend is not wired here; "
-                "use the onnxruntime backend"
+                "beam search on the onnxruntime-genai backend is not wired here; use the onnxruntime backend"
             )
         ids = self.encode(prompt)
         budget = c.new_token_budget(len(ids))
-        total = (
-            self.spec.max_positions
-            if budget is None
-            else min(len(ids) + budget, self.spec.max_positions)
-        )
+        total = self.spec.max_positions if budget is None else min(len(ids) + budget, self.spec.max_positions)
         params = og.GeneratorParams(self.model)
         s = c.sampling_config
         options = {

@@ -40,9 +40,7 @@ class Pipeline:
     ``stream`` yields text pieces as tokens are generated.
     """
 
-    def __init__(
-        self, make_runner: Callable[[], Runner], tokenizer, config: GenerationConfig
-    ) -> None:
+    def __init__(self, make_runner: Callable[[], Runner], tokenizer, config: GenerationConfig) -> None:
         self.make_runner, self.tokenizer = make_runner, tokenizer
         self.set_generation_config(config)
 
@@ -81,9 +79,7 @@ class Pipeline:
 
     def generator(self, prompts: Sequence[Sequence[int]]) -> Generator:
         """A fresh ``Text2Text::Generator`` with the prompts appended."""
-        gen = Generator(
-            self.make_runner(), self.config, decode=self.decode, batch_size=len(prompts)
-        )
+        gen = Generator(self.make_runner(), self.config, decode=self.decode, batch_size=len(prompts))
         gen.append_input_tokens(prompts)
         return gen
 
@@ -143,9 +139,7 @@ def config_from_json(data: Mapping) -> GenerationConfig:
         beams = dict(data.pop("beam_search_config", {}))
         if "stop_criteria" in beams:
             beams["stop_criteria"] = StopCriteria[beams["stop_criteria"]]
-        return GenerationConfig(
-            sampling_config=sampling, beam_search_config=BeamSearchConfig(**beams), **data
-        )
+        return GenerationConfig(sampling_config=sampling, beam_search_config=BeamSearchConfig(**beams), **data)
     except (TypeError, KeyError) as err:
         raise UsageError(f"bad generation_config in {PIPELINE_FILE}: {err}") from None
 
@@ -232,9 +226,7 @@ def enumerate_devices(backend: str) -> list[Device]:
     return _backend(backend).enumerate()
 
 
-def create_pipeline(
-    backend: str, model_dir: str | Path, device: str | Device | None = None
-) -> Pipeline:
+def create_pipeline(backend: str, model_dir: str | Path, device: str | Device | None = None) -> Pipeline:
     """``Text2TextPipelineFactory::Create``: a pipeline for a model folder on a device
     (by identifier; the backend's first device when None)."""
     entry = _backend(backend)
@@ -275,9 +267,7 @@ def _transformers(model_dir: Path, device: Device) -> Pipeline:
 
     folder = ModelFolder.read(model_dir)
     model = tiny_model(folder.manifest["transformers"]["architecture"])
-    return Pipeline(
-        lambda: TorchRunner(model), load_tokenizer(folder.tokenizer_json), folder.config
-    )
+    return Pipeline(lambda: TorchRunner(model), load_tokenizer(folder.tokenizer_json), folder.config)
 
 
 def _onnxruntime_genai(model_dir: Path, device: Device) -> Pipeline:
@@ -292,6 +282,4 @@ register_backend(
     lambda: [Device("CPU", {"provider": "CPUExecutionProvider", "inplace_cache": True})],
 )
 register_backend("transformers", _transformers, lambda: [Device("CPU", {"torch_device": "cpu"})])
-register_backend(
-    "onnxruntime-genai", _onnxruntime_genai, lambda: [Device("CPU", {"provider": "cpu"})]
-)
+register_backend("onnxruntime-genai", _onnxruntime_genai, lambda: [Device("CPU", {"provider": "cpu"})])

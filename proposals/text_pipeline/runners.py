@@ -87,14 +87,8 @@ class OrtRunner:
     def _step(self, ids: np.ndarray, rows: slice) -> np.ndarray:
         starts = np.asarray(self.lengths[rows], np.int64)
         if starts.max() + ids.shape[1] > self.capacity:
-            raise UsageError(
-                f"{starts.max() + ids.shape[1]} tokens exceed the cache capacity {self.capacity}"
-            )
-        logits = (
-            self._run_inplace(ids, starts, rows)
-            if self.inplace
-            else self._run_copy(ids, starts, rows)
-        )
+            raise UsageError(f"{starts.max() + ids.shape[1]} tokens exceed the cache capacity {self.capacity}")
+        logits = self._run_inplace(ids, starts, rows) if self.inplace else self._run_copy(ids, starts, rows)
         for r in range(*rows.indices(len(self.lengths))):
             self.lengths[r] += ids.shape[1]
         return logits[:, -1, :]
@@ -173,9 +167,7 @@ class TorchRunner:
         rows = []
         with torch.no_grad():
             for row, seq in enumerate(tokens):
-                out = self.model(
-                    input_ids=torch.tensor([list(seq)]), cache=self.caches[row], use_cache=True
-                )
+                out = self.model(input_ids=torch.tensor([list(seq)]), cache=self.caches[row], use_cache=True)
                 self.caches[row] = out.cache
                 self.lengths[row] += len(seq)
                 rows.append(out.logits[0, -1].float().numpy())

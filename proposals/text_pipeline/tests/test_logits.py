@@ -32,9 +32,7 @@ def history() -> list[list[int]]:
 def hf_apply(processor, logits: np.ndarray, history: list[list[int]] | None = None) -> np.ndarray:
     width = max(map(len, history)) if history else 1
     # right-pad histories with a token already present so padding adds no new penalties
-    ids = torch.tensor(
-        [h + [h[0]] * (width - len(h)) for h in history] if history else [[0]] * len(logits)
-    )
+    ids = torch.tensor([h + [h[0]] * (width - len(h)) for h in history] if history else [[0]] * len(logits))
     return processor(ids, torch.from_numpy(logits.copy())).numpy()
 
 
@@ -74,9 +72,7 @@ def test_processor_chain_matches_transformers_order(logits, history):
     config = GenerationConfig(
         min_new_tokens=2,
         eos_token_ids={0, 3},
-        sampling_config=SamplingConfig(
-            do_sample=True, temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.2
-        ),
+        sampling_config=SamplingConfig(do_sample=True, temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.2),
     )
     chain = hf.LogitsProcessorList(
         [
@@ -95,9 +91,7 @@ def test_processor_chain_matches_transformers_order(logits, history):
 def sample(runner, seed: int, prompts=([5, 6, 7], [40, 41, 42, 43, 44])) -> list[list[int]]:
     config = GenerationConfig(
         max_new_tokens=16,
-        sampling_config=SamplingConfig(
-            do_sample=True, rng_seed=seed, temperature=0.9, top_k=50, top_p=0.95
-        ),
+        sampling_config=SamplingConfig(do_sample=True, rng_seed=seed, temperature=0.9, top_k=50, top_p=0.95),
     )
     gen = Generator(runner, config, batch_size=len(prompts))
     gen.append_input_tokens(list(prompts))

@@ -1,0 +1,147 @@
+"""What the proposal page executes: parity tables and the onnxruntime-genai findings,
+computed at docs-build time from the same code the tests run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from proposals.text_pipeline.config import GenerationConfig
+from proposals.text_pipeline.decoder import build_decoder, spec_from_model
+from proposals.text_pipeline.folder import decoder_bytes, write_folder
+from proposals.text_pipeline.generator import Generator
+from proposals.text_pipeline.models import ARCHITECTURES, tiny_model
+from proposals.text_pipeline.ortgenai import write_genai_folder
+from proposals.text_pipeline.pipeline import ModelFolder
+from proposals.text_pipeline.runners import OrtRunner
+from proposals.text_pipeline.tokenizer import load_tokenizer
+
+PROMPTS = ("The KV cache", "TensorScatter writes the new keys into the static buffer at")
+
+
+def greedy(runner, prompts: list[list[int]], new: int) -> list[list[int]]:
+    gen = Generator(runner, GenerationConfig(max_new_tokens=new), batch_size=len(prompts))
+    gen.append_input_tokens(prompts)
+    while not gen.is_done():
+        gen.generate_next_token()
+    return [s.new_tokens for s in gen.seqs]
+
+
+def hf_greedy(model, prompts: list[list[int]], new: int) -> list[list[int]]:
+    """transformers ``generate`` on the left-padded batch."""
+    import torch
+
+    width = max(map(len, prompts))
+    ids = torch.tensor([[1] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=1,
+            eos_token_id=None,
+        )
+    return [row[width:].tolist() for row in out]
+
+
+# --8<-- [start:parity]
+def parity_table(new_tokens: int = 32) -> str:
+    """Markdown: greedy tokens of the onnxruntime backend vs transformers ``generate``."""
+    prompts = [load_tokenizer().encode(p).ids for p in PROMPTS]
+    rows = [
+        "| model | cache | prompt lengths | new tokens | identical tokens | max logit diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arch in ARCHITECTURES:
+        model = tiny_model(arch)
+        decoder = onnx.load_from_string(decoder_bytes(arch))
+        spec = spec_from_model(decoder)
+        ours = greedy(OrtRunner(decoder), prompts, new_tokens)
+        theirs = hf_greedy(model, prompts, new_tokens)
+        same = sum(a == b for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True))
+        cache = f"circular, window {spec.sliding_window}" if spec.circular else "linear"
+        rows.append(
+            f"| {arch} | {cache} | {', '.join(str(len(p)) for p in prompts)} | "
+            f"2 × {new_tokens} | {same}/{2 * new_tokens} | {_logit_gap(model, decoder):.1e} |"
+        )
+    return "\n".join(rows)
+
+
+# --8<-- [end:parity]
+
+
+def _logit_gap(model, decoder) -> float:
+    """Largest |logit difference| over a 24-token prefill, ORT vs transformers."""
+    import torch
+
+    tokens = [(11 * i + 2) % 500 for i in range(24)]
+    runner = OrtRunner(decoder)
+    runner.start(1, 32)
+    runner.append([tokens[:-1]])
+    ours = runner.append([[tokens[-1]]])[0]
+    with torch.no_grad():
+        theirs = model(torch.tensor([tokens])).logits[0, -1].numpy()
+    return float(np.abs(ours - theirs).max())
+
+
+def ortgenai_unadapted_error() -> str:
+    """The error ORT GenAI 0.18 gives on the decoder as built (no ``write_indices`` fed)."""
+    import onnxruntime_genai as og
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = ModelFolder.read(write_folder("llama", Path(scratch) / "zoo"))
+        target = Path(scratch) / "genai"
+        target.mkdir()
+        write_genai_folder(folder, target)
+        onnx.save(folder.decoder, target / "model.onnx")  # the unadapted graph
+        model = og.Model(str(target))
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=16)
+        generator = og.Generator(model, params)
+        try:
+            generator.append_tokens(np.array([[5, 6, 7]], np.int32))
+        except RuntimeError as err:
+            return str(err).strip()
+    return "(no error)"
+
+
+def ortgenai_batch_check() -> str:
+    """ORT GenAI on a left-padded batch of two vs the same prompts run alone."""
+    import onnxruntime_genai as og
+
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = ModelFolder.read(write_folder("llama", Path(scratch) / "zoo"))
+        target = Path(scratch) / "genai"
+        target.mkdir()
+        write_genai_folder(folder, target)
+        model = og.Model(str(target))
+
+        def run(batch: list[list[int]]) -> list[list[int]]:
+            width = max(map(len, batch))
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=width + 10, batch_size=len(batch))
+            gen = og.Generator(model, params)
+            gen.append_tokens(np.array([[1] * (width - len(p)) + p for p in batch], np.int32))
+            while not gen.is_done():
+                gen.generate_next_token()
+            return [list(map(int, gen.get_sequence(i)))[width:] for i in range(len(batch))]
+
+        together = run(prompts)
+        alone = [run([p])[0] for p in prompts]
+    lines = []
+    for p, t, a in zip(prompts, together, alone, strict=True):
+        verdict = "same" if t == a else "DIFFERENT"
+        lines.append(f"prompt of {len(p)} tokens: batched {t}\n{'':21}alone   {a}  -> {verdict}")
+    return "\n".join(lines)
+
+
+def one_layer_decoder() -> onnx.ModelProto:
+    """A one-layer Qwen3 decoder, small enough to draw (q/k norms show too)."""
+    return build_decoder(tiny_model("qwen3", num_hidden_layers=1))
