@@ -148,7 +148,7 @@ class _Graph:
 
 
 def _weight(tensor) -> np.ndarray:
-    return tensor.detach().to(dtype=tensor.dtype).float().numpy().astype(np.float32)
+    return tensor.detach().float().numpy().astype(np.float32)
 
 
 def _linear(g: _Graph, x: str, module, name: str) -> str:

@@ -23,7 +23,7 @@ Decode = Callable[[Sequence[int]], str]
 
 
 @dataclass
-class Sequence_:
+class SequenceState:
     """One sequence's state: its history, what it generated and why it stopped."""
 
     history: list[int] = field(default_factory=list)
@@ -50,7 +50,7 @@ class Generator:
             raise UsageError("stop_strings need a tokenizer: pass decode= to the Generator")
         self.runner, self.config, self.decode = runner, config, decode
         self.rng = seeded(config.sampling_config.rng_seed)
-        self.seqs = [Sequence_() for _ in range(batch_size)]
+        self.seqs = [SequenceState() for _ in range(batch_size)]
         self._logits: np.ndarray | None = None  # next-token logits, once inputs are fed
         self._unfed: list[list[int]] | None = None  # last generated tokens, fed lazily
         self._started = False
@@ -74,6 +74,8 @@ class Generator:
             seq.history.extend(int(t) for t in new)
             seq.prompt_len = len(seq.history)
             seq.new_tokens, seq.finish_reason = [], None
+            if self.config.new_token_budget(seq.prompt_len) == 0:  # max_length <= prompt
+                seq.finish_reason = "length"
 
     def generate_next_token(self) -> list[int | None]:
         """``GenerateNextToken``: one new token per sequence (None for finished ones)."""
@@ -113,7 +115,7 @@ class Generator:
             self._logits = self.runner.append(self._unfed)
             self._unfed = None
 
-    def _finish_reason(self, seq: Sequence_, cache_full: bool) -> str | None:
+    def _finish_reason(self, seq: SequenceState, cache_full: bool) -> str | None:
         n = len(seq.new_tokens)
         if seq.new_tokens[-1] in self.config.eos_token_ids:  # banned before min_new_tokens
             return "eos"

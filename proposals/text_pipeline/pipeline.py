@@ -24,6 +24,7 @@ from proposals.text_pipeline.config import (
     SamplingConfig,
     StopCriteria,
 )
+from proposals.text_pipeline.decoder import decoder_spec, spec_from_model
 from proposals.text_pipeline.generator import Generator, beam_search
 from proposals.text_pipeline.runners import OrtRunner, Runner, TorchRunner
 from proposals.text_pipeline.tokenizer import load_tokenizer
@@ -267,6 +268,11 @@ def _transformers(model_dir: Path, device: Device) -> Pipeline:
 
     folder = ModelFolder.read(model_dir)
     model = tiny_model(folder.manifest["transformers"]["architecture"])
+    if decoder_spec(model.config) != spec_from_model(folder.decoder):
+        raise UsageError(
+            f"{model_dir}: the transformers recipe in {PIPELINE_FILE} does not "
+            "describe model.onnx (shapes differ); rebuild the folder"
+        )
     return Pipeline(lambda: TorchRunner(model), load_tokenizer(folder.tokenizer_json), folder.config)
 
 

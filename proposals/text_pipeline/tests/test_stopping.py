@@ -73,3 +73,9 @@ def test_stream_yields_pieces_that_join_to_the_text(pipeline, free_run):
     pieces = list(pipeline.stream(PROMPT))
     assert len(pieces) > 5
     assert "".join(pieces) == pipeline.decode(free_run)
+
+
+def test_max_length_at_the_prompt_length_generates_nothing(pipeline):
+    prompt_len = len(pipeline.encode(PROMPT))
+    result = generate(pipeline, max_length=prompt_len)
+    assert result.token_ids == () and result.finish_reason == "length"
