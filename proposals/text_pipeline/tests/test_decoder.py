@@ -114,3 +114,16 @@ def test_unsupported_architecture_is_named():
     config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)
     with pytest.raises(UsageError, match="unsupported architecture 'gpt2'"):
         build_decoder(transformers.GPT2LMHeadModel(config))
+
+
+def test_inplace_runner_aliases_past_and_present():
+    """The present outputs ORT returns are the numpy cache buffers themselves: no copy."""
+    runner = OrtRunner(build_decoder(tiny_model("llama")))
+    runner.start(2, 16)
+    runner.append([[5, 6, 7], [8, 9]])
+    runner.append([[10], [11]])
+    binding = runner._binding(slice(None))
+    outputs = binding.get_outputs()  # logits first, then present_key_0, present_value_0, ...
+    for value, cache in zip(outputs[1:], runner.caches.values(), strict=True):
+        assert value.data_ptr() == cache.ctypes.data
+    assert np.abs(runner.caches["key_0"][:, :, :3]).min() > 0  # both rows written in place
