@@ -125,7 +125,7 @@ class OrtGenaiPipeline(Pipeline):
         self.og = og
         self.model = og.Model(self._dir.name)
         self.spec = spec
-        super().__init__(lambda: None, load_tokenizer(folder.tokenizer_json), folder.config)
+        super().__init__(None, load_tokenizer(folder.tokenizer_json), folder.config)
 
     def generate(self, prompts: Sequence[GenerationInput]) -> list[GenerationResult]:
         return [self._one(p) for p in prompts]

@@ -41,8 +41,8 @@ class Pipeline:
     ``stream`` yields text pieces as tokens are generated.
     """
 
-    def __init__(self, make_runner: Callable[[], Runner], tokenizer, config: GenerationConfig) -> None:
-        self.make_runner, self.tokenizer = make_runner, tokenizer
+    def __init__(self, runner: Runner, tokenizer, config: GenerationConfig) -> None:
+        self.runner, self.tokenizer = runner, tokenizer  # one runner (one session), reused
         self.set_generation_config(config)
 
     def get_generation_config(self) -> GenerationConfig:
@@ -59,6 +59,8 @@ class Pipeline:
     def generate(self, prompts: Sequence[GenerationInput]) -> list[GenerationResult]:
         """Generate for a batch of prompts (beam search runs prompt by prompt)."""
         ids = [self.encode(p) for p in prompts]
+        if not ids:
+            raise UsageError("generate needs at least one GenerationInput")
         if self.config.beam_search_config.num_beams > 1:
             return [self._beam(prompt) for prompt in ids]
         gen = self.generator(ids)
@@ -80,7 +82,7 @@ class Pipeline:
 
     def generator(self, prompts: Sequence[Sequence[int]]) -> Generator:
         """A fresh ``Text2Text::Generator`` with the prompts appended."""
-        gen = Generator(self.make_runner(), self.config, decode=self.decode, batch_size=len(prompts))
+        gen = Generator(self.runner, self.config, decode=self.decode, batch_size=len(prompts))
         gen.append_input_tokens(prompts)
         return gen
 
@@ -104,7 +106,7 @@ class Pipeline:
         return GenerationResult(text, tuple(tokens), reason or "length", (text,))
 
     def _beam(self, prompt: list[int]) -> GenerationResult:
-        hyps = beam_search(self.make_runner(), prompt, self.config)
+        hyps = beam_search(self.runner, prompt, self.config)
         texts = tuple(self.decode(h.tokens) for h in hyps)
         best = hyps[0].tokens
         reason = "eos" if len(best) and best[-1] in self.config.eos_token_ids else "length"
@@ -257,7 +259,7 @@ def _onnxruntime(model_dir: Path, device: Device) -> Pipeline:
     folder = ModelFolder.read(model_dir)
     inplace = bool(device.config.get("inplace_cache", True))
     return Pipeline(
-        lambda: OrtRunner(folder.decoder, inplace=inplace),
+        OrtRunner(folder.decoder, inplace=inplace),
         load_tokenizer(folder.tokenizer_json),
         folder.config,
     )
@@ -273,7 +275,7 @@ def _transformers(model_dir: Path, device: Device) -> Pipeline:
             f"{model_dir}: the transformers recipe in {PIPELINE_FILE} does not "
             "describe model.onnx (shapes differ); rebuild the folder"
         )
-    return Pipeline(lambda: TorchRunner(model), load_tokenizer(folder.tokenizer_json), folder.config)
+    return Pipeline(TorchRunner(model), load_tokenizer(folder.tokenizer_json), folder.config)
 
 
 def _onnxruntime_genai(model_dir: Path, device: Device) -> Pipeline:
