@@ -127,3 +127,26 @@ def test_inplace_runner_aliases_past_and_present():
     for value, cache in zip(outputs[1:], runner.caches.values(), strict=True):
         assert value.data_ptr() == cache.ctypes.data
     assert np.abs(runner.caches["key_0"][:, :, :3]).min() > 0  # both rows written in place
+
+
+@pytest.mark.parametrize(
+    ("arch", "overrides"),
+    [
+        ("llama", {"attention_bias": True, "mlp_bias": True}),
+        ("llama", {"tie_word_embeddings": True}),
+        ("llama", {"num_key_value_heads": 1}),  # MQA
+        ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}}),
+        ("qwen2", {"num_key_value_heads": 4}),  # plain MHA
+    ],
+)
+def test_config_variants_match_transformers(arch, overrides):
+    import transformers
+
+    torch.manual_seed(5)
+    model = getattr(transformers, ARCHITECTURES[arch][1])(tiny_config(arch, **overrides)).eval()
+    runner = OrtRunner(build_decoder(model))
+    runner.start(1, 16)
+    tokens = [3, 50, 7, 400, 12]
+    with torch.no_grad():
+        want = model(torch.tensor([tokens])).logits[0, -1].numpy()
+    np.testing.assert_allclose(runner.append([tokens])[0], want, atol=2e-5)
