@@ -84,13 +84,15 @@ def PagedAttention(
     )
 
     # 5. Pack back: token t of sequence b is padded row b*Lq + Lq - ends[b] + t.
+    #    Padding tokens (t >= cu_seqlens_q[-1]) read the last real row and are zeroed.
     y_rows = op.Flatten(op.Transpose(y_bhsd, perm=[0, 2, 1, 3]), axis=2)  # [B*Lq, Hq*Dv]
-    ended = op.LessOrEqual(op.Unsqueeze(ends, first), op.Unsqueeze(t, last))  # [T, B]
+    num_real = op.Gather(cu_seqlens_q, op.Constant(value_int=-1))
+    t_real = op.Min(t, op.Sub(num_real, one))
+    ended = op.LessOrEqual(op.Unsqueeze(ends, first), op.Unsqueeze(t_real, last))  # [T, B]
     seq_of_t = op.ReduceSum(op.Cast(ended, to=7), last, keepdims=0)
-    seq_of_t = op.Min(seq_of_t, op.Sub(op.Squeeze(batch), one))  # padding tokens
     row = op.Add(op.Mul(seq_of_t, q_max), op.Sub(q_max, op.Gather(ends, seq_of_t)))
-    y = op.Gather(y_rows, op.Add(row, t), axis=0)
-    real = op.Unsqueeze(op.Less(t, op.Gather(cu_seqlens_q, op.Constant(value_int=-1))), last)
+    y = op.Gather(y_rows, op.Add(row, t_real), axis=0)
+    real = op.Unsqueeze(op.Less(t, num_real), last)
     output = op.Where(real, y, op.CastLike(op.Constant(value_float=0.0), y))
     return output, key_cache_out, value_cache_out
 # --8<-- [end:body]
