@@ -14,8 +14,15 @@ from generator.onnx_build import PROPOSAL_DOMAIN, make_model, stamp, tensor_info
 from proposals.paged_attention.function_op import OPSET, PagedAttention
 
 PAGED_INPUTS = (
-    "query", "key", "value", "key_cache", "value_cache",
-    "cu_seqlens_q", "seq_lens", "block_table", "slot_mapping",
+    "query",
+    "key",
+    "value",
+    "key_cache",
+    "value_cache",
+    "cu_seqlens_q",
+    "seq_lens",
+    "block_table",
+    "slot_mapping",
 )
 PAGED_OUTPUTS = ("output", "key_cache_out", "value_cache_out")
 
@@ -61,8 +68,13 @@ def paged_model(shape: PagedShape, *, inline: bool = True) -> onnx.ModelProto:
     # Every attribute is spelled out: onnx 1.23.2's inliner drops a function's attribute
     # defaults, and its ReferenceEvaluator fails on an omitted attribute without one.
     node = helper.make_node(
-        "PagedAttention", list(PAGED_INPUTS), list(PAGED_OUTPUTS), domain=PROPOSAL_DOMAIN,
-        scale=float(1.0 / np.sqrt(d)), is_causal=1, softcap=0.0,
+        "PagedAttention",
+        list(PAGED_INPUTS),
+        list(PAGED_OUTPUTS),
+        domain=PROPOSAL_DOMAIN,
+        scale=float(1.0 / np.sqrt(d)),
+        is_causal=1,
+        softcap=0.0,
     )
     graph = helper.make_graph([node], "paged_attention_step", inputs, outputs)
     model = make_model(

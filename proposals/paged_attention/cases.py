@@ -88,7 +88,7 @@ def paged_mixed_batch():
     shape = PagedShape(num_blocks=12, block_size=4, q_heads=2, kv_heads=2, head_dim=8)
     pool = BlockAllocator(shape.num_blocks, shape.block_size, seed=3)
     past, new = [7, 4, 0], [1, 4, 3]
-    blocks = [pool.reserve(seq, p + n) for seq, (p, n) in enumerate(zip(past, new))]
+    blocks = [pool.reserve(seq, p + n) for seq, (p, n) in enumerate(zip(past, new, strict=True))]
     step = plan_step(blocks, past, new, shape.block_size, max_blocks=3)
     return Case(paged_model(shape), chained(shape, [step], seed=3))
 
@@ -99,7 +99,7 @@ def paged_gqa():
     shape = PagedShape(num_blocks=10, block_size=4, q_heads=8, kv_heads=2, head_dim=8)
     pool = BlockAllocator(shape.num_blocks, shape.block_size, seed=4)
     past, new = [10, 5], [1, 3]
-    blocks = [pool.reserve(seq, p + n) for seq, (p, n) in enumerate(zip(past, new))]
+    blocks = [pool.reserve(seq, p + n) for seq, (p, n) in enumerate(zip(past, new, strict=True))]
     step = plan_step(blocks, past, new, shape.block_size, max_blocks=4)
     return Case(paged_model(shape), chained(shape, [step], seed=4))
 
@@ -124,7 +124,7 @@ def paged_function_op():
     shape = PagedShape(num_blocks=10, block_size=4, q_heads=4, kv_heads=2, head_dim=8)
     pool = BlockAllocator(shape.num_blocks, shape.block_size, seed=6)
     past, new = [6, 0, 9], [1, 5, 1]
-    blocks = [pool.reserve(seq, p + n) for seq, (p, n) in enumerate(zip(past, new))]
+    blocks = [pool.reserve(seq, p + n) for seq, (p, n) in enumerate(zip(past, new, strict=True))]
     step = plan_step(blocks, past, new, shape.block_size, max_blocks=3)
     return Case(paged_model(shape, inline=False), chained(shape, [step], seed=6))
 
@@ -139,7 +139,9 @@ def paged_padding_slots():
     real = plan_step(blocks, past, [1, 1], shape.block_size, max_blocks=2)
     # Pad tokens sit after cu_seqlens_q[-1]; -1 must not wrap into the pool's last slot.
     padded = StepInputs(
-        real.cu_seqlens_q, real.seq_lens, real.block_table,
+        real.cu_seqlens_q,
+        real.seq_lens,
+        real.block_table,
         np.concatenate([real.slot_mapping, [-1, -1]]).astype(np.int64),
     )
     return Case(paged_model(shape), chained(shape, [padded], seed=7))

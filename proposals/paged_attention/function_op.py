@@ -74,13 +74,23 @@ def PagedAttention(
     q_max = op.ReduceMax(q_lens, keepdims=0)
     padded = op.Add(op.Unsqueeze(op.Sub(ends, q_max), last), op.Range(zero, q_max, one))
     padded = op.Max(padded, zero)  # sequence 0's padding rows would wrap to the end
-    q_tok = op.Reshape(query, op.Concat(first, last, op.Shape(key_cache, start=3), axis=0))  # [T, Hq, D]
+    q_tok = op.Reshape(
+        query, op.Concat(first, last, op.Shape(key_cache, start=3), axis=0)
+    )  # [T, Hq, D]
     q_bhsd = op.Transpose(op.Gather(q_tok, padded, axis=0), perm=[0, 2, 1, 3])
 
     # 4. Attend. Keys past seq_lens[b] (block tails, unused table entries) are masked.
     y_bhsd = op.Attention(
-        q_bhsd, k_bhsd, v_bhsd, None, None, None, seq_lens,
-        is_causal=is_causal, scale=scale, softcap=softcap,
+        q_bhsd,
+        k_bhsd,
+        v_bhsd,
+        None,
+        None,
+        None,
+        seq_lens,
+        is_causal=is_causal,
+        scale=scale,
+        softcap=softcap,
     )
 
     # 5. Pack back: token t of sequence b is padded row b*Lq + Lq - ends[b] + t.
@@ -95,4 +105,6 @@ def PagedAttention(
     real = op.Unsqueeze(op.Less(t, num_real), last)
     output = op.Where(real, y, op.CastLike(op.Constant(value_float=0.0), y))
     return output, key_cache_out, value_cache_out
+
+
 # --8<-- [end:body]

@@ -51,8 +51,7 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 def _static_dims(info: onnx.ValueInfoProto) -> list[int | None]:
     return [
-        d.dim_value if d.HasField("dim_value") else None
-        for d in info.type.tensor_type.shape.dim
+        d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim
     ]
 
 
@@ -94,9 +93,7 @@ def find_sites(model: onnx.ModelProto) -> list[CacheSite]:
             rank = len(cache.type.tensor_type.shape.dim)
             axis = _attr(scatter, "axis", -2) % rank
             if any(d is None for i, d in enumerate(_static_dims(cache)) if i not in (0, axis)):
-                raise UsageError(
-                    f"cache {cache.name!r} needs static head dims to size the pool"
-                )
+                raise UsageError(f"cache {cache.name!r} needs static head dims to size the pool")
             sites.append(CacheSite(scatter, kind, layer, cache, axis))
     return sites
 
@@ -110,11 +107,15 @@ def _paged_nodes(site: CacheSite, pool: str, pool_out: str, present: str) -> lis
     p = f"paged_{site.kind}_{site.layer}_"
     const = [
         helper.make_node(
-            "Constant", [], [p + "rows_shape"],
+            "Constant",
+            [],
+            [p + "rows_shape"],
             value=helper.make_tensor(p + "rows_shape", TensorProto.INT64, [rank - 1], [-1, *rest]),
         ),
         helper.make_node(
-            "Constant", [], [p + "seq_shape"],
+            "Constant",
+            [],
+            [p + "seq_shape"],
             value=helper.make_tensor(p + "seq_shape", TensorProto.INT64, [rank], [0, -1, *rest]),
         ),
     ]
@@ -168,7 +169,8 @@ def to_paged(model: onnx.ModelProto, num_blocks: int, block_size: int) -> onnx.M
         shape = [num_blocks, block_size, *rest]
         renamed_inputs[site.cache.name] = helper.make_tensor_value_info(pool, elem, shape)
         renamed_outputs[node.output[0]] = (
-            pool_out, helper.make_tensor_value_info(pool_out, elem, shape)
+            pool_out,
+            helper.make_tensor_value_info(pool_out, elem, shape),
         )
         new_nodes += _paged_nodes(site, pool, pool_out, node.output[0])
     del graph.node[:]
@@ -216,7 +218,5 @@ def _batch_and_len(model: onnx.ModelProto, site: CacheSite) -> tuple[str | int, 
     if update is None:
         return "batch", "q_len"
     dims = update.type.tensor_type.shape.dim
-    pick = [
-        d.dim_param or (d.dim_value if d.HasField("dim_value") else "dim") for d in dims
-    ]
+    pick = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "dim") for d in dims]
     return pick[0], pick[site.axis]

@@ -31,8 +31,12 @@ class StepDiff:
 
 
 def _zeros(info: onnx.ValueInfoProto, batch: int) -> np.ndarray:
-    dims = [d.dim_value if d.HasField("dim_value") else batch for d in info.type.tensor_type.shape.dim]
-    return np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type))
+    dims = [
+        d.dim_value if d.HasField("dim_value") else batch for d in info.type.tensor_type.shape.dim
+    ]
+    return np.zeros(
+        dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+    )
 
 
 def run_both(
@@ -56,9 +60,7 @@ def run_both(
     lin_names = [o.name for o in linear.graph.output]
     paged_names = [o.name for o in paged.graph.output]
     caches = {s.cache.name: _zeros(s.cache, batch) for s in sites}
-    pools = {
-        i.name: _zeros(i, batch) for i in paged.graph.input if "_cache." in i.name
-    }
+    pools = {i.name: _zeros(i, batch) for i in paged.graph.input if "_cache." in i.name}
     present_of = {s.scatter.output[0]: s for s in sites}
     allocator = BlockAllocator(pools[next(iter(pools))].shape[0], block_size, seed=seed)
     max_len = sum(chunks)
@@ -70,21 +72,52 @@ def run_both(
         blocks = [allocator.reserve(b, past + q_len) for b in range(batch)]
         step = plan_step(blocks, [past] * batch, [q_len] * batch, block_size, max_blocks=max_blocks)
         lens = np.full(batch, past + q_len, dtype=np.int64)
-        lin_out = dict(zip(lin_names, linear_run(None, {
-            **tokens, **caches, write_indices: np.full(batch, past, np.int64), nonpad: lens,
-        }), strict=True))
-        paged_out = dict(zip(paged_names, paged_run(None, {
-            **tokens, **pools, nonpad: lens, "block_table": step.block_table,
-            "slot_mapping": step.slot_mapping.reshape(batch, q_len),
-        }), strict=True))
+        lin_out = dict(
+            zip(
+                lin_names,
+                linear_run(
+                    None,
+                    {
+                        **tokens,
+                        **caches,
+                        write_indices: np.full(batch, past, np.int64),
+                        nonpad: lens,
+                    },
+                ),
+                strict=True,
+            )
+        )
+        paged_out = dict(
+            zip(
+                paged_names,
+                paged_run(
+                    None,
+                    {
+                        **tokens,
+                        **pools,
+                        nonpad: lens,
+                        "block_table": step.block_table,
+                        "slot_mapping": step.slot_mapping.reshape(batch, q_len),
+                    },
+                ),
+                strict=True,
+            )
+        )
         out_diff, cache_diff = 0.0, 0.0
         for name in lin_names:
             if name in present_of:
                 site = present_of[name]
                 pool_name = f"{site.kind}_cache_out.{site.layer}"
-                cache_diff = max(cache_diff, _cache_gap(
-                    lin_out[name], paged_out[pool_name], step.block_table, past + q_len, site.axis,
-                ))
+                cache_diff = max(
+                    cache_diff,
+                    _cache_gap(
+                        lin_out[name],
+                        paged_out[pool_name],
+                        step.block_table,
+                        past + q_len,
+                        site.axis,
+                    ),
+                )
                 caches[site.cache.name] = lin_out[name]
                 pools[f"{site.kind}_cache.{site.layer}"] = paged_out[pool_name]
             else:
@@ -94,7 +127,9 @@ def run_both(
     return diffs
 
 
-def _cache_gap(linear: np.ndarray, pool: np.ndarray, table: np.ndarray, length: int, axis: int) -> float:
+def _cache_gap(
+    linear: np.ndarray, pool: np.ndarray, table: np.ndarray, length: int, axis: int
+) -> float:
     """|linear cache - pool read back by block table| over the first ``length`` positions."""
     block_size = pool.shape[1]
     gap = 0.0
@@ -103,3 +138,50 @@ def _cache_gap(linear: np.ndarray, pool: np.ndarray, table: np.ndarray, length: 
         paged = np.stack([pool[table[b, p // block_size], p % block_size] for p in range(length)])
         gap = max(gap, float(np.abs(seq.reshape(paged.shape) - paged).max()))
     return gap
+
+
+def contiguous_outputs(inputs: dict[str, np.ndarray], run: Callable | None = None) -> np.ndarray:
+    """A paged step's output recomputed sequence by sequence with the linear-buffer model.
+
+    Each sequence's past K/V are read out of the input pools into a contiguous
+    [1, Hkv, max_len, D] cache; TensorScatter + Attention-24 then run on the same
+    new tokens. Returns [T, Hq*D] like the paged ``output`` (padding rows 0).
+    """
+    from proposals.paged_attention.build import linear_model
+
+    key_cache, value_cache = inputs["key_cache"], inputs["value_cache"]
+    block_size, hkv, d = key_cache.shape[1:]
+    cu, lens, table = inputs["cu_seqlens_q"], inputs["seq_lens"], inputs["block_table"]
+    tokens = inputs["query"].shape[0]
+    hq = inputs["query"].shape[1] // d
+    max_len = table.shape[1] * block_size
+    model = linear_model(hq, hkv, d, max_len)
+    run = run or session(model).run
+    out = np.zeros((tokens, hq * d), dtype=np.float32)
+    for b in range(len(lens)):
+        start, end = int(cu[b]), int(cu[b + 1])
+        q_len, past = end - start, int(lens[b]) - (end - start)
+        cache = {}
+        for name, pool in (("past_key", key_cache), ("past_value", value_cache)):
+            flat = np.zeros((max_len, hkv, d), dtype=np.float32)
+            for p in range(past):
+                flat[p] = pool[table[b, p // block_size], p % block_size]
+            cache[name] = flat.transpose(1, 0, 2)[None]
+        (y, _, _) = run(
+            None,
+            {
+                "query": _heads(inputs["query"][start:end], hq),
+                "key": _heads(inputs["key"][start:end], hkv),
+                "value": _heads(inputs["value"][start:end], hkv),
+                **cache,
+                "write_indices": np.array([past], np.int64),
+                "nonpad_kv_seqlen": np.array([past + q_len], np.int64),
+            },
+        )
+        out[start:end] = y[0].transpose(1, 0, 2).reshape(q_len, hq * d)
+    return out
+
+
+def _heads(rows: np.ndarray, heads: int) -> np.ndarray:
+    """Packed token rows [S, H*D] -> one sequence's [1, H, S, D]."""
+    return rows.reshape(rows.shape[0], heads, -1).transpose(1, 0, 2)[None]

@@ -1,0 +1,198 @@
+"""Paged attention: zoo cases vs the numpy reference and vs the contiguous linear buffer,
+the linear->paged rewrite, and the pitfalls shown on the page."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from generator.errors import UsageError
+from generator.ort import session
+from generator.registry import select
+from proposals.paged_attention import pitfalls
+from proposals.paged_attention.blocks import BlockAllocator, plan_step
+from proposals.paged_attention.build import PagedShape, linear_model, paged_model
+from proposals.paged_attention.reference import attend, paged_attention
+from proposals.paged_attention.rewrite import to_paged
+from proposals.paged_attention.streams import contiguous_outputs, run_both
+
+CASES = select(["paged_attention"])
+
+
+def test_at_least_five_cases():
+    assert len(CASES) >= 5
+
+
+@pytest.mark.parametrize("spec", CASES, ids=lambda s: s.name)
+def test_case_runs_on_ort_and_reference_evaluator(spec):
+    built = spec.build()
+    onnx.checker.check_model(built.model, full_check=True)
+    names = [o.name for o in built.model.graph.output]
+    for run in (session(built.model).run, ReferenceEvaluator(built.model).run):
+        for data in built.datasets:
+            for name, got in zip(names, run(None, dict(data.inputs)), strict=True):
+                np.testing.assert_allclose(got, data.outputs[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", CASES, ids=lambda s: s.name)
+def test_case_equals_contiguous_linear_buffer(spec):
+    """Same tokens through TensorScatter + Attention-24 on a per-sequence contiguous cache."""
+    for data in spec.build().datasets:
+        linear = contiguous_outputs(dict(data.inputs))
+        np.testing.assert_allclose(linear, data.outputs["output"], rtol=1e-5, atol=1e-6)
+
+
+def test_reference_equals_dense_attention_for_one_sequence():
+    rng = np.random.RandomState(0)
+    q, k, v = rng.randn(3, 2, 4), rng.randn(7, 2, 4), rng.randn(7, 2, 4)
+    scores = np.einsum("qhd,khd->hqk", q, k) / 2.0
+    scores += np.triu(np.full((3, 7), -np.inf), k=5)  # query i sees keys <= 4 + i
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    dense = np.einsum("hqk,khd->qhd", weights / weights.sum(-1, keepdims=True), v)
+    np.testing.assert_allclose(attend(q, k, v, offset=4, scale=0.5, is_causal=True), dense)
+
+
+def test_reference_skips_negative_slots_and_ignores_unused_table_entries():
+    shape = PagedShape(num_blocks=3, block_size=2, q_heads=1, kv_heads=1, head_dim=2)
+    cache = np.arange(12, dtype=np.float32).reshape(shape.cache_shape)
+    new = np.full((2, 2), 50.0, dtype=np.float32)
+    result = paged_attention(
+        new,
+        new,
+        new,
+        cache,
+        cache,
+        np.array([0, 1]),
+        np.array([3]),
+        np.array([[2, 0, -1]]),
+        np.array([4, -1]),
+    )
+    assert result.key_cache[2, 0, 0].tolist() == [50.0, 50.0]  # slot 4 = block 2, offset 0
+    np.testing.assert_array_equal(
+        np.delete(result.key_cache.ravel(), [8, 9]), np.delete(cache.ravel(), [8, 9])
+    )  # -1 wrote nothing
+
+
+def test_function_op_skips_negative_slot_instead_of_wrapping():
+    shape = PagedShape(num_blocks=2, block_size=2, q_heads=1, kv_heads=1, head_dim=2)
+    cache = np.ones(shape.cache_shape, dtype=np.float32)
+    token = np.full((2, 2), 9.0, dtype=np.float32)
+    feeds = {
+        "query": token,
+        "key": token,
+        "value": token,
+        "key_cache": cache,
+        "value_cache": cache,
+        "cu_seqlens_q": np.array([0, 1]),
+        "seq_lens": np.array([1]),
+        "block_table": np.array([[0]]),
+        "slot_mapping": np.array([0, -1]),
+    }
+    y, k_out, _ = session(paged_model(shape)).run(None, feeds)
+    assert k_out[1, 1, 0].tolist() == [1.0, 1.0]  # the pool's last slot is untouched
+    assert y[1].tolist() == [0.0, 0.0]  # the padding token's row is 0
+
+
+def test_onnx_inliner_drops_function_attribute_defaults():
+    """Why paged_model spells out every attribute: if this starts failing, onnx fixed it."""
+    shape = PagedShape(num_blocks=2, block_size=2, q_heads=1, kv_heads=1, head_dim=2)
+    model = paged_model(shape, inline=False)
+    del model.graph.node[0].attribute[:]
+    model.graph.node[0].attribute.append(helper.make_attribute("scale", 1.0))
+    flat = onnx.inliner.inline_local_functions(model)
+    attention = next(n for n in flat.graph.node if n.op_type == "Attention")
+    assert "is_causal" not in {a.name for a in attention.attribute}
+
+
+def _stream_tokens(rng, batch, past, q_len):
+    def draw(heads):
+        return rng.randn(batch, heads, q_len, 8).astype(np.float32)
+
+    return {"query": draw(4), "key": draw(2), "value": draw(2)}
+
+
+@pytest.mark.parametrize("runner", ["onnxruntime", "reference"])
+def test_rewrite_gives_identical_outputs_on_a_token_stream(runner):
+    linear = linear_model(q_heads=4, kv_heads=2, head_dim=8, max_len=16)
+    paged = to_paged(linear, num_blocks=12, block_size=4)
+    onnx.checker.check_model(paged, full_check=True)
+    run = None if runner == "onnxruntime" else (lambda m: ReferenceEvaluator(m).run)
+    diffs = run_both(
+        linear,
+        paged,
+        _stream_tokens,
+        batch=2,
+        chunks=[5, 1, 1, 3, 1],
+        num_blocks=12,
+        block_size=4,
+        run=run,
+    )
+    assert [d.cache for d in diffs] == [0.0] * 5
+    assert max(d.output for d in diffs) <= (0.0 if runner == "onnxruntime" else 1e-6)
+
+
+def test_rewrite_signature_follows_openvino_naming():
+    paged = to_paged(linear_model(4, 2, 8, 16), num_blocks=12, block_size=4)
+    assert [i.name for i in paged.graph.input] == [
+        "query",
+        "key",
+        "value",
+        "key_cache.0",
+        "value_cache.0",
+        "nonpad_kv_seqlen",
+        "block_table",
+        "slot_mapping",
+    ]
+    assert [o.name for o in paged.graph.output] == [
+        "output",
+        "key_cache_out.0",
+        "value_cache_out.0",
+    ]
+
+
+def test_rewrite_rejects_models_outside_the_pattern():
+    linear = linear_model(4, 2, 8, 16)
+    circular = onnx.ModelProto()
+    circular.CopyFrom(linear)
+    circular.graph.node[0].attribute.append(helper.make_attribute("mode", "circular"))
+    with pytest.raises(UsageError, match="circular"):
+        to_paged(circular, 12, 4)
+    no_lengths = onnx.ModelProto()
+    no_lengths.CopyFrom(linear)
+    del no_lengths.graph.node[2].input[6:]
+    with pytest.raises(UsageError, match="nonpad_kv_seqlen"):
+        to_paged(no_lengths, 12, 4)
+    with pytest.raises(UsageError, match="block_size"):
+        to_paged(linear, 12, 0)
+
+
+def test_plan_step_rejects_a_short_block_list():
+    with pytest.raises(UsageError, match="needs 2 blocks"):
+        plan_step([[3]], [4], [1], block_size=4)
+
+
+def test_allocator_hands_out_scattered_blocks_and_reports_a_full_pool():
+    pool = BlockAllocator(num_blocks=4, block_size=2, seed=0)
+    blocks = pool.reserve(0, 8)
+    assert sorted(blocks) == [0, 1, 2, 3] and blocks != [0, 1, 2, 3]
+    with pytest.raises(UsageError, match="full"):
+        pool.reserve(1, 1)
+
+
+def test_negative_indices_wrap_on_every_runtime():
+    for values in pitfalls.negative_slot_wraps().values():
+        assert values[-1] == 99.0  # "skip" became "write the pool's last slot"
+    for values in pitfalls.negative_block_wraps().values():
+        assert values == [0.0, 20.0]  # "unmapped" became "the last block"
+
+
+def test_duplicate_slots_reference_is_last_wins():
+    assert pitfalls.duplicate_slots(tokens=8, width=16)["reference"] == [7.0]
+
+
+def test_right_padding_breaks_bottom_right_causal_alignment():
+    errors = pitfalls.padding_side()
+    assert errors["right"] > 0.1 and errors["left"] < 1e-6
