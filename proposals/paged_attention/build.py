@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 from generator.onnx_build import PROPOSAL_DOMAIN, make_model, stamp, tensor_info
 from proposals.paged_attention.function_op import OPSET, PagedAttention
+from proposals.paged_attention.spec import SCHEMA
 
 PAGED_INPUTS = (
     "query",
@@ -67,19 +68,9 @@ def paged_model(shape: PagedShape, *, inline: bool = True) -> onnx.ModelProto:
     ]
     # Every attribute is spelled out: onnx 1.23.2's inliner drops a function's attribute
     # defaults, and its ReferenceEvaluator fails on an omitted attribute without one.
-    node = helper.make_node(
-        "PagedAttention",
-        list(PAGED_INPUTS),
-        list(PAGED_OUTPUTS),
-        domain=PROPOSAL_DOMAIN,
-        scale=float(1.0 / np.sqrt(d)),
-        is_causal=1,
-        softcap=0.0,
-    )
+    node = SCHEMA.make_node(PAGED_INPUTS, PAGED_OUTPUTS, scale=float(1.0 / np.sqrt(d)), is_causal=1, softcap=0.0)
     graph = helper.make_graph([node], "paged_attention_step", inputs, outputs)
-    model = make_model(
-        graph, {"": OPSET, PROPOSAL_DOMAIN: 1}, functions=[PagedAttention.to_function_proto()]
-    )
+    model = make_model(graph, {"": OPSET, PROPOSAL_DOMAIN: 1}, functions=[PagedAttention.to_function_proto()])
     if not inline:
         return model
     flat = onnx.inliner.inline_local_functions(model)
@@ -111,12 +102,8 @@ def linear_model(q_heads: int, kv_heads: int, head_dim: int, max_len: int) -> on
         helper.make_tensor_value_info("present_value", f32, cache),
     ]
     nodes = [
-        helper.make_node(
-            "TensorScatter", ["past_key", "key", "write_indices"], ["present_key"], axis=2
-        ),
-        helper.make_node(
-            "TensorScatter", ["past_value", "value", "write_indices"], ["present_value"], axis=2
-        ),
+        helper.make_node("TensorScatter", ["past_key", "key", "write_indices"], ["present_key"], axis=2),
+        helper.make_node("TensorScatter", ["past_value", "value", "write_indices"], ["present_value"], axis=2),
         helper.make_node(
             "Attention",
             ["query", "present_key", "present_value", "", "", "", "nonpad_kv_seqlen"],

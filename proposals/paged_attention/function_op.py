@@ -74,9 +74,7 @@ def PagedAttention(
     q_max = op.ReduceMax(q_lens, keepdims=0)
     padded = op.Add(op.Unsqueeze(op.Sub(ends, q_max), last), op.Range(zero, q_max, one))
     padded = op.Max(padded, zero)  # sequence 0's padding rows would wrap to the end
-    q_tok = op.Reshape(
-        query, op.Concat(first, last, op.Shape(key_cache, start=3), axis=0)
-    )  # [T, Hq, D]
+    q_tok = op.Reshape(query, op.Concat(first, last, op.Shape(key_cache, start=3), axis=0))  # [T, Hq, D]
     q_bhsd = op.Transpose(op.Gather(q_tok, padded, axis=0), perm=[0, 2, 1, 3])
 
     # 4. Attend. Keys past seq_lens[b] (block tails, unused table entries) are masked.

@@ -25,8 +25,7 @@ OPSET = 24
 
 def _single_node(op: str, inputs: dict[str, np.ndarray], out_rank: int, **attrs) -> onnx.ModelProto:
     infos = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in inputs.items()
+        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in inputs.items()
     ]
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * out_rank)
     node = helper.make_node(op, list(inputs), ["y"], **attrs)

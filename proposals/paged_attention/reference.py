@@ -41,9 +41,7 @@ def read_sequence(cache: np.ndarray, block_row: np.ndarray, length: int) -> np.n
     return np.stack(rows) if rows else cache[:0, 0]
 
 
-def attend(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, offset: int, scale: float, is_causal: bool
-) -> np.ndarray:
+def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, offset: int, scale: float, is_causal: bool) -> np.ndarray:
     """Softmax attention of q [Lq, Hq, D] over k [S, Hkv, D], v [S, Hkv, Dv] -> [Lq, Hq, Dv].
 
     Query i sits at absolute position ``offset + i`` (bottom-right causal alignment,

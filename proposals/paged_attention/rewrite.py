@@ -50,9 +50,7 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 
 def _static_dims(info: onnx.ValueInfoProto) -> list[int | None]:
-    return [
-        d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim
-    ]
+    return [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
 
 
 def find_sites(model: onnx.ModelProto) -> list[CacheSite]:
@@ -84,8 +82,7 @@ def find_sites(model: onnx.ModelProto) -> list[CacheSite]:
                 )
             if _attr(scatter, "mode", b"linear") not in (b"linear", "linear"):
                 raise UsageError(
-                    f"TensorScatter {scatter.name!r} is circular; only linear buffers can be "
-                    "paged by this rewrite"
+                    f"TensorScatter {scatter.name!r} is circular; only linear buffers can be paged by this rewrite"
                 )
             cache = inputs.get(scatter.input[0])
             if cache is None:
@@ -128,9 +125,7 @@ def _paged_nodes(site: CacheSite, pool: str, pool_out: str, present: str) -> lis
     nodes += [
         helper.make_node("Reshape", [token_major, p + "rows_shape"], [p + "update_rows"]),
         helper.make_node("Reshape", [pool, p + "rows_shape"], [p + "pool_rows"]),
-        helper.make_node(
-            "ScatterND", [p + "pool_rows", "paged_slots", p + "update_rows"], [p + "written"]
-        ),
+        helper.make_node("ScatterND", [p + "pool_rows", "paged_slots", p + "update_rows"], [p + "written"]),
         helper.make_node("Reshape", [p + "written", "paged_pool_shape_" + pool], [pool_out]),
         helper.make_node("Gather", [pool_out, BLOCK_TABLE], [p + "blocks"], axis=0),
     ]

@@ -31,12 +31,8 @@ class StepDiff:
 
 
 def _zeros(info: onnx.ValueInfoProto, batch: int) -> np.ndarray:
-    dims = [
-        d.dim_value if d.HasField("dim_value") else batch for d in info.type.tensor_type.shape.dim
-    ]
-    return np.zeros(
-        dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
-    )
+    dims = [d.dim_value if d.HasField("dim_value") else batch for d in info.type.tensor_type.shape.dim]
+    return np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type))
 
 
 def run_both(
@@ -127,9 +123,7 @@ def run_both(
     return diffs
 
 
-def _cache_gap(
-    linear: np.ndarray, pool: np.ndarray, table: np.ndarray, length: int, axis: int
-) -> float:
+def _cache_gap(linear: np.ndarray, pool: np.ndarray, table: np.ndarray, length: int, axis: int) -> float:
     """|linear cache - pool read back by block table| over the first ``length`` positions."""
     block_size = pool.shape[1]
     gap = 0.0
