@@ -7,6 +7,7 @@ Every arrangement is checked against the baseline's output before it is timed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -16,18 +17,20 @@ import onnxruntime as ort
 from generator.bench import plot_ratios, ratios, results_dir, time_interleaved, write_json
 from generator.ort import session
 from proposals.paged_attention import simulate
-from proposals.paged_attention.bench_models import DecodeShape, paged_decode_model, paged_step_feeds
+from proposals.paged_attention.bench_models import DecodeShape, paged_decode_model, paged_step_feeds, widen_pool
 from proposals.paged_attention.build import PagedShape, linear_model, paged_model
 
 TOPIC = "paged_attention"
 HEADS = {"q_heads": 32, "kv_heads": 8, "head_dim": 128}
 BLOCK_SIZE = 16
-# name -> (layout, in place through IOBinding?)
+# name -> (layout, in place through IOBinding?, pool blocks / blocks in use)
 ARRANGEMENTS = {
-    "paged NHD pool, plain run": ("nhd", False),
-    "paged NHD pool, in place": ("nhd", True),
-    "paged [NB, BS, H·D] pool, 3-D K/V, in place": ("flat", True),
-    "paged head-major pool, in place": ("head_major", True),
+    "paged NHD pool, plain run": ("nhd", False, 1),
+    "paged NHD pool, in place": ("nhd", True, 1),
+    "paged [NB, BS, H·D] pool, 3-D K/V, in place": ("flat", True, 1),
+    "paged head-major pool, in place": ("head_major", True, 1),
+    "whole pool masked, no Gather, in place": ("whole_pool", True, 1),
+    "whole pool masked, pool 4x the context": ("whole_pool", True, 4),
 }
 FUNCTION_BODY = "PagedAttention function body, plain run"
 BASELINE = "contiguous, in place"
@@ -92,7 +95,7 @@ def layout_feeds(nhd: dict[str, np.ndarray], shape: DecodeShape, layout: str) ->
         feeds["query"] = nhd["query"].reshape(shape.batch, 1, -1)
         for name in ("key_cache", "value_cache"):
             feeds[name] = nhd[name].reshape(shape.pool_shape("flat"))
-    elif layout == "head_major":
+    elif layout in ("head_major", "whole_pool"):
         for name in ("key_cache", "value_cache"):
             feeds[name] = np.ascontiguousarray(nhd[name].transpose(2, 0, 1, 3))
     return feeds
@@ -123,9 +126,11 @@ def measure(context: int, *, batches: int, with_body: bool) -> dict[str, float]:
     expected = base_out().reshape(shape.batch, -1)
     variants = {BASELINE: step}
     state = {"key_cache": "key_cache_out", "value_cache": "value_cache_out"}
-    for name, (layout, in_place) in ARRANGEMENTS.items():
-        feeds = layout_feeds(nhd, shape, layout)
-        run, out = bound_runner(paged_decode_model(shape, layout), feeds, state, in_place)
+    for name, (layout, in_place, pool_factor) in ARRANGEMENTS.items():
+        wide = widen_pool(nhd, pool_factor) if pool_factor > 1 else nhd
+        sized = dataclasses.replace(shape, pool_blocks=wide["key_cache"].shape[0])
+        feeds = layout_feeds(wide, sized, layout)
+        run, out = bound_runner(paged_decode_model(sized, layout), feeds, state, in_place)
         np.testing.assert_allclose(out().reshape(shape.batch, -1), expected, rtol=1e-4, atol=1e-5)
         variants[name] = run
     if with_body:

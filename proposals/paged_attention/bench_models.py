@@ -18,7 +18,7 @@ from generator.errors import UsageError
 from generator.onnx_build import make_model
 from proposals.paged_attention.function_op import OPSET
 
-LAYOUTS = ("nhd", "flat", "head_major")
+LAYOUTS = ("nhd", "flat", "head_major", "whole_pool")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class DecodeShape:
     q_heads: int
     kv_heads: int
     head_dim: int
+    pool_blocks: int | None = None  # default: exactly the blocks the batch uses
 
     @property
     def blocks_per_seq(self) -> int:
@@ -36,11 +37,16 @@ class DecodeShape:
 
     @property
     def num_blocks(self) -> int:
-        return self.batch * self.blocks_per_seq
+        return self.pool_blocks or self.batch * self.blocks_per_seq
 
     def pool_shape(self, layout: str) -> tuple[int, ...]:
         nb, bs, h, d = self.num_blocks, self.block_size, self.kv_heads, self.head_dim
-        shapes = {"nhd": (nb, bs, h, d), "flat": (nb, bs, h * d), "head_major": (h, nb, bs, d)}
+        shapes = {
+            "nhd": (nb, bs, h, d),
+            "flat": (nb, bs, h * d),
+            "head_major": (h, nb, bs, d),
+            "whole_pool": (h, nb, bs, d),
+        }
         if layout not in shapes:
             raise UsageError(f"unknown pool layout {layout!r}; valid: {', '.join(LAYOUTS)}")
         return shapes[layout]
@@ -87,6 +93,8 @@ def paged_decode_model(shape: DecodeShape, layout: str) -> onnx.ModelProto:
         helper.make_node("Unsqueeze", ["blk", "last"], ["blk1"]),
         helper.make_node("Unsqueeze", ["off", "last"], ["off1"]),
     ]
+    if layout == "whole_pool":
+        return _whole_pool_model(shape)
     if layout == "head_major":
         # indices [Hkv, T, 3] = (head, block, offset); updates [Hkv, T, D]
         nodes += [
@@ -177,3 +185,83 @@ def paged_step_feeds(shape: DecodeShape, layout: str, seed: int = 0) -> dict[str
         "block_table": table.astype(np.int64),
         "slot_mapping": slots.astype(np.int64),
     }
+
+
+def _whole_pool_model(shape: DecodeShape) -> onnx.ModelProto:
+    """Batch-1 decode that attends over the whole head-major pool, masked, with no Gather.
+
+    A physical-to-logical map (ScatterND of positions through the block table, -1 for
+    slots the sequence does not own) gives a boolean mask; key order inside the pool does
+    not matter to softmax, and the causal limit is ``position < seq_len``. Cost grows with
+    the pool, not the context: fine only while the pool holds little but this sequence.
+    """
+    if shape.batch != 1:
+        raise UsageError(f"the whole-pool arrangement is a batch-1 decode; got batch {shape.batch}")
+    base = paged_decode_model(shape, "head_major")
+    h, d, bs = shape.kv_heads, shape.head_dim, shape.block_size
+    slots = shape.num_blocks * bs
+    keep = []
+    for node in base.graph.node:
+        if node.op_type == "Attention":
+            break
+        if node.op_type in ("Gather", "Reshape") and node.output[0].endswith(("_blocks", "_seq", "_k")):
+            continue
+        if node.op_type == "Constant" and node.output[0] in ("seq_shape", "key_bhsd", "value_bhsd"):
+            continue
+        keep.append(node)
+    i64 = TensorProto.INT64
+    nodes = keep + [
+        _const("pool_bhsd", [1, h, slots, d]),
+        helper.make_node("Reshape", ["key_cache_out", "pool_bhsd"], ["key_k"]),
+        helper.make_node("Reshape", ["value_cache_out", "pool_bhsd"], ["value_k"]),
+        # slot of logical position p: block_table[0, p // bs] * bs + p % bs
+        helper.make_node(
+            "Constant", [], ["offsets"], value=helper.make_tensor("offsets", i64, [1, bs], list(range(bs)))
+        ),
+        helper.make_node("Squeeze", ["block_table", "zero_axis"], ["row"]),
+        _const("zero_axis", [0]),
+        helper.make_node("Unsqueeze", ["row", "last"], ["row1"]),
+        helper.make_node("Mul", ["row1", "bs"], ["block_base"]),
+        helper.make_node("Add", ["block_base", "offsets"], ["slot_grid"]),
+        _const("flat_shape", [-1, 1]),
+        helper.make_node("Reshape", ["slot_grid", "flat_shape"], ["owned_slots"]),
+        helper.make_node(
+            "Constant",
+            [],
+            ["positions"],
+            value=helper.make_tensor(
+                "positions", i64, [shape.blocks_per_seq * bs], list(range(shape.blocks_per_seq * bs))
+            ),
+        ),
+        helper.make_node("Constant", [], ["unowned"], value=helper.make_tensor("unowned", i64, [slots], [-1] * slots)),
+        helper.make_node("ScatterND", ["unowned", "owned_slots", "positions"], ["logical"]),
+        helper.make_node("Constant", [], ["zero_i"], value=helper.make_tensor("zero_i", i64, [], [0])),
+        helper.make_node("GreaterOrEqual", ["logical", "zero_i"], ["owned"]),
+        helper.make_node("Less", ["logical", "seq_lens"], ["in_range"]),
+        helper.make_node("And", ["owned", "in_range"], ["visible"]),
+        _const("mask_shape", [1, 1, 1, slots]),
+        helper.make_node("Reshape", ["visible", "mask_shape"], ["mask"]),
+        helper.make_node("Attention", ["query", "key_k", "value_k", "mask"], ["output"]),
+    ]
+    # Constants first so every node's inputs are defined before it (topological order).
+    nodes = [n for n in nodes if n.op_type == "Constant"] + [n for n in nodes if n.op_type != "Constant"]
+    graph = helper.make_graph(nodes, "paged_decode_whole_pool", list(base.graph.input), list(base.graph.output))
+    return make_model(graph, {"": OPSET})
+
+
+def widen_pool(feeds: dict[str, np.ndarray], factor: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """The same step in an NHD pool ``factor`` times larger: the batch's blocks move to
+    random new ids and the other blocks hold noise (other sequences' data)."""
+    rng = np.random.RandomState(seed)
+    out = dict(feeds)
+    old = feeds["key_cache"]
+    bs = old.shape[1]
+    new_ids = rng.permutation(old.shape[0] * factor)[: old.shape[0]]
+    for name in ("key_cache", "value_cache"):
+        pool = rng.randn(old.shape[0] * factor, *old.shape[1:]).astype(np.float32)
+        pool[new_ids] = feeds[name]
+        out[name] = pool
+    out["block_table"] = new_ids[feeds["block_table"]]
+    slots = feeds["slot_mapping"]
+    out["slot_mapping"] = new_ids[slots // bs] * bs + slots % bs
+    return out

@@ -196,3 +196,45 @@ def test_duplicate_slots_reference_is_last_wins():
 def test_right_padding_breaks_bottom_right_causal_alignment():
     errors = pitfalls.padding_side()
     assert errors["right"] > 0.1 and errors["left"] < 1e-6
+
+
+@pytest.mark.parametrize("layout", ["nhd", "flat", "head_major", "whole_pool"])
+@pytest.mark.parametrize("factor", [1, 3])
+def test_bench_arrangements_match_the_reference(layout, factor):
+    from proposals.paged_attention.bench import layout_feeds
+    from proposals.paged_attention.bench_models import (
+        DecodeShape,
+        paged_decode_model,
+        paged_step_feeds,
+        widen_pool,
+    )
+
+    shape = DecodeShape(batch=1, context=37, block_size=8, q_heads=4, kv_heads=2, head_dim=8)
+    nhd = paged_step_feeds(shape, "nhd")
+    nhd = widen_pool(nhd, factor) if factor > 1 else nhd
+    sized = DecodeShape(**{**shape.__dict__, "pool_blocks": nhd["key_cache"].shape[0]})
+    ref = paged_attention(
+        nhd["query"].reshape(1, -1),
+        nhd["key"],
+        nhd["value"],
+        nhd["key_cache"],
+        nhd["value_cache"],
+        np.array([0, 1]),
+        nhd["seq_lens"],
+        nhd["block_table"],
+        nhd["slot_mapping"],
+    )
+    y, key_out, _ = session(paged_decode_model(sized, layout)).run(None, layout_feeds(nhd, sized, layout))
+    np.testing.assert_allclose(y.reshape(1, -1), ref.y, rtol=1e-5, atol=1e-6)
+    if layout in ("head_major", "whole_pool"):
+        key_out = key_out.transpose(1, 2, 0, 3)
+    np.testing.assert_array_equal(key_out.reshape(ref.key_cache.shape), ref.key_cache)
+
+
+def test_whole_pool_arrangement_is_batch_one_only():
+    from proposals.paged_attention.bench_models import DecodeShape, paged_decode_model
+
+    with pytest.raises(UsageError, match="batch-1"):
+        paged_decode_model(DecodeShape(2, 16, 8, 2, 2, 4), "whole_pool")
+    with pytest.raises(UsageError, match="unknown pool layout"):
+        paged_decode_model(DecodeShape(1, 16, 8, 2, 2, 4), "hnd")
