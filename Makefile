@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)
 export NO_MKDOCS_2_WARNING := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv zoo verify test lint unit docs serve bench clean
+.PHONY: venv zoo verify test lint unit docs serve bench snippets clean
 
 venv: $(STAMP)
 
@@ -36,15 +36,19 @@ unit: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
-# Everything: lint, the conformance run over the committed zoo, the unit tests (which also
-# rebuild the zoo in a temporary folder and compare bytes), and the strict docs build.
-test: lint verify unit docs
+# Everything: lint, the conformance run over the committed zoo, the strict docs build, then
+# the unit tests (which rebuild the zoo in a temporary folder and compare bytes, and open
+# the freshly built site in headless Chromium).
+test: lint verify docs unit
 
 serve: $(STAMP)
 	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
 
 bench: $(STAMP)
 	$(PY) -m generator bench
+
+snippets: $(STAMP)
+	$(PY) -m generator snippets
 
 clean:
 	rm -rf site build .pytest_cache

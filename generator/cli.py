@@ -109,6 +109,14 @@ def cmd_new_proposal(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snippets(args: argparse.Namespace) -> int:
+    from generator.snippets import ROOT, export_all
+
+    for path in export_all():
+        print(f"exported {path.relative_to(ROOT)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from generator.verify import MATRIX_JSON
     from generator.zoo import ZOO
@@ -146,6 +154,9 @@ def parser() -> argparse.ArgumentParser:
     n = sub.add_parser("new-proposal", help="scaffold proposals/NAME/ (document, cases, reference, test)")
     n.add_argument("name", help="snake_case topic name, e.g. flex_attention")
     n.set_defaults(run=cmd_new_proposal)
+
+    s = sub.add_parser("snippets", help="export each blog post as standalone Markdown to build/snippets/")
+    s.set_defaults(run=cmd_snippets)
     return p
 
 
