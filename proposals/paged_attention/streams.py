@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from generator.errors import UsageError
 from generator.onnx_build import seeded
 from generator.ort import session
 from proposals.paged_attention.blocks import BlockAllocator, plan_step
@@ -134,45 +135,72 @@ def _cache_gap(linear: np.ndarray, pool: np.ndarray, table: np.ndarray, length: 
     return gap
 
 
-def contiguous_outputs(inputs: dict[str, np.ndarray], run: Callable | None = None) -> np.ndarray:
-    """A paged step's output recomputed sequence by sequence with the linear-buffer model.
+def linear_steps(inputs: dict[str, np.ndarray]) -> list[tuple[int, int, dict[str, np.ndarray]]]:
+    """A paged step split into one linear-buffer step per sequence.
 
     Each sequence's past K/V are read out of the input pools into a contiguous
-    [1, Hkv, max_len, D] cache; TensorScatter + Attention-24 then run on the same
-    new tokens. Returns [T, Hq*D] like the paged ``output`` (padding rows 0).
+    [1, Hkv, max_len, D] cache; the new tokens become [1, H, S, D]. Returns
+    ``(start, end, feeds of the linear-buffer model)`` per sequence.
     """
-    from proposals.paged_attention.build import linear_model
-
     key_cache, value_cache = inputs["key_cache"], inputs["value_cache"]
     block_size, hkv, d = key_cache.shape[1:]
     cu, lens, table = inputs["cu_seqlens_q"], inputs["seq_lens"], inputs["block_table"]
-    tokens = inputs["query"].shape[0]
     hq = inputs["query"].shape[1] // d
     max_len = table.shape[1] * block_size
-    model = linear_model(hq, hkv, d, max_len)
-    run = run or session(model).run
-    out = np.zeros((tokens, hq * d), dtype=np.float32)
+    steps = []
     for b in range(len(lens)):
         start, end = int(cu[b]), int(cu[b + 1])
-        q_len, past = end - start, int(lens[b]) - (end - start)
+        past = int(lens[b]) - (end - start)
         cache = {}
         for name, pool in (("past_key", key_cache), ("past_value", value_cache)):
             flat = np.zeros((max_len, hkv, d), dtype=np.float32)
             for p in range(past):
                 flat[p] = pool[table[b, p // block_size], p % block_size]
             cache[name] = flat.transpose(1, 0, 2)[None]
-        (y, _, _) = run(
-            None,
-            {
-                "query": _heads(inputs["query"][start:end], hq),
-                "key": _heads(inputs["key"][start:end], hkv),
-                "value": _heads(inputs["value"][start:end], hkv),
-                **cache,
-                "write_indices": np.array([past], np.int64),
-                "nonpad_kv_seqlen": np.array([past + q_len], np.int64),
-            },
-        )
-        out[start:end] = y[0].transpose(1, 0, 2).reshape(q_len, hq * d)
+        feeds = {
+            "query": _heads(inputs["query"][start:end], hq),
+            "key": _heads(inputs["key"][start:end], hkv),
+            "value": _heads(inputs["value"][start:end], hkv),
+            **cache,
+            "write_indices": np.array([past], np.int64),
+            "nonpad_kv_seqlen": np.array([int(lens[b])], np.int64),
+        }
+        steps.append((start, end, feeds))
+    return steps
+
+
+def contiguous_outputs(inputs: dict[str, np.ndarray], engine: str = "onnxruntime") -> np.ndarray:
+    """A paged step's output recomputed sequence by sequence on a contiguous linear buffer.
+
+    ``engine`` is ``onnxruntime`` (this topic's TensorScatter + Attention-24 model) or
+    ``kv_reference`` (the KV-cache proposal's numpy ``linear_step``). Returns [T, Hq*Dv]
+    like the paged ``output``; padding tokens' rows stay 0.
+    """
+    from proposals.kv_cache.reference import linear_step
+    from proposals.paged_attention.build import linear_model
+
+    d = inputs["key_cache"].shape[3]
+    hq = inputs["query"].shape[1] // d
+    out = np.zeros((inputs["query"].shape[0], hq * d), dtype=np.float32)
+    steps = linear_steps(inputs)
+    if engine == "onnxruntime":
+        max_len = steps[0][2]["past_key"].shape[2]
+        run = session(linear_model(hq, inputs["key_cache"].shape[2], d, max_len)).run
+    for start, end, feeds in steps:
+        if engine == "onnxruntime":
+            y = run(None, feeds)[0]
+        elif engine == "kv_reference":
+            y = linear_step(
+                feeds["past_key"],
+                feeds["past_value"],
+                feeds["write_indices"],
+                feeds["query"],
+                feeds["key"],
+                feeds["value"],
+            ).y
+        else:
+            raise UsageError(f"unknown engine {engine!r}; valid: onnxruntime, kv_reference")
+        out[start:end] = y[0].transpose(1, 0, 2).reshape(end - start, -1)
     return out
 
 

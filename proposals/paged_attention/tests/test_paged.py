@@ -37,12 +37,34 @@ def test_case_runs_on_ort_and_reference_evaluator(spec):
                 np.testing.assert_allclose(got, data.outputs[name], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("spec", CASES, ids=lambda s: s.name)
-def test_case_equals_contiguous_linear_buffer(spec):
-    """Same tokens through TensorScatter + Attention-24 on a per-sequence contiguous cache."""
+PAGED_STEP_CASES = [s for s in CASES if s.name != "paged_rewritten_decoder_layer"]
+
+
+@pytest.mark.parametrize("engine", ["kv_reference", "onnxruntime"])
+@pytest.mark.parametrize("spec", PAGED_STEP_CASES, ids=lambda s: s.name)
+def test_case_equals_contiguous_linear_buffer(spec, engine):
+    """Same tokens through the KV proposal's linear buffer (its numpy reference, and
+    TensorScatter + Attention-24 on ORT) on a per-sequence contiguous cache."""
     for data in spec.build().datasets:
-        linear = contiguous_outputs(dict(data.inputs))
+        linear = contiguous_outputs(dict(data.inputs), engine)
         np.testing.assert_allclose(linear, data.outputs["output"], rtol=1e-5, atol=1e-6)
+
+
+def test_rewrite_of_the_kv_cache_decoder_layer_case_is_identical():
+    """The kv_cache zoo case's own model, rewritten, on a 5-step token stream."""
+    (kv_case,) = select(["kv_cache/decoder_layer_rope_scatter_attention"])
+    linear = kv_case.build().model
+    paged = to_paged(linear, num_blocks=8, block_size=2)
+    onnx.checker.check_model(paged, full_check=True)
+
+    def tokens(rng, batch, past, q_len):
+        return {
+            "hidden_states": rng.randn(batch, q_len, 16).astype(np.float32),
+            "position_ids": np.tile(past + np.arange(q_len), (batch, 1)).astype(np.int64),
+        }
+
+    diffs = run_both(linear, paged, tokens, batch=2, chunks=[3, 1, 1, 2, 1], num_blocks=8, block_size=2)
+    assert [(d.output, d.cache) for d in diffs] == [(0.0, 0.0)] * 5
 
 
 def test_reference_equals_dense_attention_for_one_sequence():
