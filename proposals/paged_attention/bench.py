@@ -23,6 +23,7 @@ from proposals.paged_attention.build import PagedShape, linear_model, paged_mode
 TOPIC = "paged_attention"
 HEADS = {"q_heads": 32, "kv_heads": 8, "head_dim": 128}
 BLOCK_SIZE = 16
+THREADS = 1  # 2 shared cores: one thread keeps side-by-side ratios steadier
 # name -> (layout, in place through IOBinding?, pool blocks / blocks in use)
 ARRANGEMENTS = {
     "paged NHD pool, plain run": ("nhd", False, 1),
@@ -44,7 +45,7 @@ def bound_runner(
     With ``in_place`` the cache inputs named in ``state`` (input -> output) are bound to
     one OrtValue each, so ScatterND/TensorScatter update them without a copy.
     """
-    sess = session(model)
+    sess = session(model, threads=THREADS)
     if not in_place:
         return (lambda: sess.run(None, feeds)), (lambda: sess.run(None, feeds)[0])
     io = sess.io_binding()

@@ -65,6 +65,7 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, offset: int, scale: floa
     return out
 
 
+# --8<-- [start:paged_attention]
 def paged_attention(
     query: np.ndarray,
     key: np.ndarray,
@@ -101,3 +102,6 @@ def paged_attention(
         v = read_sequence(v_pool, block_table[b], length)
         y[start:end] = attend(q[start:end], k, v, length - (end - start), scale, is_causal)
     return PagedResult(y.reshape(tokens, -1).astype(query.dtype), k_pool, v_pool)
+
+
+# --8<-- [end:paged_attention]

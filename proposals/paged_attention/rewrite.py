@@ -95,6 +95,7 @@ def find_sites(model: onnx.ModelProto) -> list[CacheSite]:
     return sites
 
 
+# --8<-- [start:paged_nodes]
 def _paged_nodes(site: CacheSite, pool: str, pool_out: str, present: str) -> list[onnx.NodeProto]:
     """ScatterND write through slot_mapping, then Gather read by block_table."""
     rank = len(site.cache.type.tensor_type.shape.dim)
@@ -137,6 +138,7 @@ def _paged_nodes(site: CacheSite, pool: str, pool_out: str, present: str) -> lis
     return nodes
 
 
+# --8<-- [end:paged_nodes]
 def to_paged(model: onnx.ModelProto, num_blocks: int, block_size: int) -> onnx.ModelProto:
     """The paged form of a linear-buffer model (see the module docstring)."""
     if num_blocks < 1 or block_size < 1:
