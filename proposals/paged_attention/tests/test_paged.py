@@ -260,3 +260,57 @@ def test_whole_pool_arrangement_is_batch_one_only():
         paged_decode_model(DecodeShape(2, 16, 8, 2, 2, 4), "whole_pool")
     with pytest.raises(UsageError, match="unknown pool layout"):
         paged_decode_model(DecodeShape(1, 16, 8, 2, 2, 4), "hnd")
+
+
+def _linear_3d_model(max_len: int) -> onnx.ModelProto:
+    """TensorScatter on [B, L, Hkv*D] caches (axis 1) feeding a 3-D Attention-24."""
+    from onnx import TensorProto
+
+    from generator.onnx_build import make_model
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    cache = ["batch", max_len, 16]
+    inputs = [
+        helper.make_tensor_value_info("query", f32, ["batch", "q_len", 32]),
+        helper.make_tensor_value_info("key", f32, ["batch", "q_len", 16]),
+        helper.make_tensor_value_info("value", f32, ["batch", "q_len", 16]),
+        helper.make_tensor_value_info("past_key", f32, cache),
+        helper.make_tensor_value_info("past_value", f32, cache),
+        helper.make_tensor_value_info("write_indices", i64, ["batch"]),
+        helper.make_tensor_value_info("nonpad_kv_seqlen", i64, ["batch"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("output", f32, ["batch", "q_len", 32]),
+        helper.make_tensor_value_info("present_key", f32, cache),
+        helper.make_tensor_value_info("present_value", f32, cache),
+    ]
+    nodes = [
+        helper.make_node("TensorScatter", ["past_key", "key", "write_indices"], ["present_key"], axis=1),
+        helper.make_node("TensorScatter", ["past_value", "value", "write_indices"], ["present_value"], axis=1),
+        helper.make_node(
+            "Attention",
+            ["query", "present_key", "present_value", "", "", "", "nonpad_kv_seqlen"],
+            ["output"],
+            is_causal=1,
+            q_num_heads=4,
+            kv_num_heads=2,
+        ),
+    ]
+    return make_model(helper.make_graph(nodes, "linear_3d", inputs, outputs), {"": 24})
+
+
+def test_rewrite_handles_a_sequence_major_3d_cache():
+    linear = _linear_3d_model(max_len=12)
+    paged = to_paged(linear, num_blocks=8, block_size=4)
+    assert "Transpose" not in {n.op_type for n in paged.graph.node}
+    assert [d.dim_value for d in paged.graph.input[3].type.tensor_type.shape.dim] == [8, 4, 16]
+
+    def tokens(rng, batch, past, q_len):
+        return {
+            "query": rng.randn(batch, q_len, 32).astype(np.float32),
+            "key": rng.randn(batch, q_len, 16).astype(np.float32),
+            "value": rng.randn(batch, q_len, 16).astype(np.float32),
+        }
+
+    diffs = run_both(linear, paged, tokens, batch=2, chunks=[4, 1, 3, 1], num_blocks=8, block_size=4)
+    assert max(d.output for d in diffs) == 0.0 and max(d.cache for d in diffs) == 0.0
