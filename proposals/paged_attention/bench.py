@@ -184,10 +184,32 @@ def plot_memory(results: list[simulate.PolicyResult], name: str) -> None:
     plt.rcParams["svg.hashsalt"] = "onnx-genai-proposals"
     labels = [r.policy.replace(", ", "\n", 1) for r in results]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    left.axvspan(60, 80, color="tab:gray", alpha=0.2, label="earlier systems, per vLLM (60–80%)")
+    left.axvline(4, color="tab:green", linestyle="--", label="vLLM: under 4%")
     left.barh(labels, [100 * r.waste_share for r in results], color="tab:red")
+    for y, r in enumerate(results):
+        left.annotate(
+            f"{r.waste_share:.1%}",
+            (100 * r.waste_share, y),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    left.set_xlim(0, 85)
+    left.legend(loc="lower right", fontsize=8)
     left.set_xlabel("KV memory wasted (%)")
     left.invert_yaxis()
     right.barh(labels, [r.sequences_fit for r in results], color="tab:blue")
+    for y, r in enumerate(results):
+        right.annotate(
+            str(r.sequences_fit),
+            (r.sequences_fit, y),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
     right.set_xlabel(f"sequences that fit in {simulate.BUDGET_SLOTS} token slots")
     right.invert_yaxis()
     right.set_yticklabels([])
