@@ -14,6 +14,7 @@ the ratios are what to compare. Results: ``proposals/kv_cache/bench/*.json`` and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -140,6 +141,18 @@ def write_results(name: str, rows: list[dict], *, title: str, unit: float, ylabe
         ylabel=ylabel,
         title=title,
     )
+
+
+def results_table(name: str) -> str:
+    """The committed results of one benchmark as a text table (median per step and ratio)."""
+    data = json.loads((bench.results_dir(TOPIC) / f"{name}.json").read_text())
+    variants = list(data["rows"][0]["seconds"])
+    lines = [f"{name} (median per step; x = time / {data['rows'][0]['baseline']})"]
+    for row in data["rows"]:
+        cells = [f"{row['seconds'][v] * 1e6:9.1f} us ({row['ratios'][v]:6.1f}x)" for v in variants]
+        lines.append(f"  L={row['L']:6d}  " + "  ".join(cells))
+    lines.append("  columns: " + "; ".join(variants))
+    return "\n".join(lines)
 
 
 def main(quick: bool = False) -> None:
