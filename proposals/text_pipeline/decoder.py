@@ -33,7 +33,7 @@ from generator.onnx_build import initializer, make_model
 
 OPSET = 24
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")  # cos/sin independent of length
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin independent of length
 
 
 # --8<-- [start:spec]
@@ -167,7 +167,7 @@ def _rms_norm(g: _Graph, x: str, module, name: str) -> str:
 
 def _rope_tables(hf_model, spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin caches ``[max_positions, head_dim/2]`` computed by the model's own rotary module,
-    so every static rope variant (default, linear, llama3) matches by construction."""
+    so every static rope variant (default, linear, llama3, yarn) matches by construction."""
     import torch
 
     rotary = hf_model.model.rotary_emb

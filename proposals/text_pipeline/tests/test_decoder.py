@@ -137,6 +137,30 @@ def test_inplace_runner_aliases_past_and_present():
         ("llama", {"num_key_value_heads": 1}),  # MQA
         ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}}),
         ("qwen2", {"num_key_value_heads": 4}),  # plain MHA
+        (
+            "llama",
+            {
+                "rope_parameters": {
+                    "rope_type": "yarn",
+                    "rope_theta": 1e4,
+                    "factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                }
+            },
+        ),
+        (
+            "llama",
+            {
+                "rope_parameters": {
+                    "rope_type": "llama3",
+                    "rope_theta": 5e5,
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                }
+            },
+        ),
     ],
 )
 def test_config_variants_match_transformers(arch, overrides):
