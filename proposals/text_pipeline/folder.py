@@ -7,14 +7,14 @@ import json
 from functools import cache
 from pathlib import Path
 
-from generator.bench import ROOT
+from generator.zoo import ZOO
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.decoder import build_decoder
 from proposals.text_pipeline.models import tiny_model
 from proposals.text_pipeline.pipeline import pipeline_manifest
 from proposals.text_pipeline.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_json
 
-ZOO_DIR = ROOT / "zoo" / "text_pipeline"
+ZOO_DIR = ZOO / "text_pipeline"
 DEFAULT_CONFIG = GenerationConfig(max_new_tokens=32, eos_token_ids=frozenset({0}))
 
 
