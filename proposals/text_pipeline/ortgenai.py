@@ -5,12 +5,14 @@ ORT GenAI 0.18 knows nothing of ``write_indices``: it feeds ``input_ids``,
 ``past_present_share_buffer`` it binds one ``[batch, kv_heads, max_length, head_dim]``
 buffer as both past and present, which is exactly the TensorScatter in-place pattern.
 So the adapter below replaces the ``write_indices`` input with ``position_ids`` and
-reads the write index as ``position_ids[:, 0]``. Checked with 0.18.0: batch 1 is
-token-identical to transformers, for the linear and the circular (sliding-window) cache
-(the buffer takes the decoder's fixed window length). A batch of prompts of different
-lengths is not: ORT GenAI left-pads, so the padded row's tokens sit at shifted cache slots
-and its positions restart after the padding; that row's output diverges. This pipeline
-therefore runs ORT GenAI one prompt at a time.
+reads the write index as ``position_ids[:, 0]``. Checked with 0.18.0: token-identical to
+transformers for the linear and the circular (sliding-window) cache (the buffer takes
+the decoder's fixed window length), and for ragged batches when they are right-padded
+with the pad token: ORT GenAI then gives each row's next token the position of the row's
+real length, so each row writes at its own slot, as ``write_indices`` does.
+A left-padded array is not read as padding: ORT GenAI feeds an all-ones attention mask
+and continuous positions, so the pads become prompt tokens. And ORT GenAI prefills the
+whole prompt in one run, so a circular cache only takes prompts up to the window.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from onnx import TensorProto, helper
 
 from generator.errors import UsageError
 from generator.onnx_build import initializer
-from proposals.text_pipeline.config import GenerationInput, GenerationResult, StopCriteria
+from proposals.text_pipeline.config import GenerationInput, GenerationResult
 from proposals.text_pipeline.decoder import spec_from_model
 from proposals.text_pipeline.pipeline import ModelFolder, Pipeline, _cut_after_stop
 from proposals.text_pipeline.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer
+
+PAD_ID = 1  # PAD_TOKEN's id in the shipped tokenizer
 
 
 # --8<-- [start:adapter]
@@ -67,7 +71,7 @@ def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int]) -> dict:
             "vocab_size": spec.vocab_size,
             "bos_token_id": sorted(eos_token_ids)[0],
             "eos_token_id": sorted(eos_token_ids),
-            "pad_token_id": 1,
+            "pad_token_id": PAD_ID,
             "decoder": {
                 "filename": "model.onnx",
                 "head_size": spec.head_dim,
@@ -114,82 +118,98 @@ def write_genai_folder(folder: ModelFolder, target: Path) -> None:
 
 
 class OrtGenaiPipeline(Pipeline):
-    """``Text2Text::Pipeline`` run by onnxruntime-genai, one prompt at a time."""
+    """``Text2Text::Pipeline`` run by onnxruntime-genai's own generator and search.
+
+    Batches are right-padded with the pad token: ORT GenAI then derives each row's
+    positions from its real length, so the adapted decoder writes every row at its own
+    cache slot. The EOS ids ORT GenAI itself stops at are the folder's defaults.
+    """
 
     def __init__(self, folder: ModelFolder) -> None:
         import onnxruntime_genai as og
 
-        spec = spec_from_model(folder.decoder)
+        self.spec = spec_from_model(folder.decoder)
         self._dir = tempfile.TemporaryDirectory(prefix="ortgenai-")
         write_genai_folder(folder, Path(self._dir.name))
         self.og = og
         self.model = og.Model(self._dir.name)
-        self.spec = spec
         super().__init__(None, load_tokenizer(folder.tokenizer_json), folder.config)
 
     def generate(self, prompts: Sequence[GenerationInput]) -> list[GenerationResult]:
-        return [self._one(p) for p in prompts]
+        if not prompts:
+            raise UsageError("generate needs at least one GenerationInput")
+        new, reasons = list(self._run(prompts))[-1]  # the state after the last step
+        results = []
+        for tokens, reason in zip(new, reasons, strict=True):
+            text = self._text(tokens, reason)
+            results.append(GenerationResult(text, tuple(tokens), reason or "length", (text,)))
+        return results
 
     def stream(self, prompt: GenerationInput) -> Iterator[str]:
         shown = ""
-        for tokens, reason in self._run(prompt):
-            text = self._text(tokens, reason)
-            if text != shown and (reason or not text.endswith("\ufffd")):
+        for new, reasons in self._run([prompt]):
+            text = self._text(new[0], reasons[0])
+            if text != shown and (reasons[0] or not text.endswith("\ufffd")):
                 yield text[len(shown) :]
                 shown = text
 
     def generator(self, prompts):
-        raise UsageError("the onnxruntime-genai backend exposes its own og.Generator; use __call__, generate or stream")
-
-    def _one(self, prompt: GenerationInput) -> GenerationResult:
-        runs = list(self._run(prompt))
-        tokens, reason = runs[-1] if runs else ([], "length")
-        text = self._text(tokens, reason)
-        return GenerationResult(text, tuple(tokens), reason, (text,))
+        raise UsageError("the onnxruntime-genai backend runs its own og.Generator; use __call__, generate or stream")
 
     def _text(self, tokens, reason) -> str:
         text = self.decode(tokens)
         return _cut_after_stop(text, self.config.stop_strings) if reason == "stop_string" else text
 
-    def _run(self, prompt: GenerationInput):
-        """Yield (new tokens so far, finish reason or None) after every step."""
-        og, c = self.og, self.config
+    def _run(self, prompts: Sequence[GenerationInput]):
+        """Yield (new tokens per row, finish reason or None per row) after every step."""
+        c = self.config
         if c.beam_search_config.num_beams > 1:
+            raise UsageError("beam search on the onnxruntime-genai backend is not wired here; use onnxruntime")
+        ids = [self.encode(p) for p in prompts]
+        width = max(map(len, ids))
+        if self.spec.circular and width > self.spec.sliding_window:
             raise UsageError(
-                "beam search on the onnxruntime-genai backend is not wired here; use the onnxruntime backend"
+                f"onnxruntime-genai prefills the whole prompt in one run; {width} tokens do not fit "
+                f"the circular cache of sliding_window={self.spec.sliding_window} (use onnxruntime)"
             )
-        ids = self.encode(prompt)
-        budget = c.new_token_budget(len(ids))
-        total = self.spec.max_positions if budget is None else min(len(ids) + budget, self.spec.max_positions)
-        params = og.GeneratorParams(self.model)
-        s = c.sampling_config
-        options = {
-            "max_length": total,
-            "min_length": len(ids) + c.min_new_tokens,
-            "do_sample": s.do_sample,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "repetition_penalty": s.repetition_penalty,
-            "random_seed": s.rng_seed,
-            "top_k": s.top_k or self.spec.vocab_size,
-            "early_stopping": c.beam_search_config.stop_criteria is StopCriteria.EARLY,
-        }
-        params.set_search_options(**options)
-        gen = og.Generator(self.model, params)
-        gen.append_tokens(np.asarray([ids], np.int32))
-        new: list[int] = []
-        while not gen.is_done():
+        room = self.spec.max_positions - width
+        budgets = [min(room, b) if (b := c.new_token_budget(len(i))) is not None else room for i in ids]
+        new: list[list[int]] = [[] for _ in ids]
+        reasons: list[str | None] = ["length" if b <= 0 else None for b in budgets]
+        if all(reasons):
+            yield new, reasons
+            return
+        gen = self.og.Generator(self.model, self._params(width, max(budgets), len(ids)))
+        gen.append_tokens(np.array([i + [PAD_ID] * (width - len(i)) for i in ids], np.int32))
+        while not gen.is_done() and not all(reasons):
             gen.generate_next_token()
-            token = int(gen.get_next_tokens()[0])
-            new.append(token)
-            reason = None
-            if token in c.eos_token_ids:
-                reason = "eos"
-            elif c.stop_strings and any(x in self.decode(new) for x in c.stop_strings):
-                reason = "stop_string"
-            elif len(new) >= total - len(ids):
-                reason = "length"
-            yield new, reason
-            if reason:
-                return
-        yield new, "length"
+            for row, token in enumerate(int(t) for t in gen.get_next_tokens()):
+                if reasons[row] is None:
+                    new[row].append(token)
+                    reasons[row] = self._finish_reason(new[row], budgets[row])
+            yield new, reasons
+
+    def _params(self, width: int, budget: int, batch: int):
+        c, s = self.config, self.config.sampling_config
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(
+            max_length=width + budget,
+            min_length=width + c.min_new_tokens,  # ORT GenAI counts the padded length
+            batch_size=batch,
+            do_sample=s.do_sample,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or self.spec.vocab_size,
+            repetition_penalty=s.repetition_penalty,
+            random_seed=s.rng_seed,
+        )
+        return params
+
+    def _finish_reason(self, tokens: list[int], budget: int) -> str | None:
+        c = self.config
+        if tokens[-1] in c.eos_token_ids:
+            return "eos"
+        if c.stop_strings and len(tokens) >= c.min_new_tokens:
+            if any(x in self.decode(tokens) for x in c.stop_strings):
+                return "stop_string"
+        return "length" if len(tokens) >= budget else None

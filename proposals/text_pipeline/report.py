@@ -101,10 +101,7 @@ def ortgenai_unadapted_error() -> str:
         target.mkdir()
         write_genai_folder(folder, target)
         onnx.save(folder.decoder, target / "model.onnx")  # the unadapted graph
-        config = json.loads((target / "genai_config.json").read_text())
-        # the error is the point here: keep onnxruntime's own copy of it off stderr
-        config["model"]["decoder"]["session_options"]["log_severity_level"] = 4
-        (target / "genai_config.json").write_text(json.dumps(config))
+        _quiet(target)
         model = og.Model(str(target))
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=16)
@@ -116,35 +113,64 @@ def ortgenai_unadapted_error() -> str:
     return "(no error)"
 
 
-def ortgenai_batch_check() -> str:
-    """ORT GenAI on a left-padded batch of two vs the same prompts run alone."""
+def _genai_model(arch: str, scratch: Path):
     import onnxruntime_genai as og
 
-    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    folder = ModelFolder.read(write_folder(arch, scratch / "zoo"))
+    target = scratch / "genai"
+    target.mkdir()
+    write_genai_folder(folder, target)
+    _quiet(target)
+    return og.Model(str(target))
+
+
+def _quiet(target: Path) -> None:
+    """Errors shown on the page are the point: keep onnxruntime's own copy off stderr."""
+    config = json.loads((target / "genai_config.json").read_text())
+    config["model"]["decoder"]["session_options"]["log_severity_level"] = 4
+    (target / "genai_config.json").write_text(json.dumps(config))
+
+
+def _genai_run(model, rows: list[list[int]], new: int) -> list[list[int]]:
+    import onnxruntime_genai as og
+
+    width = max(map(len, rows))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=width + new, batch_size=len(rows))
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array(rows, np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    return [list(map(int, gen.get_sequence(i)))[width:] for i in range(len(rows))]
+
+
+def ortgenai_batch_check() -> str:
+    """ORT GenAI on a ragged batch, left- and right-padded, vs each prompt alone."""
+    short, long = [5, 6, 7], [8, 9, 10, 11, 12, 13]
+    pad = [1] * (len(long) - len(short))
     with tempfile.TemporaryDirectory() as scratch:
-        folder = ModelFolder.read(write_folder("llama", Path(scratch) / "zoo"))
-        target = Path(scratch) / "genai"
-        target.mkdir()
-        write_genai_folder(folder, target)
-        model = og.Model(str(target))
+        model = _genai_model("llama", Path(scratch))
+        alone = _genai_run(model, [short], 8)[0]
+        left = _genai_run(model, [pad + short, long], 8)[0]
+        right = _genai_run(model, [short + pad, long], 8)[0]
+    return "\n".join(
+        [
+            f"short prompt alone:        {alone}",
+            f"in a left-padded batch:    {left}  -> {'same' if left == alone else 'DIFFERENT'}",
+            f"in a right-padded batch:   {right}  -> {'same' if right == alone else 'DIFFERENT'}",
+        ]
+    )
 
-        def run(batch: list[list[int]]) -> list[list[int]]:
-            width = max(map(len, batch))
-            params = og.GeneratorParams(model)
-            params.set_search_options(max_length=width + 10, batch_size=len(batch))
-            gen = og.Generator(model, params)
-            gen.append_tokens(np.array([[1] * (width - len(p)) + p for p in batch], np.int32))
-            while not gen.is_done():
-                gen.generate_next_token()
-            return [list(map(int, gen.get_sequence(i)))[width:] for i in range(len(batch))]
 
-        together = run(prompts)
-        alone = [run([p])[0] for p in prompts]
-    lines = []
-    for p, t, a in zip(prompts, together, alone, strict=True):
-        verdict = "same" if t == a else "DIFFERENT"
-        lines.append(f"prompt of {len(p)} tokens: batched {t}\n{'':21}alone   {a}  -> {verdict}")
-    return "\n".join(lines)
+def ortgenai_long_prompt_error() -> str:
+    """ORT GenAI prefilling a 23-token prompt into Mistral's 16-slot circular cache."""
+    with tempfile.TemporaryDirectory() as scratch:
+        model = _genai_model("mistral", Path(scratch))
+        try:
+            _genai_run(model, [list(range(2, 25))], 4)
+        except RuntimeError as err:
+            return str(err).strip()
+    return "(no error)"
 
 
 def one_layer_decoder() -> onnx.ModelProto:

@@ -81,17 +81,18 @@ def test_factories_and_devices(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
-def test_three_backends_give_the_same_text(tmp_path, arch):
-    """onnxruntime (in-place cache), onnxruntime-genai (its own generator) and transformers."""
+def test_three_backends_give_the_same_tokens(tmp_path, arch):
+    """onnxruntime (in-place cache), onnxruntime-genai (its own generator, right-padded
+    batch) and transformers, on a batch of two prompts of different lengths."""
     folder = write_folder(arch, tmp_path / arch)
-    prompt = GenerationInput("Attention reads the whole cache")
-    texts = {}
+    prompts = [GenerationInput("Attention reads the whole cache"), GenerationInput("The")]
+    tokens = {}
     for backend in backend_names():
         pipeline = create_pipeline(backend, folder)
         pipeline.set_generation_config(GenerationConfig(max_new_tokens=24))
-        texts[backend] = pipeline(prompt).token_ids
-    assert len(set(texts.values())) == 1, texts
-    assert len(texts["onnxruntime"]) == 24
+        tokens[backend] = [r.token_ids for r in pipeline.generate(prompts)]
+    assert tokens["onnxruntime-genai"] == tokens["onnxruntime"] == tokens["transformers"]
+    assert [len(t) for t in tokens["onnxruntime"]] == [24, 24]
 
 
 @pytest.mark.parametrize("eos_at", [0, 1])
@@ -138,3 +139,9 @@ def test_beam_search_matches_transformers(stop, eos_at):
     if eos_at == 0:
         assert any(h.tokens[-1] == eos for h in hyps)
     assert [h.score for h in hyps] == pytest.approx(out.sequences_scores.tolist(), abs=1e-4)
+
+
+def test_ortgenai_refuses_prompts_longer_than_the_circular_window(tmp_path):
+    pipeline = create_pipeline("onnxruntime-genai", write_folder("mistral", tmp_path / "m"))
+    with pytest.raises(UsageError, match="do not fit the circular cache of sliding_window=16"):
+        pipeline(GenerationInput("TensorScatter writes the new keys into the static buffer at"))
