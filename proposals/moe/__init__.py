@@ -1,0 +1,1 @@
+"""Mixture of Experts as a function op (see README.md)."""
