@@ -28,26 +28,23 @@ def moe_model(
     *,
     graph_inputs: Collection[str] = ("X",),
     dynamic: bool = False,
+    io_names: Mapping[str, str] = {},  # noqa: B006 (read only)
 ) -> onnx.ModelProto:
     """One MoE node; ``arrays`` holds the op's inputs by name (absent optional inputs left
     out). Names in ``graph_inputs`` become graph inputs, the rest initializers.
-    ``dynamic`` gives X symbolic leading axes so one model serves any token count."""
+    ``dynamic`` gives X symbolic leading axes so one model serves any token count;
+    ``io_names`` renames X and Y in the graph."""
     present = [n for n in INPUT_NAMES if arrays.get(n) is not None]
+    names = {n: io_names.get(n, n) for n in [*present, "Y"]}
     x = arrays["X"]
-    inputs = []
-    for n in present:
-        if n not in graph_inputs:
-            continue
-        shape = list(arrays[n].shape)
-        if n == "X" and dynamic:
-            shape = [f"d{i}" for i in range(len(shape) - 1)] + shape[-1:]
-        inputs.append(tensor_info(n, arrays[n].dtype, shape))
-    y_shape = inputs[0].type.tensor_type.shape if "X" in graph_inputs else None
-    output = tensor_info("Y", x.dtype, list(x.shape))
-    if y_shape is not None:
-        output.type.tensor_type.shape.CopyFrom(y_shape)
+    x_shape: list = list(x.shape)
+    if dynamic:
+        x_shape = [f"d{i}" for i in range(len(x_shape) - 1)] + x_shape[-1:]
+    inputs = [tensor_info(names[n], arrays[n].dtype, x_shape if n == "X" else arrays[n].shape)
+              for n in present if n in graph_inputs]
     graph = helper.make_graph(
-        [moe_node({n: n for n in present}, "Y", attrs)], "moe", inputs, [output],
+        [moe_node(names, names["Y"], attrs)], "moe", inputs,
+        [tensor_info(names["Y"], x.dtype, x_shape)],
         [initializer(n, arrays[n]) for n in present if n not in graph_inputs],
     )
     return make_model(graph, {"": OPSET, PROPOSAL_DOMAIN: 1}, build_function(attrs, present))
