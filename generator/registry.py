@@ -19,8 +19,6 @@ import onnx
 
 from generator.errors import UsageError
 
-RUNTIMES_WITH_DIVERGENCES = ("reference", "onnxruntime", "openvino")
-
 
 @dataclass(frozen=True)
 class DataSet:
@@ -38,6 +36,8 @@ class Case:
     run in order (a prefill followed by a decode step, for example).
     ``divergences`` maps a runtime name to the reason it is known to disagree
     with the reference; the verifier then records, rather than fails, a mismatch.
+    ``files`` are extra artefacts written beside ``model.onnx`` (a tokenizer, a
+    pipeline config), by relative path.
     """
 
     model: onnx.ModelProto
@@ -45,6 +45,7 @@ class Case:
     rtol: float = 1e-5
     atol: float = 1e-6
     divergences: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,12 @@ def case(fn: Callable[[], Case]) -> Callable[[], Case]:
 @cache
 def discover() -> dict[str, CaseSpec]:
     """Import every ``proposals.<topic>.cases`` module and return the cases by id."""
-    import proposals
-
-    for info in sorted(pkgutil.iter_modules(proposals.__path__), key=lambda m: m.name):
-        if info.ispkg:
-            try:
-                importlib.import_module(f"proposals.{info.name}.cases")
-            except ModuleNotFoundError as err:
-                if err.name != f"proposals.{info.name}.cases":
-                    raise
+    for topic in topics():
+        try:
+            importlib.import_module(f"proposals.{topic}.cases")
+        except ModuleNotFoundError as err:
+            if err.name != f"proposals.{topic}.cases":
+                raise
     return dict(sorted(_REGISTRY.items()))
 
 
@@ -115,11 +113,7 @@ def select(patterns: Sequence[str] = ()) -> list[CaseSpec]:
         return list(cases.values())
     chosen: dict[str, CaseSpec] = {}
     for pattern in patterns:
-        hits = [
-            spec
-            for spec in cases.values()
-            if pattern in (spec.id, spec.topic, spec.name)
-        ]
+        hits = [spec for spec in cases.values() if pattern in (spec.id, spec.topic, spec.name)]
         if not hits:
             topics = sorted({spec.topic for spec in cases.values()})
             raise UsageError(
@@ -128,3 +122,10 @@ def select(patterns: Sequence[str] = ()) -> list[CaseSpec]:
             )
         chosen.update((spec.id, spec) for spec in hits)
     return [chosen[key] for key in sorted(chosen)]
+
+
+def topics() -> list[str]:
+    """Every proposal folder (a package under ``proposals/``), sorted."""
+    import proposals
+
+    return sorted(info.name for info in pkgutil.iter_modules(proposals.__path__) if info.ispkg)

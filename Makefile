@@ -1,0 +1,54 @@
+# Two commands on a fresh machine: `make zoo` and `make test`. Both create or refresh .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-deps
+export PYTHONPATH := $(CURDIR)
+export NO_MKDOCS_2_WARNING := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: venv zoo verify test lint unit docs serve bench snippets clean
+
+venv: $(STAMP)
+
+# Reinstall only when pyproject.toml changes; deps are read from it, the project itself is
+# used from the source tree (PYTHONPATH), so several checkouts can share one .venv.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" > $(VENV)/requirements.txt
+	$(PY) -m pip install -q -r $(VENV)/requirements.txt
+	touch $(STAMP)
+
+zoo: $(STAMP)
+	$(PY) -m generator zoo
+
+verify: $(STAMP)
+	$(PY) -m generator verify
+
+lint: $(STAMP)
+	$(PY) -m ruff check generator proposals tests
+
+unit: $(STAMP)
+	$(PY) -m pytest
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+# Everything: lint, the conformance run over the committed zoo, the strict docs build, then
+# the unit tests (which rebuild the zoo in a temporary folder and compare bytes, and open
+# the freshly built site in headless Chromium).
+test: lint verify docs unit
+
+serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
+
+bench: $(STAMP)
+	$(PY) -m generator bench
+
+snippets: $(STAMP)
+	$(PY) -m generator snippets
+
+clean:
+	rm -rf site build .pytest_cache

@@ -1,0 +1,169 @@
+"""``python -m generator``: list cases, write the zoo, verify it, run benchmarks.
+
+Bad input (unknown case, tampered zoo file, bad option) prints one line on stderr
+and exits with status 2; verification failures exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from generator.errors import UsageError
+
+PROG = "python -m generator"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line and go through UsageError."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from generator.registry import select
+
+    for spec in select(args.cases):
+        print(f"{spec.id:55s} {spec.description}")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from generator import zoo
+    from generator.registry import select
+
+    console = _console()
+    specs = select(args.cases)
+    out = Path(args.out)
+
+    def progress(spec, built) -> None:
+        size = sum(len(b) for b in built.files.values())
+        console.print(f"[green]wrote[/] {spec.id:50s} {len(built.files):3d} files {size / 1024:8.1f} KiB")
+
+    zoo.write(specs, out, prune=not args.cases, progress=progress)
+    console.print(f"[bold]{len(specs)} cases[/] → {out / zoo.MANIFEST_NAME}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from generator import runtimes, verify
+
+    console = _console()
+    chosen = runtimes.available(args.runtime)
+    marks = {
+        "pass": "[green]pass[/]",
+        "mismatch": "[red]mismatch[/]",
+        "error": "[red]error[/]",
+        "unsupported": "[yellow]unsupported[/]",
+    }
+
+    def progress(case_id: str, runtime: str, cell) -> None:
+        err = f" {cell.max_abs_err:.2g}" if cell.max_abs_err is not None else ""
+        note = f" (known: {cell.known_divergence})" if cell.known_divergence else ""
+        detail = f" {cell.detail}" if cell.status != "pass" else ""
+        console.print(f"{case_id:50s} {runtime:12s} {marks[cell.status]}{err}{note}{detail}"[:400])
+
+    matrix = verify.verify(chosen, args.cases, Path(args.zoo), progress)
+    path = verify.write_matrix(matrix, Path(args.json))
+    problems = verify.failures(matrix)
+    for line in problems:
+        console.print(f"[red]FAIL[/] {line}")
+    console.print(f"{len(matrix['cases'])} cases × {len(chosen)} runtimes → {path}")
+    return 1 if problems else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from generator.registry import topics
+
+    names = args.topics or topics()
+    for topic in names:
+        if topic not in topics():
+            raise UsageError(f"unknown topic {topic!r}; valid: {', '.join(topics())}")
+        try:
+            module = importlib.import_module(f"proposals.{topic}.bench")
+        except ModuleNotFoundError as err:
+            if err.name != f"proposals.{topic}.bench" or args.topics:
+                raise UsageError(f"topic {topic!r} has no bench.py") from None
+            continue
+        print(f"== bench {topic}{' (quick)' if args.quick else ''}", flush=True)
+        module.main(quick=args.quick)
+    return 0
+
+
+def cmd_new_proposal(args: argparse.Namespace) -> int:
+    from generator.scaffold import ROOT, new_proposal
+
+    for path in new_proposal(args.name):
+        print(f"created {path.relative_to(ROOT)}")
+    print(f"added proposals/{args.name}/README.md to mkdocs.yml and its example case to zoo/")
+    return 0
+
+
+def cmd_snippets(args: argparse.Namespace) -> int:
+    from generator.snippets import ROOT, export_all
+
+    for path in export_all():
+        print(f"exported {path.relative_to(ROOT)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from generator.verify import MATRIX_JSON
+    from generator.zoo import ZOO
+
+    p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ls = sub.add_parser("list", help="list the registered zoo cases")
+    ls.add_argument("cases", nargs="*", help="topic, case or topic/case")
+    ls.set_defaults(run=cmd_list)
+
+    z = sub.add_parser("zoo", help="build cases and write them to the zoo")
+    z.add_argument("cases", nargs="*", help="topic, case or topic/case (default: all, pruning stale ones)")
+    z.add_argument("--out", default=str(ZOO), help="zoo directory (default: zoo/)")
+    z.set_defaults(run=cmd_zoo)
+
+    v = sub.add_parser("verify", help="check the zoo and run it on every runtime")
+    v.add_argument("cases", nargs="*", help="topic, case or topic/case (default: all)")
+    v.add_argument("--zoo", default=str(ZOO), help="zoo directory (default: zoo/)")
+    v.add_argument(
+        "--runtime",
+        action="append",
+        default=[],
+        metavar="MODULE:CLASS",
+        help="add a runtime adapter class (repeatable)",
+    )
+    v.add_argument("--json", default=str(MATRIX_JSON), help="where to write the matrix")
+    v.set_defaults(run=cmd_verify)
+
+    b = sub.add_parser("bench", help="run proposals/<topic>/bench.py (not a test)")
+    b.add_argument("topics", nargs="*", help="topics (default: every topic with a bench.py)")
+    b.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    b.set_defaults(run=cmd_bench)
+
+    n = sub.add_parser("new-proposal", help="scaffold proposals/NAME/ (document, cases, reference, test)")
+    n.add_argument("name", help="snake_case topic name, e.g. flex_attention")
+    n.set_defaults(run=cmd_new_proposal)
+
+    s = sub.add_parser("snippets", help="export each blog post as standalone Markdown to build/snippets/")
+    s.set_defaults(run=cmd_snippets)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        return args.run(args)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2

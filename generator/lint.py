@@ -1,0 +1,50 @@
+"""Proposal-page lint: every proposal document has the sections reviewers look for."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Level-2 headings every proposals/<topic>/README.md has, in this order.
+REQUIRED_SECTIONS: tuple[tuple[str, ...], ...] = (
+    ("Summary",),
+    ("Motivation",),
+    ("Semantics", "Schema"),
+    ("Examples",),
+    ("Backend support",),
+    ("Alternatives",),
+    ("Open questions",),
+)
+
+
+def headings(markdown: str) -> list[str]:
+    """The ``## `` headings of a page, outside fenced code blocks."""
+    found, fenced = [], False
+    for line in markdown.splitlines():
+        if re.match(r"^\s*(```|~~~)", line):
+            fenced = not fenced
+        elif not fenced and line.startswith("## "):
+            found.append(line[3:].strip())
+    return found
+
+
+def section_problems(markdown: str) -> list[str]:
+    """What is missing or out of order, one line per problem; empty when the page is fine."""
+    present = headings(markdown)
+    problems, position = [], -1
+    for choices in REQUIRED_SECTIONS:
+        hits = [present.index(c) for c in choices if c in present]
+        label = " or ".join(f"'## {c}'" for c in choices)
+        if not hits:
+            problems.append(f"missing section {label}")
+        elif min(hits) < position:
+            problems.append(f"section {label} is out of order")
+        else:
+            position = min(hits)
+    return problems
+
+
+def proposal_pages(root: Path = ROOT) -> list[Path]:
+    return sorted((root / "proposals").glob("*/README.md"))

@@ -1,0 +1,176 @@
+"""Proposed operators, defined once in Python and rendered like onnx's ``Operators.md``.
+
+A proposal declares its op as an :class:`OpSchema`. The same object validates the
+attributes of nodes that builders emit (one clear error per bad attribute) and
+renders the spec page, together with the op's function body and zoo examples.
+onnx's Python-registered schemas cannot carry a function body (onnx 1.23), so the
+body ships as a model-local function and is printed here beside the schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from onnx import helper
+
+from generator.errors import UsageError
+from generator.registry import CaseSpec
+
+_TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (float, int),
+    "string": (str,),
+    "ints": (int,),
+    "floats": (float, int),
+    "strings": (str,),
+}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """An attribute: ONNX type name (``int``, ``float``, ``string``, ``ints``, ...)."""
+
+    name: str
+    type: str
+    doc: str
+    default: object = REQUIRED
+    allowed: tuple = ()
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def check(self, op: str, value: object) -> object:
+        """The value if it fits this attribute, else a UsageError saying what is valid."""
+        scalar_types = _PY_TYPES[self.type]
+        is_list = self.type.endswith("s") and self.type != "string"
+        items = list(value) if is_list and isinstance(value, (list, tuple)) else [value]
+        fits = (is_list == isinstance(value, (list, tuple))) and all(
+            isinstance(v, scalar_types) and not isinstance(v, bool) for v in items
+        )
+        if not fits:
+            raise UsageError(f"invalid attribute {self.name}={value!r} for {op}: expected {self.type}")
+        if self.allowed and any(v not in self.allowed for v in items):
+            valid = ", ".join(repr(a) for a in self.allowed)
+            raise UsageError(f"invalid attribute {self.name}={value!r} for {op}; valid: {valid}")
+        return value
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """An input or output: its type (a constraint name or a concrete type) and shape."""
+
+    name: str
+    type: str
+    shape: str
+    doc: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class TypeConstraint:
+    name: str
+    types: tuple[str, ...]
+    doc: str
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    """One proposed operator."""
+
+    name: str
+    domain: str
+    since_version: int
+    summary: str
+    doc: str
+    attributes: tuple[Attribute, ...] = ()
+    inputs: tuple[Parameter, ...] = ()
+    outputs: tuple[Parameter, ...] = ()
+    type_constraints: tuple[TypeConstraint, ...] = ()
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.domain}.{self.name}"
+
+    def attribute(self, name: str) -> Attribute:
+        for attr in self.attributes:
+            if attr.name == name:
+                return attr
+        valid = ", ".join(a.name for a in self.attributes)
+        raise UsageError(f"unknown attribute {name!r} for {self.qualified_name}; valid: {valid}")
+
+    def resolve(self, given: Mapping[str, object]) -> dict[str, object]:
+        """Every attribute's value: the given ones checked, the others at their defaults."""
+        for name in given:
+            self.attribute(name)
+        values = {}
+        for attr in self.attributes:
+            if attr.name in given:
+                values[attr.name] = attr.check(self.qualified_name, given[attr.name])
+            elif attr.required:
+                raise UsageError(f"attribute {attr.name!r} of {self.qualified_name} is required")
+            else:
+                values[attr.name] = attr.default
+        return values
+
+    def make_node(self, inputs: Sequence[str], outputs: Sequence[str], **attrs: object) -> onnx.NodeProto:
+        """A node of this op with checked attributes; defaults are left implicit, as in ONNX."""
+        self.resolve(attrs)
+        max_inputs = len(self.inputs)
+        min_inputs = sum(1 for p in self.inputs if not p.optional)
+        if not min_inputs <= len(inputs) <= max_inputs:
+            raise UsageError(f"{self.qualified_name} takes {min_inputs} to {max_inputs} inputs, got {len(inputs)}")
+        return helper.make_node(self.name, list(inputs), list(outputs), domain=self.domain, **attrs)
+
+
+def _default_text(attr: Attribute) -> str:
+    if attr.required:
+        return "required"
+    default = attr.default
+    return f"default is `{default!r}`" if default is not None else "optional, no default"
+
+
+def render_spec(
+    schema: OpSchema,
+    function: onnx.FunctionProto | None = None,
+    examples: Sequence[CaseSpec] = (),
+    catalogue_link: str = "",
+) -> str:
+    """The op's spec section in the style of onnx ``Operators.md``.
+
+    ``catalogue_link`` is the relative path from the page to ``catalogue.md``; when
+    given, each example links to its zoo entry.
+    """
+    env = Environment(
+        loader=FileSystemLoader(_TEMPLATES),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    body = onnx.printer.to_text(function) if function is not None else ""
+    return env.get_template("opspec.md.j2").render(
+        schema=schema,
+        body=body,
+        function=function,
+        examples=examples,
+        catalogue_link=catalogue_link,
+        default_text=_default_text,
+        min_inputs=sum(1 for p in schema.inputs if not p.optional),
+        min_outputs=sum(1 for p in schema.outputs if not p.optional),
+    )

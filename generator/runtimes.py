@@ -1,0 +1,147 @@
+"""Runtime adapters: one small class per runtime, the columns of the conformance matrix.
+
+A backend team adds its runtime without editing this project: subclass
+:class:`Runtime`, then either pass ``--runtime package.module:ClassName`` to
+``python -m generator verify`` or expose the class under the entry-point group
+``onnx_genai_proposals.runtimes`` in its own package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+
+from generator.errors import UsageError
+
+ENTRY_POINT_GROUP = "onnx_genai_proposals.runtimes"
+
+Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class Runtime(ABC):
+    """A runtime under test.
+
+    ``load`` prepares a model and returns a function from named inputs to named
+    outputs. Any exception from ``load`` means *unsupported* (the first line of its
+    message goes into the matrix); an exception from the returned function is a
+    runtime error on a model the runtime accepted.
+    """
+
+    #: Column name in the matrix; also the key of ``Case.divergences``.
+    name: str = ""
+
+    @abstractmethod
+    def version(self) -> str:
+        """The runtime's version string, recorded in the matrix."""
+
+    @abstractmethod
+    def load(self, model_path: Path) -> Runner:
+        """Prepare ``model_path`` for inference."""
+
+
+# --8<-- [start:reference]
+class ReferenceRuntime(Runtime):
+    """onnx's Python reference evaluator: slow, but the spec's executable form."""
+
+    name = "reference"
+
+    def version(self) -> str:
+        import onnx
+
+        return onnx.__version__
+
+    def load(self, model_path: Path) -> Runner:
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(str(model_path))
+
+        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            results = evaluator.run(None, dict(inputs))
+            return dict(zip(evaluator.output_names, results, strict=True))
+
+        return run
+
+
+# --8<-- [end:reference]
+
+
+class OnnxRuntime(Runtime):
+    """onnxruntime, CPU execution provider."""
+
+    name = "onnxruntime"
+
+    def version(self) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def load(self, model_path: Path) -> Runner:
+        from generator.ort import session
+
+        sess = session(model_path)
+        names = [o.name for o in sess.get_outputs()]
+
+        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(names, sess.run(names, dict(inputs)), strict=True))
+
+        return run
+
+
+class OpenVinoRuntime(Runtime):
+    """OpenVINO CPU plugin through its ONNX frontend, in f32 (no bf16 downcast)."""
+
+    name = "openvino"
+
+    def version(self) -> str:
+        import openvino
+
+        return openvino.__version__.split("-")[0]
+
+    def load(self, model_path: Path) -> Runner:
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(model_path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        outputs = list(compiled.outputs)
+
+        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            results = compiled(dict(inputs))
+            return {o.get_any_name(): np.asarray(results[o]) for o in outputs}
+
+        return run
+
+
+BUILTIN: tuple[type[Runtime], ...] = (ReferenceRuntime, OnnxRuntime, OpenVinoRuntime)
+
+
+def load_class(target: str) -> type[Runtime]:
+    """Import ``module:Class`` and check it is a :class:`Runtime`."""
+    module_name, _, class_name = target.partition(":")
+    if not module_name or not class_name:
+        raise UsageError(f"--runtime {target!r}: expected module:ClassName, e.g. mypkg.rt:MyRuntime")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise UsageError(f"--runtime {target!r}: cannot import it ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Runtime) and cls.name):
+        raise UsageError(f"--runtime {target!r}: not a generator.runtimes.Runtime subclass with a name")
+    return cls
+
+
+def available(extra: Sequence[str] = ()) -> list[Runtime]:
+    """Built-in runtimes, then entry-point plug-ins, then ``--runtime`` classes."""
+    classes: list[type[Runtime]] = list(BUILTIN)
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        classes.append(load_class(ep.value))
+    classes.extend(load_class(target) for target in extra)
+    seen: dict[str, type[Runtime]] = {}
+    for cls in classes:
+        if cls.name in seen and seen[cls.name] is not cls:
+            raise UsageError(f"two runtimes are named {cls.name!r}: {seen[cls.name]} and {cls}")
+        seen[cls.name] = cls
+    return [cls() for cls in seen.values()]

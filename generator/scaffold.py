@@ -1,0 +1,80 @@
+"""``python -m generator new-proposal NAME``: a new proposal folder that passes ``make test``.
+
+It renders the templates in ``generator/templates/proposal/``, adds the page to the
+site navigation, and writes the example case to the zoo, so the checkout stays green.
+"""
+
+from __future__ import annotations
+
+import importlib
+import keyword
+import re
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from generator.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = Path(__file__).resolve().parent / "templates" / "proposal"
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
+
+
+def check_name(name: str, root: Path = ROOT) -> None:
+    if not NAME_PATTERN.match(name) or keyword.iskeyword(name):
+        raise UsageError(
+            f"invalid proposal name {name!r}; valid: lowercase snake_case, 2-41 characters, "
+            "starting with a letter (e.g. flex_attention)"
+        )
+    if (root / "proposals" / name).exists():
+        raise UsageError(f"proposals/{name} already exists; choose another name")
+
+
+def render(name: str, root: Path = ROOT) -> list[Path]:
+    """Write the proposal's files from the templates; returns the paths written."""
+    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
+    context = {
+        "name": name,
+        "title": name.replace("_", " ").capitalize(),
+        "function": "leaky_identity",
+        "case": "example",
+    }
+    written = []
+    for template in sorted(TEMPLATES.rglob("*.j2")):
+        rel = template.relative_to(TEMPLATES).as_posix()
+        target = root / "proposals" / name / rel.removesuffix(".j2")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(env.get_template(rel).render(context))
+        written.append(target)
+    return written
+
+
+def add_to_nav(name: str, root: Path = ROOT) -> None:
+    """Append ``proposals/NAME/README.md`` to the Proposals section of ``mkdocs.yml``."""
+    path = root / "mkdocs.yml"
+    lines = path.read_text().splitlines(keepends=True)
+    try:
+        start = next(i for i, line in enumerate(lines) if line.rstrip() == "  - Proposals:")
+    except StopIteration:
+        raise UsageError("mkdocs.yml has no '  - Proposals:' nav section to add the page to") from None
+    end = start + 1
+    while end < len(lines) and lines[end].startswith("      "):
+        end += 1
+    title = name.replace("_", " ").capitalize()
+    lines.insert(end, f"      - {title}: proposals/{name}/README.md\n")
+    path.write_text("".join(lines))
+
+
+def new_proposal(name: str, root: Path = ROOT) -> list[Path]:
+    """Create ``proposals/NAME/``, register its page and write its example case to the zoo."""
+    check_name(name, root)
+    written = render(name, root)
+    add_to_nav(name, root)
+    from generator import zoo
+    from generator.registry import discover, select
+
+    importlib.invalidate_caches()
+    importlib.import_module(f"proposals.{name}.cases")
+    discover.cache_clear()
+    zoo.write(select([name]), root / "zoo", prune=False)
+    return written

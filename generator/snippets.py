@@ -1,0 +1,126 @@
+"""``make snippets``: each blog post as standalone Markdown, ready to paste elsewhere.
+
+Snippet includes (``--8<-- "file.py:section"``) are expanded, executed blocks are run
+again in their sessions, and what they printed is inlined under the code: text as a
+fenced block, SVG pictures as image files beside the exported post. Nothing in the
+export refers back to this site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+import shutil
+import textwrap
+from pathlib import Path
+
+from generator.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTS = ROOT / "docs" / "blog" / "posts"
+OUT = ROOT / "build" / "snippets"
+
+_FENCE = re.compile(
+    r"^(?P<indent> *)(?P<ticks>```+)(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=ticks)[ \t]*$", re.M | re.S
+)
+_INCLUDE = re.compile(r'^(?P<indent> *)--8<-- "(?P<target>[^"]+)"\s*$', re.M)
+_IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)")
+_FRONT_MATTER = re.compile(r"\A---\n(?P<yaml>.*?)\n---\n", re.S)
+
+
+def include(target: str) -> str:
+    """The text a ``--8<--`` line stands for: a whole file, or a named section of it."""
+    path_text, _, section = target.partition(":")
+    path = ROOT / path_text
+    if not path.is_file():
+        raise UsageError(f"snippet include {target!r}: no such file")
+    text = path.read_text()
+    if not section:
+        return text
+    match = re.search(
+        rf"^[^\n]*--8<-- \[start:{re.escape(section)}\][^\n]*\n(.*?)^[^\n]*--8<-- \[end:{re.escape(section)}\]",
+        text,
+        re.M | re.S,
+    )
+    if match is None:
+        raise UsageError(f"snippet include {target!r}: no section {section!r} in {path_text}")
+    return textwrap.dedent(match[1])
+
+
+def expand_includes(markdown: str) -> str:
+    return _INCLUDE.sub(lambda m: textwrap.indent(include(m["target"]).rstrip("\n"), m["indent"]), markdown)
+
+
+def _options(info: str) -> tuple[str, dict[str, str]]:
+    words = shlex.split(info.strip())
+    language = words[0] if words else ""
+    options = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+    return language, options
+
+
+class Exporter:
+    """Runs one post's executed blocks in their sessions and writes the export."""
+
+    def __init__(self, post: Path, out_dir: Path) -> None:
+        self.post = post
+        self.out_dir = out_dir
+        self.sessions: dict[str, dict] = {}
+        self.figures = 0
+
+    def _run(self, code: str, session: str, line: int) -> str:
+        scope = self.sessions.setdefault(session, {"__name__": f"snippet_{session}"})
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            exec(compile(code, f"{self.post.name}:{line}", "exec"), scope)  # noqa: S102 - our own posts
+        return buffer.getvalue()
+
+    def _figure(self, svg: str) -> str:
+        self.figures += 1
+        name = f"figure-{self.figures}.svg"
+        (self.out_dir / name).write_text(svg)
+        return f"![Figure {self.figures}]({name})"
+
+    def _block(self, match: re.Match, markdown: str) -> str:
+        language, options = _options(match["info"])
+        if options.get("exec") != "on":
+            return match[0]
+        code = textwrap.dedent(match["body"])
+        line = markdown.count("\n", 0, match.start()) + 1
+        output = self._run(code, options.get("session", f"block{line}"), line).rstrip("\n")
+        shown = f"```{language}\n{code.rstrip()}\n```\n\n" if options.get("source") else ""
+        if options.get("html") == "on" and output.lstrip().startswith("<svg"):
+            return shown + self._figure(output.strip())
+        if options.get("result"):
+            return shown + f"```{options['result']}\n{output}\n```"
+        return shown + output
+
+    def _copy_image(self, match: re.Match) -> str:
+        src = match["src"]
+        if "://" in src or src.startswith(("figure-", "#")):
+            return match[0]
+        source = (self.post.parent / src).resolve()
+        if not source.is_file():
+            raise UsageError(f"{self.post.name}: image {src!r} not found")
+        shutil.copy2(source, self.out_dir / source.name)
+        return f"![{match['alt']}]({source.name})"
+
+    def export(self) -> Path:
+        text = self.post.read_text()
+        front = _FRONT_MATTER.match(text)
+        body = text[front.end() :] if front else text
+        body = expand_includes(body).replace("<!-- more -->\n", "")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        body = _FENCE.sub(lambda m: self._block(m, body), body)
+        body = _IMAGE.sub(self._copy_image, body)
+        path = self.out_dir / "post.md"
+        path.write_text(body.lstrip())
+        return path
+
+
+def export_all(posts: Path = POSTS, out: Path = OUT) -> list[Path]:
+    """Export every post to ``build/snippets/<post-stem>/post.md`` (plus its pictures)."""
+    if out.exists():
+        shutil.rmtree(out)
+    return [Exporter(post, out / post.stem).export() for post in sorted(posts.glob("*.md"))]

@@ -1,0 +1,88 @@
+"""A backend team's runtime joins the matrix from outside the project.
+
+The adapter below is the example shown on the site's "Add your runtime" page: the
+whole integration is this one class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from generator.runtimes import Runner, Runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --8<-- [start:adapter]
+class OrtNoOptRuntime(Runtime):
+    """onnxruntime with every graph optimization off: the kernels as the graph names them."""
+
+    name = "onnxruntime-noopt"
+
+    def version(self) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def load(self, model_path: Path) -> Runner:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+
+        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(names, sess.run(names, dict(inputs)), strict=True))
+
+        return run
+
+
+# --8<-- [end:adapter]
+
+
+def _first_case() -> str:
+    manifest = json.loads((ROOT / "zoo/manifest.json").read_text())
+    return next(iter(manifest["cases"]))
+
+
+def _verify(tmp_path: Path, *args: str, pythonpath: list[Path]) -> dict:
+    out = tmp_path / "matrix.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in [ROOT, *pythonpath]))
+    result = subprocess.run(
+        [sys.executable, "-m", "generator", "verify", _first_case(), "--json", str(out), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(out.read_text())
+
+
+def test_runtime_option_adds_a_column(tmp_path: Path) -> None:
+    matrix = _verify(tmp_path, "--runtime", "test_runtime_plugin:OrtNoOptRuntime", pythonpath=[Path(__file__).parent])
+    assert [rt["name"] for rt in matrix["runtimes"]][-1] == "onnxruntime-noopt"
+    cell = matrix["cases"][_first_case()]["results"]["onnxruntime-noopt"]
+    assert cell["status"] == matrix["cases"][_first_case()]["results"]["onnxruntime"]["status"]
+
+
+def test_entry_point_plugin_is_discovered(tmp_path: Path) -> None:
+    """An installed package exposing the entry point needs no option at all."""
+    site = tmp_path / "site"
+    dist = site / "fake_backend-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-backend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[onnx_genai_proposals.runtimes]\nnoopt = test_runtime_plugin:OrtNoOptRuntime\n"
+    )
+    matrix = _verify(tmp_path, pythonpath=[site, Path(__file__).parent])
+    assert "onnxruntime-noopt" in [rt["name"] for rt in matrix["runtimes"]]

@@ -1,0 +1,81 @@
+"""`new-proposal` creates a proposal that passes the checks at once; the lint catches gaps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator.lint import proposal_pages, section_problems
+from generator.scaffold import TEMPLATES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("page", proposal_pages(), ids=lambda p: p.parent.name)
+def test_every_proposal_page_has_the_sections(page: Path) -> None:
+    assert section_problems(page.read_text()) == []
+
+
+def test_lint_catches_a_missing_and_a_misplaced_section() -> None:
+    text = (TEMPLATES / "README.md.j2").read_text()
+    assert section_problems(text) == []
+    assert section_problems(text.replace("## Alternatives", "## Other ideas")) == ["missing section '## Alternatives'"]
+    swapped = "\n".join(
+        f"## {title}"
+        for title in (
+            "Summary",
+            "Motivation",
+            "Schema",
+            "Examples",
+            "Backend support",
+            "Open questions",
+            "Alternatives",
+        )
+    )
+    assert section_problems(swapped) == ["section '## Open questions' is out of order"]
+
+
+def test_headings_inside_code_fences_do_not_count() -> None:
+    assert section_problems("```\n## Summary\n```\n")[0] == "missing section '## Summary'"
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(cwd), NO_MKDOCS_2_WARNING="1")
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_new_proposal_passes_the_checks_in_a_copy(tmp_path: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    copy = tmp_path / "repo"
+    for rel in filter(None, files.decode().split("\0")):
+        target = copy / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / rel).exists():
+            shutil.copy2(ROOT / rel, target)
+    py = sys.executable
+    _run([py, "-m", "generator", "new-proposal", "demo_idea"], copy)
+    assert "      - Demo idea: proposals/demo_idea/README.md" in (copy / "mkdocs.yml").read_text()
+    _run([py, "-m", "ruff", "check", "generator", "proposals", "tests"], copy)
+    _run([py, "-m", "generator", "verify", "demo_idea", "--json", str(tmp_path / "m.json")], copy)
+    _run(
+        [
+            py,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "proposals/demo_idea",
+            "tests/test_scaffold.py::test_every_proposal_page_has_the_sections",
+            "tests/test_spine.py::test_committed_zoo_matches_the_case_functions",
+        ],
+        copy,
+    )
+    _run([str(Path(py).parent / "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")], copy)
+    assert (tmp_path / "site/proposals/demo_idea/index.html").exists()
