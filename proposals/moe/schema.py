@@ -7,54 +7,13 @@ the function-body builder, the numpy reference's docstrings, and the spec page.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from generator.errors import UsageError
 from generator.onnx_build import PROPOSAL_DOMAIN
+from generator.opspec import Attribute, OpSchema, Parameter, TypeConstraint
 
 OPSET = 21  # ai.onnx version the body uses (ORT 1.32, OpenVINO and ReferenceEvaluator all run it)
-
-
-@dataclass(frozen=True)
-class Attribute:
-    name: str
-    type: str  # "int", "float" or "string"
-    default: object  # None: required; MISSING_OK: optional without a default
-    description: str
-    allowed: tuple = ()
-
-
-@dataclass(frozen=True)
-class Formal:
-    """One input or output."""
-
-    name: str
-    type_str: str
-    shape: str
-    description: str
-    optional: bool = False
-
-
-@dataclass(frozen=True)
-class TypeConstraint:
-    name: str
-    types: tuple[str, ...]
-    description: str
-
-
-@dataclass(frozen=True)
-class OpSchema:
-    name: str
-    domain: str
-    version: int
-    doc: str
-    attributes: tuple[Attribute, ...]
-    inputs: tuple[Formal, ...]
-    outputs: tuple[Formal, ...]
-    type_constraints: tuple[TypeConstraint, ...]
-
-
-OPTIONAL = "optional"  # an attribute with no default whose absence means "feature off"
+OPTIONAL = None  # an attribute with no default: its absence turns the feature off
 
 # --8<-- [start:doc]
 DOC = """\
@@ -103,112 +62,97 @@ The function body composes on `GroupedMatMul` (onnx/onnx PR #8193):
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 
+# --8<-- [start:attributes]
 ATTRIBUTES: tuple[Attribute, ...] = (
-    Attribute("k", "int", None, "Number of experts each token is routed to (1 <= k <= E)."),
-    Attribute("scoring", "string", "softmax", "Score function over the router logits.",
-              ("softmax", "sigmoid")),
-    Attribute("normalize_routing_weights", "int", 0,
-              "1: divide the k selected weights by their sum.", (0, 1)),
-    Attribute("routed_scaling_factor", "float", 1.0,
-              "Multiplies the routing weights after normalization."),
-    Attribute("n_group", "int", 1,
-              "Number of expert groups for group-limited selection (1: off). Must divide E."),
-    Attribute("topk_group", "int", OPTIONAL,
-              "Number of groups kept for selection (default: all n_group groups)."),
-    Attribute("group_score", "string", "top2_sum",
-              "How a group is scored: sum of its two best choice scores, or its best one.",
-              ("top2_sum", "max")),
-    Attribute("activation", "string", "silu", "Expert activation f.", ACTIVATIONS),
-    Attribute("gated", "int", 1, "1: GLU expert, f(gate) * (up + activation_beta).", (0, 1)),
-    Attribute("gate_up_layout", "string", "concatenated",
-              "Where gate and up columns sit in fc1's output when gated=1.",
-              ("concatenated", "interleaved")),
-    Attribute("activation_alpha", "float", 1.0, "Slope inside silu: x * sigmoid(alpha * x)."),
-    Attribute("activation_beta", "float", 0.0, "Added to the up half before the product."),
-    Attribute("swiglu_limit", "float", OPTIONAL,
-              "If given: gate = min(gate, limit), up = clip(up, -limit, limit)."),
-    Attribute("apply_weight_on_input", "int", 0,
+    Attribute("k", "int", "Number of experts each token is routed to (1 <= k <= E)."),
+    Attribute("scoring", "string", "Score function over the router logits.",
+              default="softmax", allowed=("softmax", "sigmoid")),
+    Attribute("normalize_routing_weights", "int",
+              "1: divide the k selected weights by their sum.", default=0, allowed=(0, 1)),
+    Attribute("routed_scaling_factor", "float",
+              "Multiplies the routing weights after normalization.", default=1.0),
+    Attribute("n_group", "int",
+              "Number of expert groups for group-limited selection (1: off). Must divide E.",
+              default=1),
+    Attribute("topk_group", "int",
+              "Number of groups kept for selection; absent: all n_group groups.",
+              default=OPTIONAL),
+    Attribute("group_score", "string",
+              "How a group is scored: the sum of its two best choice scores, or its best one.",
+              default="top2_sum", allowed=("top2_sum", "max")),
+    Attribute("activation", "string", "Expert activation f.", default="silu",
+              allowed=ACTIVATIONS),
+    Attribute("gated", "int", "1: GLU expert, f(gate) * (up + activation_beta); 0: f(h).",
+              default=1, allowed=(0, 1)),
+    Attribute("gate_up_layout", "string",
+              "Where the gate and up columns sit in fc1's output when gated=1.",
+              default="concatenated", allowed=("concatenated", "interleaved")),
+    Attribute("activation_alpha", "float", "Slope inside silu: x * sigmoid(alpha * x).",
+              default=1.0),
+    Attribute("activation_beta", "float", "Added to the up half before the product.",
+              default=0.0),
+    Attribute("swiglu_limit", "float",
+              "If given: gate = min(gate, limit), up = clip(up, -limit, limit); absent: no clamp.",
+              default=OPTIONAL),
+    Attribute("apply_weight_on_input", "int",
               "1: scale each expert's input by its routing weight instead of its output.",
-              (0, 1)),
+              default=0, allowed=(0, 1)),
+)
+# --8<-- [end:attributes]
+
+INPUTS: tuple[Parameter, ...] = (
+    Parameter("X", "T", "[..., H]", "Tokens; all leading axes are flattened to T rows."),
+    Parameter("router_weight", "T", "[H, E]", "Router projection."),
+    Parameter("router_bias", "T", "[E]", "Added to the router logits.", optional=True),
+    Parameter("selection_bias", "T", "[E]",
+              "Added to the scores for selection only (DeepSeek-V3 e_score_correction_bias).",
+              optional=True),
+    Parameter("fc1_weight", "T", "[E, H, F*I]", "First projection per expert; F = 2 if gated."),
+    Parameter("fc1_bias", "T", "[E, F*I]", "First projection bias per expert.", optional=True),
+    Parameter("fc2_weight", "T", "[E, I, H]", "Second projection per expert."),
+    Parameter("fc2_bias", "T", "[E, H]", "Second projection bias per expert.", optional=True),
+    Parameter("shared_fc1_weight", "T", "[H, F*Is]", "Shared expert's first projection.",
+              optional=True),
+    Parameter("shared_fc2_weight", "T", "[Is, H]",
+              "Shared expert's second projection (required with shared_fc1_weight).",
+              optional=True),
+    Parameter("shared_gate_weight", "T", "[H, 1]", "Sigmoid gate of the shared expert.",
+              optional=True),
 )
 
-INPUTS: tuple[Formal, ...] = (
-    Formal("X", "T", "[..., H]", "Tokens; all leading axes are flattened to T rows."),
-    Formal("router_weight", "T", "[H, E]", "Router projection."),
-    Formal("router_bias", "T", "[E]", "Added to the router logits.", optional=True),
-    Formal("selection_bias", "T", "[E]",
-           "Added to the scores for selection only (DeepSeek-V3 e_score_correction_bias).",
-           optional=True),
-    Formal("fc1_weight", "T", "[E, H, F*I]", "First projection per expert; F = 2 if gated."),
-    Formal("fc1_bias", "T", "[E, F*I]", "First projection bias per expert.", optional=True),
-    Formal("fc2_weight", "T", "[E, I, H]", "Second projection per expert."),
-    Formal("fc2_bias", "T", "[E, H]", "Second projection bias per expert.", optional=True),
-    Formal("shared_fc1_weight", "T", "[H, F*Is]", "Shared expert's first projection.",
-           optional=True),
-    Formal("shared_fc2_weight", "T", "[Is, H]",
-           "Shared expert's second projection (required with shared_fc1_weight).",
-           optional=True),
-    Formal("shared_gate_weight", "T", "[H, 1]", "Sigmoid gate of the shared expert.",
-           optional=True),
-)
-
-OUTPUTS: tuple[Formal, ...] = (Formal("Y", "T", "same as X", "The block's output."),)
+OUTPUTS: tuple[Parameter, ...] = (Parameter("Y", "T", "same as X", "The block's output."),)
 
 SCHEMA = OpSchema(
     name="MoE",
     domain=PROPOSAL_DOMAIN,
-    version=1,
+    since_version=1,
+    summary="Mixture of Experts: top-k routing, per-expert FFN, weighted combine, shared expert.",
     doc=DOC,
     attributes=ATTRIBUTES,
     inputs=INPUTS,
     outputs=OUTPUTS,
     type_constraints=(
         TypeConstraint("T", ("tensor(float)", "tensor(float16)", "tensor(bfloat16)"),
-                       "Floating-point tensors (the body computes in T)."),
+                       "Floating-point tensors; the body computes in T."),
     ),
 )
 
-INPUT_NAMES = tuple(f.name for f in INPUTS)
-_BY_NAME = {a.name: a for a in ATTRIBUTES}
+INPUT_NAMES = tuple(p.name for p in INPUTS)
 
 
 def resolve(attrs: Mapping[str, object]) -> dict[str, object]:
-    """Validate attribute values against the schema and fill in defaults.
-
-    Optional attributes without a default stay absent when not given.
-    """
-    unknown = sorted(set(attrs) - set(_BY_NAME))
-    if unknown:
-        raise UsageError(f"unknown MoE attribute(s) {unknown}; valid: {sorted(_BY_NAME)}")
-    out: dict[str, object] = {}
-    for spec in ATTRIBUTES:
-        if spec.name in attrs:
-            value = attrs[spec.name]
-        elif spec.default is None:
-            raise UsageError(f"MoE attribute {spec.name!r} is required ({spec.description})")
-        elif spec.default is OPTIONAL:
-            continue
-        else:
-            value = spec.default
-        out[spec.name] = _check_value(spec, value)
+    """Checked attribute values with defaults filled in; optional attributes that are
+    not given stay absent."""
+    out = {name: v for name, v in SCHEMA.resolve(attrs).items() if v is not None}
+    # floats given as ints (alpha=1) must still become FLOAT attributes on the node
+    out = {n: float(v) if SCHEMA.attribute(n).type == "float" else v for n, v in out.items()}
     if out["k"] < 1:
-        raise UsageError(f"MoE attribute k must be >= 1, got {out['k']}")
+        raise UsageError(f"invalid attribute k={out['k']} for {SCHEMA.qualified_name}: must be >= 1")
     if out["n_group"] < 1:
-        raise UsageError(f"MoE attribute n_group must be >= 1, got {out['n_group']}")
+        raise UsageError(f"invalid attribute n_group={out['n_group']} for "
+                         f"{SCHEMA.qualified_name}: must be >= 1")
     topk_group = out.get("topk_group", out["n_group"])
     if not 1 <= topk_group <= out["n_group"]:
-        raise UsageError(f"MoE topk_group must be in [1, n_group={out['n_group']}], got {topk_group}")
+        raise UsageError(f"invalid attribute topk_group={topk_group} for {SCHEMA.qualified_name}:"
+                         f" must be in [1, n_group={out['n_group']}]")
     return out
-
-
-def _check_value(spec: Attribute, value: object) -> object:
-    kinds = {"int": (int,), "float": (int, float), "string": (str,)}[spec.type]
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise UsageError(f"MoE attribute {spec.name!r} must be a {spec.type}, got {value!r}")
-    if spec.type == "float":
-        value = float(value)
-    if spec.allowed and value not in spec.allowed:
-        raise UsageError(
-            f"MoE attribute {spec.name}={value!r} is not supported; valid: {list(spec.allowed)}"
-        )
-    return value
