@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import onnx
 from onnx import helper
-from onnxscript import script, values
 from onnxscript import opset21 as op
+from onnxscript import script, values
 
 from generator.onnx_build import PROPOSAL_DOMAIN
 from proposals.moe.schema import ATTRIBUTES, INPUT_NAMES, OPSET, SCHEMA, resolve

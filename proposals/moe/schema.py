@@ -30,7 +30,8 @@ Selection uses `choice = scores + selection_bias` when `selection_bias` is given
 (it steers selection only; the weights come from the unbiased `scores`).
 With `n_group > 1` the `E` experts form `n_group` equal contiguous groups; a group's
 score is the sum of its two best `choice` values (`group_score="top2_sum"`, which needs
-groups of at least two experts) or its best one (`"max"`); experts outside the `topk_group` best groups get `choice = -inf`.
+groups of at least two experts) or its best one (`"max"`); experts outside the
+`topk_group` best groups get `choice = -inf`.
 `idx = TopK(choice, k)` (largest first; on ties the lower index wins),
 `w = scores[idx]`; with `normalize_routing_weights=1`, `w = w / sum(w)`;
 then `w = w * routed_scaling_factor`.

@@ -59,24 +59,24 @@ def moe_configs(draw):
 
 def _arrays(attrs, optional, sizes) -> dict[str, np.ndarray]:
     rng = seeded(sizes["seed"])
-    E, H, I, Is = sizes["E"], sizes["H"], sizes["I"], sizes["Is"]
+    E, H, inter, Is = sizes["E"], sizes["H"], sizes["I"], sizes["Is"]
     F = 2 if attrs["gated"] else 1
 
     def randn(*shape, scale=1.0):
         return (rng.randn(*shape) * scale).astype(np.float32)
 
     arrays = {"X": randn(*sizes["lead"], sizes["T"], H), "router_weight": randn(H, E),
-              "fc1_weight": randn(E, H, F * I, scale=0.7), "fc2_weight": randn(E, I, H, scale=0.7)}
+              "fc1_weight": randn(E, H, F * inter, scale=0.7), "fc2_weight": randn(E, inter, H, scale=0.7)}
     if "router_bias" in optional:
         arrays["router_bias"] = randn(E)
     if "selection_bias" in optional:
         arrays["selection_bias"] = randn(E, scale=0.3)
     if "fc1_bias" in optional:
-        arrays["fc1_bias"] = randn(E, F * I)
+        arrays["fc1_bias"] = randn(E, F * inter)
     if "fc2_bias" in optional:
         arrays["fc2_bias"] = randn(E, H)
     if "shared" in optional:
-        arrays["shared_fc1_weight"] = randn(H, F * Is, scale=0.7)
+        arrays["shared_fc1_weight"] = randn(H, F * inters, scale=0.7)
         arrays["shared_fc2_weight"] = randn(Is, H, scale=0.7)
         if "shared_gate" in optional:
             arrays["shared_gate_weight"] = randn(H, 1)
