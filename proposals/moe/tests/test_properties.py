@@ -76,7 +76,7 @@ def _arrays(attrs, optional, sizes) -> dict[str, np.ndarray]:
     if "fc2_bias" in optional:
         arrays["fc2_bias"] = randn(E, H)
     if "shared" in optional:
-        arrays["shared_fc1_weight"] = randn(H, F * inters, scale=0.7)
+        arrays["shared_fc1_weight"] = randn(H, F * Is, scale=0.7)
         arrays["shared_fc2_weight"] = randn(Is, H, scale=0.7)
         if "shared_gate" in optional:
             arrays["shared_gate_weight"] = randn(H, 1)
