@@ -81,3 +81,45 @@ def block_output(block, hidden_states):
         out = block(torch.from_numpy(hidden_states))
     out = out[0] if isinstance(out, tuple) else out
     return out.numpy().reshape(hidden_states.shape)
+
+
+# Whole tiny causal LMs for the export path (two layers, both MoE).
+CAUSAL_LM = {
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                {"intermediate_size": 12, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  {"intermediate_size": 24, "moe_intermediate_size": 12, "head_dim": 8,
+                   "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": True}),
+}
+
+
+def tiny_causal_lm(family: str, seed: int = 0):
+    """A two-layer causal LM of the family with transformers' own seeded initialization."""
+    import torch
+    import transformers
+
+    if family not in CAUSAL_LM:
+        raise UsageError(f"no tiny causal LM for {family!r}; valid: {sorted(CAUSAL_LM)}")
+    config_cls, model_cls, fields = CAUSAL_LM[family]
+    config = getattr(transformers, config_cls)(
+        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, **fields)
+    torch.manual_seed(seed)
+    return getattr(transformers, model_cls)(config).eval()
+
+
+class Logits:
+    """Wraps a causal LM so that export sees ``input_ids -> logits`` (no cache object)."""
+
+    def __new__(cls, model):
+        import torch
+
+        class _Logits(torch.nn.Module):
+            def __init__(self, inner) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids):
+                return self.inner(input_ids=input_ids, use_cache=False).logits
+
+        return _Logits(model)
