@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import onnx
-from onnxscript import script
 from onnxscript import opset21 as op
+from onnxscript import script
 
 from generator.bench import plot_ratios, time_interleaved, write_json
 from generator.onnx_build import seeded
