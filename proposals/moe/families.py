@@ -53,7 +53,9 @@ def tiny_config(family: str):
         raise UsageError(f"unknown MoE family {family!r}; valid: {sorted(TINY)}")
     module, config_cls, _, fields = TINY[family]
     mod = importlib.import_module(f"transformers.models.{module}.configuration_{module}")
-    return getattr(mod, config_cls)(**_COMMON, **fields)
+    config = getattr(mod, config_cls)(**_COMMON, **fields)
+    config._experts_implementation = "eager"  # the per-expert loop; a standalone block has none
+    return config
 
 
 def tiny_block(family: str, seed: int = 0):
@@ -122,4 +124,4 @@ class Logits:
             def forward(self, input_ids):
                 return self.inner(input_ids=input_ids, use_cache=False).logits
 
-        return _Logits(model)
+        return _Logits(model).eval()
