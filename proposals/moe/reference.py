@@ -50,6 +50,7 @@ def activation(h: np.ndarray, a: Mapping[str, object]) -> np.ndarray:
     return _f(g, a["activation"], a["activation_alpha"]) * (u + a["activation_beta"])
 
 
+# --8<-- [start:reference]
 def route(x: np.ndarray, w: Mapping[str, np.ndarray], a: Mapping[str, object]):
     """Selected expert ids (k,) and their weights (k,) for one token row."""
     logits = x @ w["router_weight"]
@@ -115,3 +116,4 @@ def moe(inputs: Mapping[str, np.ndarray], **attrs: object) -> np.ndarray:
         if "shared_fc1_weight" in w:
             out[t] += shared(x, w, a)
     return out.reshape(X.shape).astype(X.dtype)
+# --8<-- [end:reference]
