@@ -26,6 +26,8 @@ def _attr_text(attr: onnx.AttributeProto) -> str:
         return f"{attr.name}=<graph>"
     if attr.type == onnx.AttributeProto.TENSOR:
         return f"{attr.name}=<tensor>"
+    if attr.ref_attr_name:  # a function body's reference to the caller's attribute
+        return f"{attr.name}=@{attr.ref_attr_name}"
     value = helper.get_attribute_value(attr)
     if isinstance(value, bytes):
         value = value.decode()

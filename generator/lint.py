@@ -48,3 +48,18 @@ def section_problems(markdown: str) -> list[str]:
 
 def proposal_pages(root: Path = ROOT) -> list[Path]:
     return sorted((root / "proposals").glob("*/README.md"))
+
+
+def mangled_includes(markdown: str) -> list[str]:
+    """Snippet-include lines a code formatter has rewritten (``--8 < --"f.py"``): they would
+    render as literal text instead of including the code."""
+    return [
+        line.strip()
+        for line in markdown.splitlines()
+        if re.match(r'^\s*--8\s*<\s*--\s*"', line) and "--8<-- " not in line
+    ]
+
+
+def markdown_pages(root: Path = ROOT) -> list[Path]:
+    """Every Markdown page of the site: docs/ and the proposals."""
+    return sorted([*(root / "docs").rglob("*.md"), *(root / "proposals").rglob("*.md")])

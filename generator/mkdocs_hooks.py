@@ -14,6 +14,7 @@ import re
 import sys
 from pathlib import Path
 
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,7 @@ def on_config(config):
     return config
 
 
+@event_priority(100)  # before plugins that index files (htmlproofer, blog)
 def on_files(files: Files, config) -> Files:
     from generator.docs import load_matrix
     from generator.verify import MATRIX_JSON

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shlex
 import shutil
@@ -101,6 +102,8 @@ class Exporter:
         if "://" in src or src.startswith(("figure-", "#")):
             return match[0]
         source = (self.post.parent / src).resolve()
+        if not source.is_file():  # a site path outside docs/ (proposal plots, zoo files)
+            source = ROOT / Path(os.path.relpath(source, ROOT / "docs"))
         if not source.is_file():
             raise UsageError(f"{self.post.name}: image {src!r} not found")
         shutil.copy2(source, self.out_dir / source.name)

@@ -52,8 +52,15 @@ _NOISE = re.compile(
 
 
 def first_line(err: BaseException) -> str:
-    """The first line of an exception that says what went wrong, prefixed with its type."""
+    """One line that says what went wrong, prefixed with the exception type.
+
+    Runtimes that end their message with a ``Summary:`` section (OpenVINO's frontend)
+    get that summary; otherwise the first line that is not a source location.
+    """
     lines = [line.strip().lstrip("- ").strip() for line in str(err).splitlines()]
+    if "Summary:" in lines:
+        lines = lines[lines.index("Summary:") + 1 :]
+        return f"{type(err).__name__}: {'; '.join(line for line in lines if line)}"[:300]
     meaningful = [line for line in lines if line and not _NOISE.match(line)]
     return f"{type(err).__name__}: {meaningful[0] if meaningful else ''}"[:300]
 

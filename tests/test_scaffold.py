@@ -79,3 +79,12 @@ def test_new_proposal_passes_the_checks_in_a_copy(tmp_path: Path) -> None:
     )
     _run([str(Path(py).parent / "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")], copy)
     assert (tmp_path / "site/proposals/demo_idea/index.html").exists()
+
+
+def test_no_snippet_include_is_mangled() -> None:
+    from generator.lint import mangled_includes, markdown_pages
+
+    assert mangled_includes('```python\n--8 < --"proposals/x.py:y"\n```') == ['--8 < --"proposals/x.py:y"']
+    assert mangled_includes('```python\n--8<-- "proposals/x.py:y"\n```') == []
+    bad = {str(p.relative_to(ROOT)): mangled_includes(p.read_text()) for p in markdown_pages()}
+    assert not {k: v for k, v in bad.items() if v}

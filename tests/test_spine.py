@@ -178,6 +178,18 @@ def test_compare_reports_shape_and_value_errors() -> None:
     assert not compare({"y": np.zeros((2, 3), np.float32)}, {"y": np.ones((2, 3), np.int64)}, 0, 0)[0]
 
 
+def test_first_line_prefers_openvino_summary() -> None:
+    err = RuntimeError(
+        "Exception from src/core.cpp:84:\nModel wasn't fully converted.\n-- Attention-24 with a message:\n"
+        "Element not supported\n\nSummary:\n-- No conversion rule found for operations: TensorScatter-24\n"
+        "-- Conversion is failed for: Attention-24\n"
+    )
+    assert first_line(err) == (
+        "RuntimeError: No conversion rule found for operations: TensorScatter-24; "
+        "Conversion is failed for: Attention-24"
+    )
+
+
 def test_first_line_skips_source_locations() -> None:
     err = RuntimeError(
         "Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at x.cpp:1:\n-- No rule: Foo-24\n"

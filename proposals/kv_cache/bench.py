@@ -1,0 +1,197 @@
+"""Benchmark: cost of the KV-cache update per decode step on onnxruntime CPU (``make bench``).
+
+Float32, batch 1, 8 kv heads, head_dim 128, one new token, cache length L:
+
+- ``kv_update``: only the cache update. Concat growth (what Attention-23 does with
+  past/present), TensorScatter-24 with a plain ``run()`` (copies the cache), and
+  TensorScatter-24 in place through IOBinding.
+- ``decode_step``: a whole attention step with 32 query heads. Attention-23 with
+  past/present vs 2x TensorScatter + Attention-24 (plain run, and in place).
+
+Variants are timed interleaved in one process (:func:`generator.bench.time_interleaved`);
+the ratios are what to compare. Results: ``proposals/kv_cache/bench/*.json`` and ``*.svg``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from generator import bench
+from generator.ort import session
+from proposals.kv_cache import inplace, models
+
+TOPIC = "kv_cache"
+KV_HEADS, Q_HEADS, HEAD_DIM = 8, 32, 128
+FULL_LENGTHS = (512, 2048, 8192, 32768)
+QUICK_LENGTHS = (64, 256)
+
+
+def _randn(rng: np.random.RandomState, *shape: int) -> np.ndarray:
+    return rng.randn(*shape).astype(np.float32)
+
+
+def update_variants(length: int, rng: np.random.RandomState) -> dict[str, Callable[[], object]]:
+    """Three ways to add one token to a cache that then holds ``length`` tokens."""
+    past = _randn(rng, 1, KV_HEADS, length, HEAD_DIM)
+    token = _randn(rng, 1, KV_HEADS, 1, HEAD_DIM)
+    write = np.array([length - 1], np.int64)
+
+    concat = session(models.concat_cache_model(kv_heads=KV_HEADS, head_dim=HEAD_DIM))
+    concat_feeds = {"past_key": past[:, :, : length - 1].copy(), "k": token}
+
+    scatter = session(models.tensor_scatter_model(past.shape, token.shape))
+    scatter_feeds = {"past_cache": past, "update": token, "write_indices": write}
+
+    cache = ort.OrtValue.ortvalue_from_numpy(past.copy())
+    binding = inplace.bind_in_place(
+        scatter,
+        {"past_cache": cache},
+        {"update": token, "write_indices": write},
+        pairs=(("past_cache", "present_cache"),),
+    )
+    return {
+        "Concat (Attention-23 style)": lambda: concat.run(None, concat_feeds),
+        "TensorScatter, plain run": lambda: scatter.run(None, scatter_feeds),
+        "TensorScatter, IOBinding in place": lambda: scatter.run_with_iobinding(binding),
+    }
+
+
+def decode_variants(length: int, rng: np.random.RandomState) -> dict[str, Callable[[], object]]:
+    """A decode step (one query token) over ``length`` cached tokens, three ways."""
+    q = _randn(rng, 1, Q_HEADS, 1, HEAD_DIM)
+    k, v = _randn(rng, 1, KV_HEADS, 1, HEAD_DIM), _randn(rng, 1, KV_HEADS, 1, HEAD_DIM)
+    key, value = (
+        _randn(rng, 1, KV_HEADS, length, HEAD_DIM),
+        _randn(rng, 1, KV_HEADS, length, HEAD_DIM),
+    )
+
+    a23 = session(models.attention23_step_model(q_heads=Q_HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM))
+    a23_feeds = {
+        "q": q,
+        "k": k,
+        "v": v,
+        "past_key": key[:, :, : length - 1].copy(),
+        "past_value": value[:, :, : length - 1].copy(),
+    }
+
+    a24 = session(models.cache_step_model(q_heads=Q_HEADS, kv_heads=KV_HEADS, max_len=length, head_dim=HEAD_DIM))
+    step = {
+        "q": q,
+        "k": k,
+        "v": v,
+        "write_indices": np.array([length - 1], np.int64),
+        "nonpad_kv_seqlen": np.array([length], np.int64),
+    }
+    a24_feeds = {**step, "past_key": key, "past_value": value}
+    caches = {
+        "past_key": ort.OrtValue.ortvalue_from_numpy(key.copy()),
+        "past_value": ort.OrtValue.ortvalue_from_numpy(value.copy()),
+    }
+    binding = inplace.bind_in_place(a24, caches, step, ["y"])
+
+    # Same numbers either way: Attention-23 sees the same L keys in the same order.
+    y23 = a23.run(["y"], a23_feeds)[0]
+    a24.run_with_iobinding(binding)
+    y24 = binding.get_outputs()[2].numpy()
+    np.testing.assert_allclose(y24, y23, rtol=1e-5, atol=1e-6)
+    return {
+        "Attention-23 past/present": lambda: a23.run(None, a23_feeds),
+        "TensorScatter + Attention-24, plain run": lambda: a24.run(None, a24_feeds),
+        "TensorScatter + Attention-24, IOBinding in place": lambda: a24.run_with_iobinding(binding),
+    }
+
+
+def measure(
+    make: Callable[[int, np.random.RandomState], dict[str, Callable[[], object]]],
+    lengths: Sequence[int],
+    baseline: str,
+    **timing: float,
+) -> list[dict]:
+    """One row per L: median seconds per call of each variant and ratios to ``baseline``."""
+    rows = []
+    for length in lengths:
+        variants = make(length, np.random.RandomState(length))
+        times = bench.time_interleaved(variants, **timing)
+        rows.append(
+            {
+                "L": length,
+                "seconds": times,
+                "ratios": bench.ratios(times, baseline),
+                "baseline": baseline,
+            }
+        )
+        print(f"L={length:6d} " + "  ".join(f"{name}: {t * 1e6:9.1f} us" for name, t in times.items()))
+    return rows
+
+
+def write_results(name: str, rows: list[dict], *, title: str, unit: float, ylabel: str, **meta: object) -> None:
+    """JSON rows plus a plot of time per step against L, one line per variant."""
+    bench.write_json(TOPIC, name, rows, **meta)
+    series = {variant: [row["seconds"][variant] / unit for row in rows] for variant in rows[0]["seconds"]}
+    bench.plot_ratios(
+        TOPIC,
+        name,
+        [row["L"] for row in rows],
+        series,
+        xlabel="cache length L (tokens)",
+        ylabel=ylabel,
+        title=title,
+    )
+
+
+def results_table(name: str) -> str:
+    """The committed results of one benchmark as a text table (median per step and ratio)."""
+    data = json.loads((bench.results_dir(TOPIC) / f"{name}.json").read_text())
+    variants = list(data["rows"][0]["seconds"])
+    lines = [f"{name} (median per step; x = time / {data['rows'][0]['baseline']})"]
+    for row in data["rows"]:
+        cells = [f"{row['seconds'][v] * 1e6:9.1f} us ({row['ratios'][v]:6.1f}x)" for v in variants]
+        lines.append(f"  L={row['L']:6d}  " + "  ".join(cells))
+    lines.append("  columns: " + "; ".join(variants))
+    return "\n".join(lines)
+
+
+def main(quick: bool = False) -> None:
+    """Measure both benchmarks; ``quick`` is a seconds-long smoke run that writes nothing."""
+    lengths = QUICK_LENGTHS if quick else FULL_LENGTHS
+    timing = {"batches": 3, "min_batch_s": 0.002} if quick else {"batches": 15, "min_batch_s": 0.02}
+    print("KV update per decode step (B=1, 8 kv heads, head_dim 128, 1 token):")
+    update = measure(update_variants, lengths, "TensorScatter, IOBinding in place", **timing)
+    print("Decode step (32 q heads, 8 kv heads, head_dim 128, 1 token):")
+    decode = measure(decode_variants, lengths, "TensorScatter + Attention-24, IOBinding in place", **timing)
+    if quick:
+        return
+    shape = {
+        "batch": 1,
+        "kv_heads": KV_HEADS,
+        "head_dim": HEAD_DIM,
+        "dtype": "float32",
+        "new_tokens": 1,
+        "threads": 2,
+        **timing,
+    }
+    write_results(
+        "kv_update",
+        update,
+        title="KV-cache update per decode step (ORT CPU)",
+        unit=1e-6,
+        ylabel="microseconds per step (log)",
+        **shape,
+    )
+    write_results(
+        "decode_step",
+        decode,
+        title="Decode step: Attention-23 vs TensorScatter + Attention-24",
+        unit=1e-3,
+        ylabel="milliseconds per step (log)",
+        q_heads=Q_HEADS,
+        **shape,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""numpy reference for the KV-cache pattern, written from the ONNX spec text.
+
+- ``tensor_scatter``: TensorScatter-24 (onnx 1.23.2 schema text; circular mode wraps
+  only the sequence index).
+- ``attention``: Attention-24/25 for 4-D Q/K/V, with the errata of onnx#7297, #7867
+  and #8068 (softcap before the mask, bottom-right causal offset, zero output for a
+  fully-masked row) and the opset-25 ``left/right_window_size`` of onnx#8108.
+- ``rotary_embedding``: RotaryEmbedding-23.
+- Drivers: one decode step on a linear or a circular buffer, exactly as the graphs
+  in :mod:`proposals.kv_cache.models` wire the ops, and loops over several steps.
+
+Expected outputs of every kv_cache zoo case come from here, never from a runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+# --8<-- [start:tensor_scatter]
+def tensor_scatter(
+    past: np.ndarray,
+    update: np.ndarray,
+    write_indices: np.ndarray | None = None,
+    *,
+    axis: int = -2,
+    mode: str = "linear",
+) -> np.ndarray:
+    """TensorScatter-24: write ``update`` into a copy of ``past`` along ``axis``.
+
+    Sample ``b`` writes its ``S`` update rows at ``write_indices[b] + s``; in
+    ``circular`` mode that sequence index (and only it) is taken modulo the cache length.
+    """
+    if mode not in ("linear", "circular"):
+        raise ValueError(f"mode must be 'linear' or 'circular', got {mode!r}")
+    axis = axis % past.ndim
+    if axis == 0:
+        raise ValueError("axis must not be the batch axis 0")
+    max_len, seq = past.shape[axis], update.shape[axis]
+    batch = past.shape[0]
+    starts = np.zeros(batch, np.int64) if write_indices is None else np.asarray(write_indices)
+    # Move the sequence axis next to the batch axis: index [b, s, ...rest].
+    present = np.moveaxis(past.copy(), axis, 1)
+    rows = np.moveaxis(update, axis, 1)
+    slots = starts[:, None] + np.arange(seq)[None, :]  # [B, S]
+    if mode == "circular":
+        slots = slots % max_len
+    elif (slots >= max_len).any() or (slots < 0).any():
+        raise ValueError("linear mode needs 0 <= write_indices and write_indices + S <= max_len")
+    present[np.arange(batch)[:, None], slots] = rows
+    return np.moveaxis(present, 1, axis)
+
+
+# --8<-- [end:tensor_scatter]
+
+
+# --8<-- [start:attention]
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    attn_mask: np.ndarray | None = None,
+    past_key: np.ndarray | None = None,
+    past_value: np.ndarray | None = None,
+    nonpad_kv_seqlen: np.ndarray | None = None,
+    *,
+    is_causal: bool = False,
+    scale: float | None = None,
+    softcap: float = 0.0,
+    left_window_size: int = -1,
+    right_window_size: int = -1,
+) -> np.ndarray:
+    """Attention-24/25 output ``Y`` for 4-D ``q (B,Hq,Sq,D)``, ``k/v (B,Hkv,Skv,D)``.
+
+    The allowed key set of query ``i`` in sample ``b`` is the intersection of: keys
+    below ``nonpad_kv_seqlen[b]``, ``j <= i + offset`` when causal, the window around
+    ``p = i + offset``, and a boolean mask. ``offset`` is the past length with
+    ``past_key``, ``nonpad_kv_seqlen[b] - Sq`` with an external cache, else 0.
+    """
+    if past_key is not None:
+        k = np.concatenate([past_key, k], axis=2)
+        v = np.concatenate([past_value, v], axis=2)
+    batch, q_heads, q_len, head = q.shape
+    kv_heads, total = k.shape[1], k.shape[2]
+    if q_heads % kv_heads:
+        raise ValueError(f"q heads ({q_heads}) must be a multiple of kv heads ({kv_heads})")
+    group = q_heads // kv_heads
+    k = np.repeat(k, group, axis=1).astype(np.float64)  # GQA: q head h reads kv head h // group
+    v = np.repeat(v, group, axis=1).astype(np.float64)
+    scale = 1.0 / np.sqrt(head) if scale is None else scale
+
+    scores = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k) * scale
+    if softcap > 0:  # before any mask (onnx#7867)
+        scores = softcap * np.tanh(scores / softcap)
+
+    if past_key is not None:
+        offset = np.full(batch, past_key.shape[2])
+    elif nonpad_kv_seqlen is not None:
+        offset = np.asarray(nonpad_kv_seqlen) - q_len
+    else:
+        offset = np.zeros(batch, np.int64)
+    pos = offset[:, None] + np.arange(q_len)[None, :]  # absolute query position [B, Sq]
+    key = np.arange(total)[None, None, :]  # [1, 1, T]
+    allowed = np.ones((batch, q_len, total), bool)
+    if nonpad_kv_seqlen is not None:
+        allowed &= key < np.asarray(nonpad_kv_seqlen)[:, None, None]
+    if is_causal:
+        allowed &= key <= pos[:, :, None]
+    if left_window_size >= 0:
+        allowed &= key >= pos[:, :, None] - left_window_size
+    if right_window_size >= 0:
+        allowed &= key <= pos[:, :, None] + right_window_size
+    allowed = np.broadcast_to(allowed[:, None], scores.shape).copy()
+
+    if attn_mask is not None:
+        mask = _pad_mask(attn_mask, total)
+        if mask.dtype == bool:
+            allowed &= np.broadcast_to(mask, scores.shape)
+        else:
+            scores = scores + np.broadcast_to(mask.astype(np.float64), scores.shape)
+    scores = np.where(allowed, scores, -np.inf)
+
+    row_max = scores.max(axis=-1, keepdims=True)
+    empty = ~np.isfinite(row_max)  # fully-masked row: output zeros, not NaN (onnx#8068)
+    weights = np.exp(scores - np.where(empty, 0.0, row_max))
+    weights = weights / np.where(empty, 1.0, weights.sum(axis=-1, keepdims=True))
+    weights = np.where(empty, 0.0, weights)
+    return np.einsum("bhqk,bhkd->bhqd", weights, v).astype(q.dtype)
+
+
+def _pad_mask(mask: np.ndarray, total: int) -> np.ndarray:
+    """A mask shorter than the key length is padded with "not allowed" (Attention-24)."""
+    short = total - mask.shape[-1]
+    if short <= 0:
+        return mask
+    fill = False if mask.dtype == bool else -np.inf
+    pad = np.full((*mask.shape[:-1], short), fill, dtype=mask.dtype)
+    return np.concatenate([mask, pad], axis=-1)
+
+
+# --8<-- [end:attention]
+
+
+# --8<-- [start:rotary]
+def rotary_embedding(
+    x: np.ndarray,
+    cos_cache: np.ndarray,
+    sin_cache: np.ndarray,
+    position_ids: np.ndarray | None = None,
+    *,
+    interleaved: bool = False,
+    rotary_embedding_dim: int = 0,
+    num_heads: int = 0,
+) -> np.ndarray:
+    """RotaryEmbedding-23 on ``x (B,H,S,D)`` or ``x (B,S,H*D)`` (then ``num_heads`` is needed).
+
+    Each pair ``(x1, x2)`` of the first ``rotary_embedding_dim`` channels is rotated by
+    the angle of its token's position: halves ``[0, d/2)``/``[d/2, d)``, or even/odd
+    channels when ``interleaved``. Caches are ``(max_pos, d/2)`` indexed by
+    ``position_ids``, or already ``(B, S, d/2)`` without them.
+    """
+    if x.ndim == 3:
+        batch, seq, hidden = x.shape
+        heads = x.reshape(batch, seq, num_heads, hidden // num_heads).transpose(0, 2, 1, 3)
+        out = rotary_embedding(
+            heads,
+            cos_cache,
+            sin_cache,
+            position_ids,
+            interleaved=interleaved,
+            rotary_embedding_dim=rotary_embedding_dim,
+        )
+        return out.transpose(0, 2, 1, 3).reshape(x.shape)
+    dim = rotary_embedding_dim or x.shape[-1]
+    if position_ids is not None:
+        cos_cache, sin_cache = cos_cache[position_ids], sin_cache[position_ids]
+    cos = cos_cache[:, None].astype(np.float64)  # [B, 1, S, d/2], broadcast over heads
+    sin = sin_cache[:, None].astype(np.float64)
+    rot = x[..., :dim].astype(np.float64)
+    if interleaved:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    else:
+        x1, x2 = rot[..., : dim // 2], rot[..., dim // 2 :]
+    real, imag = x1 * cos - x2 * sin, x1 * sin + x2 * cos
+    if interleaved:
+        rotated = np.stack([real, imag], axis=-1).reshape(rot.shape)
+    else:
+        rotated = np.concatenate([real, imag], axis=-1)
+    return np.concatenate([rotated.astype(x.dtype), x[..., dim:]], axis=-1)
+
+
+def rope_caches(max_positions: int, rotary_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+    """The usual cos/sin tables ``(max_positions, rotary_dim/2)`` of RoPE (Su et al. 2021)."""
+    inv_freq = base ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
+    angles = np.arange(max_positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+# --8<-- [end:rotary]
+
+
+# --8<-- [start:drivers]
+@dataclass(frozen=True)
+class Step:
+    """What one cache step feeds the graph and what it gets back."""
+
+    write_indices: np.ndarray  # int64 [B]
+    nonpad_kv_seqlen: np.ndarray  # int64 [B]
+    y: np.ndarray
+    present_key: np.ndarray
+    present_value: np.ndarray
+
+
+def linear_step(past_key, past_value, lengths, q, k, v, **attention_kwargs) -> Step:
+    """One step on a linear buffer: sample ``b`` holds ``lengths[b]`` tokens already.
+
+    Prefill (``lengths == 0``) and decode are the same step: write at ``lengths``,
+    then attend over the whole buffer with ``nonpad_kv_seqlen = lengths + S``.
+    """
+    write = np.asarray(lengths, np.int64)
+    nonpad = write + q.shape[2]
+    key = tensor_scatter(past_key, k, write)
+    value = tensor_scatter(past_value, v, write)
+    y = attention(q, key, value, nonpad_kv_seqlen=nonpad, is_causal=True, **attention_kwargs)
+    return Step(write, nonpad, y, key, value)
+
+
+def circular_step(past_key, past_value, seen, q, k, v, **attention_kwargs) -> Step:
+    """One decode step (one token) on a circular buffer of ``L`` slots.
+
+    ``seen[b]`` tokens came before; the new one goes to slot ``seen % L`` and the query
+    attends the ``min(seen + 1, L)`` valid slots. Slot order does not matter for a
+    single query, so this is sliding-window attention over the last ``L`` tokens.
+    """
+    if q.shape[2] != 1:
+        raise ValueError("circular_step takes one token; split longer chunks (see the README)")
+    slots = past_key.shape[2]
+    write = np.asarray(seen, np.int64)
+    nonpad = np.minimum(write + 1, slots)
+    key = tensor_scatter(past_key, k, write, mode="circular")
+    value = tensor_scatter(past_value, v, write, mode="circular")
+    y = attention(q, key, value, nonpad_kv_seqlen=nonpad, is_causal=True, **attention_kwargs)
+    return Step(write, nonpad, y, key, value)
+
+
+def run_linear(chunks, past_key, past_value, lengths=None) -> list[Step]:
+    """Feed ``(q, k, v)`` chunks one after another through a linear buffer."""
+    lengths = np.zeros(past_key.shape[0], np.int64) if lengths is None else np.asarray(lengths)
+    steps = []
+    for q, k, v in chunks:
+        step = linear_step(past_key, past_value, lengths, q, k, v)
+        steps.append(step)
+        past_key, past_value, lengths = step.present_key, step.present_value, step.nonpad_kv_seqlen
+    return steps
+
+
+def run_circular(tokens, past_key, past_value, seen=None) -> list[Step]:
+    """Feed single-token ``(q, k, v)`` steps one after another through a circular buffer."""
+    seen = np.zeros(past_key.shape[0], np.int64) if seen is None else np.asarray(seen)
+    steps = []
+    for q, k, v in tokens:
+        step = circular_step(past_key, past_value, seen, q, k, v)
+        steps.append(step)
+        past_key, past_value, seen = step.present_key, step.present_value, seen + 1
+    return steps
+
+
+# --8<-- [end:drivers]
+
+
+# --8<-- [start:decoder_layer]
+def decoder_layer(
+    weights,
+    hidden_states,
+    position_ids,
+    past_key,
+    past_value,
+    write_indices,
+    nonpad_kv_seqlen,
+    *,
+    q_heads: int,
+    kv_heads: int,
+) -> Step:
+    """The attention block of :func:`proposals.kv_cache.models.decoder_layer_model`.
+
+    Projections, RoPE on Q and K, linear TensorScatter of the rotated K and V, causal
+    GQA attention over the whole cache, output projection. ``Step.y`` is ``output``.
+    """
+    batch, seq, _ = hidden_states.shape
+
+    def heads(w, n):  # (B, S, n*D) -> (B, n, S, D)
+        return (hidden_states @ w).reshape(batch, seq, n, -1).transpose(0, 2, 1, 3)
+
+    q = rotary_embedding(heads(weights.q_proj, q_heads), weights.cos_cache, weights.sin_cache, position_ids)
+    k = rotary_embedding(heads(weights.k_proj, kv_heads), weights.cos_cache, weights.sin_cache, position_ids)
+    v = heads(weights.v_proj, kv_heads)
+    key = tensor_scatter(past_key, k, write_indices)
+    value = tensor_scatter(past_value, v, write_indices)
+    y = attention(q, key, value, nonpad_kv_seqlen=nonpad_kv_seqlen, is_causal=True)
+    out = y.transpose(0, 2, 1, 3).reshape(batch, seq, -1) @ weights.o_proj
+    return Step(np.asarray(write_indices), np.asarray(nonpad_kv_seqlen), out, key, value)
+
+
+# --8<-- [end:decoder_layer]

@@ -1,0 +1,132 @@
+"""Three pitfalls of the standard-op form, each shown by running a tiny model.
+
+1. A -1 "skip" slot or "unmapped" block wraps: ONNX ScatterND and Gather count
+   negative indices from the end.
+2. Duplicate ScatterND indices are undefined with reduction="none"; runtimes differ.
+3. Attention-24 has one query length per batch: a mixed batch needs its queries
+   left-padded (or a mask), since the causal mask is bottom-right aligned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+from generator.onnx_build import make_model
+from generator.ort import session
+from proposals.paged_attention.reference import attend
+
+OPSET = 24
+
+
+def _single_node(op: str, inputs: dict[str, np.ndarray], out_rank: int, **attrs) -> onnx.ModelProto:
+    infos = [
+        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in inputs.items()
+    ]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * out_rank)
+    node = helper.make_node(op, list(inputs), ["y"], **attrs)
+    return make_model(helper.make_graph([node], op.lower(), infos, [out]), {"": OPSET})
+
+
+def runtimes() -> dict[str, Callable[[onnx.ModelProto, dict], np.ndarray]]:
+    """Each runtime as ``fn(model, feeds) -> first output``; OpenVINO in f32."""
+    import openvino as ov
+
+    def ov_run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
+        core = ov.Core()
+        compiled = core.compile_model(
+            core.read_model(model.SerializeToString(), b""),
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": "f32"},
+        )
+        return compiled(feeds)[0]
+
+    return {
+        "reference": lambda m, f: ReferenceEvaluator(m).run(None, f)[0],
+        "onnxruntime": lambda m, f: session(m).run(None, f)[0],
+        "openvino": ov_run,
+    }
+
+
+def negative_slot_wraps() -> dict[str, list[float]]:
+    """ScatterND of a token with slot -1 into a 6-slot pool (rows = slot numbers)."""
+    pool = np.arange(6, dtype=np.float32).reshape(6, 1)
+    feeds = {
+        "pool": pool,
+        "slots": np.array([[-1]], dtype=np.int64),  # vLLM/ORT: -1 = "do not write"
+        "token": np.array([[99.0]], dtype=np.float32),
+    }
+    model = _single_node("ScatterND", feeds, 2)
+    return {name: fn(model, feeds).ravel().tolist() for name, fn in runtimes().items()}
+
+
+def negative_block_wraps() -> dict[str, list[float]]:
+    """Gather of block-table entry -1 ("unmapped" in ORT) from a 3-block pool."""
+    feeds = {
+        "pool": np.array([[0.0], [10.0], [20.0]], dtype=np.float32),
+        "table": np.array([0, -1], dtype=np.int64),
+    }
+    model = _single_node("Gather", feeds, 2, axis=0)
+    return {name: fn(model, feeds).ravel().tolist() for name, fn in runtimes().items()}
+
+
+def duplicate_slots(tokens: int = 64, width: int = 4096) -> dict[str, list[float] | str]:
+    """``tokens`` rows all written to slot 1 (token i carries value i): the values that
+    end up in slot 1, per runtime. Last-wins would leave only ``tokens - 1``."""
+    feeds = {
+        "pool": np.zeros((4, width), dtype=np.float32),
+        "slots": np.ones((tokens, 1), dtype=np.int64),
+        "tokens": np.repeat(np.arange(tokens, dtype=np.float32)[:, None], width, axis=1),
+    }
+    model = _single_node("ScatterND", feeds, 2)
+    results: dict[str, list[float] | str] = {}
+    for name, fn in runtimes().items():
+        try:
+            results[name] = np.unique(fn(model, feeds)[1]).tolist()
+        except Exception as err:  # a runtime may reject duplicates: that is data too
+            results[name] = f"error: {str(err).splitlines()[0][:80]}"
+    return results
+
+
+def padding_side(seed: int = 0) -> dict[str, float]:
+    """Max error of the short sequence's query rows with right vs left padding.
+
+    Batch of 2 over an 8-token cache: sequence 0 has 1 new query token (past 7),
+    sequence 1 has 3 (past 5). Attention-24 gets Q padded to 3 rows.
+    """
+    rng = np.random.RandomState(seed)
+    heads, d, kv_len = 2, 8, 8
+    k = rng.randn(2, heads, kv_len, d).astype(np.float32)
+    v = rng.randn(2, heads, kv_len, d).astype(np.float32)
+    q_short = rng.randn(1, heads, 1, d).astype(np.float32)
+    q_long = rng.randn(1, heads, 3, d).astype(np.float32)
+    pad = np.zeros((1, heads, 2, d), dtype=np.float32)
+    expected = attend(
+        q_short[0].transpose(1, 0, 2),
+        k[0].transpose(1, 0, 2),
+        v[0].transpose(1, 0, 2),
+        offset=kv_len - 1,
+        scale=1 / np.sqrt(d),
+        is_causal=True,
+    ).transpose(1, 0, 2)
+    feeds = {"k": k, "v": v, "nonpad": np.array([kv_len, kv_len], dtype=np.int64)}
+    node = helper.make_node("Attention", ["q", "k", "v", "", "", "", "nonpad"], ["y"], is_causal=1)
+    errors = {}
+    for side, q0, row in (
+        ("right", np.concatenate([q_short, pad], 2), 0),
+        ("left", np.concatenate([pad, q_short], 2), 2),
+    ):
+        q = np.concatenate([q0, q_long], 0)
+        infos = [helper.make_tensor_value_info("q", TensorProto.FLOAT, q.shape)] + [
+            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+            for n, a in feeds.items()
+        ]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        model = make_model(helper.make_graph([node], "pad", infos, [out]), {"": OPSET})
+        y = session(model).run(None, {"q": q, **feeds})[0]
+        errors[side] = float(np.abs(y[0, :, row] - expected[:, 0]).max())
+    return errors

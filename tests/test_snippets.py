@@ -1,0 +1,30 @@
+"""`make snippets`: every blog post exports as standalone Markdown with its outputs inlined."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from generator import UsageError
+from generator.snippets import POSTS, export_all, include
+
+
+def test_every_post_exports_standalone(tmp_path: Path) -> None:
+    exported = export_all(POSTS, tmp_path)
+    assert len(exported) == len(list(POSTS.glob("*.md"))) >= 1
+    for post in exported:
+        text = post.read_text()
+        assert 'exec="on"' not in text and "--8<--" not in text and "<!-- more -->" not in text
+        assert not text.startswith("---"), "front matter is dropped"
+        assert "```text\n" in text, "printed output is inlined"
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            assert "/" not in image and (post.parent / image).stat().st_size > 0
+
+
+def test_include_reads_a_named_section() -> None:
+    text = include("generator/runtimes.py:reference")
+    assert text.startswith("class ReferenceRuntime(Runtime):")
+    with pytest.raises(UsageError, match="no section 'nope' in generator/runtimes.py"):
+        include("generator/runtimes.py:nope")
