@@ -101,6 +101,30 @@ def minimax_m2():
     return _family("minimax_m2")
 
 
+@case
+def dots1():
+    """dots1 block: DeepSeek-V3 routing (sigmoid, selection bias, 1 of 2 groups), scale 1.5."""
+    return _family("dots1")
+
+
+@case
+def ernie4_5_moe():
+    """ERNIE-4.5-MoE block: softmax, selection-only bias, renormalized top-2, shared expert."""
+    return _family("ernie4_5_moe")
+
+
+@case
+def flex_olmo():
+    """FlexOlmo block: softmax top-2, renormalized."""
+    return _family("flex_olmo")
+
+
+@case
+def jamba():
+    """Jamba block: softmax top-2 without renormalization."""
+    return _family("jamba")
+
+
 def _weights(rng, experts: int, inter: int, *, gated: bool = True) -> dict[str, np.ndarray]:
     width = 2 * inter if gated else inter
     return {

@@ -79,11 +79,12 @@ def _softmax_topk(block):
     """Mixtral, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, OLMoE, FlexOlmo, Jamba: softmax -> top-k
     (-> renormalize), plus Qwen's sigmoid-gated shared expert."""
     arrays, attrs = _stacked_experts(block.experts)
-    arrays |= _router_weight(block.gate)
-    # Mixtral's and Jamba's routers always renormalize; the Qwen/OLMoE ones follow norm_topk_prob
-    always = type(block).__name__.startswith(("Mixtral", "Jamba"))
-    normalize = always or bool(getattr(block.gate, "norm_topk_prob", False))
-    attrs |= {"k": block.gate.top_k, "normalize_routing_weights": int(normalize)}
+    router = block.gate if hasattr(block, "gate") else block.router  # Jamba calls it router
+    arrays |= _router_weight(router)
+    # Mixtral's router always renormalizes, Jamba's never; the others follow norm_topk_prob
+    always = type(block).__name__.startswith("Mixtral")
+    normalize = always or bool(getattr(router, "norm_topk_prob", False))
+    attrs |= {"k": router.top_k, "normalize_routing_weights": int(normalize)}
     if hasattr(block, "shared_expert"):
         arrays |= _shared_mlp(block.shared_expert, attrs, block.shared_expert_gate)
     return arrays, attrs
@@ -122,6 +123,18 @@ def _minimax_m2(block):
     arrays, attrs = _stacked_experts(block.experts)
     arrays |= _router_weight(block.gate) | {"selection_bias": _np(block.e_score_correction_bias)}
     attrs |= {"k": block.gate.top_k, "scoring": "sigmoid", "normalize_routing_weights": 1}
+    return arrays, attrs
+
+
+def _ernie4_5(block):
+    """ERNIE-4.5-MoE: softmax, selection-only bias, renormalized (the sum clamped at
+    moe_norm_min, 1e-12, which only matters when every selected score is ~0), shared experts."""
+    arrays, attrs = _stacked_experts(block.experts)
+    bias = _np(block.gate.moe_statics.e_score_correction_bias).reshape(-1)
+    arrays |= _router_weight(block.gate) | {"selection_bias": bias}
+    attrs |= {"k": block.gate.top_k, "normalize_routing_weights": 1}
+    if block.shared_experts is not None:
+        arrays |= _shared_mlp(block.shared_experts, attrs)
     return arrays, attrs
 
 
@@ -170,6 +183,7 @@ FAMILIES: dict[str, Callable] = {
     "DeepseekV3MoE": _deepseek_v3,
     "Glm4MoeMoE": _deepseek_v3,
     "Dots1MoE": _deepseek_v3,
+    "Ernie4_5_MoeSparseMoeBlock": _ernie4_5,
     "DeepseekV2Moe": _deepseek_v2,
     "MiniMaxM2SparseMoeBlock": _minimax_m2,
     "GptOssMLP": _gpt_oss,

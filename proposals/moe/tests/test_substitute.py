@@ -13,7 +13,8 @@ from proposals.moe.families import SUPPORTED, tiny_block
 from proposals.moe.hf import from_transformers
 from proposals.moe.substitute import substitute
 
-SUBSTITUTED = {"mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "olmoe", "qwen3_next"}
+SUBSTITUTED = {"mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "olmoe", "qwen3_next",
+               "flex_olmo", "jamba"}
 
 
 def _same_on_ort(model, substituted, x: np.ndarray, name: str) -> None:
