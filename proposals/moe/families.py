@@ -123,18 +123,16 @@ def tiny_causal_lm(family: str, seed: int = 0):
     return getattr(transformers, model_cls)(config).eval()
 
 
-class Logits:
+def Logits(model):  # noqa: N802 (reads like the module it returns)
     """Wraps a causal LM so that export sees ``input_ids -> logits`` (no cache object)."""
+    import torch
 
-    def __new__(cls, model):
-        import torch
+    class _Logits(torch.nn.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
 
-        class _Logits(torch.nn.Module):
-            def __init__(self, inner) -> None:
-                super().__init__()
-                self.inner = inner
+        def forward(self, input_ids):
+            return self.inner(input_ids=input_ids, use_cache=False).logits
 
-            def forward(self, input_ids):
-                return self.inner(input_ids=input_ids, use_cache=False).logits
-
-        return _Logits(model).eval()
+    return _Logits(model).eval()

@@ -20,8 +20,9 @@ _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_t
                 "gelu_new": "gelu_tanh", "relu": "relu"}
 
 
-def _np(t) -> np.ndarray:
-    return t.detach().to(dtype=__import__("torch").float32).cpu().numpy()
+def _np(tensor) -> np.ndarray:
+    """A parameter or buffer as a float32 numpy array (the zoo and the op compute in T=float)."""
+    return tensor.detach().float().cpu().numpy()
 
 
 def _activation(hidden_act: str) -> str:
