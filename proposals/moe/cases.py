@@ -212,3 +212,20 @@ def grouped_max_relu():
     attrs = {"k": 2, "n_group": 4, "topk_group": 2, "group_score": "max", "gated": 0,
              "activation": "relu"}
     return _reference_case(weights, attrs, [(6,), (1,)])
+
+
+@case
+def float16():
+    """float16 tensors (T = float16): top-2 renormalized, clamped SiLU-GLU, shared expert."""
+    rng = seeded(17)
+    weights = {n: a.astype(np.float16) for n, a in _weights(rng, 4, 8).items()}
+    weights["shared_fc1_weight"] = (rng.randn(HIDDEN, 12) * 0.5).astype(np.float16)
+    weights["shared_fc2_weight"] = (rng.randn(6, HIDDEN) * 0.5).astype(np.float16)
+    attrs = {"k": 2, "normalize_routing_weights": 1, "swiglu_limit": 3.0}
+    datasets = []
+    for shape in ((5, HIDDEN), (1, HIDDEN)):
+        x = rng.randn(*shape).astype(np.float16)
+        datasets.append(DataSet({"X": x}, {"Y": moe({"X": x, **weights}, **attrs)}))
+    model = moe_model({"X": datasets[0].inputs["X"], **weights}, attrs, dynamic=True)
+    # float16 intermediates round at about 1e-3 relative; sums of ~16 products grow that
+    return Case(model, datasets, rtol=2e-2, atol=2e-2)
