@@ -175,3 +175,12 @@ def openvino_inlined() -> str:
                 worst = max(worst, float(np.abs(got[i] - want).max()))
         lines.append(f"{spec.name:32s} max abs diff {worst:.1e}")
     return "\n".join(lines)
+
+
+def body_svg(case_name: str = "deepseek_v3") -> str:
+    """A picture of the MoE function body that a zoo case's model carries."""
+    from generator.graphs import function_svg
+    from proposals.moe import cases
+
+    model = getattr(cases, case_name)().model
+    return function_svg(next(f for f in model.functions if f.name == "MoE"))
