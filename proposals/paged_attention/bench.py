@@ -151,10 +151,11 @@ def bench_decode(quick: bool) -> None:
             rows.append({"context": context, "variant": name, "median_s": seconds, "ratio": rel[name]})
             series.setdefault(name, []).append(rel[name])
         print(f"context {context}: " + ", ".join(f"{n} {r:.2f}x" for n, r in rel.items()), flush=True)
-    suffix = "_quick" if quick else ""
+    if quick:  # a smoke run: the committed results stay as they are
+        return
     write_json(
         TOPIC,
-        f"decode{suffix}",
+        "decode",
         rows,
         block_size=BLOCK_SIZE,
         batch=1,
@@ -165,7 +166,7 @@ def bench_decode(quick: bool) -> None:
     )
     plot_ratios(
         TOPIC,
-        f"decode{suffix}",
+        "decode",
         contexts,
         series,
         xlabel="context (tokens)",
@@ -223,17 +224,18 @@ def plot_memory(results: list[simulate.PolicyResult], name: str) -> None:
 
 def bench_memory(quick: bool) -> None:
     results = simulate.simulate(seed=0)
-    suffix = "_quick" if quick else ""
+    print(simulate.table(results), flush=True)
+    if quick:
+        return
     write_json(
         TOPIC,
-        f"memory{suffix}",
+        "memory",
         simulate.rows(results),
         budget_slots=simulate.BUDGET_SLOTS,
         max_len=simulate.MAX_LEN,
         seed=0,
     )
-    plot_memory(results, f"memory{suffix}")
-    print(simulate.table(results), flush=True)
+    plot_memory(results, "memory")
 
 
 def main(quick: bool = False) -> None:
