@@ -1,0 +1,231 @@
+"""Zoo cases of the MoE function-op proposal.
+
+Family cases: a tiny seeded transformers block converted by ``from_transformers``;
+expected outputs come from the transformers module itself. Edge cases: expected
+outputs come from the numpy reference (:mod:`proposals.moe.reference`). Every
+model's X has symbolic leading axes, and most cases run a prefill-sized and a
+decode-sized data set through the same model: the first makes experts repeat
+(GroupedMatMul's per-group Loop), the second does not (its per-slot Gather).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from generator.onnx_build import seeded
+from generator.registry import Case, DataSet, case
+from proposals.moe.build import moe_model
+from proposals.moe.families import block_output, tiny_block
+from proposals.moe.hf import from_transformers
+from proposals.moe.reference import moe, route
+
+# transformers computes in float32 in another order; the body's sums differ in rounding
+RTOL, ATOL = 1e-4, 1e-5
+HIDDEN = 16
+
+
+def _family(family: str) -> Case:
+    """Block output of a tiny transformers block, prefill [2, 3, H] then decode [1, 1, H]."""
+    block = tiny_block(family, seed=0)
+    rng = seeded(1)
+    datasets = []
+    for shape in ((2, 3, HIDDEN), (1, 1, HIDDEN)):
+        x = rng.randn(*shape).astype(np.float32)
+        datasets.append(DataSet({"hidden_states": x}, {"output": block_output(block, x)}))
+    return Case(from_transformers(block), datasets, rtol=RTOL, atol=ATOL)
+
+
+@case
+def mixtral():
+    """Mixtral block: softmax, top-2, renormalized, SiLU-GLU experts."""
+    return _family("mixtral")
+
+
+@case
+def qwen2_moe():
+    """Qwen2-MoE block: softmax top-2 without renormalization, sigmoid-gated shared expert."""
+    return _family("qwen2_moe")
+
+
+@case
+def qwen3_moe():
+    """Qwen3-MoE block: softmax, top-2 of 8, renormalized (norm_topk_prob)."""
+    return _family("qwen3_moe")
+
+
+@case
+def deepseek_v3():
+    """DeepSeek-V3 block: sigmoid, selection-only bias, 2 of 4 groups, scale 2.5, shared expert."""
+    return _family("deepseek_v3")
+
+
+@case
+def gpt_oss():
+    """GPT-OSS block: router bias, interleaved clamped SwiGLU (alpha 1.702, limit 7, up + 1)."""
+    return _family("gpt_oss")
+
+
+@case
+def llama4():
+    """Llama 4 block: top-1 sigmoid weight applied to the expert input, shared expert."""
+    return _family("llama4")
+
+
+@case
+def olmoe():
+    """OLMoE block: softmax, top-3 of 6, no renormalization."""
+    return _family("olmoe")
+
+
+@case
+def qwen3_next():
+    """Qwen3-Next block: softmax top-2 renormalized, sigmoid-gated shared expert."""
+    return _family("qwen3_next")
+
+
+@case
+def deepseek_v2():
+    """DeepSeek-V2 block: softmax, group-limited top-3 (max group score), scale 1.5."""
+    return _family("deepseek_v2")
+
+
+@case
+def glm4_moe():
+    """GLM-4.5-MoE block: DeepSeek-V3 routing with 1 of 2 groups and top-3."""
+    return _family("glm4_moe")
+
+
+@case
+def minimax_m2():
+    """MiniMax-M2 block: sigmoid, selection-only bias, renormalized top-2."""
+    return _family("minimax_m2")
+
+
+@case
+def dots1():
+    """dots1 block: DeepSeek-V3 routing (sigmoid, selection bias, 1 of 2 groups), scale 1.5."""
+    return _family("dots1")
+
+
+@case
+def ernie4_5_moe():
+    """ERNIE-4.5-MoE block: softmax, selection-only bias, renormalized top-2, shared expert."""
+    return _family("ernie4_5_moe")
+
+
+@case
+def flex_olmo():
+    """FlexOlmo block: softmax top-2, renormalized."""
+    return _family("flex_olmo")
+
+
+@case
+def jamba():
+    """Jamba block: softmax top-2 without renormalization."""
+    return _family("jamba")
+
+
+def _weights(rng, experts: int, inter: int, *, gated: bool = True) -> dict[str, np.ndarray]:
+    width = 2 * inter if gated else inter
+    return {
+        "router_weight": rng.randn(HIDDEN, experts).astype(np.float32),
+        "fc1_weight": (rng.randn(experts, HIDDEN, width) * 0.5).astype(np.float32),
+        "fc2_weight": (rng.randn(experts, inter, HIDDEN) * 0.5).astype(np.float32),
+    }
+
+
+def _reference_case(weights: dict[str, np.ndarray], attrs: dict, shapes) -> Case:
+    """One MoE node; expected outputs from the numpy reference, one data set per X shape."""
+    rng = seeded(7)
+    datasets = []
+    for shape in shapes:
+        x = rng.randn(*shape, HIDDEN).astype(np.float32)
+        datasets.append(DataSet({"X": x}, {"Y": moe({"X": x, **weights}, **attrs)}))
+    model = moe_model({"X": datasets[0].inputs["X"], **weights}, attrs, dynamic=True)
+    return Case(model, datasets, rtol=RTOL, atol=ATOL)
+
+
+@case
+def top1_gelu_biases():
+    """k=1 (Switch-style): non-gated GELU experts with fc1/fc2 biases."""
+    rng = seeded(10)
+    weights = _weights(rng, 4, 12, gated=False)
+    weights["fc1_bias"] = rng.randn(4, 12).astype(np.float32)
+    weights["fc2_bias"] = rng.randn(4, HIDDEN).astype(np.float32)
+    return _reference_case(weights, {"k": 1, "gated": 0, "activation": "gelu"}, [(6,), (1,)])
+
+
+@case
+def all_experts():
+    """k=E: every token visits all 4 experts (dense), renormalized weights sum to 1."""
+    weights = _weights(seeded(11), 4, 8)
+    return _reference_case(weights, {"k": 4, "normalize_routing_weights": 1}, [(2, 3), (1, 1)])
+
+
+@case
+def single_token():
+    """T=1 decode step through 8 experts, top-2: each selected expert runs once."""
+    weights = _weights(seeded(12), 8, 8)
+    return _reference_case(weights, {"k": 2}, [(1, 1)])
+
+
+@case
+def idle_expert():
+    """An expert that receives no token: router_bias -30 keeps expert 2 out of every top-2."""
+    weights = _weights(seeded(13), 4, 8)
+    weights["router_bias"] = np.array([0.0, 0.0, -30.0, 0.0], np.float32)
+    result = _reference_case(weights, {"k": 2}, [(8,)])
+    x = result.datasets[0].inputs["X"]
+    picked = {int(e) for row in x for e in route(row.astype(np.float64), weights,
+                                                 {"k": 2, "scoring": "softmax", "n_group": 1,
+                                                  "normalize_routing_weights": 0,
+                                                  "routed_scaling_factor": 1.0})[0]}
+    assert 2 not in picked and len(picked) == 3, picked  # the case tests what it says
+    return result
+
+
+@case
+def shared_expert_only():
+    """Only the shared expert contributes: routed experts' fc2 weights are all zero."""
+    rng = seeded(14)
+    weights = _weights(rng, 4, 8)
+    weights["fc2_weight"] = np.zeros_like(weights["fc2_weight"])
+    weights["shared_fc1_weight"] = (rng.randn(HIDDEN, 2 * 6) * 0.5).astype(np.float32)
+    weights["shared_fc2_weight"] = (rng.randn(6, HIDDEN) * 0.5).astype(np.float32)
+    weights["shared_gate_weight"] = rng.randn(HIDDEN, 1).astype(np.float32)
+    return _reference_case(weights, {"k": 2}, [(5,), (1,)])
+
+
+@case
+def interleaved_gelu_tanh_clamped():
+    """Interleaved gated gelu_tanh with swiglu_limit 0.5 and activation_beta 0.5."""
+    weights = _weights(seeded(15), 4, 8)
+    attrs = {"k": 2, "activation": "gelu_tanh", "gate_up_layout": "interleaved",
+             "swiglu_limit": 0.5, "activation_beta": 0.5}
+    return _reference_case(weights, attrs, [(5,), (1,)])
+
+
+@case
+def grouped_max_relu():
+    """Group-limited top-2 (max group score, 2 of 4 groups) with non-gated ReLU experts."""
+    weights = _weights(seeded(16), 8, 8, gated=False)
+    attrs = {"k": 2, "n_group": 4, "topk_group": 2, "group_score": "max", "gated": 0,
+             "activation": "relu"}
+    return _reference_case(weights, attrs, [(6,), (1,)])
+
+
+@case
+def float16():
+    """float16 tensors (T = float16): top-2 renormalized, clamped SiLU-GLU, shared expert."""
+    rng = seeded(17)
+    weights = {n: a.astype(np.float16) for n, a in _weights(rng, 4, 8).items()}
+    weights["shared_fc1_weight"] = (rng.randn(HIDDEN, 12) * 0.5).astype(np.float16)
+    weights["shared_fc2_weight"] = (rng.randn(6, HIDDEN) * 0.5).astype(np.float16)
+    attrs = {"k": 2, "normalize_routing_weights": 1, "swiglu_limit": 3.0}
+    datasets = []
+    for shape in ((5, HIDDEN), (1, HIDDEN)):
+        x = rng.randn(*shape).astype(np.float16)
+        datasets.append(DataSet({"X": x}, {"Y": moe({"X": x, **weights}, **attrs)}))
+    model = moe_model({"X": datasets[0].inputs["X"], **weights}, attrs, dynamic=True)
+    # float16 intermediates round at about 1e-3 relative; sums of ~16 products grow that
+    return Case(model, datasets, rtol=2e-2, atol=2e-2)

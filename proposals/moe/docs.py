@@ -1,0 +1,186 @@
+"""What the MoE page prints when it is built: the spec, parity and substitution tables,
+the benchmark table. Every number is computed or read from the bench JSON at build time."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from generator.bench import results_dir
+from generator.onnx_build import seeded
+from generator.ort import session
+from generator.registry import select
+
+
+def spec_markdown() -> str:
+    """The op's spec section, rendered from the schema with the Mixtral case's body."""
+    from generator.opspec import render_spec
+    from proposals.moe.cases import mixtral
+    from proposals.moe.schema import SCHEMA
+
+    model = mixtral().model
+    body = next(f for f in model.functions if f.name == SCHEMA.name)
+    examples = [s for s in select(["moe"]) if s.name in EXAMPLES]
+    return render_spec(SCHEMA, body, examples, catalogue_link="../../catalogue.md")
+
+
+EXAMPLES = ("mixtral", "idle_expert", "shared_expert_only", "top1_gelu_biases")
+
+
+def pieces_markdown() -> str:
+    """Every piece the builder can call, printed by onnx.printer."""
+    import onnx
+
+    from proposals.moe.body import PIECES, _piece_proto
+
+    parts = []
+    for name in PIECES:
+        text = onnx.printer.to_text(_piece_proto(name))
+        parts.append(f'??? note "{name}"\n    ```\n' +
+                     "\n".join(f"    {line}" for line in text.splitlines()) + "\n    ```\n")
+    return "\n".join(parts)
+
+
+def parity_table() -> str:
+    """Each family: from_transformers on onnxruntime vs the transformers block."""
+    from proposals.moe.families import SUPPORTED, TINY, block_output, tiny_block
+    from proposals.moe.hf import block_arrays, from_transformers
+    from proposals.moe.schema import SCHEMA
+
+    rows = ["| family | block class | attributes set | max abs diff (ORT vs transformers) |",
+            "|---|---|---|---|"]
+    for family in SUPPORTED:
+        block = tiny_block(family, seed=0)
+        x = seeded(1).randn(2, 5, 16).astype(np.float32)
+        got = session(from_transformers(block)).run(None, {"hidden_states": x})[0]
+        diff = float(np.abs(got - block_output(block, x)).max())
+        _, attrs = block_arrays(block)
+        shown = ", ".join(f"`{k}={v}`" for k, v in attrs.items()
+                          if v != SCHEMA.attribute(k).default)
+        rows.append(f"| {family} | `{TINY[family][2]}` | {shown} | {diff:.1e} |")
+    return "\n".join(rows)
+
+
+def substitution_table() -> str:
+    """Each family: what the com.microsoft.MoE rewrite did, and the output difference."""
+    from proposals.moe.families import SUPPORTED, tiny_block
+    from proposals.moe.hf import from_transformers
+    from proposals.moe.substitute import substitute
+
+    rows = ["| family | result | max abs diff vs inlined body (ORT) |", "|---|---|---|"]
+    for family in SUPPORTED:
+        model = from_transformers(tiny_block(family, seed=0))
+        substituted, report = substitute(model)
+        x = seeded(2).randn(2, 5, 16).astype(np.float32)
+        a = session(model).run(None, {"hidden_states": x})[0]
+        b = session(substituted).run(None, {"hidden_states": x})[0]
+        result = report["moe"]
+        result = "**com.microsoft.MoE**" if result == "com.microsoft.MoE" else f"left: {result}"
+        rows.append(f"| {family} | {result} | {float(np.abs(a - b).max()):.1e} |")
+    return "\n".join(rows)
+
+
+def bench_table(name: str = "moe") -> str:
+    """Times and ratios from ``proposals/moe/bench/<name>.json``."""
+    data = json.loads((results_dir("moe") / f"{name}.json").read_text())
+    variants = list(data["rows"][0]["seconds"])
+    head = "| E | T | " + " | ".join(variants) + " |"
+    rows = [head, "|---|---|" + "---|" * len(variants)]
+    for row in data["rows"]:
+        cells = [f"{row['seconds'][v] * 1e3:.2f} ms ({row['ratio_to_kernel'][v]:.2f}x)"
+                 for v in variants]
+        rows.append(f"| {row['experts']} | {row['tokens']} | " + " | ".join(cells) + " |")
+    lines = ["\n".join(rows), ""]
+    for variant in variants:
+        if variant != "com.microsoft.MoE":
+            ratios = [row["ratio_to_kernel"][variant] for row in data["rows"]]
+            lines.append(f"- {variant} / com.microsoft.MoE over all sizes: "
+                         f"{min(ratios):.2f}–{max(ratios):.2f}×")
+    lines.append("")
+    lines.append(
+        f"Memory bandwidth measured in the same run: {data['bandwidth_gbs']:.1f} GB/s "
+        f"(torch sum over 256 MiB, 2 threads). At T=1 the two selected experts hold "
+        f"{data['selected_weight_bytes_t1'] / 1e6:.1f} MB of weights: reading them once "
+        f"takes {data['roofline_seconds_t1'] * 1e6:.0f} us at that bandwidth.")
+    lines.append("")
+    lines.append("| E | " + " | ".join(f"{v}: share of roofline" for v in variants) + " |")
+    lines.append("|---|" + "---|" * len(variants))
+    for row in data["rows"]:
+        if "roofline_share" in row:
+            lines.append(f"| {row['experts']} | " + " | ".join(
+                f"{row['roofline_share'][v]:.0%}" for v in variants) + " |")
+    return "\n".join(lines)
+
+
+def plain_export_error() -> str:
+    """First line of the cause when a tiny Mixtral is exported without the swap."""
+    import torch
+
+    from proposals.moe.families import Logits, tiny_causal_lm
+
+    try:
+        torch.onnx.export(Logits(tiny_causal_lm("mixtral")), (torch.zeros((1, 4), dtype=torch.int64),),
+                          dynamo=True, opset_version=21, verbose=False)
+    except Exception as err:  # noqa: BLE001 (the failure is what we show)
+        cause = err.__cause__ or err
+        text = (f"{type(err).__name__}: {str(err).splitlines()[0]}\n"
+                f"caused by {type(cause).__name__}: {str(cause).splitlines()[0]}")
+        return re.sub(r"\x1b\[[0-9;]*m", "", text)  # the exporter colours its message
+    return "exported without error (the failure shown here no longer happens)"
+
+
+def export_and_compare(family: str) -> str:
+    """Swap the MoE blocks, export, run on onnxruntime, compare logits with transformers."""
+    import torch
+
+    from proposals.moe.export import export, swap_moe_blocks
+    from proposals.moe.families import Logits, tiny_causal_lm
+
+    model = tiny_causal_lm(family)
+    ids = np.random.RandomState(0).randint(0, 64, (2, 6))
+    with torch.no_grad():
+        expected = Logits(model)(torch.from_numpy(ids)).numpy()
+    swapped = swap_moe_blocks(model)
+    proto = export(Logits(model), (torch.from_numpy(ids),),
+                   dynamic_shapes=({0: torch.export.Dim("batch", max=8),
+                                    1: torch.export.Dim("seq", max=32)},))
+    got = session(proto).run(None, {proto.graph.input[0].name: ids})[0]
+    moe_nodes = sum(n.op_type == "MoE" for n in proto.graph.node)
+    return (f"{family}: swapped {swapped} blocks; exported graph has {moe_nodes} MoE nodes and "
+            f"functions {sorted({f.name for f in proto.functions})}; "
+            f"max |logits - transformers| = {float(np.abs(got - expected).max()):.1e} "
+            f"(logits up to {float(np.abs(expected).max()):.2f})")
+
+
+def openvino_inlined() -> str:
+    """Each zoo case on OpenVINO CPU after onnx.inliner expands the model-local functions."""
+    import onnx.inliner
+    import openvino as ov
+
+    from proposals.moe import cases
+
+    core = ov.Core()
+    lines = []
+    for spec in select(["moe"]):
+        built = getattr(cases, spec.name)()
+        model = onnx.inliner.inline_local_functions(built.model)
+        compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
+                                      {"INFERENCE_PRECISION_HINT": "f32"})
+        worst = 0.0
+        for data in built.datasets:
+            got = compiled(dict(data.inputs))
+            for i, want in enumerate(data.outputs.values()):
+                worst = max(worst, float(np.abs(got[i] - want).max()))
+        lines.append(f"{spec.name:32s} max abs diff {worst:.1e}")
+    return "\n".join(lines)
+
+
+def body_svg(case_name: str = "deepseek_v3") -> str:
+    """A picture of the MoE function body that a zoo case's model carries."""
+    from generator.graphs import function_svg
+    from proposals.moe import cases
+
+    model = getattr(cases, case_name)().model
+    return function_svg(next(f for f in model.functions if f.name == "MoE"))
