@@ -34,6 +34,8 @@ class Runtime(ABC):
 
     #: Column name in the matrix; also the key of ``Case.divergences``.
     name: str = ""
+    #: Other runtimes whose recorded divergences apply here too (same engine, other setup).
+    shares_divergences_with: tuple[str, ...] = ()
 
     @abstractmethod
     def version(self) -> str:
@@ -102,11 +104,17 @@ class OpenVinoRuntime(Runtime):
 
         return openvino.__version__.split("-")[0]
 
+    def prepare(self, model_path: Path) -> str | bytes:
+        """What the ONNX frontend reads: the file as it is."""
+        return str(model_path)
+
     def load(self, model_path: Path) -> Runner:
         import openvino as ov
 
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(model_path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        source = self.prepare(model_path)
+        model = core.read_model(source, b"") if isinstance(source, bytes) else core.read_model(source)
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         outputs = list(compiled.outputs)
 
         def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -116,7 +124,28 @@ class OpenVinoRuntime(Runtime):
         return run
 
 
-BUILTIN: tuple[type[Runtime], ...] = (ReferenceRuntime, OnnxRuntime, OpenVinoRuntime)
+class OpenVinoInlinedRuntime(OpenVinoRuntime):
+    """OpenVINO after ``onnx.inliner`` expands model-local functions.
+
+    OpenVINO 2026.4's frontend has no rule for a call to a model-local function (the
+    form in which this project ships proposed function ops). This column shows whether
+    the function *bodies* run there, which is what a deployment would do first.
+    """
+
+    name = "openvino-inlined"
+    shares_divergences_with = ("openvino",)
+
+    def prepare(self, model_path: Path) -> str | bytes:
+        import onnx
+        import onnx.inliner
+
+        model = onnx.load(str(model_path))
+        if not model.functions:
+            return str(model_path)
+        return onnx.inliner.inline_local_functions(model).SerializeToString()
+
+
+BUILTIN: tuple[type[Runtime], ...] = (ReferenceRuntime, OnnxRuntime, OpenVinoRuntime, OpenVinoInlinedRuntime)
 
 
 def load_class(target: str) -> type[Runtime]:

@@ -104,7 +104,8 @@ def static_checks(model_path: Path) -> str:
 
 def run_cell(runtime: Runtime, case_id: str, entry: Mapping, zoo: Path) -> Cell:
     """One runtime on one case, over all of its datasets."""
-    known = entry.get("divergences", {}).get(runtime.name)
+    recorded = entry.get("divergences", {})
+    known = next((recorded[n] for n in (runtime.name, *runtime.shares_divergences_with) if n in recorded), None)
     try:
         runner = runtime.load(case_dir(case_id, zoo) / "model.onnx")
     except Exception as err:  # noqa: BLE001 - failing to load is 'unsupported', which is data

@@ -155,9 +155,14 @@ def test_known_divergence_is_recorded_not_failed(tmp_path: Path) -> None:
         base = _add_case()
         return Case(base.model, base.datasets, divergences={"wrong": "adds one, on purpose"})
 
+    class _WrongToo(_WrongRuntime):
+        name = "wrong-too"
+        shares_divergences_with = ("wrong",)
+
     zoo.write([_spec(diverging)], tmp_path, prune=True)
-    matrix = verify([_WrongRuntime()], zoo=tmp_path)
-    assert matrix["cases"]["spine/affine"]["results"]["wrong"]["known_divergence"] == "adds one, on purpose"
+    matrix = verify([_WrongRuntime(), _WrongToo()], zoo=tmp_path)
+    for name in ("wrong", "wrong-too"):
+        assert matrix["cases"]["spine/affine"]["results"][name]["known_divergence"] == "adds one, on purpose"
     assert failures(matrix) == []
 
 

@@ -155,25 +155,18 @@ def export_and_compare(family: str) -> str:
 
 
 def openvino_inlined() -> str:
-    """Each zoo case on OpenVINO CPU after onnx.inliner expands the model-local functions."""
-    import onnx.inliner
-    import openvino as ov
+    """Each MoE zoo case on OpenVINO CPU after onnx.inliner expands the model-local functions
+    (the matrix's ``openvino-inlined`` column, run here on the committed zoo files)."""
+    from generator.runtimes import OpenVinoInlinedRuntime
+    from generator.verify import run_cell
+    from generator.zoo import ZOO, load_manifest
 
-    from proposals.moe import cases
-
-    core = ov.Core()
+    runtime = OpenVinoInlinedRuntime()
     lines = []
-    for spec in select(["moe"]):
-        built = getattr(cases, spec.name)()
-        model = onnx.inliner.inline_local_functions(built.model)
-        compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
-                                      {"INFERENCE_PRECISION_HINT": "f32"})
-        worst = 0.0
-        for data in built.datasets:
-            got = compiled(dict(data.inputs))
-            for i, want in enumerate(data.outputs.values()):
-                worst = max(worst, float(np.abs(got[i] - want).max()))
-        lines.append(f"{spec.name:32s} max abs diff {worst:.1e}")
+    for case_id, entry in load_manifest()["cases"].items():
+        if case_id.startswith("moe/"):
+            cell = run_cell(runtime, case_id, entry, ZOO)
+            lines.append(f"{case_id.removeprefix('moe/'):32s} {cell.status}, max abs diff {cell.max_abs_err:.1e}")
     return "\n".join(lines)
 
 
