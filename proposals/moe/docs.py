@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cache
 
 import numpy as np
 
@@ -43,6 +44,7 @@ def pieces_markdown() -> str:
     return "\n".join(parts)
 
 
+@cache  # shown on the proposal page and in its blog post: computed once per build
 def parity_table() -> str:
     """Each family: from_transformers on onnxruntime vs the transformers block."""
     from proposals.moe.families import SUPPORTED, TINY, block_output, tiny_block
@@ -114,6 +116,7 @@ def bench_table(name: str = "moe") -> str:
     return "\n".join(lines)
 
 
+@cache  # shown on the proposal page and in its blog post: computed once per build
 def plain_export_error() -> str:
     """First line of the cause when a tiny Mixtral is exported without the swap."""
     import torch
@@ -131,6 +134,7 @@ def plain_export_error() -> str:
     return "exported without error (the failure shown here no longer happens)"
 
 
+@cache  # shown on the proposal page and in its blog post: computed once per build
 def export_and_compare(family: str) -> str:
     """Swap the MoE blocks, export, run on onnxruntime, compare logits with transformers."""
     import torch
