@@ -9,12 +9,14 @@ A backend team adds its runtime without editing this project: subclass
 from __future__ import annotations
 
 import importlib
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from generator.errors import UsageError
 
@@ -44,6 +46,13 @@ class Runtime(ABC):
     @abstractmethod
     def load(self, model_path: Path) -> Runner:
         """Prepare ``model_path`` for inference."""
+
+    def load_model(self, model: onnx.ModelProto) -> Runner:
+        """Prepare an in-memory model (docs and tests), through the same ``load``."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.onnx"
+            onnx.save(model, str(path))
+            return self.load(path)
 
 
 # --8<-- [start:reference]
