@@ -87,12 +87,17 @@ def catalogue_markdown(zoo: Path = ZOO) -> str:
 
 
 def load_matrix(path: Path = MATRIX_JSON, zoo: Path = ZOO) -> dict:
-    """The matrix from the last ``verify`` run, re-run here if older than the manifest."""
-    if not path.exists() or path.stat().st_mtime < manifest_path(zoo).stat().st_mtime:
-        from generator.runtimes import available
+    """The matrix of the last full ``verify`` run; run again here if it is older than the
+    manifest or covers other cases or runtimes (``verify kv_cache`` writes a partial one)."""
+    from generator.runtimes import available
 
-        write_matrix(verify(available(), zoo=zoo), path)
-    return json.loads(path.read_text())
+    runtimes = available()
+    if path.exists() and path.stat().st_mtime >= manifest_path(zoo).stat().st_mtime:
+        matrix = json.loads(path.read_text())
+        same_cases = set(matrix["cases"]) == set(load_manifest(zoo)["cases"])
+        if same_cases and [rt["name"] for rt in matrix["runtimes"]] == [rt.name for rt in runtimes]:
+            return matrix
+    return json.loads(write_matrix(verify(runtimes, zoo=zoo), path).read_text())
 
 
 def _cell_text(cell: Mapping) -> str:

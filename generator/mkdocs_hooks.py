@@ -79,6 +79,14 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     return GENERATED.sub(expand, markdown)
 
 
+def on_post_build(config) -> None:
+    """Drop the CDN ``@import``s of markdown-exec's pyodide stylesheet (this site runs no
+    pyodide blocks): nothing on the site may point off the machine."""
+    css = Path(config["site_dir"]) / "assets" / "_markdown_exec_pyodide.css"
+    if css.exists():
+        css.write_text(re.sub(r'@import\s+"https?://[^"]*";?', "", css.read_text()))
+
+
 def on_serve(server, config, builder):
     for folder in ("proposals", "generator", "zoo"):
         server.watch(str(ROOT / folder))

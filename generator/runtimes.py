@@ -161,13 +161,13 @@ def load_class(target: str) -> type[Runtime]:
     """Import ``module:Class`` and check it is a :class:`Runtime`."""
     module_name, _, class_name = target.partition(":")
     if not module_name or not class_name:
-        raise UsageError(f"--runtime {target!r}: expected module:ClassName, e.g. mypkg.rt:MyRuntime")
+        raise UsageError(f"runtime {target!r}: expected module:ClassName, e.g. mypkg.rt:MyRuntime")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise UsageError(f"--runtime {target!r}: cannot import it ({err})") from None
+    except Exception as err:  # noqa: BLE001 - plug-in code may raise anything on import
+        raise UsageError(f"runtime {target!r}: cannot import it ({type(err).__name__}: {err})") from None
     if not (isinstance(cls, type) and issubclass(cls, Runtime) and cls.name):
-        raise UsageError(f"--runtime {target!r}: not a generator.runtimes.Runtime subclass with a name")
+        raise UsageError(f"runtime {target!r}: not a generator.runtimes.Runtime subclass with a name")
     return cls
 
 
@@ -182,4 +182,14 @@ def available(extra: Sequence[str] = ()) -> list[Runtime]:
         if cls.name in seen and seen[cls.name] is not cls:
             raise UsageError(f"two runtimes are named {cls.name!r}: {seen[cls.name]} and {cls}")
         seen[cls.name] = cls
-    return [cls() for cls in seen.values()]
+    return [_instantiate(cls) for cls in seen.values()]
+
+
+def _instantiate(cls: type[Runtime]) -> Runtime:
+    try:
+        return cls()
+    except Exception as err:  # noqa: BLE001 - plug-in code
+        raise UsageError(
+            f"runtime {cls.__module__}:{cls.__qualname__}: cannot be created without arguments "
+            f"({type(err).__name__}: {err})"
+        ) from None

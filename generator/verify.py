@@ -27,7 +27,7 @@ import onnx
 
 from generator.errors import UsageError
 from generator.runtimes import Runtime
-from generator.zoo import ZOO, case_dir, load_datasets, load_manifest, tampered_files
+from generator.zoo import ZOO, case_dir, load_datasets, load_manifest, manifest_path, tampered_files
 
 MATRIX_JSON = ZOO.parent / "build" / "conformance.json"
 
@@ -129,7 +129,7 @@ def check_integrity(case_ids: Sequence[str], manifest: Mapping, zoo: Path) -> No
     problems = [p for cid in case_ids for p in tampered_files(cid, manifest["cases"][cid], zoo)]
     if problems:
         raise UsageError(
-            f"zoo files do not match zoo/manifest.json: {'; '.join(problems)} "
+            f"zoo files do not match {manifest_path(zoo)}: {'; '.join(problems)} "
             "(run `make zoo` to regenerate them from the case functions)"
         )
 
@@ -149,6 +149,14 @@ def select_ids(manifest: Mapping, patterns: Sequence[str]) -> list[str]:
     return chosen
 
 
+def runtime_version(runtime: Runtime) -> str:
+    """The adapter's version; a broken adapter is the user's to fix, named in one line."""
+    try:
+        return str(runtime.version())
+    except Exception as err:  # noqa: BLE001 - plug-in code
+        raise UsageError(f"runtime {runtime.name!r}: version() failed ({first_line(err)})") from None
+
+
 def verify(
     runtimes: Sequence[Runtime],
     patterns: Sequence[str] = (),
@@ -160,7 +168,7 @@ def verify(
     ids = select_ids(manifest, patterns)
     check_integrity(ids, manifest, zoo)
     matrix: dict = {
-        "runtimes": [{"name": rt.name, "version": rt.version()} for rt in runtimes],
+        "runtimes": [{"name": rt.name, "version": runtime_version(rt)} for rt in runtimes],
         "cases": {},
     }
     for cid in ids:

@@ -211,7 +211,7 @@ def case_dir(case_id: str, zoo: Path = ZOO) -> Path:
 
 
 def tampered_files(case_id: str, entry: Mapping, zoo: Path = ZOO) -> list[str]:
-    """One line per file of the case whose bytes differ from the manifest (or is missing)."""
+    """One line per file of the case that is missing, altered, or not listed in the manifest."""
     problems = []
     folder = case_dir(case_id, zoo)
     for rel, meta in entry["files"].items():
@@ -223,6 +223,11 @@ def tampered_files(case_id: str, entry: Mapping, zoo: Path = ZOO) -> list[str]:
         digest = sha256(path.read_bytes())
         if digest != meta["sha256"]:
             problems.append(f"{shown}: sha256 {digest[:12]}… differs from the manifest's {meta['sha256'][:12]}…")
+    if folder.is_dir():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if path.relative_to(folder).as_posix() not in entry["files"]:
+                shown = path.relative_to(zoo.parent) if zoo.parent in path.parents else path
+                problems.append(f"{shown}: not in the manifest")
     return problems
 
 

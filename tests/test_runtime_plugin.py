@@ -86,3 +86,48 @@ def test_entry_point_plugin_is_discovered(tmp_path: Path) -> None:
     )
     matrix = _verify(tmp_path, pythonpath=[site, Path(__file__).parent])
     assert "onnxruntime-noopt" in [rt["name"] for rt in matrix["runtimes"]]
+
+
+class NeedsArguments(OrtNoOptRuntime):
+    name = "needs-arguments"
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+
+class BrokenVersion(OrtNoOptRuntime):
+    name = "broken-version"
+
+    def version(self) -> str:
+        raise RuntimeError("no version file")
+
+
+def test_broken_plugins_get_one_line_errors(tmp_path: Path) -> None:
+    (tmp_path / "crashes_on_import.py").write_text("raise RuntimeError('missing vendor library')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(Path(__file__).parent), str(tmp_path)]))
+    expected = {
+        "crashes_on_import:Anything": "cannot import it (RuntimeError: missing vendor library)",
+        "test_runtime_plugin:NeedsArguments": "cannot be created without arguments (TypeError:",
+        "test_runtime_plugin:BrokenVersion": "version() failed (RuntimeError: no version file)",
+    }
+    for target, message in expected.items():
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "generator",
+                "verify",
+                _first_case(),
+                "--json",
+                str(tmp_path / "m.json"),
+                "--runtime",
+                target,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

@@ -14,8 +14,6 @@ import http.server
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,32 +22,23 @@ from urllib.parse import urlparse
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SITE = ROOT / "site"
 SCREENSHOTS = ROOT / "build" / "screenshots"
+
+HAVE_BROWSER = shutil.which("chromium") is not None and shutil.which("chromedriver") is not None
+if not HAVE_BROWSER and os.environ.get("CI"):
+    raise RuntimeError("CI must run the browser tests: install chromium and chromium-driver (.ci/run does)")
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(
-        shutil.which("chromium") is None or shutil.which("chromedriver") is None,
-        reason="needs Debian chromium and chromium-driver (.ci/run installs them)",
-    ),
+    pytest.mark.skipif(not HAVE_BROWSER, reason="needs Debian chromium and chromium-driver (.ci/run installs them)"),
 ]
 
 LOCAL_SCHEMES = {"data", "blob", "about", "chrome-extension"}
 
 
-def _build_site_if_missing() -> None:
-    if (SITE / "index.html").exists():
-        return
-    env = dict(os.environ, PYTHONPATH=str(ROOT), NO_MKDOCS_2_WARNING="1")
-    mkdocs = Path(sys.executable).parent / "mkdocs"
-    subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(SITE)], cwd=ROOT, env=env, check=True)
-
-
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    _build_site_if_missing()
-    handler = functools.partial(_QuietHandler, directory=str(SITE))
+def base_url(site_dir: Path) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(site_dir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -93,11 +82,10 @@ def driver():
         browser.quit()
 
 
-def _pages() -> list[str]:
-    _build_site_if_missing()
+def _pages(site: Path) -> list[str]:
     pages = []
-    for index in sorted(SITE.rglob("index.html")):
-        rel = index.parent.relative_to(SITE).as_posix()
+    for index in sorted(site.rglob("index.html")):
+        rel = index.parent.relative_to(site).as_posix()
         if not rel.startswith(("assets", "search")):
             pages.append("" if rel == "." else f"{rel}/")
     return pages
@@ -117,9 +105,9 @@ def _is_loopback(url: str) -> bool:
     return parsed.scheme in LOCAL_SCHEMES or parsed.hostname in ("127.0.0.1", "localhost")
 
 
-def test_every_page_loads_offline_without_errors(driver, base_url: str) -> None:
+def test_every_page_loads_offline_without_errors(driver, base_url: str, site_dir: Path) -> None:
     problems = []
-    pages = _pages()
+    pages = _pages(site_dir)
     assert len(pages) >= 4, pages
     for page in pages:
         driver.get_log("browser")  # drop what earlier pages left

@@ -173,6 +173,12 @@ def test_tampered_file_is_named(tiny_zoo: Path) -> None:
         verify([ReferenceRuntime()], zoo=tiny_zoo)
 
 
+def test_unlisted_file_is_named(tiny_zoo: Path) -> None:
+    (tiny_zoo / "spine/affine/test_data_set_0/input_9.pb").write_bytes(b"extra")
+    with pytest.raises(UsageError, match=r"spine/affine/test_data_set_0/input_9.pb: not in the manifest"):
+        verify([ReferenceRuntime()], zoo=tiny_zoo)
+
+
 def test_compare_reports_shape_and_value_errors() -> None:
     want = {"y": np.zeros((2, 3), np.float32)}
     assert compare({"y": np.zeros((3, 2), np.float32)}, want, 0, 0)[2] == (
@@ -236,7 +242,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (("zoo", "no_such_case"), "error: unknown case 'no_such_case'; valid: a topic ("),
         (("verify", "no_such_case"), "error: unknown case 'no_such_case'; valid: a topic ("),
         (("frobnicate",), "error: argument command: invalid choice: 'frobnicate'"),
-        (("verify", "--runtime", "nomodule"), "error: --runtime 'nomodule': expected module:ClassName"),
+        (("verify", "--runtime", "nomodule"), "error: runtime 'nomodule': expected module:ClassName"),
         (("bench", "no_such_topic"), "error: unknown topic 'no_such_topic'; valid: "),
     ],
 )
@@ -272,3 +278,14 @@ def test_committed_zoo_matches_the_case_functions(tmp_path: Path) -> None:
     ]
     assert not stale, f"zoo is stale for {stale[:5]}; run `make zoo` and commit"
     assert fresh == committed
+
+
+def test_docs_matrix_is_rerun_when_partial(tiny_zoo: Path, tmp_path: Path) -> None:
+    from generator.docs import load_matrix
+    from generator.verify import write_matrix
+
+    path = tmp_path / "matrix.json"
+    write_matrix({"runtimes": [], "cases": {}}, path)  # as a `verify <pattern>` run might leave it
+    matrix = load_matrix(path, tiny_zoo)
+    assert list(matrix["cases"]) == ["spine/affine"]
+    assert load_matrix(path, tiny_zoo) == matrix  # now current: read, not re-run
