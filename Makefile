@@ -29,6 +29,7 @@ verify: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check generator proposals tests
+	$(PY) -m ruff format --check generator proposals tests
 
 unit: $(STAMP)
 	$(PY) -m pytest
@@ -47,8 +48,9 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m generator bench
 
+# SITE_URL=https://... turns the posts' site links into absolute links.
 snippets: $(STAMP)
-	$(PY) -m generator snippets
+	$(PY) -m generator snippets $(if $(SITE_URL),--site-url $(SITE_URL))
 
 clean:
 	rm -rf site build .pytest_cache

@@ -112,7 +112,7 @@ def cmd_new_proposal(args: argparse.Namespace) -> int:
 def cmd_snippets(args: argparse.Namespace) -> int:
     from generator.snippets import ROOT, export_all
 
-    for path in export_all():
+    for path in export_all(site_url=args.site_url):
         print(f"exported {path.relative_to(ROOT)}")
     return 0
 
@@ -156,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     n.set_defaults(run=cmd_new_proposal)
 
     s = sub.add_parser("snippets", help="export each blog post as standalone Markdown to build/snippets/")
+    s.add_argument("--site-url", help="published site address: relative links become absolute links to it")
     s.set_defaults(run=cmd_snippets)
     return p
 

@@ -20,12 +20,26 @@ REQUIRED_SECTIONS: tuple[tuple[str, ...], ...] = (
 
 
 def headings(markdown: str) -> list[str]:
-    """The ``## `` headings of a page, outside fenced code blocks."""
-    found, fenced = [], False
+    """The ``## `` headings of a page, outside fenced code blocks.
+
+    A fence closes only on the same character repeated at least as often as it opened
+    with, so a ```` ``` ```` line inside a ``~~~~`` block does not end it.
+    """
+    found: list[str] = []
+    fence = ""
     for line in markdown.splitlines():
-        if re.match(r"^\s*(```|~~~)", line):
-            fenced = not fenced
-        elif not fenced and line.startswith("## "):
+        marker = re.match(r"^\s*(`{3,}|~{3,})", line)
+        if fence:
+            if (
+                marker
+                and marker[1][0] == fence[0]
+                and len(marker[1]) >= len(fence)
+                and not line.strip()[len(marker[1]) :]
+            ):
+                fence = ""
+        elif marker:
+            fence = marker[1]
+        elif line.startswith("## "):
             found.append(line[3:].strip())
     return found
 

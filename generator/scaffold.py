@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import keyword
 import re
+import shutil
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -66,15 +67,25 @@ def add_to_nav(name: str, root: Path = ROOT) -> None:
 
 
 def new_proposal(name: str, root: Path = ROOT) -> list[Path]:
-    """Create ``proposals/NAME/``, register its page and write its example case to the zoo."""
-    check_name(name, root)
-    written = render(name, root)
-    add_to_nav(name, root)
-    from generator import zoo
-    from generator.registry import discover, select
+    """Create ``proposals/NAME/``, register its page and write its example case to the zoo.
 
-    importlib.invalidate_caches()
-    importlib.import_module(f"proposals.{name}.cases")
-    discover.cache_clear()
-    zoo.write(select([name]), root / "zoo", prune=False)
+    All or nothing: if a step fails, the folder and the nav entry are removed again.
+    """
+    check_name(name, root)
+    nav = root / "mkdocs.yml"
+    nav_before = nav.read_text()
+    try:
+        written = render(name, root)
+        add_to_nav(name, root)
+        from generator import zoo
+        from generator.registry import discover, select
+
+        importlib.invalidate_caches()
+        importlib.import_module(f"proposals.{name}.cases")
+        discover.cache_clear()
+        zoo.write(select([name]), root / "zoo", prune=False)
+    except BaseException:
+        shutil.rmtree(root / "proposals" / name, ignore_errors=True)
+        nav.write_text(nav_before)
+        raise
     return written

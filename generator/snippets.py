@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from generator.errors import UsageError
@@ -28,6 +29,8 @@ _FENCE = re.compile(
 )
 _INCLUDE = re.compile(r'^(?P<indent> *)--8<-- "(?P<target>[^"]+)"\s*$', re.M)
 _IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)")
+_LINK = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<href>[^)\s]+)\)")
+DOCS = ROOT / "docs"
 _FRONT_MATTER = re.compile(r"\A---\n(?P<yaml>.*?)\n---\n", re.S)
 
 
@@ -61,12 +64,37 @@ def _options(info: str) -> tuple[str, dict[str, str]]:
     return language, options
 
 
-class Exporter:
-    """Runs one post's executed blocks in their sessions and writes the export."""
+def outside_code(markdown: str, edit: Callable[[str], str]) -> str:
+    """Apply ``edit`` to the prose only, leaving fenced blocks (code, printed output) as they are."""
+    parts, last = [], 0
+    for fence in _FENCE.finditer(markdown):
+        parts += [edit(markdown[last : fence.start()]), fence[0]]
+        last = fence.end()
+    return "".join([*parts, edit(markdown[last:])])
 
-    def __init__(self, post: Path, out_dir: Path) -> None:
+
+def site_path(post: Path, href: str) -> str:
+    """Where a post's relative link lands on the site: ``proposals/kv_cache/#pitfalls``."""
+    target, _, fragment = href.partition("#")
+    docs_rel = Path(os.path.relpath((post.parent / target).resolve(), DOCS.resolve())).as_posix()
+    if docs_rel.endswith(("README.md", "index.md")):
+        docs_rel = docs_rel.rsplit("/", 1)[0] + "/" if "/" in docs_rel else ""
+    elif docs_rel.endswith(".md"):
+        docs_rel = docs_rel.removesuffix(".md") + "/"
+    return docs_rel + (f"#{fragment}" if fragment else "")
+
+
+class Exporter:
+    """Runs one post's executed blocks in their sessions and writes the export.
+
+    Relative links become absolute when ``site_url`` is known; otherwise the link text
+    stays, followed by the page's path on the project site.
+    """
+
+    def __init__(self, post: Path, out_dir: Path, site_url: str | None = None) -> None:
         self.post = post
         self.out_dir = out_dir
+        self.site_url = site_url.rstrip("/") + "/" if site_url else None
         self.sessions: dict[str, dict] = {}
         self.figures = 0
 
@@ -106,8 +134,19 @@ class Exporter:
             source = ROOT / Path(os.path.relpath(source, ROOT / "docs"))
         if not source.is_file():
             raise UsageError(f"{self.post.name}: image {src!r} not found")
-        shutil.copy2(source, self.out_dir / source.name)
-        return f"![{match['alt']}]({source.name})"
+        # Named by their place in the repository, so two plots called decode.svg stay apart.
+        name = source.relative_to(ROOT).as_posix().replace("/", "-") if ROOT in source.parents else source.name
+        shutil.copy2(source, self.out_dir / name)
+        return f"![{match['alt']}]({name})"
+
+    def _absolute_link(self, match: re.Match) -> str:
+        href = match["href"]
+        if "://" in href or href.startswith(("#", "mailto:")):
+            return match[0]
+        path = site_path(self.post, href)
+        if self.site_url:
+            return f"[{match['text']}]({self.site_url}{path})"
+        return f"{match['text']} (`{path or '/'}` on the project site)"
 
     def export(self) -> Path:
         text = self.post.read_text()
@@ -116,14 +155,14 @@ class Exporter:
         body = expand_includes(body).replace("<!-- more -->\n", "")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         body = _FENCE.sub(lambda m: self._block(m, body), body)
-        body = _IMAGE.sub(self._copy_image, body)
+        body = outside_code(body, lambda prose: _LINK.sub(self._absolute_link, _IMAGE.sub(self._copy_image, prose)))
         path = self.out_dir / "post.md"
         path.write_text(body.lstrip())
         return path
 
 
-def export_all(posts: Path = POSTS, out: Path = OUT) -> list[Path]:
+def export_all(posts: Path = POSTS, out: Path = OUT, site_url: str | None = None) -> list[Path]:
     """Export every post to ``build/snippets/<post-stem>/post.md`` (plus its pictures)."""
     if out.exists():
         shutil.rmtree(out)
-    return [Exporter(post, out / post.stem).export() for post in sorted(posts.glob("*.md"))]
+    return [Exporter(post, out / post.stem, site_url).export() for post in sorted(posts.glob("*.md"))]

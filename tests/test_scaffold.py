@@ -88,3 +88,10 @@ def test_no_snippet_include_is_mangled() -> None:
     assert mangled_includes('```python\n--8<-- "proposals/x.py:y"\n```') == []
     bad = {str(p.relative_to(ROOT)): mangled_includes(p.read_text()) for p in markdown_pages()}
     assert not {k: v for k, v in bad.items() if v}
+
+
+def test_fences_close_only_on_their_own_marker() -> None:
+    from generator.lint import headings
+
+    text = "~~~~markdown\n```python\n## Hidden\n```\n~~~~\n## Shown\n"
+    assert headings(text) == ["Shown"]

@@ -21,6 +21,9 @@ def test_every_post_exports_standalone(tmp_path: Path) -> None:
         assert "```text\n" in text, "printed output is inlined"
         for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
             assert "/" not in image and (post.parent / image).stat().st_size > 0
+        prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+        links = re.findall(r"(?<!!)\[[^\]]+\]\((?!https?://)[^)]*\)", prose)
+        assert not links, f"site-relative links remain: {links}"
 
 
 def test_include_reads_a_named_section() -> None:
@@ -28,3 +31,20 @@ def test_include_reads_a_named_section() -> None:
     assert text.startswith("class ReferenceRuntime(Runtime):")
     with pytest.raises(UsageError, match="no section 'nope' in generator/runtimes.py"):
         include("generator/runtimes.py:nope")
+
+
+def test_links_become_absolute_with_a_site_url(tmp_path: Path) -> None:
+    (post,) = [p for p in export_all(POSTS, tmp_path, site_url="https://example.org/genai/") if "kv-cache" in str(p)]
+    text = post.read_text()
+    assert "](https://example.org/genai/conformance/)" in text
+    assert "](https://example.org/genai/proposals/kv_cache/)" in text
+    assert "proposals-kv_cache-bench-kv_update.svg" in text
+
+
+def test_site_path_of_links() -> None:
+    from generator.snippets import site_path
+
+    post = POSTS / "a-post.md"
+    assert site_path(post, "../../proposals/moe/README.md#benchmark") == "proposals/moe/#benchmark"
+    assert site_path(post, "../../conformance.md") == "conformance/"
+    assert site_path(post, "../index.md") == "blog/"
