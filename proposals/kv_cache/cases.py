@@ -47,16 +47,12 @@ def _step_dataset(q, k, v, past_key, past_value, step: reference.Step) -> DataSe
 
 def _linear_sequence(rng, chunks: list[int], *, batch=1, q_heads=2, kv_heads=2, max_len=8, head_dim=4) -> list[DataSet]:
     """Prefill/decode chunks of the given sizes through one linear buffer."""
-    past_key = np.zeros((batch, kv_heads, max_len, head_dim), np.float32)
-    past_value = np.zeros_like(past_key)
-    lengths = np.zeros(batch, np.int64)
-    datasets = []
-    for seq in chunks:
-        q, k, v = _qkv(rng, batch, q_heads, kv_heads, seq, head_dim)
-        step = reference.linear_step(past_key, past_value, lengths, q, k, v)
-        datasets.append(_step_dataset(q, k, v, past_key, past_value, step))
-        past_key, past_value, lengths = step.present_key, step.present_value, step.nonpad_kv_seqlen
-    return datasets
+    empty = np.zeros((batch, kv_heads, max_len, head_dim), np.float32)
+    tokens = [_qkv(rng, batch, q_heads, kv_heads, seq, head_dim) for seq in chunks]
+    steps = reference.run_linear(tokens, empty, empty)
+    # Each step's past caches are the previous step's present ones.
+    pasts = [(empty, empty)] + [(step.present_key, step.present_value) for step in steps[:-1]]
+    return [_step_dataset(*qkv, *past, step) for qkv, past, step in zip(tokens, pasts, steps, strict=True)]
 
 
 @case

@@ -14,9 +14,12 @@ Expected outputs of every kv_cache zoo case come from here, never from a runtime
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 # --8<-- [start:tensor_scatter]
@@ -202,6 +205,9 @@ def rope_caches(max_positions: int, rotary_dim: int, base: float = 10000.0) -> t
 
 
 # --8<-- [start:drivers]
+QKV = tuple[np.ndarray, np.ndarray, np.ndarray]  # one step's new q, k, v, each (B, H, S, D)
+
+
 @dataclass(frozen=True)
 class Step:
     """What one cache step feeds the graph and what it gets back."""
@@ -213,7 +219,15 @@ class Step:
     present_value: np.ndarray
 
 
-def linear_step(past_key, past_value, lengths, q, k, v, **attention_kwargs) -> Step:
+def linear_step(
+    past_key: np.ndarray,
+    past_value: np.ndarray,
+    lengths: ArrayLike,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    **attention_kwargs: Any,
+) -> Step:
     """One step on a linear buffer: sample ``b`` holds ``lengths[b]`` tokens already.
 
     Prefill (``lengths == 0``) and decode are the same step: write at ``lengths``,
@@ -227,7 +241,15 @@ def linear_step(past_key, past_value, lengths, q, k, v, **attention_kwargs) -> S
     return Step(write, nonpad, y, key, value)
 
 
-def circular_step(past_key, past_value, seen, q, k, v, **attention_kwargs) -> Step:
+def circular_step(
+    past_key: np.ndarray,
+    past_value: np.ndarray,
+    seen: ArrayLike,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    **attention_kwargs: Any,
+) -> Step:
     """One decode step (one token) on a circular buffer of ``L`` slots.
 
     ``seen[b]`` tokens came before; the new one goes to slot ``seen % L`` and the query
@@ -245,7 +267,9 @@ def circular_step(past_key, past_value, seen, q, k, v, **attention_kwargs) -> St
     return Step(write, nonpad, y, key, value)
 
 
-def run_linear(chunks, past_key, past_value, lengths=None) -> list[Step]:
+def run_linear(
+    chunks: Iterable[QKV], past_key: np.ndarray, past_value: np.ndarray, lengths: ArrayLike | None = None
+) -> list[Step]:
     """Feed ``(q, k, v)`` chunks one after another through a linear buffer."""
     lengths = np.zeros(past_key.shape[0], np.int64) if lengths is None else np.asarray(lengths)
     steps = []
@@ -256,7 +280,9 @@ def run_linear(chunks, past_key, past_value, lengths=None) -> list[Step]:
     return steps
 
 
-def run_circular(tokens, past_key, past_value, seen=None) -> list[Step]:
+def run_circular(
+    tokens: Iterable[QKV], past_key: np.ndarray, past_value: np.ndarray, seen: ArrayLike | None = None
+) -> list[Step]:
     """Feed single-token ``(q, k, v)`` steps one after another through a circular buffer."""
     seen = np.zeros(past_key.shape[0], np.int64) if seen is None else np.asarray(seen)
     steps = []

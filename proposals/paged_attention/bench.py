@@ -16,9 +16,10 @@ import onnxruntime as ort
 
 from generator.bench import plot_ratios, ratios, results_dir, time_interleaved, write_json
 from generator.ort import session
+from proposals.kv_cache.models import cache_step_model
 from proposals.paged_attention import simulate
 from proposals.paged_attention.bench_models import DecodeShape, paged_decode_model, paged_step_feeds, widen_pool
-from proposals.paged_attention.build import PagedShape, linear_model, paged_model
+from proposals.paged_attention.build import PagedShape, paged_model
 
 TOPIC = "paged_attention"
 HEADS = {"q_heads": 32, "kv_heads": 8, "head_dim": 128}
@@ -75,16 +76,16 @@ def baseline(shape: DecodeShape, feeds: dict[str, np.ndarray]):
         return np.ascontiguousarray(seq.transpose(0, 2, 1, 3))
 
     linear = {
-        "query": feeds["query"],
-        "key": feeds["key"].reshape(b, h, 1, d),
-        "value": feeds["value"].reshape(b, h, 1, d),
+        "q": feeds["query"],
+        "k": feeds["key"].reshape(b, h, 1, d),
+        "v": feeds["value"].reshape(b, h, 1, d),
         "past_key": contiguous(feeds["key_cache"]),
         "past_value": contiguous(feeds["value_cache"]),
         "write_indices": np.full(b, shape.context - 1, np.int64),
         "nonpad_kv_seqlen": feeds["seq_lens"],
     }
     del bs
-    model = linear_model(shape.q_heads, h, d, shape.context)
+    model = cache_step_model(q_heads=shape.q_heads, kv_heads=h, max_len=shape.context, head_dim=d)
     state = {"past_key": "present_key", "past_value": "present_value"}
     return bound_runner(model, linear, state, in_place=True)
 

@@ -1,5 +1,7 @@
-"""Model builders: the paged step (as the function op, or inlined to standard ops) and
-the contiguous linear-buffer step it is compared with (TensorScatter x2 + Attention-24)."""
+"""Model builder of the paged step, as the function op or inlined to standard ops.
+
+The contiguous linear-buffer step it is compared with is the KV-cache proposal's own
+:func:`proposals.kv_cache.models.cache_step_model` (TensorScatter x2 + Attention-24)."""
 
 from __future__ import annotations
 
@@ -77,39 +79,3 @@ def paged_model(shape: PagedShape, *, inline: bool = True) -> onnx.ModelProto:
     del flat.opset_import[:]
     flat.opset_import.append(helper.make_opsetid("", OPSET))
     return stamp(flat)
-
-
-def linear_model(q_heads: int, kv_heads: int, head_dim: int, max_len: int) -> onnx.ModelProto:
-    """The contiguous linear-buffer step of the ONNX ``kv_cache.md`` pattern.
-
-    TensorScatter writes the new K/V at ``write_indices`` into [B, Hkv, max_len, D]
-    caches; Attention-24 reads the whole caches, masked by ``nonpad_kv_seqlen``.
-    """
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    cache = ["batch", kv_heads, max_len, head_dim]
-    inputs = [
-        helper.make_tensor_value_info("query", f32, ["batch", q_heads, "q_len", head_dim]),
-        helper.make_tensor_value_info("key", f32, ["batch", kv_heads, "q_len", head_dim]),
-        helper.make_tensor_value_info("value", f32, ["batch", kv_heads, "q_len", head_dim]),
-        helper.make_tensor_value_info("past_key", f32, cache),
-        helper.make_tensor_value_info("past_value", f32, cache),
-        helper.make_tensor_value_info("write_indices", i64, ["batch"]),
-        helper.make_tensor_value_info("nonpad_kv_seqlen", i64, ["batch"]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info("output", f32, ["batch", q_heads, "q_len", head_dim]),
-        helper.make_tensor_value_info("present_key", f32, cache),
-        helper.make_tensor_value_info("present_value", f32, cache),
-    ]
-    nodes = [
-        helper.make_node("TensorScatter", ["past_key", "key", "write_indices"], ["present_key"], axis=2),
-        helper.make_node("TensorScatter", ["past_value", "value", "write_indices"], ["present_value"], axis=2),
-        helper.make_node(
-            "Attention",
-            ["query", "present_key", "present_value", "", "", "", "nonpad_kv_seqlen"],
-            ["output"],
-            is_causal=1,
-        ),
-    ]
-    graph = helper.make_graph(nodes, "linear_kv_step", inputs, outputs)
-    return make_model(graph, {"": OPSET})

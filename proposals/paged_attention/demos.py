@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
-from onnx.reference import ReferenceEvaluator
 
 from generator.bench import results_dir
-from generator.ort import session
-from generator.registry import select
+from generator.registry import Case, select
+from generator.runtimes import OnnxRuntime, ReferenceRuntime
+from generator.verify import compare
 from proposals.paged_attention.streams import contiguous_outputs
 
 
@@ -20,21 +21,28 @@ def case_check_table() -> str:
         "KV-proposal linear buffer vs reference |",
         "|---|---:|---:|---:|---:|",
     ]
+    runtimes = {"ort": OnnxRuntime(), "ref": ReferenceRuntime()}
     for spec in select(["paged_attention"]):
         built = spec.build()
-        names = [o.name for o in built.model.graph.output]
         errors = {"ort": 0.0, "ref": 0.0, "linear": 0.0}
-        runners = {"ort": session(built.model).run, "ref": ReferenceEvaluator(built.model).run}
+        runners = {key: rt.load_model(built.model) for key, rt in runtimes.items()}
         for data in built.datasets:
             for key, run in runners.items():
-                got = dict(zip(names, run(None, dict(data.inputs)), strict=True))
-                errors[key] = max(errors[key], *(float(np.abs(got[n] - data.outputs[n]).max()) for n in names))
+                errors[key] = max(errors[key], _max_error(run(data.inputs), data.outputs, built))
             if "cu_seqlens_q" in data.inputs:
-                linear = contiguous_outputs(dict(data.inputs), "kv_reference")
-                errors["linear"] = max(errors["linear"], float(np.abs(linear - data.outputs["output"]).max()))
+                linear = {"output": contiguous_outputs(dict(data.inputs), "kv_reference")}
+                errors["linear"] = max(errors["linear"], _max_error(linear, {"output": data.outputs["output"]}, built))
         linear = f"{errors['linear']:.1e}" if spec.name != "paged_rewritten_decoder_layer" else "(is one)"
         rows.append(f"| `{spec.name}` | {len(built.datasets)} | {errors['ort']:.1e} | {errors['ref']:.1e} | {linear} |")
     return "\n".join(rows)
+
+
+def _max_error(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], built: Case) -> float:
+    """Max abs error over ``expected``; raises if it is outside the case's tolerance."""
+    ok, err, problem = compare(actual, expected, built.rtol, built.atol)
+    if not ok:
+        raise AssertionError(problem)
+    return err
 
 
 def bench_table(name: str = "decode") -> str:

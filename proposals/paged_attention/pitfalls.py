@@ -9,15 +9,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
 
 from generator.onnx_build import make_model
 from generator.ort import session
+from generator.runtimes import OnnxRuntime, OpenVinoRuntime, ReferenceRuntime, Runtime
+from generator.verify import first_line
 from proposals.paged_attention.reference import attend
 
 OPSET = 24
@@ -32,24 +31,10 @@ def _single_node(op: str, inputs: dict[str, np.ndarray], out_rank: int, **attrs)
     return make_model(helper.make_graph([node], op.lower(), infos, [out]), {"": OPSET})
 
 
-def runtimes() -> dict[str, Callable[[onnx.ModelProto, dict], np.ndarray]]:
-    """Each runtime as ``fn(model, feeds) -> first output``; OpenVINO in f32."""
-    import openvino as ov
-
-    def ov_run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
-        core = ov.Core()
-        compiled = core.compile_model(
-            core.read_model(model.SerializeToString(), b""),
-            "CPU",
-            {"INFERENCE_PRECISION_HINT": "f32"},
-        )
-        return compiled(feeds)[0]
-
-    return {
-        "reference": lambda m, f: ReferenceEvaluator(m).run(None, f)[0],
-        "onnxruntime": lambda m, f: session(m).run(None, f)[0],
-        "openvino": ov_run,
-    }
+def runtimes() -> list[Runtime]:
+    """The matrix's runtimes (OpenVINO compiled in f32, as the verifier does). The
+    ``openvino-inlined`` column is left out: these single-op models have no functions."""
+    return [ReferenceRuntime(), OnnxRuntime(), OpenVinoRuntime()]
 
 
 def negative_slot_wraps() -> dict[str, list[float]]:
@@ -61,7 +46,7 @@ def negative_slot_wraps() -> dict[str, list[float]]:
         "token": np.array([[99.0]], dtype=np.float32),
     }
     model = _single_node("ScatterND", feeds, 2)
-    return {name: fn(model, feeds).ravel().tolist() for name, fn in runtimes().items()}
+    return {rt.name: rt.load_model(model)(feeds)["y"].ravel().tolist() for rt in runtimes()}
 
 
 def negative_block_wraps() -> dict[str, list[float]]:
@@ -71,7 +56,7 @@ def negative_block_wraps() -> dict[str, list[float]]:
         "table": np.array([0, -1], dtype=np.int64),
     }
     model = _single_node("Gather", feeds, 2, axis=0)
-    return {name: fn(model, feeds).ravel().tolist() for name, fn in runtimes().items()}
+    return {rt.name: rt.load_model(model)(feeds)["y"].ravel().tolist() for rt in runtimes()}
 
 
 def duplicate_slots(tokens: int = 64, width: int = 4096) -> dict[str, list[float] | str]:
@@ -84,11 +69,11 @@ def duplicate_slots(tokens: int = 64, width: int = 4096) -> dict[str, list[float
     }
     model = _single_node("ScatterND", feeds, 2)
     results: dict[str, list[float] | str] = {}
-    for name, fn in runtimes().items():
+    for rt in runtimes():
         try:
-            results[name] = np.unique(fn(model, feeds)[1]).tolist()
-        except Exception as err:  # a runtime may reject duplicates: that is data too
-            results[name] = f"error: {str(err).splitlines()[0][:80]}"
+            results[rt.name] = np.unique(rt.load_model(model)(feeds)["y"][1]).tolist()
+        except Exception as err:  # noqa: BLE001 - a runtime may reject duplicates: that is data too
+            results[rt.name] = f"error: {first_line(err)[:80]}"
     return results
 
 

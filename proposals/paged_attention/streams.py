@@ -140,7 +140,8 @@ def linear_steps(inputs: dict[str, np.ndarray]) -> list[tuple[int, int, dict[str
 
     Each sequence's past K/V are read out of the input pools into a contiguous
     [1, Hkv, max_len, D] cache; the new tokens become [1, H, S, D]. Returns
-    ``(start, end, feeds of the linear-buffer model)`` per sequence.
+    ``(start, end, feeds of the linear-buffer model)`` per sequence, named as the inputs
+    of :func:`proposals.kv_cache.models.cache_step_model`.
     """
     key_cache, value_cache = inputs["key_cache"], inputs["value_cache"]
     block_size, hkv, d = key_cache.shape[1:]
@@ -158,9 +159,9 @@ def linear_steps(inputs: dict[str, np.ndarray]) -> list[tuple[int, int, dict[str
                 flat[p] = pool[table[b, p // block_size], p % block_size]
             cache[name] = flat.transpose(1, 0, 2)[None]
         feeds = {
-            "query": _heads(inputs["query"][start:end], hq),
-            "key": _heads(inputs["key"][start:end], hkv),
-            "value": _heads(inputs["value"][start:end], hkv),
+            "q": _heads(inputs["query"][start:end], hq),
+            "k": _heads(inputs["key"][start:end], hkv),
+            "v": _heads(inputs["value"][start:end], hkv),
             **cache,
             "write_indices": np.array([past], np.int64),
             "nonpad_kv_seqlen": np.array([int(lens[b])], np.int64),
@@ -172,12 +173,12 @@ def linear_steps(inputs: dict[str, np.ndarray]) -> list[tuple[int, int, dict[str
 def contiguous_outputs(inputs: dict[str, np.ndarray], engine: str = "onnxruntime") -> np.ndarray:
     """A paged step's output recomputed sequence by sequence on a contiguous linear buffer.
 
-    ``engine`` is ``onnxruntime`` (this topic's TensorScatter + Attention-24 model) or
-    ``kv_reference`` (the KV-cache proposal's numpy ``linear_step``). Returns [T, Hq*Dv]
+    ``engine`` is ``onnxruntime`` (the KV-cache proposal's TensorScatter + Attention-24
+    step model) or ``kv_reference`` (its numpy ``linear_step``). Returns [T, Hq*Dv]
     like the paged ``output``; padding tokens' rows stay 0.
     """
+    from proposals.kv_cache.models import cache_step_model
     from proposals.kv_cache.reference import linear_step
-    from proposals.paged_attention.build import linear_model
 
     d = inputs["key_cache"].shape[3]
     hq = inputs["query"].shape[1] // d
@@ -185,7 +186,8 @@ def contiguous_outputs(inputs: dict[str, np.ndarray], engine: str = "onnxruntime
     steps = linear_steps(inputs)
     if engine == "onnxruntime":
         max_len = steps[0][2]["past_key"].shape[2]
-        run = session(linear_model(hq, inputs["key_cache"].shape[2], d, max_len)).run
+        kv_heads = inputs["key_cache"].shape[2]
+        run = session(cache_step_model(q_heads=hq, kv_heads=kv_heads, max_len=max_len, head_dim=d)).run
     for start, end, feeds in steps:
         if engine == "onnxruntime":
             y = run(None, feeds)[0]
@@ -194,9 +196,9 @@ def contiguous_outputs(inputs: dict[str, np.ndarray], engine: str = "onnxruntime
                 feeds["past_key"],
                 feeds["past_value"],
                 feeds["write_indices"],
-                feeds["query"],
-                feeds["key"],
-                feeds["value"],
+                feeds["q"],
+                feeds["k"],
+                feeds["v"],
             ).y
         else:
             raise UsageError(f"unknown engine {engine!r}; valid: onnxruntime, kv_reference")
