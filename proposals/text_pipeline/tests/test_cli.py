@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from generator.bench import ROOT
+from proposals.text_pipeline.config import GenerationInput
 from proposals.text_pipeline.folder import write_folder
+from proposals.text_pipeline.pipeline import create_pipeline
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -24,10 +27,37 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_streams_generated_text():
-    done = cli("The KV cache", "--backend", "onnxruntime", "--max-new-tokens", "12")
-    assert done.returncode == 0, done.stderr
-    assert len(done.stdout.strip()) > 5
+def read_chunks(args: list[str]) -> tuple[list[bytes], list[bool], int]:
+    """Run the CLI and read its stdout pipe as the bytes arrive: each chunk, whether the
+    process was still running when it arrived, and the exit status."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proposals.text_pipeline", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    chunks, running = [], []
+    while chunk := os.read(proc.stdout.fileno(), 65536):  # returns whatever has been written
+        chunks.append(chunk)
+        running.append(proc.poll() is None)
+    proc.stdout.close()
+    return chunks, running, proc.wait(timeout=120)
+
+
+def test_streams_generated_text(tmp_path):
+    """The text arrives in several pieces while the process is still generating, and the
+    pieces join to the pipeline's own (unstreamed) result."""
+    folder = write_folder("llama", tmp_path / "llama")
+    chunks, running, code = read_chunks(["The KV cache", "--model-dir", str(folder), "--max-new-tokens", "48"])
+    assert code == 0
+    pipeline = create_pipeline("onnxruntime", folder)
+    pipeline.set_generation_config(pipeline.get_generation_config().with_(max_new_tokens=48))
+    expected = pipeline(GenerationInput("The KV cache")).text
+    assert b"".join(chunks).decode() == expected + "\n"
+    # ~30 pieces arrive on an idle machine; 3 leaves room for a loaded one to merge reads
+    assert sum(running) >= 3, f"{sum(running)} piece(s) arrived before the process exited: not streamed"
+    assert running[0], "the first piece only arrived after the process had exited"
+    assert len(chunks[0]) < len(expected.encode())
 
 
 @pytest.mark.parametrize(
