@@ -34,6 +34,7 @@ from generator.onnx_build import initializer, make_model
 OPSET = 24
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin independent of length
+CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")
 
 
 # --8<-- [start:spec]
@@ -285,11 +286,23 @@ def _io(spec: DecoderSpec) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueIn
     return inputs, outputs
 
 
+def causal_lm_spec(model) -> DecoderSpec:
+    """The spec of a supported transformers causal LM; anything else is a UsageError."""
+    supported = ", ".join(CAUSAL_LM_CLASSES)
+    expected = f"build_decoder expects a transformers *ForCausalLM of a supported architecture ({supported})"
+    if not hasattr(getattr(model, "config", None), "model_type"):
+        raise UsageError(f"{expected}; got {type(model).__name__}")
+    spec = decoder_spec(model.config)  # names an unsupported architecture or feature
+    if not (type(model).__name__.endswith("ForCausalLM") and hasattr(model, "model") and hasattr(model, "lm_head")):
+        raise UsageError(f"{expected}; got {type(model).__name__}, which has no language-model head")
+    return spec
+
+
 # --8<-- [start:build_decoder]
 def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     """An opset-24 ONNX decoder (TensorScatter-24 cache + Attention-24) for a transformers
     Llama, Qwen2, Qwen3 or Mistral causal LM, weights stored as initializers."""
-    spec = decoder_spec(hf_causal_lm.config)
+    spec = causal_lm_spec(hf_causal_lm)
     body = hf_causal_lm.model
     g = _Graph()
     ctx = _cache_context(g, spec, *_rope_tables(hf_causal_lm, spec))

@@ -32,6 +32,16 @@ class SequenceState:
     finish_reason: str | None = None
 
 
+def check_context(lengths: Sequence[int], max_positions: int) -> None:
+    """Every backend's rule: each sequence must leave room for at least one new token."""
+    longest = max(lengths)
+    if longest >= max_positions:
+        raise UsageError(
+            f"the prompt has {longest} tokens; the model's context is {max_positions} tokens, "
+            f"so a prompt may have at most {max_positions - 1} (one new token must fit)"
+        )
+
+
 # --8<-- [start:generator]
 class Generator:
     """``Text2Text::Generator`` for a batch: feed prompts, then pull one token per step."""
@@ -62,6 +72,9 @@ class Generator:
         bad = [t for seq in tokens for t in seq if not 0 <= int(t) < self.runner.vocab_size]
         if bad:
             raise UsageError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.runner.vocab_size})")
+        check_context(
+            [len(s.history) + len(t) for s, t in zip(self.seqs, tokens, strict=True)], self.runner.max_positions
+        )
         if not self._started:
             longest = max(len(t) for t in tokens)
             budget = self.config.new_token_budget(min(len(t) for t in tokens))
@@ -92,8 +105,9 @@ class Generator:
         )
         chosen = lp.choose(processed, self.config.sampling_config, self.rng)
         out: list[int | None] = []
-        # every sequence is fed each step, so the longest one bounds the whole batch
-        full = max(self.runner.lengths) + 1 > self.runner.capacity
+        # a sequence holds at most `capacity` tokens, this new one included (ORT GenAI's
+        # max_length rule); every sequence is fed each step, so the longest bounds the batch
+        full = max(self.runner.lengths) + 1 >= self.runner.capacity
         for seq, token in zip(self.seqs, chosen.tolist(), strict=True):
             if seq.finish_reason is not None:
                 out.append(None)
@@ -148,6 +162,7 @@ def beam_search(runner: Runner, prompt: Sequence[int], config: GenerationConfig)
     """
     beams = config.beam_search_config
     k = beams.num_beams
+    check_context([len(prompt)], runner.max_positions)
     budget = config.new_token_budget(len(prompt))
     budget = runner.max_positions - len(prompt) if budget is None else budget
     runner.start(k, len(prompt) + budget)

@@ -30,6 +30,7 @@ from generator.errors import UsageError
 from generator.onnx_build import initializer
 from proposals.text_pipeline.config import GenerationInput, GenerationResult
 from proposals.text_pipeline.decoder import spec_from_model
+from proposals.text_pipeline.generator import check_context
 from proposals.text_pipeline.pipeline import ModelFolder, Pipeline, _cut_after_stop
 from proposals.text_pipeline.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer
 
@@ -166,6 +167,7 @@ class OrtGenaiPipeline(Pipeline):
         if c.beam_search_config.num_beams > 1:
             raise UsageError("beam search on the onnxruntime-genai backend is not wired here; use onnxruntime")
         ids = [self.encode(p) for p in prompts]
+        check_context([len(i) for i in ids], self.spec.max_positions)
         width = max(map(len, ids))
         if self.spec.circular and width > self.spec.sliding_window:
             raise UsageError(

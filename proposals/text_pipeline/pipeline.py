@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 
 from generator.errors import UsageError
 from proposals.text_pipeline.config import (
@@ -136,14 +137,14 @@ def config_to_json(config: GenerationConfig) -> dict:
 
 def config_from_json(data: Mapping) -> GenerationConfig:
     """The inverse of ``config_to_json``; unknown keys are an error."""
-    data = dict(data)
     try:
+        data = dict(data)
         sampling = SamplingConfig(**data.pop("sampling_config", {}))
         beams = dict(data.pop("beam_search_config", {}))
         if "stop_criteria" in beams:
             beams["stop_criteria"] = StopCriteria[beams["stop_criteria"]]
         return GenerationConfig(sampling_config=sampling, beam_search_config=BeamSearchConfig(**beams), **data)
-    except (TypeError, KeyError) as err:
+    except (TypeError, KeyError, ValueError) as err:
         raise UsageError(f"bad generation_config in {PIPELINE_FILE}: {err}") from None
 
 
@@ -159,6 +160,7 @@ class ModelFolder:
 
     @classmethod
     def read(cls, path: str | Path) -> ModelFolder:
+        """Read and check a folder; a missing or malformed file is a one-line UsageError."""
         path = Path(path)
         meta_path = path / PIPELINE_FILE
         if not meta_path.is_file():
@@ -166,16 +168,63 @@ class ModelFolder:
                 f"{path} is not a text_pipeline model folder: no {PIPELINE_FILE} "
                 "(run `python -m generator zoo text_pipeline` to write the zoo)"
             )
-        manifest = json.loads(meta_path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise UsageError(f"{meta_path}: format {manifest.get('format')!r}; expected {FORMAT!r}")
-        return cls(
-            path,
-            onnx.load(path / manifest["decoder"]),
-            (path / manifest["tokenizer"]).read_bytes(),
-            config_from_json(manifest["generation_config"]),
-            manifest,
-        )
+        manifest = _read_manifest(meta_path)
+        decoder = _read_decoder(path / manifest["decoder"])
+        tokenizer = _read_tokenizer(path / manifest["tokenizer"], spec_from_model(decoder).vocab_size)
+        return cls(path, decoder, tokenizer, config_from_json(manifest["generation_config"]), manifest)
+
+
+MANIFEST_KEYS = {"format": str, "decoder": str, "tokenizer": str, "generation_config": dict}
+
+
+def _read_manifest(meta_path: Path) -> dict:
+    """``pipeline.json`` parsed, with its format and required keys checked."""
+    try:
+        manifest = json.loads(meta_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{meta_path}: not UTF-8 text; expected a JSON object") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{meta_path}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{meta_path}: expected a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise UsageError(f"{meta_path}: format {manifest.get('format')!r}; expected {FORMAT!r}")
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise UsageError(
+                f"{meta_path}: {key!r} is missing or not a {kind.__name__}; required keys: {', '.join(MANIFEST_KEYS)}"
+            )
+    return manifest
+
+
+def _read_decoder(model_path: Path) -> onnx.ModelProto:
+    """The decoder ``pipeline.json`` names, parsed and recognised as a text_pipeline decoder."""
+    if not model_path.is_file():
+        raise UsageError(f"{model_path}: no such file ({PIPELINE_FILE} names it as the decoder)")
+    try:
+        model = onnx.load(model_path)
+    except DecodeError:
+        raise UsageError(f"{model_path}: not an ONNX model (protobuf parse failed)") from None
+    try:
+        spec_from_model(model)
+    except UsageError as err:
+        raise UsageError(f"{model_path}: {err}") from None
+    return model
+
+
+def _read_tokenizer(tokenizer_path: Path, vocab_size: int) -> bytes:
+    """``tokenizer.json`` bytes, checked to load and to fit the decoder's vocabulary."""
+    if not tokenizer_path.is_file():
+        raise UsageError(f"{tokenizer_path}: no such file ({PIPELINE_FILE} names it as the tokenizer)")
+    data = tokenizer_path.read_bytes()
+    try:
+        size = load_tokenizer(data).get_vocab_size()
+    except Exception as err:  # tokenizers raises a bare Exception for any parse error
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"{tokenizer_path}: not a tokenizers tokenizer.json ({reason})") from None
+    if size > vocab_size:
+        raise UsageError(f"{tokenizer_path}: {size} tokens; the decoder's vocabulary has only {vocab_size}")
+    return data
 
 
 def pipeline_manifest(arch: str, config: GenerationConfig, hf_config: dict) -> dict:
@@ -269,13 +318,24 @@ def _transformers(model_dir: Path, device: Device) -> Pipeline:
     from proposals.text_pipeline.models import tiny_model
 
     folder = ModelFolder.read(model_dir)
-    model = tiny_model(folder.manifest["transformers"]["architecture"])
+    model = tiny_model(_recipe_architecture(folder))
     if decoder_spec(model.config) != spec_from_model(folder.decoder):
         raise UsageError(
             f"{model_dir}: the transformers recipe in {PIPELINE_FILE} does not "
             "describe model.onnx (shapes differ); rebuild the folder"
         )
     return Pipeline(TorchRunner(model), load_tokenizer(folder.tokenizer_json), folder.config)
+
+
+def _recipe_architecture(folder: ModelFolder) -> str:
+    """The architecture of the transformers recipe recorded in ``pipeline.json``."""
+    recipe = folder.manifest.get("transformers")
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("architecture"), str):
+        raise UsageError(
+            f"{folder.path / PIPELINE_FILE}: no transformers.architecture; the transformers backend "
+            "needs the recipe the zoo writes (use onnxruntime for other folders)"
+        )
+    return recipe["architecture"]
 
 
 def _onnxruntime_genai(model_dir: Path, device: Device) -> Pipeline:

@@ -167,6 +167,8 @@ class TorchRunner:
         rows = []
         with torch.no_grad():
             for row, seq in enumerate(tokens):
+                if self.lengths[row] + len(seq) > self.capacity:  # as OrtRunner: no silent overflow
+                    raise UsageError(f"{self.lengths[row] + len(seq)} tokens exceed the cache capacity {self.capacity}")
                 out = self.model(input_ids=torch.tensor([list(seq)]), cache=self.caches[row], use_cache=True)
                 self.caches[row] = out.cache
                 self.lengths[row] += len(seq)

@@ -53,4 +53,4 @@ def tokenizer_json() -> bytes:
 
 def load_tokenizer(data: bytes | None = None) -> Tokenizer:
     """A tokenizer from ``tokenizer.json`` bytes (the freshly trained one by default)."""
-    return Tokenizer.from_str((data or tokenizer_json()).decode("utf-8"))
+    return Tokenizer.from_str((tokenizer_json() if data is None else data).decode("utf-8"))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from generator.bench import ROOT
+from proposals.text_pipeline.config import GenerationInput
+from proposals.text_pipeline.folder import write_folder
+from proposals.text_pipeline.pipeline import create_pipeline
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -20,10 +27,37 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_streams_generated_text():
-    done = cli("The KV cache", "--backend", "onnxruntime", "--max-new-tokens", "12")
-    assert done.returncode == 0, done.stderr
-    assert len(done.stdout.strip()) > 5
+def read_chunks(args: list[str]) -> tuple[list[bytes], list[bool], int]:
+    """Run the CLI and read its stdout pipe as the bytes arrive: each chunk, whether the
+    process was still running when it arrived, and the exit status."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proposals.text_pipeline", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    chunks, running = [], []
+    while chunk := os.read(proc.stdout.fileno(), 65536):  # returns whatever has been written
+        chunks.append(chunk)
+        running.append(proc.poll() is None)
+    proc.stdout.close()
+    return chunks, running, proc.wait(timeout=120)
+
+
+def test_streams_generated_text(tmp_path):
+    """The text arrives in several pieces while the process is still generating, and the
+    pieces join to the pipeline's own (unstreamed) result."""
+    folder = write_folder("llama", tmp_path / "llama")
+    chunks, running, code = read_chunks(["The KV cache", "--model-dir", str(folder), "--max-new-tokens", "48"])
+    assert code == 0
+    pipeline = create_pipeline("onnxruntime", folder)
+    pipeline.set_generation_config(pipeline.get_generation_config().with_(max_new_tokens=48))
+    expected = pipeline(GenerationInput("The KV cache")).text
+    assert b"".join(chunks).decode() == expected + "\n"
+    # ~30 pieces arrive on an idle machine; 3 leaves room for a loaded one to merge reads
+    assert sum(running) >= 3, f"{sum(running)} piece(s) arrived before the process exited: not streamed"
+    assert running[0], "the first piece only arrived after the process had exited"
+    assert len(chunks[0]) < len(expected.encode())
 
 
 @pytest.mark.parametrize(
@@ -41,4 +75,64 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def _edit_manifest(folder: Path, change) -> None:
+    manifest = json.loads((folder / "pipeline.json").read_text())
+    change(manifest)
+    (folder / "pipeline.json").write_text(json.dumps(manifest))
+
+
+# Each damages a copy of a good folder: (damage, backend, what stderr must name).
+BROKEN_FOLDERS = {
+    "invalid_json": (lambda f: (f / "pipeline.json").write_text("{bad"), "onnxruntime", "pipeline.json: invalid JSON"),
+    "no_decoder_key": (
+        lambda f: _edit_manifest(f, lambda m: m.pop("decoder")),
+        "onnxruntime",
+        "pipeline.json: 'decoder' is missing or not a str; required keys: format, decoder",
+    ),
+    "bad_generation_config": (
+        lambda f: _edit_manifest(f, lambda m: m["generation_config"].update(max_tokens=3)),
+        "onnxruntime",
+        "bad generation_config in pipeline.json",
+    ),
+    "missing_model": (lambda f: (f / "model.onnx").unlink(), "onnxruntime", "model.onnx: no such file"),
+    "corrupt_model": (
+        lambda f: (f / "model.onnx").write_bytes(b"not a model"),
+        "onnxruntime",
+        "model.onnx: not an ONNX model",
+    ),
+    "empty_model": (
+        lambda f: (f / "model.onnx").write_bytes(b""),
+        "onnxruntime",
+        "model.onnx: not a text_pipeline decoder",
+    ),
+    "corrupt_tokenizer": (
+        lambda f: (f / "tokenizer.json").write_text("{not json"),
+        "onnxruntime",
+        "tokenizer.json: not a tokenizers tokenizer.json",
+    ),
+    "no_recipe": (
+        lambda f: _edit_manifest(f, lambda m: m.pop("transformers")),
+        "transformers",
+        "no transformers.architecture",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def good_folder(tmp_path_factory) -> Path:
+    return write_folder("llama", tmp_path_factory.mktemp("good") / "llama")
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_FOLDERS))
+def test_malformed_model_folder_exits_2_with_one_line(good_folder, tmp_path, broken):
+    damage, backend, message = BROKEN_FOLDERS[broken]
+    folder = Path(shutil.copytree(good_folder, tmp_path / "model"))
+    damage(folder)
+    done = cli("x", "--backend", backend, "--model-dir", str(folder))
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr
     assert "Traceback" not in done.stderr

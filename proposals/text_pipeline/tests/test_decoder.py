@@ -116,6 +116,23 @@ def test_unsupported_architecture_is_named():
         build_decoder(transformers.GPT2LMHeadModel(config))
 
 
+@pytest.mark.parametrize("make", [lambda: None, lambda: transformers_model("LlamaModel")], ids=["None", "LlamaModel"])
+def test_not_a_causal_lm_is_named(make):
+    """A base model (no lm_head) or any other object: one line naming what is expected."""
+    with pytest.raises(UsageError, match=r"expects a transformers \*ForCausalLM of a supported architecture") as err:
+        build_decoder(make())
+    assert "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM" in str(err.value)
+    assert f"got {type(make()).__name__}" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def transformers_model(class_name: str):
+    import transformers
+
+    torch.manual_seed(0)
+    return getattr(transformers, class_name)(tiny_config("llama"))
+
+
 def test_inplace_runner_aliases_past_and_present():
     """The present outputs ORT returns are the numpy cache buffers themselves: no copy."""
     runner = OrtRunner(build_decoder(tiny_model("llama")))

@@ -145,3 +145,25 @@ def test_ortgenai_refuses_prompts_longer_than_the_circular_window(tmp_path):
     pipeline = create_pipeline("onnxruntime-genai", write_folder("mistral", tmp_path / "m"))
     with pytest.raises(UsageError, match="do not fit the circular cache of sliding_window=16"):
         pipeline(GenerationInput("TensorScatter writes the new keys into the static buffer at"))
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    return write_folder("llama", tmp_path_factory.mktemp("llama") / "llama")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "transformers", "onnxruntime-genai"])
+def test_every_backend_refuses_a_prompt_that_leaves_no_room(llama_folder, backend):
+    """Context 256: a 255-token prompt gets exactly one new token, a 256-token prompt (or a
+    longer one) the same UsageError on every backend, before anything is generated."""
+    pipeline = create_pipeline(backend, llama_folder)
+    pipeline.set_generation_config(GenerationConfig(max_new_tokens=8))
+    assert len(pipeline.encode(GenerationInput("a" * 255))) == 255  # "a" is one token
+    result = pipeline(GenerationInput("a" * 255))
+    assert len(result.token_ids) == 1 and result.finish_reason == "length"
+    for length in (256, 662):
+        message = f"the prompt has {length} tokens; the model's context is 256 tokens, so a prompt may have at most 255"
+        with pytest.raises(UsageError, match=message):
+            pipeline(GenerationInput("a" * length))
+        with pytest.raises(UsageError, match=message):
+            list(pipeline.stream(GenerationInput("a" * length)))

@@ -1,5 +1,7 @@
 """eos_token_ids, stop_strings, min_new_tokens, max_new_tokens and max_length are honoured,
-through the Pipeline on the onnxruntime backend."""
+through the Pipeline on the onnxruntime backend: checked against a free run of the same
+pipeline (self-consistency), and the token limits and EOS also against transformers
+``generate`` with the same settings (Llama)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import pytest
 
 from proposals.text_pipeline.config import GenerationConfig, GenerationInput
 from proposals.text_pipeline.folder import write_folder
+from proposals.text_pipeline.models import tiny_model
 from proposals.text_pipeline.pipeline import create_pipeline
 
 PROMPT = GenerationInput("The KV cache")
@@ -79,3 +82,39 @@ def test_max_length_at_the_prompt_length_generates_nothing(pipeline):
     prompt_len = len(pipeline.encode(PROMPT))
     result = generate(pipeline, max_length=prompt_len)
     assert result.token_ids == () and result.finish_reason == "length"
+
+
+def hf_generate(prompt: list[int], **settings) -> tuple[int, ...]:
+    """transformers ``generate`` (greedy) of the same tiny Llama: the new tokens."""
+    import torch
+
+    with torch.no_grad():
+        out = tiny_model("llama").generate(
+            input_ids=torch.tensor([prompt]), do_sample=False, pad_token_id=1, **settings
+        )
+    return tuple(out[0, len(prompt) :].tolist())
+
+
+# (our GenerationConfig, transformers generate's keywords), given the free run and the prompt length
+LIMITS = {
+    "max_new_tokens": lambda run, n: ({"max_new_tokens": 7}, {"max_new_tokens": 7, "eos_token_id": None}),
+    "max_length": lambda run, n: ({"max_length": n + 4}, {"max_length": n + 4, "eos_token_id": None}),
+    "eos_token_ids": lambda run, n: (
+        {"max_new_tokens": 32, "eos_token_ids": {run[5], 511}},
+        {"max_new_tokens": 32, "eos_token_id": [run[5], 511]},
+    ),
+    "min_new_tokens": lambda run, n: (
+        {"max_new_tokens": 32, "min_new_tokens": 3, "eos_token_ids": {run[0]}},
+        {"max_new_tokens": 32, "min_new_tokens": 3, "eos_token_id": [run[0]]},
+    ),
+}
+
+
+@pytest.mark.parametrize("limit", list(LIMITS))
+def test_limits_match_transformers_generate(pipeline, free_run, limit):
+    prompt = pipeline.encode(PROMPT)
+    ours, theirs = LIMITS[limit](free_run, len(prompt))
+    result = generate(pipeline, **ours)
+    assert result.token_ids == hf_generate(prompt, **theirs)
+    assert len(result.token_ids) < 32  # the limit under test stopped it, not the 32-token budget
+    assert result.finish_reason == ("eos" if "eos_token_ids" in ours else "length")
