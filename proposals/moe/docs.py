@@ -16,7 +16,10 @@ from generator.registry import select
 
 
 def spec_markdown() -> str:
-    """The op's spec section, rendered from the schema with the Mixtral case's body."""
+    """The op's spec section, rendered from the schema with the Mixtral case's body.
+
+    README.md includes it with a generated-markdown marker (not an exec block), so MkDocs
+    rewrites and validates its links, which are relative to proposals/moe/README.md."""
     from generator.opspec import render_spec
     from proposals.moe.cases import mixtral
     from proposals.moe.schema import SCHEMA
