@@ -119,6 +119,15 @@ def bench_table(name: str = "moe") -> str:
     return "\n".join(lines)
 
 
+def gather_per_slot_slowdown(name: str = "moe") -> str:
+    """How much slower gather-per-slot is than com.microsoft.MoE at the bench's largest token
+    count, read from ``proposals/moe/bench/<name>.json`` (the page cites it in prose)."""
+    rows = json.loads((results_dir("moe") / f"{name}.json").read_text())["rows"]
+    tokens = max(row["tokens"] for row in rows)
+    ratios = [row["ratio_to_kernel"]["gather-per-slot body"] for row in rows if row["tokens"] == tokens]
+    return f"{min(ratios):.0f}–{max(ratios):.0f}× slower than `com.microsoft.MoE` at T = {tokens}"
+
+
 @cache  # shown on the proposal page and in its blog post: computed once per build
 def plain_export_error() -> str:
     """First line of the cause when a tiny Mixtral is exported without the swap."""
