@@ -10,7 +10,7 @@ from onnx import helper
 
 from generator.onnx_build import PROPOSAL_DOMAIN, initializer, make_model, tensor_info
 from proposals.moe.body import build_function
-from proposals.moe.schema import INPUT_NAMES, OPSET, SCHEMA, resolve
+from proposals.moe.schema import INPUT_NAMES, OPSET, SCHEMA, check_shapes, resolve
 
 
 def moe_node(inputs: Mapping[str, str], output: str, attrs: Mapping[str, object],
@@ -35,6 +35,7 @@ def moe_model(
     ``dynamic`` gives X symbolic leading axes so one model serves any token count;
     ``io_names`` renames X and Y in the graph."""
     present = [n for n in INPUT_NAMES if arrays.get(n) is not None]
+    check_shapes(attrs, {n: arrays[n].shape for n in present})
     names = {n: io_names.get(n, n) for n in [*present, "Y"]}
     x = arrays["X"]
     x_shape: list = list(x.shape)

@@ -16,7 +16,10 @@ from generator.registry import select
 
 
 def spec_markdown() -> str:
-    """The op's spec section, rendered from the schema with the Mixtral case's body."""
+    """The op's spec section, rendered from the schema with the Mixtral case's body.
+
+    README.md includes it with a generated-markdown marker (not an exec block), so MkDocs
+    rewrites and validates its links, which are relative to proposals/moe/README.md."""
     from generator.opspec import render_spec
     from proposals.moe.cases import mixtral
     from proposals.moe.schema import SCHEMA
@@ -114,6 +117,15 @@ def bench_table(name: str = "moe") -> str:
             lines.append(f"| {row['experts']} | " + " | ".join(
                 f"{row['roofline_share'][v]:.0%}" for v in variants) + " |")
     return "\n".join(lines)
+
+
+def gather_per_slot_slowdown(name: str = "moe") -> str:
+    """How much slower gather-per-slot is than com.microsoft.MoE at the bench's largest token
+    count, read from ``proposals/moe/bench/<name>.json`` (the page cites it in prose)."""
+    rows = json.loads((results_dir("moe") / f"{name}.json").read_text())["rows"]
+    tokens = max(row["tokens"] for row in rows)
+    ratios = [row["ratio_to_kernel"]["gather-per-slot body"] for row in rows if row["tokens"] == tokens]
+    return f"{min(ratios):.0f}–{max(ratios):.0f}× slower than `com.microsoft.MoE` at T = {tokens}"
 
 
 @cache  # shown on the proposal page and in its blog post: computed once per build

@@ -12,7 +12,7 @@ from math import erf, sqrt
 
 import numpy as np
 
-from proposals.moe.schema import resolve
+from proposals.moe.schema import check_shapes, resolve
 
 
 def _softmax(v: np.ndarray) -> np.ndarray:
@@ -103,6 +103,7 @@ def moe(inputs: Mapping[str, np.ndarray], **attrs: object) -> np.ndarray:
     """Y of the MoE op for inputs given by name (absent optional inputs may be missing)."""
     a = resolve(attrs)
     w = {n: np.asarray(v, dtype=np.float64) for n, v in inputs.items() if v is not None}
+    check_shapes(a, {n: v.shape for n, v in w.items()})
     X = np.asarray(inputs["X"])
     rows = w["X"].reshape(-1, X.shape[-1])
     out = np.zeros_like(rows)

@@ -6,7 +6,7 @@ the function-body builder, the numpy reference's docstrings, and the spec page.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from generator.errors import UsageError
 from generator.onnx_build import PROPOSAL_DOMAIN
@@ -55,6 +55,15 @@ With `gated=1`, `fc1` produces `2*I` columns holding a gate half `g` and an up h
 weights (no biases) gives `S[t] = act(X[t] @ shared_fc1_weight) @ shared_fc2_weight`;
 with `shared_gate_weight`, `S[t] *= sigmoid(X[t] @ shared_gate_weight)`. `Y += S`.
 
+**Constraints.** The sizes come from the inputs: `H` from `X`, `E` from
+`router_weight`, `I` from `fc2_weight`, `Is` from `shared_fc2_weight`, and `F = 2` if
+`gated=1` else `1`. Every input must have the shape listed for it below with those sizes
+(`fc1_weight` `[E, H, F*I]`, `fc2_weight` `[E, I, H]`, and so on). The attributes must fit
+`E`: `k <= E`; `n_group` divides `E`; with `n_group > 1` and `group_score="top2_sum"`
+every group holds at least two experts (`E / n_group >= 2`); and `k` is at most the number
+of experts in the kept groups, `k <= topk_group * E / n_group` (so no masked expert is
+ever selected). A model that breaks one of these is invalid.
+
 The function body composes on `GroupedMatMul` (onnx/onnx PR #8193):
 `GroupedMatMul(X [M, K], W [G, K, N], group_indices [M, k]) -> [M, k, N]` with
 `Y[m, j] = X[m] @ W[group_indices[m, j]]`.
@@ -65,7 +74,8 @@ ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 
 # --8<-- [start:attributes]
 ATTRIBUTES: tuple[Attribute, ...] = (
-    Attribute("k", "int", "Number of experts each token is routed to (1 <= k <= E)."),
+    Attribute("k", "int", "Number of experts each token is routed to: 1 <= k <= E, and "
+              "k <= topk_group * E / n_group with expert groups."),
     Attribute("scoring", "string", "Score function over the router logits.",
               default="softmax", allowed=("softmax", "sigmoid")),
     Attribute("normalize_routing_weights", "int",
@@ -79,7 +89,8 @@ ATTRIBUTES: tuple[Attribute, ...] = (
               "Number of groups kept for selection; absent: all n_group groups.",
               default=OPTIONAL),
     Attribute("group_score", "string",
-              "How a group is scored: the sum of its two best choice scores, or its best one.",
+              "How a group is scored: the sum of its two best choice scores (needs E / n_group >= 2 "
+              "when n_group > 1), or its best one.",
               default="top2_sum", allowed=("top2_sum", "max")),
     Attribute("activation", "string", "Expert activation f.", default="silu",
               allowed=ACTIVATIONS),
@@ -157,3 +168,68 @@ def resolve(attrs: Mapping[str, object]) -> dict[str, object]:
         raise UsageError(f"invalid attribute topk_group={topk_group} for {SCHEMA.qualified_name}:"
                          f" must be in [1, n_group={out['n_group']}]")
     return out
+
+
+# The size each dimension letter of an input's shape is read from (F comes from `gated`).
+_SIZE_SOURCES = {"H": ("X", -1), "E": ("router_weight", 1), "I": ("fc2_weight", 1),
+                 "Is": ("shared_fc2_weight", 0)}
+_RANKS = {"router_weight": 2, "fc2_weight": 3, "shared_fc2_weight": 2}
+
+
+def check_shapes(attrs: Mapping[str, object], shapes: Mapping[str, Sequence[int]]) -> None:
+    """Raise a one-line UsageError unless the inputs' shapes agree with each other and
+    with the attributes (the **Constraints** paragraph of the spec). ``shapes`` maps the
+    present inputs' names to their shapes."""
+    a = resolve(attrs)
+    name = SCHEMA.qualified_name
+    missing = [p.name for p in INPUTS if not p.optional and p.name not in shapes]
+    if missing:
+        raise UsageError(f"{name} needs input(s) {missing}")
+    if len(shapes["X"]) < 1:
+        raise UsageError(f"input X of {name} must have rank >= 1 ([..., H]), got a scalar")
+    for input_name, rank in _RANKS.items():
+        if input_name in shapes and len(shapes[input_name]) != rank:
+            raise UsageError(f"input {input_name} of {name} must have rank {rank}, "
+                             f"got shape {tuple(shapes[input_name])}")
+    sizes = {d: int(shapes[src][axis]) for d, (src, axis) in _SIZE_SOURCES.items() if src in shapes}
+    sizes["F"] = 2 if a["gated"] else 1
+    told = ", ".join(f"{d}={v}" for d, v in sizes.items())
+    for param in INPUTS[1:]:
+        if param.name in shapes:
+            expected = _expected_shape(param, sizes)
+            if tuple(shapes[param.name]) != expected:
+                raise UsageError(f"input {param.name} of {name} has shape {tuple(shapes[param.name])}; "
+                                 f"expected {param.shape} = {expected} ({told})")
+    _check_attributes_fit(a, sizes["E"])
+
+
+def _expected_shape(param: Parameter, sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """The parameter's shape (``"[E, H, F*I]"``) with the sizes filled in."""
+    dims = []
+    for dim in param.shape.strip("[]").split(", "):
+        value = 1
+        for factor in dim.split("*"):
+            if not factor.isdigit() and factor not in sizes:
+                raise UsageError(f"input {param.name} of {SCHEMA.qualified_name} needs input "
+                                 f"{_SIZE_SOURCES[factor][0]} (it gives {factor})")
+            value *= int(factor) if factor.isdigit() else sizes[factor]
+        dims.append(value)
+    return tuple(dims)
+
+
+def _check_attributes_fit(a: Mapping[str, object], experts: int) -> None:
+    """The attribute constraints that depend on the number of experts E."""
+    name = SCHEMA.qualified_name
+    k, n_group = a["k"], a["n_group"]
+    if k > experts:
+        raise UsageError(f"invalid attribute k={k} for {name}: must be <= E={experts} (router_weight's experts)")
+    if experts % n_group:
+        raise UsageError(f"invalid attribute n_group={n_group} for {name}: must divide E={experts}")
+    per_group = experts // n_group
+    if n_group > 1 and a["group_score"] == "top2_sum" and per_group < 2:
+        raise UsageError(f"group_score='top2_sum' for {name} needs groups of at least 2 experts, "
+                         f"but E={experts} / n_group={n_group} = {per_group}; use group_score='max' or fewer groups")
+    kept = a.get("topk_group", n_group) * per_group
+    if k > kept:
+        raise UsageError(f"invalid attribute k={k} for {name}: must be <= topk_group * E / n_group = {kept} "
+                         f"(the experts in the kept groups)")

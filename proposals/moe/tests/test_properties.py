@@ -45,8 +45,6 @@ def moe_configs(draw):
     }
     if n_group > 1 and draw(st.booleans()):
         attrs["topk_group"] = topk_group
-    elif n_group > 1:
-        attrs["k"] = min(k, experts)
     if draw(st.booleans()):
         attrs["swiglu_limit"] = draw(st.sampled_from([0.5, 7.0]))
     optional = draw(st.sets(st.sampled_from(
