@@ -67,8 +67,9 @@ def _mixtral_block(arrays: dict[str, np.ndarray], experts: int, hidden: int, int
     from transformers import MixtralConfig
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-    config = MixtralConfig(hidden_size=hidden, intermediate_size=inter,
-                           num_local_experts=experts, num_experts_per_tok=2)
+    config = MixtralConfig(
+        hidden_size=hidden, intermediate_size=inter, num_local_experts=experts, num_experts_per_tok=2
+    )
     config._experts_implementation = "eager"
     block = MixtralSparseMoeBlock(config).eval()
     with torch.no_grad():
@@ -103,8 +104,7 @@ def _eager(block, x: np.ndarray) -> np.ndarray:
 EAGER = "transformers eager (1 thread)"
 
 
-def run_config(experts: int, tokens_list, hidden: int, inter: int, batches: int,
-               min_batch_s: float) -> list[dict]:
+def run_config(experts: int, tokens_list, hidden: int, inter: int, batches: int, min_batch_s: float) -> list[dict]:
     import torch
 
     # One torch thread: with two, torch's OpenMP pool goes cold after every ORT run and,
@@ -112,45 +112,70 @@ def run_config(experts: int, tokens_list, hidden: int, inter: int, batches: int,
     # parallel regions (measured 1.5 ms to 1 s per call for the same work).
     torch.set_num_threads(1)
     rng = seeded(experts)
-    arrays = {"router_weight": rng.randn(hidden, experts).astype(np.float32),
-              "fc1_weight": (rng.randn(experts, hidden, 2 * inter) * 0.02).astype(np.float32),
-              "fc2_weight": (rng.randn(experts, inter, hidden) * 0.02).astype(np.float32)}
+    arrays = {
+        "router_weight": rng.randn(hidden, experts).astype(np.float32),
+        "fc1_weight": (rng.randn(experts, hidden, 2 * inter) * 0.02).astype(np.float32),
+        "fc2_weight": (rng.randn(experts, inter, hidden) * 0.02).astype(np.float32),
+    }
     model = moe_model({"X": np.zeros((1, hidden), np.float32), **arrays}, ATTRS, dynamic=True)
-    sessions = {"body": session(model), "com.microsoft.MoE": session(substitute(model)[0]),
-                "gather-per-slot body": session(_gather_only(model))}
+    sessions = {
+        "body": session(model),
+        "com.microsoft.MoE": session(substitute(model)[0]),
+        "gather-per-slot body": session(_gather_only(model)),
+    }
     block = _mixtral_block(arrays, experts, hidden, inter)
     rows = []
     for tokens in tokens_list:
         # rotate through several inputs so that at T=1 the selected experts change from
         # call to call and their weights are not simply re-read from the L3 cache
         xs = [rng.randn(tokens, hidden).astype(np.float32) for _ in range(ROTATE)]
-        variants = {name: _rotating(lambda x, s=s: s.run(None, {"X": x})[0], xs)
-                    for name, s in sessions.items()}
+        variants = {name: _rotating(lambda x, s=s: s.run(None, {"X": x})[0], xs) for name, s in sessions.items()}
         variants[EAGER] = _rotating(lambda x: _eager(block, x), xs)
         outs = {n: [f() for _ in xs] for n, f in variants.items()}  # one full rotation each
-        err = max(float(np.abs(a - b).max()) for o in outs.values()
-                  for a, b in zip(o, outs["body"], strict=True))
+        err = max(float(np.abs(a - b).max()) for o in outs.values() for a, b in zip(o, outs["body"], strict=True))
         # long batches: a cold torch thread pool (after an ORT run) costs ms per call
         times = time_interleaved(variants, batches=batches, min_batch_s=min_batch_s)
-        rows.append({"experts": experts, "tokens": tokens, "k": 2, "hidden": hidden,
-                     "inter": inter, "seconds": times, "max_abs_diff": err,
-                     "ratio_to_kernel": {n: t / times["com.microsoft.MoE"]
-                                         for n, t in times.items()}})
-        print(f"E={experts:3d} T={tokens:4d} " + "  ".join(
-            f"{n}: {t * 1e3:8.2f} ms ({t / times['com.microsoft.MoE']:.2f}x)"
-            for n, t in times.items()), flush=True)
+        rows.append(
+            {
+                "experts": experts,
+                "tokens": tokens,
+                "k": 2,
+                "hidden": hidden,
+                "inter": inter,
+                "seconds": times,
+                "max_abs_diff": err,
+                "ratio_to_kernel": {n: t / times["com.microsoft.MoE"] for n, t in times.items()},
+            }
+        )
+        print(
+            f"E={experts:3d} T={tokens:4d} "
+            + "  ".join(f"{n}: {t * 1e3:8.2f} ms ({t / times['com.microsoft.MoE']:.2f}x)" for n, t in times.items()),
+            flush=True,
+        )
     return rows
 
 
 def write_results(rows, bandwidth, roofline_s, weight_bytes, hidden, inter) -> None:
-    write_json("moe", "moe", rows, bandwidth_gbs=bandwidth, roofline_seconds_t1=roofline_s,
-               selected_weight_bytes_t1=weight_bytes, attrs=ATTRS)
+    write_json(
+        "moe",
+        "moe",
+        rows,
+        bandwidth_gbs=bandwidth,
+        roofline_seconds_t1=roofline_s,
+        selected_weight_bytes_t1=weight_bytes,
+        attrs=ATTRS,
+    )
     labels = [f"E={r['experts']}\nT={r['tokens']}" for r in rows]
-    series = {n: [r["ratio_to_kernel"][n] for r in rows]
-              for n in ("body", "gather-per-slot body", EAGER)}
-    plot_ratios("moe", "moe", labels, series, xlabel="experts, tokens (k=2)",
-                ylabel="time / com.microsoft.MoE", title=f"MoE on ORT CPU, hidden {hidden}, "
-                f"inter {inter} (lower is faster)")
+    series = {n: [r["ratio_to_kernel"][n] for r in rows] for n in ("body", "gather-per-slot body", EAGER)}
+    plot_ratios(
+        "moe",
+        "moe",
+        labels,
+        series,
+        xlabel="experts, tokens (k=2)",
+        ylabel="time / com.microsoft.MoE",
+        title=f"MoE on ORT CPU, hidden {hidden}, inter {inter} (lower is faster)",
+    )
 
 
 def main(quick: bool = False) -> None:
@@ -158,8 +183,7 @@ def main(quick: bool = False) -> None:
     experts_list, tokens_list = ((8,), (1, 16)) if quick else ((8, 32), (1, 16, 256))
     batches, min_batch_s = (3, 0.005) if quick else (9, 0.1)
     bandwidth = memory_bandwidth_gbs(32 if quick else 256)
-    rows = [row for e in experts_list for row in run_config(e, tokens_list, hidden, inter, batches,
-                                                    min_batch_s)]
+    rows = [row for e in experts_list for row in run_config(e, tokens_list, hidden, inter, batches, min_batch_s)]
     weight_bytes = 2 * 3 * hidden * inter * 4  # k experts' fc1 [H, 2I] + fc2 [I, H], fp32
     roofline_s = weight_bytes / (bandwidth * 1e9)
     for row in rows:
@@ -167,12 +191,13 @@ def main(quick: bool = False) -> None:
             row["roofline_share"] = {n: roofline_s / t for n, t in row["seconds"].items()}
     if not quick:  # a quick run is a smoke run: the committed results stay as they are
         write_results(rows, bandwidth, roofline_s, weight_bytes, hidden, inter)
-    print(f"bandwidth {bandwidth:.1f} GB/s; T=1 roofline {roofline_s * 1e6:.0f} us for "
-          f"{weight_bytes / 1e6:.1f} MB")
+    print(f"bandwidth {bandwidth:.1f} GB/s; T=1 roofline {roofline_s * 1e6:.0f} us for {weight_bytes / 1e6:.1f} MB")
     for row in rows:
         if "roofline_share" in row:
-            print(f"E={row['experts']} T=1 roofline share: " + ", ".join(
-                f"{n} {s:.0%}" for n, s in row["roofline_share"].items()))
+            print(
+                f"E={row['experts']} T=1 roofline share: "
+                + ", ".join(f"{n} {s:.0%}" for n, s in row["roofline_share"].items())
+            )
 
 
 if __name__ == "__main__":

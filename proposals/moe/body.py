@@ -51,6 +51,8 @@ def GroupedMatMul(X, W, group_indices):
             rows = op.Gather(X, op.Gather(pos, 0, axis=1))
             Y = op.ScatterND(Y, pos, op.MatMul(rows, op.Gather(W, g)))
     return Y
+
+
 # --8<-- [end:grouped_matmul]
 
 
@@ -90,6 +92,8 @@ def MoEGroupLimitMax(choice, n_group: int, topk_group: int):
     """Group-limited selection scores; a group scores its best expert (DeepSeek-V2)."""
     grouped = op.Reshape(choice, op.Concat([0], op.Reshape(n_group, [1]), [-1], axis=0))
     return MoEKeepGroups(grouped, op.ReduceMax(grouped, [-1], keepdims=0), topk_group=topk_group)
+
+
 # --8<-- [end:routing]
 
 
@@ -103,15 +107,18 @@ def MoESilu(x, alpha: float):
 @script(GENAI, default_opset=op)
 def MoEGelu(x):
     """0.5 * x * (1 + erf(x / sqrt(2)))."""
-    return op.Mul(op.Mul(op.CastLike(0.5, x), x),
-                  op.Add(op.CastLike(1.0, x), op.Erf(op.Mul(x, op.CastLike(0.7071067811865476, x)))))
+    return op.Mul(
+        op.Mul(op.CastLike(0.5, x), x),
+        op.Add(op.CastLike(1.0, x), op.Erf(op.Mul(x, op.CastLike(0.7071067811865476, x)))),
+    )
 
 
 @script(GENAI, default_opset=op)
 def MoEGeluTanh(x):
     """0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))."""
-    inner = op.Mul(op.CastLike(0.7978845608028654, x),
-                   op.Add(x, op.Mul(op.CastLike(0.044715, x), op.Mul(x, op.Mul(x, x)))))
+    inner = op.Mul(
+        op.CastLike(0.7978845608028654, x), op.Add(x, op.Mul(op.CastLike(0.044715, x), op.Mul(x, op.Mul(x, x))))
+    )
     return op.Mul(op.Mul(op.CastLike(0.5, x), x), op.Add(op.CastLike(1.0, x), op.Tanh(inner)))
 
 
@@ -135,14 +142,26 @@ def MoEClampGateUp(gate, up, limit: float):
     """gate = min(gate, limit), up = clip(up, -limit, limit) (GPT-OSS)."""
     lim = op.CastLike(limit, gate)
     return op.Min(gate, lim), op.Clip(up, op.Neg(lim), lim)
+
+
 # --8<-- [end:activation]
 
 
 PIECES = {
     f.name: f
-    for f in (GroupedMatMul, MoESelect, MoEKeepGroups, MoEGroupLimitTop2Sum, MoEGroupLimitMax,
-              MoESilu, MoEGelu, MoEGeluTanh, MoESplitConcatenated, MoESplitInterleaved,
-              MoEClampGateUp)
+    for f in (
+        GroupedMatMul,
+        MoESelect,
+        MoEKeepGroups,
+        MoEGroupLimitTop2Sum,
+        MoEGroupLimitMax,
+        MoESilu,
+        MoEGelu,
+        MoEGeluTanh,
+        MoESplitConcatenated,
+        MoESplitInterleaved,
+        MoEClampGateUp,
+    )
 }
 _DEPENDS = {"MoEGroupLimitTop2Sum": ("MoEKeepGroups",), "MoEGroupLimitMax": ("MoEKeepGroups",)}
 _CALLEES = {"MoEKeepGroups"}  # pieces that other pieces call
@@ -155,8 +174,14 @@ class _Body:
         self.nodes: list[onnx.NodeProto] = []
         self.used: set[str] = set()
 
-    def __call__(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str] | str,
-                 refs: Mapping[str, str] = (), **attrs: object) -> str | list[str]:
+    def __call__(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str] | str,
+        refs: Mapping[str, str] = (),
+        **attrs: object,
+    ) -> str | list[str]:
         outs = [outputs] if isinstance(outputs, str) else list(outputs)
         domain = PROPOSAL_DOMAIN if op_type in PIECES else ""
         node = helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs)
@@ -174,24 +199,23 @@ class _Body:
 def _ref(name: str, ref: str) -> onnx.AttributeProto:
     """An attribute of a body node that takes the MoE node's attribute ``ref``."""
     spec = next(a for a in ATTRIBUTES if a.name == ref)
-    kind = {"int": onnx.AttributeProto.INT, "float": onnx.AttributeProto.FLOAT,
-            "string": onnx.AttributeProto.STRING}[spec.type]
+    kind = {"int": onnx.AttributeProto.INT, "float": onnx.AttributeProto.FLOAT, "string": onnx.AttributeProto.STRING}[
+        spec.type
+    ]
     return onnx.AttributeProto(name=name, ref_attr_name=ref, type=kind)
 
 
 # --8<-- [start:builder]
 def _activation(b: _Body, h: str, a: Mapping[str, object], out: str) -> str:
     """act of the spec applied to fc1's output ``h``."""
-    f = {"silu": "MoESilu", "gelu": "MoEGelu", "gelu_tanh": "MoEGeluTanh", "relu": "Relu"}[
-        a["activation"]]
+    f = {"silu": "MoESilu", "gelu": "MoEGelu", "gelu_tanh": "MoEGeluTanh", "relu": "Relu"}[a["activation"]]
     refs = {"alpha": "activation_alpha"} if f == "MoESilu" else {}
     if not a["gated"]:
         return b(f, [h], out, refs)
     split = "MoESplitConcatenated" if a["gate_up_layout"] == "concatenated" else "MoESplitInterleaved"
     gate, up = b(split, [h], [f"{out}_gate", f"{out}_up"])
     if "swiglu_limit" in a:
-        gate, up = b("MoEClampGateUp", [gate, up], [f"{gate}_clamped", f"{up}_clamped"],
-                     {"limit": "swiglu_limit"})
+        gate, up = b("MoEClampGateUp", [gate, up], [f"{gate}_clamped", f"{up}_clamped"], {"limit": "swiglu_limit"})
     b("Constant", [], f"{out}_beta", refs={"value_float": "activation_beta"})
     shifted = b("Add", [up, b("CastLike", [f"{out}_beta", up], f"{out}_beta_t")], f"{up}_shifted")
     return b("Mul", [b(f, [gate], f"{out}_f", refs), shifted], out)
@@ -212,8 +236,7 @@ def _routing(b: _Body, x: str, a: Mapping[str, object], present: set[str]) -> tu
     if a["n_group"] > 1:
         limit = "MoEGroupLimitTop2Sum" if a["group_score"] == "top2_sum" else "MoEGroupLimitMax"
         topk_group = "topk_group" if "topk_group" in a else "n_group"
-        choice = b(limit, [choice], "group_choice",
-                   {"n_group": "n_group", "topk_group": topk_group})
+        choice = b(limit, [choice], "group_choice", {"n_group": "n_group", "topk_group": topk_group})
     idx, weights = b("MoESelect", [choice, scores], ["expert_ids", "selected_scores"], {"k": "k"})
     if a["normalize_routing_weights"]:
         total = b("ReduceSum", [weights, b.const("last_axis", [-1])], "weight_sum", keepdims=1)
@@ -230,8 +253,7 @@ def _experts(b: _Body, x: str, idx: str, w: str, a: Mapping[str, object], presen
     h_dim = b("Shape", [x], "h_dim", start=-1)
     w_slots = b("Unsqueeze", [w, b.const("axis2", [2])], "w_slots")  # [T, k, 1]
     if a["apply_weight_on_input"]:
-        scaled = b("Mul", [b("Unsqueeze", [x, b.const("axis1", [1])], "x_slots"), w_slots],
-                   "scaled_x")
+        scaled = b("Mul", [b("Unsqueeze", [x, b.const("axis1", [1])], "x_slots"), w_slots], "scaled_x")
         rows_shape = b("Concat", [minus_one, h_dim], "rows_shape", axis=0)
         rows = b("Reshape", [scaled, rows_shape], "slot_inputs")  # one row per (token, slot)
         h1 = b("GroupedMatMul", [rows, "fc1_weight", slot_ids], "h1")
@@ -243,8 +265,7 @@ def _experts(b: _Body, x: str, idx: str, w: str, a: Mapping[str, object], presen
         h1 = b("Add", [h1, b("Gather", ["fc1_bias", bias_ids], "fc1_bias_slots")], "h1_biased")
     act = _activation(b, h1, a, "act")
     act_width = b("Shape", [act], "act_width", start=-1)
-    act_rows = b("Reshape", [act, b("Concat", [minus_one, act_width], "act_rows_shape", axis=0)],
-                 "act_rows")
+    act_rows = b("Reshape", [act, b("Concat", [minus_one, act_width], "act_rows_shape", axis=0)], "act_rows")
     h2 = b("GroupedMatMul", [act_rows, "fc2_weight", slot_ids], "h2")
     if "fc2_bias" in present:
         h2 = b("Add", [h2, b("Gather", ["fc2_bias", slot_ids], "fc2_bias_slots")], "h2_biased")
@@ -260,8 +281,7 @@ def _shared(b: _Body, x: str, a: Mapping[str, object], present: set[str]) -> str
     act = _activation(b, b("MatMul", [x, "shared_fc1_weight"], "shared_h1"), a, "shared_act")
     out = b("MatMul", [act, "shared_fc2_weight"], "shared_out")
     if "shared_gate_weight" in present:
-        gate = b("Sigmoid", [b("MatMul", [x, "shared_gate_weight"], "shared_gate_logit")],
-                 "shared_gate")
+        gate = b("Sigmoid", [b("MatMul", [x, "shared_gate_weight"], "shared_gate_logit")], "shared_gate")
         out = b("Mul", [out, gate], "gated_shared_out")
     return out
 
@@ -280,7 +300,11 @@ def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[
         y = b("Add", [y, _shared(b, x, a, present_set)], "with_shared")
     b("Reshape", [y, b("Shape", ["X"], "x_shape")], "Y")
     moe = helper.make_function(
-        PROPOSAL_DOMAIN, SCHEMA.name, list(INPUT_NAMES), ["Y"], b.nodes,
+        PROPOSAL_DOMAIN,
+        SCHEMA.name,
+        list(INPUT_NAMES),
+        ["Y"],
+        b.nodes,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)],
         attributes=[spec.name for spec in ATTRIBUTES if spec.name in a],
         doc_string="MoE function body built for one attribute set (see proposals/moe).",
@@ -289,9 +313,10 @@ def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[
     pieces = [_piece_proto(name) for name in order]
     for p in pieces:
         del p.opset_import[:]
-        p.opset_import.extend([helper.make_opsetid("", OPSET),
-                               helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
+        p.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
     return [*pieces, moe]
+
+
 # --8<-- [end:builder]
 
 
@@ -305,9 +330,15 @@ def _piece_proto(name: str) -> onnx.FunctionProto:
     for graph_owner in _loops(proto.node):
         if graph_owner.input[1] == "":
             graph_owner.input[1] = "loop_forever"
-            proto.node.insert(0, helper.make_node(
-                "Constant", [], ["loop_forever"],
-                value=helper.make_tensor("loop_forever", onnx.TensorProto.BOOL, [], [True])))
+            proto.node.insert(
+                0,
+                helper.make_node(
+                    "Constant",
+                    [],
+                    ["loop_forever"],
+                    value=helper.make_tensor("loop_forever", onnx.TensorProto.BOOL, [], [True]),
+                ),
+            )
     return proto
 
 

@@ -13,13 +13,11 @@ from proposals.moe.body import build_function
 from proposals.moe.schema import INPUT_NAMES, OPSET, SCHEMA, check_shapes, resolve
 
 
-def moe_node(inputs: Mapping[str, str], output: str, attrs: Mapping[str, object],
-             name: str = "moe") -> onnx.NodeProto:
+def moe_node(inputs: Mapping[str, str], output: str, attrs: Mapping[str, object], name: str = "moe") -> onnx.NodeProto:
     """A MoE node; ``inputs`` maps the op's input names to graph value names."""
     resolved = resolve(attrs)
     names = [inputs.get(formal, "") for formal in INPUT_NAMES]  # all 11: "" when absent
-    return helper.make_node(SCHEMA.name, names, [output], name=name, domain=PROPOSAL_DOMAIN,
-                            **resolved)
+    return helper.make_node(SCHEMA.name, names, [output], name=name, domain=PROPOSAL_DOMAIN, **resolved)
 
 
 def moe_model(
@@ -41,10 +39,15 @@ def moe_model(
     x_shape: list = list(x.shape)
     if dynamic:
         x_shape = [f"d{i}" for i in range(len(x_shape) - 1)] + x_shape[-1:]
-    inputs = [tensor_info(names[n], arrays[n].dtype, x_shape if n == "X" else arrays[n].shape)
-              for n in present if n in graph_inputs]
+    inputs = [
+        tensor_info(names[n], arrays[n].dtype, x_shape if n == "X" else arrays[n].shape)
+        for n in present
+        if n in graph_inputs
+    ]
     graph = helper.make_graph(
-        [moe_node(names, names["Y"], attrs)], "moe", inputs,
+        [moe_node(names, names["Y"], attrs)],
+        "moe",
+        inputs,
         [tensor_info(names["Y"], x.dtype, x_shape)],
         [initializer(n, arrays[n]) for n in present if n not in graph_inputs],
     )

@@ -176,10 +176,15 @@ def idle_expert():
     weights["router_bias"] = np.array([0.0, 0.0, -30.0, 0.0], np.float32)
     result = _reference_case(weights, {"k": 2}, [(8,)])
     x = result.datasets[0].inputs["X"]
-    picked = {int(e) for row in x for e in route(row.astype(np.float64), weights,
-                                                 {"k": 2, "scoring": "softmax", "n_group": 1,
-                                                  "normalize_routing_weights": 0,
-                                                  "routed_scaling_factor": 1.0})[0]}
+    picked = {
+        int(e)
+        for row in x
+        for e in route(
+            row.astype(np.float64),
+            weights,
+            {"k": 2, "scoring": "softmax", "n_group": 1, "normalize_routing_weights": 0, "routed_scaling_factor": 1.0},
+        )[0]
+    }
     assert 2 not in picked and len(picked) == 3, picked  # the case tests what it says
     return result
 
@@ -200,8 +205,13 @@ def shared_expert_only():
 def interleaved_gelu_tanh_clamped():
     """Interleaved gated gelu_tanh with swiglu_limit 0.5 and activation_beta 0.5."""
     weights = _weights(seeded(15), 4, 8)
-    attrs = {"k": 2, "activation": "gelu_tanh", "gate_up_layout": "interleaved",
-             "swiglu_limit": 0.5, "activation_beta": 0.5}
+    attrs = {
+        "k": 2,
+        "activation": "gelu_tanh",
+        "gate_up_layout": "interleaved",
+        "swiglu_limit": 0.5,
+        "activation_beta": 0.5,
+    }
     return _reference_case(weights, attrs, [(5,), (1,)])
 
 
@@ -209,8 +219,7 @@ def interleaved_gelu_tanh_clamped():
 def grouped_max_relu():
     """Group-limited top-2 (max group score, 2 of 4 groups) with non-gated ReLU experts."""
     weights = _weights(seeded(16), 8, 8, gated=False)
-    attrs = {"k": 2, "n_group": 4, "topk_group": 2, "group_score": "max", "gated": 0,
-             "activation": "relu"}
+    attrs = {"k": 2, "n_group": 4, "topk_group": 2, "group_score": "max", "gated": 0, "activation": "relu"}
     return _reference_case(weights, attrs, [(6,), (1,)])
 
 

@@ -42,8 +42,9 @@ def pieces_markdown() -> str:
     parts = []
     for name in PIECES:
         text = onnx.printer.to_text(_piece_proto(name))
-        parts.append(f'??? note "{name}"\n    ```\n' +
-                     "\n".join(f"    {line}" for line in text.splitlines()) + "\n    ```\n")
+        parts.append(
+            f'??? note "{name}"\n    ```\n' + "\n".join(f"    {line}" for line in text.splitlines()) + "\n    ```\n"
+        )
     return "\n".join(parts)
 
 
@@ -54,16 +55,14 @@ def parity_table() -> str:
     from proposals.moe.hf import block_arrays, from_transformers
     from proposals.moe.schema import SCHEMA
 
-    rows = ["| family | block class | attributes set | max abs diff (ORT vs transformers) |",
-            "|---|---|---|---|"]
+    rows = ["| family | block class | attributes set | max abs diff (ORT vs transformers) |", "|---|---|---|---|"]
     for family in SUPPORTED:
         block = tiny_block(family, seed=0)
         x = seeded(1).randn(2, 5, 16).astype(np.float32)
         got = session(from_transformers(block)).run(None, {"hidden_states": x})[0]
         diff = float(np.abs(got - block_output(block, x)).max())
         _, attrs = block_arrays(block)
-        shown = ", ".join(f"`{k}={v}`" for k, v in attrs.items()
-                          if v != SCHEMA.attribute(k).default)
+        shown = ", ".join(f"`{k}={v}`" for k, v in attrs.items() if v != SCHEMA.attribute(k).default)
         rows.append(f"| {family} | `{TINY[family][2]}` | {shown} | {diff:.1e} |")
     return "\n".join(rows)
 
@@ -94,28 +93,28 @@ def bench_table(name: str = "moe") -> str:
     head = "| E | T | " + " | ".join(variants) + " |"
     rows = [head, "|---|---|" + "---|" * len(variants)]
     for row in data["rows"]:
-        cells = [f"{row['seconds'][v] * 1e3:.2f} ms ({row['ratio_to_kernel'][v]:.2f}x)"
-                 for v in variants]
+        cells = [f"{row['seconds'][v] * 1e3:.2f} ms ({row['ratio_to_kernel'][v]:.2f}x)" for v in variants]
         rows.append(f"| {row['experts']} | {row['tokens']} | " + " | ".join(cells) + " |")
     lines = ["\n".join(rows), ""]
     for variant in variants:
         if variant != "com.microsoft.MoE":
             ratios = [row["ratio_to_kernel"][variant] for row in data["rows"]]
-            lines.append(f"- {variant} / com.microsoft.MoE over all sizes: "
-                         f"{min(ratios):.2f}–{max(ratios):.2f}×")
+            lines.append(f"- {variant} / com.microsoft.MoE over all sizes: {min(ratios):.2f}–{max(ratios):.2f}×")
     lines.append("")
     lines.append(
         f"Memory bandwidth measured in the same run: {data['bandwidth_gbs']:.1f} GB/s "
         f"(torch sum over 256 MiB, 2 threads). At T=1 the two selected experts hold "
         f"{data['selected_weight_bytes_t1'] / 1e6:.1f} MB of weights: reading them once "
-        f"takes {data['roofline_seconds_t1'] * 1e6:.0f} us at that bandwidth.")
+        f"takes {data['roofline_seconds_t1'] * 1e6:.0f} us at that bandwidth."
+    )
     lines.append("")
     lines.append("| E | " + " | ".join(f"{v}: share of roofline" for v in variants) + " |")
     lines.append("|---|" + "---|" * len(variants))
     for row in data["rows"]:
         if "roofline_share" in row:
-            lines.append(f"| {row['experts']} | " + " | ".join(
-                f"{row['roofline_share'][v]:.0%}" for v in variants) + " |")
+            lines.append(
+                f"| {row['experts']} | " + " | ".join(f"{row['roofline_share'][v]:.0%}" for v in variants) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -136,12 +135,19 @@ def plain_export_error() -> str:
     from proposals.moe.families import Logits, tiny_causal_lm
 
     try:
-        torch.onnx.export(Logits(tiny_causal_lm("mixtral")), (torch.zeros((1, 4), dtype=torch.int64),),
-                          dynamo=True, opset_version=21, verbose=False)
+        torch.onnx.export(
+            Logits(tiny_causal_lm("mixtral")),
+            (torch.zeros((1, 4), dtype=torch.int64),),
+            dynamo=True,
+            opset_version=21,
+            verbose=False,
+        )
     except Exception as err:  # noqa: BLE001 (the failure is what we show)
         cause = err.__cause__ or err
-        text = (f"{type(err).__name__}: {str(err).splitlines()[0]}\n"
-                f"caused by {type(cause).__name__}: {str(cause).splitlines()[0]}")
+        text = (
+            f"{type(err).__name__}: {str(err).splitlines()[0]}\n"
+            f"caused by {type(cause).__name__}: {str(cause).splitlines()[0]}"
+        )
         return re.sub(r"\x1b\[[0-9;]*m", "", text)  # the exporter colours its message
     return "exported without error (the failure shown here no longer happens)"
 
@@ -159,15 +165,19 @@ def export_and_compare(family: str) -> str:
     with torch.no_grad():
         expected = Logits(model)(torch.from_numpy(ids)).numpy()
     swapped = swap_moe_blocks(model)
-    proto = export(Logits(model), (torch.from_numpy(ids),),
-                   dynamic_shapes=({0: torch.export.Dim("batch", max=8),
-                                    1: torch.export.Dim("seq", max=32)},))
+    proto = export(
+        Logits(model),
+        (torch.from_numpy(ids),),
+        dynamic_shapes=({0: torch.export.Dim("batch", max=8), 1: torch.export.Dim("seq", max=32)},),
+    )
     got = session(proto).run(None, {proto.graph.input[0].name: ids})[0]
     moe_nodes = sum(n.op_type == "MoE" for n in proto.graph.node)
-    return (f"{family}: swapped {swapped} blocks; exported graph has {moe_nodes} MoE nodes and "
-            f"functions {sorted({f.name for f in proto.functions})}; "
-            f"max |logits - transformers| = {float(np.abs(got - expected).max()):.1e} "
-            f"(logits up to {float(np.abs(expected).max()):.2f})")
+    return (
+        f"{family}: swapped {swapped} blocks; exported graph has {moe_nodes} MoE nodes and "
+        f"functions {sorted({f.name for f in proto.functions})}; "
+        f"max |logits - transformers| = {float(np.abs(got - expected).max()):.1e} "
+        f"(logits up to {float(np.abs(expected).max()):.2f})"
+    )
 
 
 def openvino_inlined() -> str:

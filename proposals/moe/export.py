@@ -31,16 +31,39 @@ _OPTIONAL = {p.name for p in SCHEMA.inputs if p.optional}
 # --8<-- [start:custom_op]
 @torch.library.custom_op("genai_moe::moe", mutates_args=())
 def moe_op(
-    X: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor | None,
-    selection_bias: torch.Tensor | None, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor | None,
-    fc2_weight: torch.Tensor, fc2_bias: torch.Tensor | None,
-    shared_fc1_weight: torch.Tensor | None, shared_fc2_weight: torch.Tensor | None,
-    shared_gate_weight: torch.Tensor | None, attrs: str,
+    X: torch.Tensor,
+    router_weight: torch.Tensor,
+    router_bias: torch.Tensor | None,
+    selection_bias: torch.Tensor | None,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor | None,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor | None,
+    shared_fc1_weight: torch.Tensor | None,
+    shared_fc2_weight: torch.Tensor | None,
+    shared_gate_weight: torch.Tensor | None,
+    attrs: str,
 ) -> torch.Tensor:
     """Eager run: the numpy reference (slow, exact); attributes travel as JSON."""
-    tensors = dict(zip(INPUT_NAMES, (X, router_weight, router_bias, selection_bias, fc1_weight,
-                                     fc1_bias, fc2_weight, fc2_bias, shared_fc1_weight,
-                                     shared_fc2_weight, shared_gate_weight), strict=True))
+    tensors = dict(
+        zip(
+            INPUT_NAMES,
+            (
+                X,
+                router_weight,
+                router_bias,
+                selection_bias,
+                fc1_weight,
+                fc1_bias,
+                fc2_weight,
+                fc2_bias,
+                shared_fc1_weight,
+                shared_fc2_weight,
+                shared_gate_weight,
+            ),
+            strict=True,
+        )
+    )
     arrays = {n: t.detach().numpy() for n, t in tensors.items() if t is not None}
     return torch.from_numpy(moe(arrays, **json.loads(attrs)))
 
@@ -48,6 +71,8 @@ def moe_op(
 @moe_op.register_fake
 def _(X, *args, **kwargs):
     return torch.empty_like(X)  # Y has X's shape: nothing data-dependent escapes the op
+
+
 # --8<-- [end:custom_op]
 
 
@@ -72,8 +97,12 @@ class MoEFunctionOpBlock(torch.nn.Module):
 
 def swap_moe_blocks(model: torch.nn.Module) -> int:
     """Replace every supported MoE block of ``model`` in place; returns how many."""
-    swaps = [(parent, name, child) for parent in model.modules()
-             for name, child in parent.named_children() if type(child).__name__ in FAMILIES]
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child).__name__ in FAMILIES
+    ]
     for parent, name, child in swaps:
         setattr(parent, name, MoEFunctionOpBlock(child))
     return len(swaps)
@@ -88,28 +117,61 @@ def register_onnx_schema() -> None:
     except onnx.defs.SchemaError:
         pass
     option = onnx.defs.OpSchema.FormalParameterOption
-    kinds = {"int": onnx.defs.OpSchema.AttrType.INT, "float": onnx.defs.OpSchema.AttrType.FLOAT,
-             "string": onnx.defs.OpSchema.AttrType.STRING}
+    kinds = {
+        "int": onnx.defs.OpSchema.AttrType.INT,
+        "float": onnx.defs.OpSchema.AttrType.FLOAT,
+        "string": onnx.defs.OpSchema.AttrType.STRING,
+    }
     schema = onnx.defs.OpSchema(
-        SCHEMA.name, SCHEMA.domain, SCHEMA.since_version, doc=SCHEMA.summary,
-        inputs=[onnx.defs.OpSchema.FormalParameter(
-            p.name, p.type, param_option=option.Optional if p.optional else option.Single)
-            for p in SCHEMA.inputs],
+        SCHEMA.name,
+        SCHEMA.domain,
+        SCHEMA.since_version,
+        doc=SCHEMA.summary,
+        inputs=[
+            onnx.defs.OpSchema.FormalParameter(
+                p.name, p.type, param_option=option.Optional if p.optional else option.Single
+            )
+            for p in SCHEMA.inputs
+        ],
         outputs=[onnx.defs.OpSchema.FormalParameter(p.name, p.type) for p in SCHEMA.outputs],
         type_constraints=[(tc.name, list(tc.types), tc.doc) for tc in SCHEMA.type_constraints],
-        attributes=[onnx.defs.OpSchema.Attribute(a.name, kinds[a.type], a.doc, required=a.required)
-                    for a in SCHEMA.attributes],
+        attributes=[
+            onnx.defs.OpSchema.Attribute(a.name, kinds[a.type], a.doc, required=a.required) for a in SCHEMA.attributes
+        ],
     )
     onnx.defs.register_schema(schema)
 
 
-def _translate(X, router_weight, router_bias, selection_bias, fc1_weight, fc1_bias, fc2_weight,
-               fc2_bias, shared_fc1_weight, shared_fc2_weight, shared_gate_weight, attrs: str):
+def _translate(
+    X,
+    router_weight,
+    router_bias,
+    selection_bias,
+    fc1_weight,
+    fc1_bias,
+    fc2_weight,
+    fc2_bias,
+    shared_fc1_weight,
+    shared_fc2_weight,
+    shared_gate_weight,
+    attrs: str,
+):
     """``genai_moe::moe`` -> one ``org.onnx.genai.proposals.MoE`` node."""
     genai = values.Opset(PROPOSAL_DOMAIN, 1)
-    return genai.MoE(X, router_weight, router_bias, selection_bias, fc1_weight, fc1_bias,
-                     fc2_weight, fc2_bias, shared_fc1_weight, shared_fc2_weight,
-                     shared_gate_weight, **json.loads(attrs))
+    return genai.MoE(
+        X,
+        router_weight,
+        router_bias,
+        selection_bias,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        fc2_bias,
+        shared_fc1_weight,
+        shared_fc2_weight,
+        shared_gate_weight,
+        **json.loads(attrs),
+    )
 
 
 def export(model: torch.nn.Module, args: tuple, **kwargs) -> onnx.ModelProto:
@@ -117,10 +179,19 @@ def export(model: torch.nn.Module, args: tuple, **kwargs) -> onnx.ModelProto:
     body of the (single) MoE configuration appended as model-local functions."""
     register_onnx_schema()
     program = torch.onnx.export(
-        model, args, dynamo=True, opset_version=OPSET, verbose=False, optimize=True,
-        custom_translation_table={torch.ops.genai_moe.moe.default: _translate}, **kwargs)
+        model,
+        args,
+        dynamo=True,
+        opset_version=OPSET,
+        verbose=False,
+        optimize=True,
+        custom_translation_table={torch.ops.genai_moe.moe.default: _translate},
+        **kwargs,
+    )
     proto = program.model_proto
     return attach_functions(proto)
+
+
 # --8<-- [end:translation]
 
 
@@ -131,9 +202,11 @@ def attach_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
         raise UsageError("the exported model has no MoE node; call swap_moe_blocks(model) first")
     configs = {(_attrs_key(n), _present(n)) for n in nodes}
     if len(configs) > 1:
-        raise UsageError(f"{len(configs)} different MoE configurations in one model; "
-                         "one FunctionProto per (domain, name) needs a single configuration")
-    (attrs, present), = configs
+        raise UsageError(
+            f"{len(configs)} different MoE configurations in one model; "
+            "one FunctionProto per (domain, name) needs a single configuration"
+        )
+    ((attrs, present),) = configs
     proto.functions.extend(build_function(dict(attrs), present))
     if not any(o.domain == PROPOSAL_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(PROPOSAL_DOMAIN, 1))

@@ -16,8 +16,14 @@ from generator.errors import UsageError
 from proposals.moe.build import moe_model
 
 # transformers' hidden_act names -> the op's activation
-_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
-                "gelu_new": "gelu_tanh", "relu": "relu"}
+_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "relu": "relu",
+}
 
 
 def _np(tensor) -> np.ndarray:
@@ -27,8 +33,7 @@ def _np(tensor) -> np.ndarray:
 
 def _activation(hidden_act: str) -> str:
     if hidden_act not in _ACTIVATIONS:
-        raise UsageError(f"expert activation {hidden_act!r} is not supported by MoE; "
-                         f"valid: {sorted(_ACTIVATIONS)}")
+        raise UsageError(f"expert activation {hidden_act!r} is not supported by MoE; valid: {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[hidden_act]
 
 
@@ -50,9 +55,11 @@ def _stacked_experts(experts) -> tuple[dict[str, np.ndarray], dict[str, object]]
     if getattr(experts, "has_bias", False):
         arrays["fc1_bias"] = _np(experts.gate_up_proj_bias if gated else experts.up_proj_bias)
         arrays["fc2_bias"] = _np(experts.down_proj_bias)
-    attrs = {"activation": _activation(experts.config.hidden_act), "gated": int(gated),
-             "gate_up_layout": "concatenated" if getattr(experts, "is_concatenated", True)
-             else "interleaved"}
+    attrs = {
+        "activation": _activation(experts.config.hidden_act),
+        "gated": int(gated),
+        "gate_up_layout": "concatenated" if getattr(experts, "is_concatenated", True) else "interleaved",
+    }
     return arrays, attrs
 
 
@@ -62,8 +69,10 @@ def _shared_mlp(mlp, attrs: dict, gate=None) -> dict[str, np.ndarray]:
         raise UsageError("a shared expert with biases is not supported by MoE")
     g, u = _np(mlp.gate_proj.weight).T, _np(mlp.up_proj.weight).T
     fc1 = np.concatenate([g, u], 1) if attrs["gate_up_layout"] == "concatenated" else _interleave(g, u)
-    arrays = {"shared_fc1_weight": np.ascontiguousarray(fc1),
-              "shared_fc2_weight": np.ascontiguousarray(_np(mlp.down_proj.weight).T)}
+    arrays = {
+        "shared_fc1_weight": np.ascontiguousarray(fc1),
+        "shared_fc2_weight": np.ascontiguousarray(_np(mlp.down_proj.weight).T),
+    }
     if gate is not None:
         if gate.bias is not None:
             raise UsageError("a shared-expert gate with a bias is not supported by MoE")
@@ -97,10 +106,15 @@ def _deepseek_v3(block):
     arrays, attrs = _stacked_experts(block.experts)
     gate = block.gate
     arrays |= _router_weight(gate) | {"selection_bias": _np(gate.e_score_correction_bias)}
-    attrs |= {"k": gate.top_k, "scoring": "sigmoid", "normalize_routing_weights":
-              int(bool(gate.norm_topk_prob)), "routed_scaling_factor": float(
-                  gate.routed_scaling_factor), "n_group": gate.num_group,
-              "topk_group": gate.topk_group, "group_score": "top2_sum"}
+    attrs |= {
+        "k": gate.top_k,
+        "scoring": "sigmoid",
+        "normalize_routing_weights": int(bool(gate.norm_topk_prob)),
+        "routed_scaling_factor": float(gate.routed_scaling_factor),
+        "n_group": gate.num_group,
+        "topk_group": gate.topk_group,
+        "group_score": "top2_sum",
+    }
     return arrays | _shared_mlp(block.shared_experts, attrs), attrs
 
 
@@ -114,8 +128,9 @@ def _deepseek_v2(block):
     if gate.topk_method == "group_limited_greedy":
         attrs |= {"n_group": gate.num_group, "topk_group": gate.topk_group, "group_score": "max"}
     elif gate.topk_method != "greedy":
-        raise UsageError(f"DeepSeek-V2 topk_method {gate.topk_method!r} is not supported by MoE; "
-                         "valid: greedy, group_limited_greedy")
+        raise UsageError(
+            f"DeepSeek-V2 topk_method {gate.topk_method!r} is not supported by MoE; valid: greedy, group_limited_greedy"
+        )
     return arrays | _shared_mlp(block.shared_experts, attrs), attrs
 
 
@@ -143,13 +158,23 @@ def _gpt_oss(block):
     """GPT-OSS: router bias, softmax over the top-k logits (= softmax -> top-k -> renormalize),
     interleaved clamped SwiGLU with (up + 1), expert biases, [in, out] weights."""
     experts = block.experts
-    arrays = {"fc1_weight": _np(experts.gate_up_proj), "fc1_bias": _np(experts.gate_up_proj_bias),
-              "fc2_weight": _np(experts.down_proj), "fc2_bias": _np(experts.down_proj_bias),
-              "router_weight": np.ascontiguousarray(_np(block.router.weight).T),
-              "router_bias": _np(block.router.bias)}
-    attrs = {"k": block.router.top_k, "normalize_routing_weights": 1, "activation": "silu",
-             "gate_up_layout": "interleaved", "activation_alpha": float(experts.alpha),
-             "activation_beta": 1.0, "swiglu_limit": float(experts.limit)}
+    arrays = {
+        "fc1_weight": _np(experts.gate_up_proj),
+        "fc1_bias": _np(experts.gate_up_proj_bias),
+        "fc2_weight": _np(experts.down_proj),
+        "fc2_bias": _np(experts.down_proj_bias),
+        "router_weight": np.ascontiguousarray(_np(block.router.weight).T),
+        "router_bias": _np(block.router.bias),
+    }
+    attrs = {
+        "k": block.router.top_k,
+        "normalize_routing_weights": 1,
+        "activation": "silu",
+        "gate_up_layout": "interleaved",
+        "activation_alpha": float(experts.alpha),
+        "activation_beta": 1.0,
+        "swiglu_limit": float(experts.limit),
+    }
     return arrays, attrs
 
 
@@ -159,8 +184,12 @@ def _llama4(block):
     expert densely on zero-weighted inputs; with no expert biases those add nothing,
     so the op's sparse semantics give the same output."""
     experts = block.experts
-    attrs = {"k": block.router.top_k, "scoring": "sigmoid", "apply_weight_on_input": 1,
-             "activation": _activation(block.shared_expert.config.hidden_act)}
+    attrs = {
+        "k": block.router.top_k,
+        "scoring": "sigmoid",
+        "apply_weight_on_input": 1,
+        "activation": _activation(block.shared_expert.config.hidden_act),
+    }
     arrays = {"fc1_weight": _np(experts.gate_up_proj), "fc2_weight": _np(experts.down_proj)}
     arrays |= _router_weight(block.router)
     return arrays | _shared_mlp(block.shared_expert, attrs | {"gate_up_layout": "concatenated"}), attrs
@@ -190,8 +219,8 @@ FAMILIES: dict[str, Callable] = {
     "GptOssMLP": _gpt_oss,
     "Llama4TextMoe": _llama4,
     "PhimoeSparseMoeBlock": _unsupported(
-        "sparsemixer routing (two rounds of masked softmax with jitter_eps) is not a "
-        "score function of the op"),
+        "sparsemixer routing (two rounds of masked softmax with jitter_eps) is not a score function of the op"
+    ),
 }
 # --8<-- [end:families]
 
@@ -200,8 +229,10 @@ def block_arrays(block) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """The op's inputs (except X) and attributes for a transformers MoE block."""
     name = type(block).__name__
     if name not in FAMILIES:
-        raise UsageError(f"{name} is not a known transformers MoE block; supported: "
-                         f"{sorted(k for k, v in FAMILIES.items() if v.__name__ != 'reader')}")
+        raise UsageError(
+            f"{name} is not a known transformers MoE block; supported: "
+            f"{sorted(k for k, v in FAMILIES.items() if v.__name__ != 'reader')}"
+        )
     return FAMILIES[name](block)
 
 
@@ -214,6 +245,5 @@ def from_transformers(block) -> onnx.ModelProto:
     arrays, attrs = block_arrays(block)
     hidden = arrays["router_weight"].shape[0]
     x = np.zeros((1, 1, hidden), np.float32)
-    model = moe_model({"X": x, **arrays}, attrs, dynamic=True,
-                      io_names={"X": "hidden_states", "Y": "output"})
+    model = moe_model({"X": x, **arrays}, attrs, dynamic=True, io_names={"X": "hidden_states", "Y": "output"})
     return model

@@ -117,4 +117,6 @@ def moe(inputs: Mapping[str, np.ndarray], **attrs: object) -> np.ndarray:
         if "shared_fc1_weight" in w:
             out[t] += shared(x, w, a)
     return out.reshape(X.shape).astype(X.dtype)
+
+
 # --8<-- [end:reference]

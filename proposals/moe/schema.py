@@ -74,41 +74,56 @@ ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 
 # --8<-- [start:attributes]
 ATTRIBUTES: tuple[Attribute, ...] = (
-    Attribute("k", "int", "Number of experts each token is routed to: 1 <= k <= E, and "
-              "k <= topk_group * E / n_group with expert groups."),
-    Attribute("scoring", "string", "Score function over the router logits.",
-              default="softmax", allowed=("softmax", "sigmoid")),
-    Attribute("normalize_routing_weights", "int",
-              "1: divide the k selected weights by their sum.", default=0, allowed=(0, 1)),
-    Attribute("routed_scaling_factor", "float",
-              "Multiplies the routing weights after normalization.", default=1.0),
-    Attribute("n_group", "int",
-              "Number of expert groups for group-limited selection (1: off). Must divide E.",
-              default=1),
-    Attribute("topk_group", "int",
-              "Number of groups kept for selection; absent: all n_group groups.",
-              default=OPTIONAL),
-    Attribute("group_score", "string",
-              "How a group is scored: the sum of its two best choice scores (needs E / n_group >= 2 "
-              "when n_group > 1), or its best one.",
-              default="top2_sum", allowed=("top2_sum", "max")),
-    Attribute("activation", "string", "Expert activation f.", default="silu",
-              allowed=ACTIVATIONS),
-    Attribute("gated", "int", "1: GLU expert, f(gate) * (up + activation_beta); 0: f(h).",
-              default=1, allowed=(0, 1)),
-    Attribute("gate_up_layout", "string",
-              "Where the gate and up columns sit in fc1's output when gated=1.",
-              default="concatenated", allowed=("concatenated", "interleaved")),
-    Attribute("activation_alpha", "float", "Slope inside silu: x * sigmoid(alpha * x).",
-              default=1.0),
-    Attribute("activation_beta", "float", "Added to the up half before the product.",
-              default=0.0),
-    Attribute("swiglu_limit", "float",
-              "If given: gate = min(gate, limit), up = clip(up, -limit, limit); absent: no clamp.",
-              default=OPTIONAL),
-    Attribute("apply_weight_on_input", "int",
-              "1: scale each expert's input by its routing weight instead of its output.",
-              default=0, allowed=(0, 1)),
+    Attribute(
+        "k",
+        "int",
+        "Number of experts each token is routed to: 1 <= k <= E, and k <= topk_group * E / n_group with expert groups.",
+    ),
+    Attribute(
+        "scoring", "string", "Score function over the router logits.", default="softmax", allowed=("softmax", "sigmoid")
+    ),
+    Attribute(
+        "normalize_routing_weights", "int", "1: divide the k selected weights by their sum.", default=0, allowed=(0, 1)
+    ),
+    Attribute("routed_scaling_factor", "float", "Multiplies the routing weights after normalization.", default=1.0),
+    Attribute(
+        "n_group", "int", "Number of expert groups for group-limited selection (1: off). Must divide E.", default=1
+    ),
+    Attribute(
+        "topk_group", "int", "Number of groups kept for selection; absent: all n_group groups.", default=OPTIONAL
+    ),
+    Attribute(
+        "group_score",
+        "string",
+        "How a group is scored: the sum of its two best choice scores (needs E / n_group >= 2 "
+        "when n_group > 1), or its best one.",
+        default="top2_sum",
+        allowed=("top2_sum", "max"),
+    ),
+    Attribute("activation", "string", "Expert activation f.", default="silu", allowed=ACTIVATIONS),
+    Attribute("gated", "int", "1: GLU expert, f(gate) * (up + activation_beta); 0: f(h).", default=1, allowed=(0, 1)),
+    Attribute(
+        "gate_up_layout",
+        "string",
+        "Where the gate and up columns sit in fc1's output when gated=1.",
+        default="concatenated",
+        allowed=("concatenated", "interleaved"),
+    ),
+    Attribute("activation_alpha", "float", "Slope inside silu: x * sigmoid(alpha * x).", default=1.0),
+    Attribute("activation_beta", "float", "Added to the up half before the product.", default=0.0),
+    Attribute(
+        "swiglu_limit",
+        "float",
+        "If given: gate = min(gate, limit), up = clip(up, -limit, limit); absent: no clamp.",
+        default=OPTIONAL,
+    ),
+    Attribute(
+        "apply_weight_on_input",
+        "int",
+        "1: scale each expert's input by its routing weight instead of its output.",
+        default=0,
+        allowed=(0, 1),
+    ),
 )
 # --8<-- [end:attributes]
 
@@ -116,20 +131,26 @@ INPUTS: tuple[Parameter, ...] = (
     Parameter("X", "T", "[..., H]", "Tokens; all leading axes are flattened to T rows."),
     Parameter("router_weight", "T", "[H, E]", "Router projection."),
     Parameter("router_bias", "T", "[E]", "Added to the router logits.", optional=True),
-    Parameter("selection_bias", "T", "[E]",
-              "Added to the scores for selection only (DeepSeek-V3 e_score_correction_bias).",
-              optional=True),
+    Parameter(
+        "selection_bias",
+        "T",
+        "[E]",
+        "Added to the scores for selection only (DeepSeek-V3 e_score_correction_bias).",
+        optional=True,
+    ),
     Parameter("fc1_weight", "T", "[E, H, F*I]", "First projection per expert; F = 2 if gated."),
     Parameter("fc1_bias", "T", "[E, F*I]", "First projection bias per expert.", optional=True),
     Parameter("fc2_weight", "T", "[E, I, H]", "Second projection per expert."),
     Parameter("fc2_bias", "T", "[E, H]", "Second projection bias per expert.", optional=True),
-    Parameter("shared_fc1_weight", "T", "[H, F*Is]", "Shared expert's first projection.",
-              optional=True),
-    Parameter("shared_fc2_weight", "T", "[Is, H]",
-              "Shared expert's second projection (required with shared_fc1_weight).",
-              optional=True),
-    Parameter("shared_gate_weight", "T", "[H, 1]", "Sigmoid gate of the shared expert.",
-              optional=True),
+    Parameter("shared_fc1_weight", "T", "[H, F*Is]", "Shared expert's first projection.", optional=True),
+    Parameter(
+        "shared_fc2_weight",
+        "T",
+        "[Is, H]",
+        "Shared expert's second projection (required with shared_fc1_weight).",
+        optional=True,
+    ),
+    Parameter("shared_gate_weight", "T", "[H, 1]", "Sigmoid gate of the shared expert.", optional=True),
 )
 
 OUTPUTS: tuple[Parameter, ...] = (Parameter("Y", "T", "same as X", "The block's output."),)
@@ -144,8 +165,11 @@ SCHEMA = OpSchema(
     inputs=INPUTS,
     outputs=OUTPUTS,
     type_constraints=(
-        TypeConstraint("T", ("tensor(float)", "tensor(float16)", "tensor(bfloat16)"),
-                       "Floating-point tensors; the body computes in T."),
+        TypeConstraint(
+            "T",
+            ("tensor(float)", "tensor(float16)", "tensor(bfloat16)"),
+            "Floating-point tensors; the body computes in T.",
+        ),
     ),
 )
 
@@ -161,18 +185,18 @@ def resolve(attrs: Mapping[str, object]) -> dict[str, object]:
     if out["k"] < 1:
         raise UsageError(f"invalid attribute k={out['k']} for {SCHEMA.qualified_name}: must be >= 1")
     if out["n_group"] < 1:
-        raise UsageError(f"invalid attribute n_group={out['n_group']} for "
-                         f"{SCHEMA.qualified_name}: must be >= 1")
+        raise UsageError(f"invalid attribute n_group={out['n_group']} for {SCHEMA.qualified_name}: must be >= 1")
     topk_group = out.get("topk_group", out["n_group"])
     if not 1 <= topk_group <= out["n_group"]:
-        raise UsageError(f"invalid attribute topk_group={topk_group} for {SCHEMA.qualified_name}:"
-                         f" must be in [1, n_group={out['n_group']}]")
+        raise UsageError(
+            f"invalid attribute topk_group={topk_group} for {SCHEMA.qualified_name}:"
+            f" must be in [1, n_group={out['n_group']}]"
+        )
     return out
 
 
 # The size each dimension letter of an input's shape is read from (F comes from `gated`).
-_SIZE_SOURCES = {"H": ("X", -1), "E": ("router_weight", 1), "I": ("fc2_weight", 1),
-                 "Is": ("shared_fc2_weight", 0)}
+_SIZE_SOURCES = {"H": ("X", -1), "E": ("router_weight", 1), "I": ("fc2_weight", 1), "Is": ("shared_fc2_weight", 0)}
 _RANKS = {"router_weight": 2, "fc2_weight": 3, "shared_fc2_weight": 2}
 
 
@@ -189,8 +213,9 @@ def check_shapes(attrs: Mapping[str, object], shapes: Mapping[str, Sequence[int]
         raise UsageError(f"input X of {name} must have rank >= 1 ([..., H]), got a scalar")
     for input_name, rank in _RANKS.items():
         if input_name in shapes and len(shapes[input_name]) != rank:
-            raise UsageError(f"input {input_name} of {name} must have rank {rank}, "
-                             f"got shape {tuple(shapes[input_name])}")
+            raise UsageError(
+                f"input {input_name} of {name} must have rank {rank}, got shape {tuple(shapes[input_name])}"
+            )
     sizes = {d: int(shapes[src][axis]) for d, (src, axis) in _SIZE_SOURCES.items() if src in shapes}
     sizes["F"] = 2 if a["gated"] else 1
     told = ", ".join(f"{d}={v}" for d, v in sizes.items())
@@ -198,8 +223,10 @@ def check_shapes(attrs: Mapping[str, object], shapes: Mapping[str, Sequence[int]
         if param.name in shapes:
             expected = _expected_shape(param, sizes)
             if tuple(shapes[param.name]) != expected:
-                raise UsageError(f"input {param.name} of {name} has shape {tuple(shapes[param.name])}; "
-                                 f"expected {param.shape} = {expected} ({told})")
+                raise UsageError(
+                    f"input {param.name} of {name} has shape {tuple(shapes[param.name])}; "
+                    f"expected {param.shape} = {expected} ({told})"
+                )
     _check_attributes_fit(a, sizes["E"])
 
 
@@ -210,8 +237,10 @@ def _expected_shape(param: Parameter, sizes: Mapping[str, int]) -> tuple[int, ..
         value = 1
         for factor in dim.split("*"):
             if not factor.isdigit() and factor not in sizes:
-                raise UsageError(f"input {param.name} of {SCHEMA.qualified_name} needs input "
-                                 f"{_SIZE_SOURCES[factor][0]} (it gives {factor})")
+                raise UsageError(
+                    f"input {param.name} of {SCHEMA.qualified_name} needs input "
+                    f"{_SIZE_SOURCES[factor][0]} (it gives {factor})"
+                )
             value *= int(factor) if factor.isdigit() else sizes[factor]
         dims.append(value)
     return tuple(dims)
@@ -227,9 +256,13 @@ def _check_attributes_fit(a: Mapping[str, object], experts: int) -> None:
         raise UsageError(f"invalid attribute n_group={n_group} for {name}: must divide E={experts}")
     per_group = experts // n_group
     if n_group > 1 and a["group_score"] == "top2_sum" and per_group < 2:
-        raise UsageError(f"group_score='top2_sum' for {name} needs groups of at least 2 experts, "
-                         f"but E={experts} / n_group={n_group} = {per_group}; use group_score='max' or fewer groups")
+        raise UsageError(
+            f"group_score='top2_sum' for {name} needs groups of at least 2 experts, "
+            f"but E={experts} / n_group={n_group} = {per_group}; use group_score='max' or fewer groups"
+        )
     kept = a.get("topk_group", n_group) * per_group
     if k > kept:
-        raise UsageError(f"invalid attribute k={k} for {name}: must be <= topk_group * E / n_group = {kept} "
-                         f"(the experts in the kept groups)")
+        raise UsageError(
+            f"invalid attribute k={k} for {name}: must be <= topk_group * E / n_group = {kept} "
+            f"(the experts in the kept groups)"
+        )

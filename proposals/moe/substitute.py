@@ -41,11 +41,12 @@ def why_not(attrs: Mapping[str, object], present: set[str], constants: set[str])
         return "erf GELU: MoE's gelu is the tanh approximation"
     if not gated and activation == "silu" and attrs.get("activation_alpha", 1.0) != 1.0:
         return "non-gated silu with activation_alpha != 1"
-    weights = {"fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "shared_fc1_weight",
-               "shared_fc2_weight"} & present
+    weights = {"fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "shared_fc1_weight", "shared_fc2_weight"} & present
     if not weights <= constants:
         return "expert weights are not initializers (the rewrite re-lays them out once)"
     return None
+
+
 # --8<-- [end:why_not]
 
 
@@ -67,12 +68,19 @@ def _ort_fc1(w: np.ndarray, attrs: Mapping[str, object]) -> np.ndarray:
 
 def _ort_attrs(attrs: Mapping[str, object], k: int) -> dict[str, object]:
     gated = attrs.get("gated", 1)
-    out = {"k": k, "normalize_routing_weights": int(attrs.get("normalize_routing_weights", 0)),
-           "activation_type": "swiglu" if gated else
-           {"relu": "relu", "gelu_tanh": "gelu", "silu": "silu"}[attrs["activation"]]}
+    out = {
+        "k": k,
+        "normalize_routing_weights": int(attrs.get("normalize_routing_weights", 0)),
+        "activation_type": "swiglu"
+        if gated
+        else {"relu": "relu", "gelu_tanh": "gelu", "silu": "silu"}[attrs["activation"]],
+    }
     if gated:
-        out |= {"swiglu_fusion": 1, "activation_alpha": float(attrs.get("activation_alpha", 1.0)),
-                "activation_beta": float(attrs.get("activation_beta", 0.0))}
+        out |= {
+            "swiglu_fusion": 1,
+            "activation_alpha": float(attrs.get("activation_alpha", 1.0)),
+            "activation_beta": float(attrs.get("activation_beta", 0.0)),
+        }
         if "swiglu_limit" in attrs:
             out["swiglu_limit"] = float(attrs["swiglu_limit"])
     return out
@@ -86,8 +94,7 @@ class _Rewrite:
 
     def node(self, op: str, inputs, name: str, domain: str = "", **attrs) -> str:
         out = f"{self.prefix}{name}"
-        self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, domain=domain,
-                                           **attrs))
+        self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, domain=domain, **attrs))
         return out
 
     def const(self, name: str, array: np.ndarray) -> str:
@@ -97,8 +104,9 @@ class _Rewrite:
 
 
 # --8<-- [start:rewrite]
-def _rewrite(node: onnx.NodeProto, attrs: Mapping[str, object], arrays: Mapping[str, np.ndarray],
-             names: Mapping[str, str]) -> _Rewrite:
+def _rewrite(
+    node: onnx.NodeProto, attrs: Mapping[str, object], arrays: Mapping[str, np.ndarray], names: Mapping[str, str]
+) -> _Rewrite:
     r = _Rewrite(f"{node.name or node.output[0]}/ort_")
     x = r.node("Flatten", [names["X"]], "tokens", axis=-1)
     logits = r.node("MatMul", [x, names["router_weight"]], "logits")
@@ -108,19 +116,24 @@ def _rewrite(node: onnx.NodeProto, attrs: Mapping[str, object], arrays: Mapping[
         # softmax(log(sigmoid(l))) renormalized over the top-k = sigmoid(l) renormalized
         logits = r.node("Log", [r.node("Sigmoid", [logits], "sigmoid")], "log_sigmoid")
     fc1 = r.const("fc1", _ort_fc1(arrays["fc1_weight"], attrs))
-    fc1_bias = r.const("fc1_bias", _ort_fc1(arrays["fc1_bias"][..., None, :], attrs)[..., 0]) \
-        if "fc1_bias" in arrays else ""
+    fc1_bias = (
+        r.const("fc1_bias", _ort_fc1(arrays["fc1_bias"][..., None, :], attrs)[..., 0]) if "fc1_bias" in arrays else ""
+    )
     fc2 = r.const("fc2", np.swapaxes(arrays["fc2_weight"], 1, 2))
     fc2_bias = names.get("fc2_bias", "")
-    y = r.node("MoE", [x, logits, fc1, fc1_bias, fc2, fc2_bias], "routed", ORT_DOMAIN,
-               **_ort_attrs(attrs, int(attrs["k"])))
+    y = r.node(
+        "MoE", [x, logits, fc1, fc1_bias, fc2, fc2_bias], "routed", ORT_DOMAIN, **_ort_attrs(attrs, int(attrs["k"]))
+    )
     scale = float(attrs.get("routed_scaling_factor", 1.0))
     if scale != 1.0:
         y = r.node("Mul", [y, r.const("scale", np.array(scale, np.float32))], "scaled")
     if "shared_fc1_weight" in arrays:
         y = r.node("Add", [y, _shared(r, x, attrs, arrays, names)], "with_shared")
-    r.nodes.append(helper.make_node("Reshape", [y, r.node("Shape", [names["X"]], "x_shape")],
-                                    [node.output[0]], name=f"{r.prefix}output"))
+    r.nodes.append(
+        helper.make_node(
+            "Reshape", [y, r.node("Shape", [names["X"]], "x_shape")], [node.output[0]], name=f"{r.prefix}output"
+        )
+    )
     return r
 
 
@@ -128,16 +141,23 @@ def _shared(r: _Rewrite, x: str, attrs, arrays, names) -> str:
     """The shared expert as a one-expert MoE: softmax over one logit is weight 1."""
     rows = r.node("Shape", [x], "rows", start=0, end=1)
     one = r.const("one", np.array([1], np.int64))
-    zeros = r.node("ConstantOfShape", [r.node("Concat", [rows, one], "logit_shape", axis=0)],
-                   "zero_logits", value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    zeros = r.node(
+        "ConstantOfShape",
+        [r.node("Concat", [rows, one], "logit_shape", axis=0)],
+        "zero_logits",
+        value=numpy_helper.from_array(np.zeros(1, np.float32)),
+    )
     fc1 = r.const("shared_fc1", _ort_fc1(arrays["shared_fc1_weight"][None], attrs))
     fc2 = r.const("shared_fc2", arrays["shared_fc2_weight"].T[None])
     out = r.node("MoE", [x, zeros, fc1, "", fc2], "shared", ORT_DOMAIN, **_ort_attrs(attrs, 1))
     if "shared_gate_weight" in names:
-        gate = r.node("Sigmoid", [r.node("MatMul", [x, names["shared_gate_weight"]],
-                                         "shared_gate_logit")], "shared_gate")
+        gate = r.node(
+            "Sigmoid", [r.node("MatMul", [x, names["shared_gate_weight"]], "shared_gate_logit")], "shared_gate"
+        )
         out = r.node("Mul", [out, gate], "gated_shared")
     return out
+
+
 # --8<-- [end:rewrite]
 
 

@@ -29,8 +29,7 @@ def test_whole_model_exports_and_matches(family: str) -> None:
     assert swap_moe_blocks(model) == 2
     seq = torch.export.Dim("seq", min=1, max=32)
     batch = torch.export.Dim("batch", min=1, max=4)
-    proto = export(Logits(model), (torch.from_numpy(prompts[0]),),
-                   dynamic_shapes=({0: batch, 1: seq},))
+    proto = export(Logits(model), (torch.from_numpy(prompts[0]),), dynamic_shapes=({0: batch, 1: seq},))
     onnx.checker.check_model(proto, full_check=True)
     moe_nodes = [n for n in proto.graph.node if n.op_type == SCHEMA.name]
     assert len(moe_nodes) == 2 and {f.name for f in proto.functions} >= {"MoE", "GroupedMatMul"}

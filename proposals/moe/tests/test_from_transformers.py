@@ -40,7 +40,6 @@ def test_unsupported_activation_is_refused() -> None:
     from transformers.models.mixtral.configuration_mixtral import MixtralConfig
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-    config = MixtralConfig(hidden_size=8, intermediate_size=4, num_local_experts=2,
-                           hidden_act="tanh")
+    config = MixtralConfig(hidden_size=8, intermediate_size=4, num_local_experts=2, hidden_act="tanh")
     with pytest.raises(UsageError, match="expert activation 'tanh' is not supported by MoE; valid"):
         from_transformers(MixtralSparseMoeBlock(config))

@@ -16,8 +16,7 @@ from proposals.moe.reference import moe
 from proposals.moe.schema import ACTIVATIONS
 
 RTOL, ATOL = 1e-4, 1e-4
-SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -34,8 +33,7 @@ def moe_configs(draw):
         "routed_scaling_factor": draw(st.sampled_from([1.0, 0.5, 2.5])),
         "n_group": n_group,
         # top2_sum needs groups of at least two experts
-        "group_score": draw(st.sampled_from(["top2_sum", "max"] if experts // n_group > 1
-                                            else ["max"])),
+        "group_score": draw(st.sampled_from(["top2_sum", "max"] if experts // n_group > 1 else ["max"])),
         "activation": draw(st.sampled_from(ACTIVATIONS)),
         "gated": draw(st.integers(0, 1)),
         "gate_up_layout": draw(st.sampled_from(["concatenated", "interleaved"])),
@@ -47,11 +45,18 @@ def moe_configs(draw):
         attrs["topk_group"] = topk_group
     if draw(st.booleans()):
         attrs["swiglu_limit"] = draw(st.sampled_from([0.5, 7.0]))
-    optional = draw(st.sets(st.sampled_from(
-        ["router_bias", "selection_bias", "fc1_bias", "fc2_bias", "shared", "shared_gate"])))
-    sizes = {"E": experts, "T": draw(st.integers(1, 6)), "lead": draw(st.sampled_from([(), (2,)])),
-             "H": draw(st.integers(1, 6)), "I": draw(st.integers(1, 5)),
-             "Is": draw(st.integers(1, 4)), "seed": draw(st.integers(0, 2**16))}
+    optional = draw(
+        st.sets(st.sampled_from(["router_bias", "selection_bias", "fc1_bias", "fc2_bias", "shared", "shared_gate"]))
+    )
+    sizes = {
+        "E": experts,
+        "T": draw(st.integers(1, 6)),
+        "lead": draw(st.sampled_from([(), (2,)])),
+        "H": draw(st.integers(1, 6)),
+        "I": draw(st.integers(1, 5)),
+        "Is": draw(st.integers(1, 4)),
+        "seed": draw(st.integers(0, 2**16)),
+    }
     return attrs, optional, sizes
 
 
@@ -63,8 +68,12 @@ def _arrays(attrs, optional, sizes) -> dict[str, np.ndarray]:
     def randn(*shape, scale=1.0):
         return (rng.randn(*shape) * scale).astype(np.float32)
 
-    arrays = {"X": randn(*sizes["lead"], sizes["T"], H), "router_weight": randn(H, E),
-              "fc1_weight": randn(E, H, F * inter, scale=0.7), "fc2_weight": randn(E, inter, H, scale=0.7)}
+    arrays = {
+        "X": randn(*sizes["lead"], sizes["T"], H),
+        "router_weight": randn(H, E),
+        "fc1_weight": randn(E, H, F * inter, scale=0.7),
+        "fc2_weight": randn(E, inter, H, scale=0.7),
+    }
     if "router_bias" in optional:
         arrays["router_bias"] = randn(E)
     if "selection_bias" in optional:
@@ -102,15 +111,22 @@ def _grouped_matmul_model():
 
     node = helper.make_node("GroupedMatMul", ["X", "W", "idx"], ["Y"], domain=PROPOSAL_DOMAIN)
     graph = helper.make_graph(
-        [node], "gmm",
-        [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["M", "K"]),
-         helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, ["G", "K", "N"]),
-         helper.make_tensor_value_info("idx", onnx.TensorProto.INT64, ["M", "k"])],
-        [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, ["M", "k", "N"])])
+        [node],
+        "gmm",
+        [
+            helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["M", "K"]),
+            helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, ["G", "K", "N"]),
+            helper.make_tensor_value_info("idx", onnx.TensorProto.INT64, ["M", "k"]),
+        ],
+        [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, ["M", "k", "N"])],
+    )
     from proposals.moe.body import _piece_proto
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                   helper.make_opsetid(PROPOSAL_DOMAIN, 1)],
-                             functions=[_piece_proto(GroupedMatMul.name)])
+
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(PROPOSAL_DOMAIN, 1)],
+        functions=[_piece_proto(GroupedMatMul.name)],
+    )
 
 
 GMM = _grouped_matmul_model()
@@ -119,8 +135,9 @@ GMM_REF = ReferenceEvaluator(GMM)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(st.integers(1, 7), st.integers(1, 3), st.integers(1, 5), st.integers(1, 4),
-       st.integers(1, 4), st.integers(0, 2**16))
+@given(
+    st.integers(1, 7), st.integers(1, 3), st.integers(1, 5), st.integers(1, 4), st.integers(1, 4), st.integers(0, 2**16)
+)
 def test_grouped_matmul_both_strategies(M, k, G, K, N, seed) -> None:
     """Y[m, j] = X[m] @ W[idx[m, j]], whether or not groups repeat (Gather or Loop branch)."""
     rng = seeded(seed)

@@ -13,13 +13,17 @@ from proposals.moe.families import SUPPORTED, tiny_block
 from proposals.moe.hf import from_transformers
 from proposals.moe.substitute import substitute
 
-SUBSTITUTED = {"mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "olmoe", "qwen3_next",
-               "flex_olmo", "jamba"}
+SUBSTITUTED = {"mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "olmoe", "qwen3_next", "flex_olmo", "jamba"}
 SELECTION_BIAS = "selection-only bias: MoE selects and weighs with the same scores (QMoE's router_weights could)"
-LEFT_ALONE = {"deepseek_v3": SELECTION_BIAS, "glm4_moe": SELECTION_BIAS, "minimax_m2": SELECTION_BIAS,
-              "dots1": SELECTION_BIAS, "ernie4_5_moe": SELECTION_BIAS,
-              "deepseek_v2": "group-limited top-k has no MoE attribute",
-              "llama4": "MoE weighs expert outputs, not inputs"}
+LEFT_ALONE = {
+    "deepseek_v3": SELECTION_BIAS,
+    "glm4_moe": SELECTION_BIAS,
+    "minimax_m2": SELECTION_BIAS,
+    "dots1": SELECTION_BIAS,
+    "ernie4_5_moe": SELECTION_BIAS,
+    "deepseek_v2": "group-limited top-k has no MoE attribute",
+    "llama4": "MoE weighs expert outputs, not inputs",
+}
 
 
 def _same_on_ort(model, substituted, x: np.ndarray, name: str) -> None:
@@ -40,8 +44,7 @@ def test_substituted_families(family: str) -> None:
     ops = {(n.domain, n.op_type) for n in substituted.graph.node}
     assert ("com.microsoft", "MoE") in ops and not substituted.functions
     for shape in ((2, 5, 16), (1, 1, 16)):
-        _same_on_ort(model, substituted, seeded(2).randn(*shape).astype(np.float32),
-                     "hidden_states")
+        _same_on_ort(model, substituted, seeded(2).randn(*shape).astype(np.float32), "hidden_states")
 
 
 @pytest.mark.parametrize("family", sorted(LEFT_ALONE))
@@ -59,8 +62,14 @@ ATTRS = [
     {"k": 2, "scoring": "sigmoid", "normalize_routing_weights": 1},  # via log(sigmoid)
     {"k": 1, "gated": 0, "activation": "gelu_tanh", "routed_scaling_factor": 2.5},
     {"k": 3, "gated": 0, "activation": "relu"},
-    {"k": 2, "gate_up_layout": "interleaved", "swiglu_limit": 0.7, "activation_alpha": 1.702,
-     "activation_beta": 1.0, "normalize_routing_weights": 1},
+    {
+        "k": 2,
+        "gate_up_layout": "interleaved",
+        "swiglu_limit": 0.7,
+        "activation_alpha": 1.702,
+        "activation_beta": 1.0,
+        "normalize_routing_weights": 1,
+    },
 ]
 
 
@@ -68,16 +77,18 @@ ATTRS = [
 def test_attribute_sets(attrs) -> None:
     rng = seeded(5)
     width = 6 if attrs.get("gated", 1) else 3
-    arrays = {"X": rng.randn(7, 8).astype(np.float32),
-              "router_weight": rng.randn(8, 4).astype(np.float32),
-              "router_bias": rng.randn(4).astype(np.float32),
-              "fc1_weight": rng.randn(4, 8, width).astype(np.float32),
-              "fc1_bias": rng.randn(4, width).astype(np.float32),
-              "fc2_weight": rng.randn(4, 3, 8).astype(np.float32),
-              "fc2_bias": rng.randn(4, 8).astype(np.float32),
-              "shared_fc1_weight": rng.randn(8, width).astype(np.float32),
-              "shared_fc2_weight": rng.randn(3, 8).astype(np.float32),
-              "shared_gate_weight": rng.randn(8, 1).astype(np.float32)}
+    arrays = {
+        "X": rng.randn(7, 8).astype(np.float32),
+        "router_weight": rng.randn(8, 4).astype(np.float32),
+        "router_bias": rng.randn(4).astype(np.float32),
+        "fc1_weight": rng.randn(4, 8, width).astype(np.float32),
+        "fc1_bias": rng.randn(4, width).astype(np.float32),
+        "fc2_weight": rng.randn(4, 3, 8).astype(np.float32),
+        "fc2_bias": rng.randn(4, 8).astype(np.float32),
+        "shared_fc1_weight": rng.randn(8, width).astype(np.float32),
+        "shared_fc2_weight": rng.randn(3, 8).astype(np.float32),
+        "shared_gate_weight": rng.randn(8, 1).astype(np.float32),
+    }
     model = moe_model(arrays, attrs, dynamic=True)
     substituted, report = substitute(model)
     assert report == {"moe": "com.microsoft.MoE"}
@@ -86,10 +97,12 @@ def test_attribute_sets(attrs) -> None:
 
 def test_erf_gelu_is_left_alone() -> None:
     rng = seeded(6)
-    arrays = {"X": rng.randn(3, 4).astype(np.float32),
-              "router_weight": rng.randn(4, 2).astype(np.float32),
-              "fc1_weight": rng.randn(2, 4, 3).astype(np.float32),
-              "fc2_weight": rng.randn(2, 3, 4).astype(np.float32)}
+    arrays = {
+        "X": rng.randn(3, 4).astype(np.float32),
+        "router_weight": rng.randn(4, 2).astype(np.float32),
+        "fc1_weight": rng.randn(2, 4, 3).astype(np.float32),
+        "fc2_weight": rng.randn(2, 3, 4).astype(np.float32),
+    }
     model = moe_model(arrays, {"k": 1, "gated": 0, "activation": "gelu"})
     substituted, report = substitute(model)
     assert report == {"moe": "erf GELU: MoE's gelu is the tanh approximation"}
