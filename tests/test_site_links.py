@@ -73,3 +73,14 @@ def test_site_stylesheets_import_nothing_remote(site_dir: Path) -> None:
         if "@import" in (text := css.read_text(errors="replace")) and "http" in text.split("@import", 1)[1][:20]
     ]
     assert not remote
+
+
+def test_no_list_item_rendered_as_text(site_dir: Path) -> None:
+    """A Markdown list needs a blank line before it; without one its items show as '- ...'."""
+    import re
+
+    stray = []
+    for page in site_dir.rglob("*.html"):
+        text = re.sub(r"<(pre|svg|script|code)\b.*?</\1>", "", page.read_text(errors="replace"), flags=re.S)
+        stray += [f"{page.relative_to(site_dir)}: {m[0].strip()[:60]}" for m in re.finditer(r"^\s*- \S.*$", text, re.M)]
+    assert not stray, "\n".join(stray)
