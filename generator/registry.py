@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -106,22 +106,30 @@ def discover() -> dict[str, CaseSpec]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def select(patterns: Sequence[str] = ()) -> list[CaseSpec]:
-    """Cases matching ``patterns`` (``topic``, ``topic/case`` or ``case``); all if empty."""
-    cases = discover()
+def match_ids(ids: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """The ``topic/case`` ids matching ``patterns`` (``topic``, ``topic/case`` or ``case``),
+    sorted; all if empty. An unmatched pattern is a one-line error."""
+    ids = sorted(ids)
     if not patterns:
-        return list(cases.values())
-    chosen: dict[str, CaseSpec] = {}
+        return ids
+
+    def hits(pattern: str) -> list[str]:
+        return [cid for cid in ids if pattern in (cid, *cid.split("/", 1))]
+
     for pattern in patterns:
-        hits = [spec for spec in cases.values() if pattern in (spec.id, spec.topic, spec.name)]
-        if not hits:
-            topics = sorted({spec.topic for spec in cases.values()})
+        if not hits(pattern):
+            topics = sorted({cid.split("/", 1)[0] for cid in ids})
             raise UsageError(
                 f"unknown case {pattern!r}; valid: a topic ({', '.join(topics)}), "
                 "a case name or topic/case (see `python -m generator list`)"
             )
-        chosen.update((spec.id, spec) for spec in hits)
-    return [chosen[key] for key in sorted(chosen)]
+    return sorted({cid for pattern in patterns for cid in hits(pattern)})
+
+
+def select(patterns: Sequence[str] = ()) -> list[CaseSpec]:
+    """Registered cases matching ``patterns``; all if empty."""
+    cases = discover()
+    return [cases[cid] for cid in match_ids(cases, patterns)]
 
 
 def topics() -> list[str]:

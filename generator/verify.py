@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from generator.errors import UsageError
+from generator.registry import match_ids
 from generator.runtimes import Runtime
 from generator.zoo import ZOO, case_dir, load_datasets, load_manifest, manifest_path, tampered_files
 
@@ -134,21 +135,6 @@ def check_integrity(case_ids: Sequence[str], manifest: Mapping, zoo: Path) -> No
         )
 
 
-def select_ids(manifest: Mapping, patterns: Sequence[str]) -> list[str]:
-    ids = sorted(manifest["cases"])
-    if not patterns:
-        return ids
-    chosen = [cid for cid in ids if any(p in (cid, cid.split("/")[0], cid.split("/")[1]) for p in patterns)]
-    unknown = [p for p in patterns if not any(p in (c, c.split("/")[0], c.split("/")[1]) for c in ids)]
-    if unknown:
-        topics = sorted({cid.split("/")[0] for cid in ids})
-        raise UsageError(
-            f"unknown case {unknown[0]!r}; valid: a topic ({', '.join(topics)}), "
-            "a case name or topic/case (see `python -m generator list`)"
-        )
-    return chosen
-
-
 def runtime_version(runtime: Runtime) -> str:
     """The adapter's version; a broken adapter is the user's to fix, named in one line."""
     try:
@@ -165,7 +151,7 @@ def verify(
 ) -> dict:
     """Run the matrix and return it as a JSON-ready dict."""
     manifest = load_manifest(zoo)
-    ids = select_ids(manifest, patterns)
+    ids = match_ids(manifest["cases"], patterns)
     check_integrity(ids, manifest, zoo)
     matrix: dict = {
         "runtimes": [{"name": rt.name, "version": runtime_version(rt)} for rt in runtimes],
