@@ -56,7 +56,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from generator import runtimes, verify
+    from generator import baseline, runtimes, verify
 
     console = _console()
     chosen = runtimes.available(args.runtime)
@@ -73,11 +73,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
         detail = f" {cell.detail}" if cell.status != "pass" else ""
         console.print(f"{case_id:50s} {runtime:12s} {marks[cell.status]}{err}{note}{detail}"[:400])
 
-    matrix = verify.verify(chosen, args.cases, Path(args.zoo), progress)
-    path = verify.write_matrix(matrix, Path(args.json))
-    problems = verify.failures(matrix)
+    zoo_dir, baseline_path = Path(args.zoo), Path(args.baseline)
+    expected = baseline.load(baseline_path)
+    verify.check_output(Path(args.json), zoo_dir)
+    matrix = verify.verify(chosen, args.cases, zoo_dir, progress)
+    path = verify.write_matrix(matrix, Path(args.json), zoo_dir)
+    full = not args.cases
+    if args.record:
+        data, changed = baseline.recorded(matrix, expected, full=full)
+        for line in changed:
+            console.print(f"[yellow]recorded[/] {line.split('; ')[0]}")
+        console.print(f"{len(changed)} cells changed → {baseline.save(data, baseline_path)}")
+        return 0
+    problems = verify.failures(matrix, expected, full=full)
     for line in problems:
         console.print(f"[red]FAIL[/] {line}")
+    for name in (rt.name for rt in chosen if rt.name not in expected["runtimes"]):
+        console.print(f"[yellow]note[/] {name} has no baseline; record its column with `{baseline.record_command()}`")
     console.print(f"{len(matrix['cases'])} cases × {len(chosen)} runtimes → {path}")
     return 1 if problems else 0
 
@@ -118,6 +130,7 @@ def cmd_snippets(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from generator.baseline import BASELINE
     from generator.verify import MATRIX_JSON
     from generator.zoo import ZOO
 
@@ -144,6 +157,10 @@ def parser() -> argparse.ArgumentParser:
         help="add a runtime adapter class (repeatable)",
     )
     v.add_argument("--json", default=str(MATRIX_JSON), help="where to write the matrix")
+    v.add_argument("--baseline", default=str(BASELINE), help="committed cell statuses (conformance/baseline.json)")
+    v.add_argument(
+        "--record", action="store_true", help="record the statuses of the cells run as the new baseline, on purpose"
+    )
     v.set_defaults(run=cmd_verify)
 
     b = sub.add_parser("bench", help="run proposals/<topic>/bench.py (not a test)")

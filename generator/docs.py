@@ -14,7 +14,7 @@ from pathlib import Path
 from generator.graphs import function_svg, graph_svg
 from generator.registry import discover
 from generator.verify import MATRIX_JSON, verify, write_matrix
-from generator.zoo import ZOO, load_manifest, manifest_path
+from generator.zoo import ZOO, case_dir, load_manifest, manifest_path
 
 __all__ = ["catalogue_markdown", "function_svg", "graph_svg", "load_matrix", "matrix_markdown", "matrix_page"]
 
@@ -47,7 +47,7 @@ def _io_table(entry: Mapping) -> list[str]:
 
 def case_markdown(case_id: str, entry: Mapping, source: str | None) -> str:
     """One catalogue entry: description, picture, I/O table, downloads, source."""
-    base = f"zoo/{case_id}"
+    base = case_dir(case_id).relative_to(ZOO.parent).as_posix()
     opsets = ", ".join(f"{d} {v}" for d, v in entry["opset_imports"].items())
     downloads = " · ".join(f"[`{rel}`]({base}/{rel})" for rel in entry["files"] if not rel.startswith("test_data_set_"))
     lines = [
@@ -97,7 +97,7 @@ def load_matrix(path: Path = MATRIX_JSON, zoo: Path = ZOO) -> dict:
         same_cases = set(matrix["cases"]) == set(load_manifest(zoo)["cases"])
         if same_cases and [rt["name"] for rt in matrix["runtimes"]] == [rt.name for rt in runtimes]:
             return matrix
-    return json.loads(write_matrix(verify(runtimes, zoo=zoo), path).read_text())
+    return json.loads(write_matrix(verify(runtimes, zoo=zoo), path, zoo).read_text())
 
 
 def _cell_text(cell: Mapping) -> str:
@@ -105,7 +105,7 @@ def _cell_text(cell: Mapping) -> str:
     if cell["status"] == "unsupported":
         return f"{mark} unsupported"
     err = f" {cell['max_abs_err']:.1e}" if cell["max_abs_err"] is not None else ""
-    if cell["known_divergence"]:
+    if cell["known_divergence"] and cell["status"] != "pass":
         return f"{_KNOWN_MARK} {cell['status']}{err} (known)"
     return f"{mark} {cell['status']}{err}"
 

@@ -36,14 +36,16 @@ def _zoo_files(config) -> list[File]:
     import onnx
 
     from generator.graphs import graph_svg
-    from generator.zoo import ZOO, load_manifest
+    from generator.zoo import case_dir, load_manifest
 
     files = []
     for case_id, entry in load_manifest()["cases"].items():
+        folder = case_dir(case_id)
+        base = folder.relative_to(ROOT).as_posix()
         for rel in entry["files"]:
-            files.append(File(f"zoo/{case_id}/{rel}", str(ROOT), config["site_dir"], config["use_directory_urls"]))
-        model = onnx.load(str(ZOO / case_id / "model.onnx"), load_external_data=False)
-        files.append(File.generated(config, f"zoo/{case_id}/graph.svg", content=graph_svg(model)))
+            files.append(File(f"{base}/{rel}", str(ROOT), config["site_dir"], config["use_directory_urls"]))
+        model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+        files.append(File.generated(config, f"{base}/graph.svg", content=graph_svg(model)))
     return files
 
 

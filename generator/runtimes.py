@@ -9,6 +9,7 @@ A backend team adds its runtime without editing this project: subclass
 from __future__ import annotations
 
 import importlib
+import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ import onnx
 from generator.errors import UsageError
 
 ENTRY_POINT_GROUP = "onnx_genai_proposals.runtimes"
+_RUNTIME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # a matrix column and a baseline key
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -166,9 +168,22 @@ def load_class(target: str) -> type[Runtime]:
         cls = getattr(importlib.import_module(module_name), class_name)
     except Exception as err:  # noqa: BLE001 - plug-in code may raise anything on import
         raise UsageError(f"runtime {target!r}: cannot import it ({type(err).__name__}: {err})") from None
-    if not (isinstance(cls, type) and issubclass(cls, Runtime) and cls.name):
-        raise UsageError(f"runtime {target!r}: not a generator.runtimes.Runtime subclass with a name")
+    if not (isinstance(cls, type) and issubclass(cls, Runtime)):
+        raise UsageError(f"runtime {target!r}: not a generator.runtimes.Runtime subclass")
+    check_class(cls, target)
     return cls
+
+
+def check_class(cls: type[Runtime], target: str) -> None:
+    """A runtime's ``name`` and ``shares_divergences_with`` must be usable as matrix keys."""
+    if not (isinstance(cls.name, str) and _RUNTIME_NAME.fullmatch(cls.name)):
+        raise UsageError(
+            f"runtime {target!r}: name is {cls.name!r}; valid: a non-empty lowercase string of "
+            "letters, digits, '_', '-' and '.' (the matrix column)"
+        )
+    shared = cls.shares_divergences_with
+    if not (isinstance(shared, tuple) and all(isinstance(n, str) for n in shared)):
+        raise UsageError(f"runtime {target!r}: shares_divergences_with must be a tuple of runtime names")
 
 
 def available(extra: Sequence[str] = ()) -> list[Runtime]:

@@ -22,7 +22,7 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
 
 
 def check_name(name: str, root: Path = ROOT) -> None:
-    if not NAME_PATTERN.match(name) or keyword.iskeyword(name):
+    if not NAME_PATTERN.fullmatch(name) or keyword.iskeyword(name):
         raise UsageError(
             f"invalid proposal name {name!r}; valid: lowercase snake_case, 2-41 characters, "
             "starting with a letter (e.g. flex_attention)"
@@ -67,13 +67,18 @@ def add_to_nav(name: str, root: Path = ROOT) -> None:
 
 
 def new_proposal(name: str, root: Path = ROOT) -> list[Path]:
-    """Create ``proposals/NAME/``, register its page and write its example case to the zoo.
+    """Create ``proposals/NAME/``, register its page, write its example case to the zoo and
+    record that case's conformance baseline.
 
-    All or nothing: if a step fails, the folder and the nav entry are removed again.
+    All or nothing: if a step fails, the folder, the nav entry and the baseline are restored.
     """
+    from generator import baseline
+
     check_name(name, root)
     nav = root / "mkdocs.yml"
     nav_before = nav.read_text()
+    baseline_path = root / baseline.BASELINE.relative_to(ROOT)
+    baseline_before = baseline_path.read_text() if baseline_path.exists() else None
     try:
         written = render(name, root)
         add_to_nav(name, root)
@@ -84,8 +89,20 @@ def new_proposal(name: str, root: Path = ROOT) -> list[Path]:
         importlib.import_module(f"proposals.{name}.cases")
         discover.cache_clear()
         zoo.write(select([name]), root / "zoo", prune=False)
+        record_baseline(name, root / "zoo", baseline_path)
     except BaseException:
         shutil.rmtree(root / "proposals" / name, ignore_errors=True)
         nav.write_text(nav_before)
+        if baseline_before is not None:
+            baseline_path.write_text(baseline_before)
         raise
     return written
+
+
+def record_baseline(name: str, zoo_dir: Path, path: Path) -> None:
+    """Run the new topic's cases on every runtime and record their statuses."""
+    from generator import baseline, runtimes, verify
+
+    matrix = verify.verify(runtimes.available(), [name], zoo_dir)
+    data, _ = baseline.recorded(matrix, baseline.load(path), full=False)
+    baseline.save(data, path)

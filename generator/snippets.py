@@ -17,6 +17,7 @@ import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from generator.errors import UsageError
 
@@ -161,8 +162,20 @@ class Exporter:
         return path
 
 
+def check_site_url(site_url: str) -> str:
+    """An absolute http(s) address; anything else would write broken links."""
+    parts = urlsplit(site_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise UsageError(
+            f"--site-url {site_url!r} is not an absolute http(s) address; valid: e.g. https://example.org/genai/"
+        )
+    return site_url
+
+
 def export_all(posts: Path = POSTS, out: Path = OUT, site_url: str | None = None) -> list[Path]:
     """Export every post to ``build/snippets/<post-stem>/post.md`` (plus its pictures)."""
     if out.exists():
         shutil.rmtree(out)
+    if site_url is not None:
+        check_site_url(site_url)
     return [Exporter(post, out / post.stem, site_url).export() for post in sorted(posts.glob("*.md"))]

@@ -8,10 +8,14 @@ Cell statuses:
 - ``pass``: the runtime loaded and ran the model and every output is within tolerance;
 - ``mismatch``: it ran, but some output is not within tolerance;
 - ``error``: it loaded the model but raised while running it;
-- ``unsupported``: it could not load or compile the model (data, not a failure).
+- ``unsupported``: it could not load or compile the model.
 
-A ``mismatch`` or ``error`` fails verification unless the case records a known
-divergence for that runtime, with its reason.
+The expected status of every cell is committed in ``conformance/baseline.json``
+(:mod:`generator.baseline`). Verification fails on any cell whose status differs from
+its baseline, in either direction, until someone records the new status on purpose with
+``verify --record``. A ``mismatch`` or ``error`` can only be recorded with the reason
+the case gives for it (``Case.divergences``). A runtime with no baseline at all (a
+plug-in being tried out) fails only on ``mismatch`` and ``error`` without a reason.
 """
 
 from __future__ import annotations
@@ -28,7 +32,16 @@ import onnx
 from generator.errors import UsageError
 from generator.registry import match_ids
 from generator.runtimes import Runtime
-from generator.zoo import ZOO, case_dir, load_datasets, load_manifest, manifest_path, tampered_files
+from generator.zoo import (
+    ZOO,
+    case_dir,
+    load_datasets,
+    load_manifest,
+    manifest_path,
+    model_problem,
+    tampered_files,
+    unlisted_folders,
+)
 
 MATRIX_JSON = ZOO.parent / "build" / "conformance.json"
 
@@ -42,6 +55,7 @@ class Cell:
 
     @property
     def failed(self) -> bool:
+        """Failing without a baseline: a mismatch or error the case gives no reason for."""
         return self.status in ("mismatch", "error") and self.known_divergence is None
 
 
@@ -103,31 +117,60 @@ def static_checks(model_path: Path) -> str:
     return ""
 
 
+def known_divergence(runtime: Runtime, entry: Mapping) -> str | None:
+    """The reason the case gives for disagreeing on this runtime (or one it shares with)."""
+    recorded = entry.get("divergences", {})
+    return next((recorded[n] for n in (runtime.name, *runtime.shares_divergences_with) if n in recorded), None)
+
+
+def _outputs(runtime: Runtime, result: object) -> Mapping[str, np.ndarray]:
+    """A runner's result, which the plug-in interface says is a dict of output arrays."""
+    if not (isinstance(result, Mapping) and all(isinstance(k, str) for k in result)):
+        raise UsageError(
+            f"runtime {runtime.name!r}: its runner returned {type(result).__name__}; "
+            "expected a dict from output name to numpy array"
+        )
+    return result
+
+
 def run_cell(runtime: Runtime, case_id: str, entry: Mapping, zoo: Path) -> Cell:
     """One runtime on one case, over all of its datasets."""
-    recorded = entry.get("divergences", {})
-    known = next((recorded[n] for n in (runtime.name, *runtime.shares_divergences_with) if n in recorded), None)
+    known = known_divergence(runtime, entry)
+    datasets = load_datasets(case_id, entry, zoo)
     try:
         runner = runtime.load(case_dir(case_id, zoo) / "model.onnx")
     except Exception as err:  # noqa: BLE001 - failing to load is 'unsupported', which is data
         return Cell("unsupported", detail=first_line(err))
+    if not callable(runner):
+        raise UsageError(
+            f"runtime {runtime.name!r}: load() returned {type(runner).__name__}; expected a function of the inputs"
+        )
     worst = 0.0
-    for inputs, expected in load_datasets(case_id, entry, zoo):
+    for inputs, expected in datasets:
         try:
-            actual = runner(inputs)
+            result = runner(inputs)
         except Exception as err:  # noqa: BLE001
             return Cell("error", detail=first_line(err), known_divergence=known)
-        close, err, problem = compare(actual, expected, entry["rtol"], entry["atol"])
+        actual = _outputs(runtime, result)
+        try:
+            close, err, problem = compare(actual, expected, entry["rtol"], entry["atol"])
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"runtime {runtime.name!r}: its outputs are not numeric arrays ({exc})"[:300]) from None
         worst = max(worst, err)
         if not close:
             return Cell("mismatch", worst, problem, known)
-    detail = "known divergence recorded but not observed" if known else ""
-    return Cell("pass", worst, detail)
+    return Cell("pass", worst, known_divergence=known)
 
 
 def check_integrity(case_ids: Sequence[str], manifest: Mapping, zoo: Path) -> None:
-    """Raise one clear error naming every tampered or missing file."""
-    problems = [p for cid in case_ids for p in tampered_files(cid, manifest["cases"][cid], zoo)]
+    """Raise one clear error naming every tampered, missing, unlisted or unparsable file."""
+    problems = unlisted_folders(manifest, zoo)
+    problems += [p for cid in case_ids for p in tampered_files(cid, manifest["cases"][cid], zoo)]
+    if not problems:
+        for cid in case_ids:
+            problem = model_problem(case_dir(cid, zoo) / "model.onnx")
+            if problem:
+                problems.append(f"{cid}/model.onnx: {problem}")
     if problems:
         raise UsageError(
             f"zoo files do not match {manifest_path(zoo)}: {'; '.join(problems)} "
@@ -173,19 +216,33 @@ def verify(
     return matrix
 
 
-def failures(matrix: Mapping) -> list[str]:
-    """One line per failing cell or invalid model."""
+def failures(matrix: Mapping, baseline: Mapping | None = None, *, full: bool = False) -> list[str]:
+    """One line per invalid model, and per cell that differs from ``baseline`` (for runtimes
+    with a baseline column) or fails without a reason (for runtimes without one)."""
+    from generator import baseline as baselines
+
+    baseline = baseline or baselines.empty()
     lines = []
     for cid, row in matrix["cases"].items():
         if row["checker"] != "ok":
             lines.append(f"{cid}: checker/shape inference: {row['checker']}")
         for rt, cell in row["results"].items():
-            if Cell(**cell).failed:
+            if rt not in baseline["runtimes"] and Cell(**cell).failed:
                 lines.append(f"{cid} on {rt}: {cell['status']}: {cell['detail']}")
-    return lines
+    return lines + baselines.changes(matrix, baseline, full=full)
 
 
-def write_matrix(matrix: Mapping, path: Path = MATRIX_JSON) -> Path:
+def check_output(path: Path, zoo: Path = ZOO) -> None:
+    """The matrix JSON goes neither into the zoo nor over a folder."""
+    resolved = path.resolve()
+    if resolved == zoo.resolve() or zoo.resolve() in resolved.parents:
+        raise UsageError(f"--json {path} is inside the zoo {zoo}; write the matrix elsewhere (default {MATRIX_JSON})")
+    if path.is_dir():
+        raise UsageError(f"--json {path} is a folder; give a file name such as {path / 'conformance.json'}")
+
+
+def write_matrix(matrix: Mapping, path: Path = MATRIX_JSON, zoo: Path = ZOO) -> Path:
+    check_output(path, zoo)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(matrix, indent=2, sort_keys=True) + "\n")
     return path

@@ -1,17 +1,28 @@
 """Zoo writer and reader: the ONNX backend-test layout plus a sha256 manifest.
 
-``zoo/<topic>/<case>/model.onnx`` and ``test_data_set_N/{input,output}_K.pb``, with
-``zoo/manifest.json`` describing every case and hashing every file. Writing is
-byte-deterministic: models are stamped (IR version, producer) and serialized with
-protobuf's deterministic encoding; files whose bytes did not change are not touched.
+``zoo/<topic>/test_<case>/model.onnx``, ``data.json`` (the case's rtol and atol, which
+onnx's loader reads) and ``test_data_set_N/{input,output}_K.pb``, with
+``zoo/manifest.json`` describing every case and hashing every file. The topic is the
+loader's *kind*: ``onnx.backend.test.loader.load_model_tests("zoo", kind="kv_cache")``.
+
+Writing is byte-deterministic: models are stamped (IR version, producer) and serialized
+with protobuf's deterministic encoding; files whose bytes did not change are not touched.
+Writing is also safe: files are replaced atomically, a lock on the zoo folder serialises
+concurrent runs, symlinks are refused, and only files the manifest says this writer wrote
+are ever deleted. Reading refuses every path that would leave the zoo.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
-import shutil
-from collections.abc import Callable, Iterable, Mapping
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +37,13 @@ from generator.registry import Case, CaseSpec
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "zoo"
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: case folders are test_<case>, with data.json
 MAX_FILE_BYTES = 1 << 20  # reference models stay small: no git-lfs, fast clones
+CASE_PREFIX = "test_"  # onnx's backend-test loader and Runner need it
+TOLERANCES_NAME = "data.json"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # topic and case names: Python identifiers
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one component of a file path in a case
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -122,8 +138,9 @@ def build(spec: CaseSpec) -> BuiltCase:
             for k, (value, array) in enumerate(zip(declared, arrays, strict=True)):
                 tensor = numpy_helper.from_array(np.ascontiguousarray(array), value.name)
                 files[f"test_data_set_{i}/{kind[:-1]}_{k}.pb"] = tensor.SerializeToString(deterministic=True)
+    files[TOLERANCES_NAME] = _dump({"atol": case.atol, "rtol": case.rtol})
     for path, data in case.files.items():
-        if path in files or path.startswith("test_data_set_") or ".." in Path(path).parts:
+        if path in files or path.startswith("test_data_set_") or not _safe_relative(path):
             raise UsageError(f"case {spec.id}: extra file name {path!r} is reserved or unsafe")
         files[path] = bytes(data)
     for path, data in files.items():
@@ -135,47 +152,133 @@ def build(spec: CaseSpec) -> BuiltCase:
     return BuiltCase(spec, case, files)
 
 
+# --- paths: nothing read or written may leave the zoo -------------------------------------
+
+
+def split_id(case_id: object) -> tuple[str, str]:
+    """``(topic, case)`` of a ``topic/case`` id; anything else is refused (it could name a
+    path outside the zoo)."""
+    parts = case_id.split("/") if isinstance(case_id, str) else []
+    if len(parts) != 2 or not all(_NAME.fullmatch(p) for p in parts):
+        raise UsageError(
+            f"case id {case_id!r} is not topic/case (each a Python identifier); it would name a path outside the zoo"
+        )
+    return parts[0], parts[1]
+
+
+def case_dir(case_id: str, zoo: Path = ZOO) -> Path:
+    """``zoo/<topic>/test_<case>``: the backend-test folder of a ``topic/case`` id."""
+    topic, name = split_id(case_id)
+    return zoo / topic / f"{CASE_PREFIX}{name}"
+
+
+def _safe_relative(rel: object) -> bool:
+    return isinstance(rel, str) and all(_PART.fullmatch(p) for p in rel.split("/"))
+
+
+def _shown(path: Path, zoo: Path) -> str:
+    return str(path.relative_to(zoo.parent)) if zoo.parent in path.parents else str(path)
+
+
+def refuse_symlinks(path: Path, zoo: Path) -> None:
+    """A one-line error if ``zoo`` or any component of ``path`` below it is a symlink."""
+    rel = path.relative_to(zoo)
+    for part in (zoo, *(zoo / Path(*rel.parts[: i + 1]) for i in range(len(rel.parts)))):
+        if part.is_symlink():
+            raise UsageError(f"{_shown(part, zoo)} is a symlink; the zoo holds plain files and folders only")
+
+
+def zoo_file(case_id: str, rel: str, zoo: Path = ZOO) -> Path:
+    """The path of a case's file, after checking that it stays inside the case folder."""
+    if not _safe_relative(rel):
+        raise UsageError(
+            f"{manifest_path(zoo)}: case {case_id} lists the file {rel!r}, which is not a relative path "
+            "inside its case folder (letters, digits, '_', '-', '.', '/'; no '..')"
+        )
+    path = case_dir(case_id, zoo) / rel
+    refuse_symlinks(path, zoo)
+    return path
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
 def _write_if_changed(path: Path, data: bytes) -> None:
-    if path.exists() and path.read_bytes() == data:
+    """Replace ``path`` atomically (a temporary file, then rename) unless it already holds
+    ``data``; a reader never sees half a file."""
+    if path.is_file() and path.read_bytes() == data:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def write_case(built: BuiltCase, zoo: Path) -> None:
-    """Write one case directory, removing files the case no longer produces."""
-    folder = zoo / built.spec.topic / built.spec.name
-    for rel, data in built.files.items():
-        _write_if_changed(folder / rel, data)
-    if folder.exists():
-        for path in sorted(folder.rglob("*"), reverse=True):
-            rel = path.relative_to(folder).as_posix()
-            if path.is_file() and rel not in built.files:
-                path.unlink()
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-
-
-def manifest_path(zoo: Path = ZOO) -> Path:
-    return zoo / MANIFEST_NAME
-
-
-def load_manifest(zoo: Path = ZOO) -> dict:
-    """The manifest as written by :func:`write`; a clear error if missing or unreadable."""
-    path = manifest_path(zoo)
-    if not path.exists():
-        raise UsageError(f"no zoo manifest at {path}; run `make zoo` first")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not valid JSON ({err}); run `make zoo` to regenerate") from None
-    if manifest.get("format") != MANIFEST_FORMAT or not isinstance(manifest.get("cases"), dict):
-        raise UsageError(f"{path} is not a format-{MANIFEST_FORMAT} zoo manifest; run `make zoo`")
-    return manifest
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def _dump(manifest: dict) -> bytes:
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+def _remove_files(folder: Path, rels: Iterable[str], zoo: Path) -> None:
+    """Delete the listed files (which this writer wrote) and the folders they leave empty."""
+    for rel in sorted(rels, reverse=True):
+        if not _safe_relative(rel):
+            continue
+        path = folder / rel
+        refuse_symlinks(path, zoo)
+        if path.is_file():
+            path.unlink()
+        for parent in path.relative_to(folder).parents:
+            here = folder / parent
+            if here != folder and here.is_dir() and not any(here.iterdir()):
+                here.rmdir()
+
+
+def write_case(built: BuiltCase, zoo: Path, previous: Mapping | None = None) -> None:
+    """Write one case folder; files the previous manifest entry listed and the case no
+    longer produces are removed (nothing else is)."""
+    folder = case_dir(built.spec.id, zoo)
+    for rel, data in built.files.items():
+        path = folder / rel
+        refuse_symlinks(path, zoo)
+        _write_if_changed(path, data)
+    if previous is not None:
+        _remove_files(folder, set(previous.get("files", {})) - set(built.files), zoo)
+
+
+def _remove_case(case_id: str, entry: Mapping, zoo: Path) -> None:
+    """Remove a case this writer wrote: its listed files, then its folder and topic if empty."""
+    folder = case_dir(case_id, zoo)
+    refuse_symlinks(folder, zoo)
+    _remove_files(folder, entry.get("files", {}), zoo)
+    for here in (folder, folder.parent):
+        if here.is_dir() and not any(here.iterdir()):
+            here.rmdir()
+
+
+def _check_out_folder(zoo: Path) -> None:
+    """Refuse an output that is a file, a symlink, or a non-empty folder holding no zoo."""
+    if zoo.is_symlink():
+        raise UsageError(f"{zoo} is a symlink; give the zoo folder itself")
+    if zoo.exists() and not zoo.is_dir():
+        raise UsageError(f"{zoo} is a file; the zoo output must be a folder (new, empty, or an existing zoo)")
+    if zoo.is_dir() and any(zoo.iterdir()) and not manifest_path(zoo).is_file():
+        raise UsageError(
+            f"{zoo} is not empty and holds no zoo ({MANIFEST_NAME} is missing); "
+            "give a new or empty folder, or an existing zoo"
+        )
+
+
+@contextlib.contextmanager
+def locked(zoo: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the zoo folder, so that concurrent runs cannot lose cases."""
+    fd = os.open(zoo, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write(
@@ -185,64 +288,205 @@ def write(
     prune: bool,
     progress: Callable[[CaseSpec, BuiltCase], None] = lambda spec, built: None,
 ) -> dict:
-    """Build and write ``specs``; with ``prune`` (a full run) drop cases no longer registered."""
+    """Build and write ``specs``; with ``prune`` (a full run) remove the cases the previous
+    manifest lists that are no longer registered."""
+    _check_out_folder(zoo)
+    built_cases = [build(spec) for spec in specs]  # every case builds before any file changes
     zoo.mkdir(parents=True, exist_ok=True)
-    old = load_manifest(zoo)["cases"] if manifest_path(zoo).exists() and not prune else {}
-    cases = dict(old)
-    for spec in specs:
-        built = build(spec)
-        write_case(built, zoo)
-        cases[spec.id] = built.manifest_entry()
-        progress(spec, built)
-    if prune:
-        for topic_dir in sorted(p for p in zoo.iterdir() if p.is_dir()):
-            for case_dir in sorted(p for p in topic_dir.iterdir() if p.is_dir()):
-                if f"{topic_dir.name}/{case_dir.name}" not in cases:
-                    shutil.rmtree(case_dir)
-            if not any(topic_dir.iterdir()):
-                topic_dir.rmdir()
-    manifest = {"format": MANIFEST_FORMAT, "cases": dict(sorted(cases.items()))}
-    _write_if_changed(manifest_path(zoo), _dump(manifest))
+    with locked(zoo):
+        old = load_manifest(zoo)["cases"] if manifest_path(zoo).exists() else {}
+        cases = {} if prune else dict(old)
+        for built in built_cases:
+            write_case(built, zoo, old.get(built.spec.id))
+            cases[built.spec.id] = built.manifest_entry()
+            progress(built.spec, built)
+        if prune:
+            for case_id in sorted(set(old) - set(cases)):
+                _remove_case(case_id, old[case_id], zoo)
+        manifest = {"format": MANIFEST_FORMAT, "cases": dict(sorted(cases.items()))}
+        refuse_symlinks(manifest_path(zoo), zoo)
+        _write_if_changed(manifest_path(zoo), _dump(manifest))
     return manifest
 
 
-def case_dir(case_id: str, zoo: Path = ZOO) -> Path:
-    return zoo / case_id
+# --- reading ---------------------------------------------------------------------------------
+
+
+def manifest_path(zoo: Path = ZOO) -> Path:
+    return zoo / MANIFEST_NAME
+
+
+def _dump(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _entry_problem(case_id: str, entry: object) -> str:
+    """What is wrong with one manifest entry, or ''."""
+    if not isinstance(entry, dict):
+        return f"entry is {type(entry).__name__}, not an object"
+    topic, name = split_id(case_id)
+    if (entry.get("topic"), entry.get("name")) != (topic, name):
+        return f"'topic'/'name' are {entry.get('topic')!r}/{entry.get('name')!r}, not {topic!r}/{name!r}"
+    if not isinstance(entry.get("description"), str):
+        return "'description' must be a string"
+    for key in ("rtol", "atol"):
+        if not _is_number(entry.get(key)):
+            return f"{key!r} is {entry.get(key)!r}; it must be a finite number >= 0"
+    datasets = entry.get("datasets")
+    if not (isinstance(datasets, int) and not isinstance(datasets, bool) and datasets >= 1):
+        return f"'datasets' is {datasets!r}; it must be a whole number >= 1"
+    for key in ("inputs", "outputs"):
+        values = entry.get(key)
+        named = isinstance(values, list) and all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in values)
+        if not named:
+            return f"{key!r} must be a list of objects with a 'name'"
+    divergences = entry.get("divergences", {})
+    if not (isinstance(divergences, dict) and all(isinstance(v, str) for v in divergences.values())):
+        return "'divergences' must map runtime names to reasons (strings)"
+    files = entry.get("files")
+    if not isinstance(files, dict) or "model.onnx" not in files:
+        return "'files' must be an object that lists model.onnx"
+    for rel, meta in files.items():
+        if not _safe_relative(rel):
+            return f"file {rel!r} is not a relative path inside the case folder (no '..', no absolute paths)"
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and _SHA256.fullmatch(meta["sha256"])):
+            return f"file {rel!r} needs a 'sha256' of 64 lowercase hex digits"
+    return ""
+
+
+def load_manifest(zoo: Path = ZOO) -> dict:
+    """The manifest as written by :func:`write`, checked entry by entry; a clear one-line
+    error if it is missing, unreadable or malformed."""
+    path = manifest_path(zoo)
+    if not path.exists():
+        raise UsageError(f"no zoo manifest at {path}; run `make zoo` first")
+    refuse_symlinks(path, zoo)
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not valid JSON ({err}); run `make zoo` to regenerate") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise UsageError(f"{path} is not a format-{MANIFEST_FORMAT} zoo manifest; run `make zoo` to regenerate")
+    if not isinstance(manifest.get("cases"), dict):
+        raise UsageError(f"{path}: 'cases' must be an object of topic/case ids; run `make zoo` to regenerate")
+    for case_id, entry in manifest["cases"].items():
+        problem = _entry_problem(case_id, entry)
+        if problem:
+            raise UsageError(f"{path}: case {case_id}: {problem}; run `make zoo` to regenerate")
+    return manifest
 
 
 def tampered_files(case_id: str, entry: Mapping, zoo: Path = ZOO) -> list[str]:
-    """One line per file of the case that is missing, altered, or not listed in the manifest."""
+    """One line per file of the case that is missing, altered, a symlink, or not listed in
+    the manifest."""
     problems = []
     folder = case_dir(case_id, zoo)
     for rel, meta in entry["files"].items():
-        path = folder / rel
-        shown = path.relative_to(zoo.parent) if zoo.parent in path.parents else path
-        if not path.exists():
-            problems.append(f"{shown}: missing")
+        path = zoo_file(case_id, rel, zoo)
+        if not path.is_file():
+            problems.append(f"{_shown(path, zoo)}: missing")
             continue
         digest = sha256(path.read_bytes())
         if digest != meta["sha256"]:
-            problems.append(f"{shown}: sha256 {digest[:12]}… differs from the manifest's {meta['sha256'][:12]}…")
+            problems.append(
+                f"{_shown(path, zoo)}: sha256 {digest[:12]}… differs from the manifest's {meta['sha256'][:12]}…"
+            )
     if folder.is_dir():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if path.relative_to(folder).as_posix() not in entry["files"]:
-                shown = path.relative_to(zoo.parent) if zoo.parent in path.parents else path
-                problems.append(f"{shown}: not in the manifest")
+        for path in sorted(folder.rglob("*")):
+            if path.is_symlink():
+                problems.append(f"{_shown(path, zoo)}: a symlink (the zoo holds plain files only)")
+            elif path.is_file() and path.relative_to(folder).as_posix() not in entry["files"]:
+                problems.append(f"{_shown(path, zoo)}: not in the manifest")
     return problems
+
+
+def unlisted_folders(manifest: Mapping, zoo: Path = ZOO) -> list[str]:
+    """One line per topic or case folder (or stray file) in the zoo that the manifest does
+    not list: a zoo with unlisted cases is not the zoo the manifest describes."""
+    listed = {case_dir(cid, zoo) for cid in manifest["cases"]}
+    topics = {folder.parent for folder in listed}
+    problems = []
+    for path in sorted(zoo.iterdir()):
+        if path.name == MANIFEST_NAME and not path.is_symlink():
+            continue
+        if path.is_symlink():
+            problems.append(f"{_shown(path, zoo)}: a symlink (the zoo holds plain files and folders only)")
+        elif path not in topics:
+            problems.append(f"{_shown(path, zoo)}: not a topic of the manifest")
+        else:
+            for child in sorted(path.iterdir()):
+                if child.is_symlink():
+                    problems.append(f"{_shown(child, zoo)}: a symlink (the zoo holds plain files and folders only)")
+                elif child not in listed:
+                    problems.append(f"{_shown(child, zoo)}: a case folder the manifest does not list")
+    return problems
+
+
+def _external_data_problem(tensor: onnx.TensorProto, folder: Path) -> str:
+    """'' if the tensor's external data (if any) is a plain file inside ``folder``."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return ""
+    location = next((kv.value for kv in tensor.external_data if kv.key == "location"), "")
+    if not _safe_relative(location):
+        return f"its external data {location!r} is not a relative path inside the case folder"
+    target = folder / location
+    if target.is_symlink() or not target.is_file():
+        return f"its external data {location!r} is not a plain file in the case folder"
+    return ""
+
+
+def model_problem(model_path: Path) -> str:
+    """'' if ``model_path`` parses as a ModelProto whose external data stays in its folder."""
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - a garbage file raises protobuf's DecodeError, or others
+        return f"not a valid ONNX model ({type(err).__name__})"
+    from onnx.external_data_helper import _get_all_tensors
+
+    for tensor in _get_all_tensors(model):
+        problem = _external_data_problem(tensor, model_path.parent)
+        if problem:
+            return f"initializer {tensor.name!r}: {problem}"
+    return ""
+
+
+def read_tensor(path: Path, zoo: Path, name: str, dtype: str) -> np.ndarray:
+    """A ``.pb`` of the zoo as an array: it must parse, carry the declared name and dtype,
+    and keep any external data inside its case folder."""
+    shown = _shown(path, zoo)
+    tensor = onnx.TensorProto()
+    try:
+        tensor.ParseFromString(path.read_bytes())
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise UsageError(f"{shown} is not a TensorProto ({type(err).__name__}); run `make zoo` to regenerate") from None
+    problem = _external_data_problem(tensor, path.parent.parent)
+    if problem:
+        raise UsageError(f"{shown}: {problem}")
+    if tensor.name != name:
+        raise UsageError(f"{shown} holds tensor {tensor.name!r}, but the manifest declares {name!r} there")
+    try:
+        array = numpy_helper.to_array(tensor, base_dir=str(path.parent.parent))
+    except Exception as err:  # noqa: BLE001 - inconsistent dims/data
+        raise UsageError(f"{shown} is not a readable tensor ({type(err).__name__}: {err})"[:300]) from None
+    if array.dtype.name != dtype:
+        raise UsageError(f"{shown} holds {array.dtype.name}, but the manifest declares {dtype} for {name!r}")
+    return array
 
 
 def load_datasets(case_id: str, entry: Mapping, zoo: Path = ZOO) -> list[tuple[dict, dict]]:
     """Read back every ``test_data_set_N`` as (inputs, expected outputs) by tensor name."""
-    folder = case_dir(case_id, zoo)
     datasets = []
     for i in range(entry["datasets"]):
         pair = []
         for kind, declared in (("input", entry["inputs"]), ("output", entry["outputs"])):
             arrays = {}
-            for k in range(len(declared)):
-                tensor = onnx.TensorProto()
-                tensor.ParseFromString((folder / f"test_data_set_{i}/{kind}_{k}.pb").read_bytes())
-                arrays[tensor.name] = numpy_helper.to_array(tensor)
+            for k, value in enumerate(declared):
+                path = zoo_file(case_id, f"test_data_set_{i}/{kind}_{k}.pb", zoo)
+                arrays[value["name"]] = read_tensor(path, zoo, value["name"], str(value.get("dtype")))
             pair.append(arrays)
         datasets.append((pair[0], pair[1]))
     return datasets

@@ -48,8 +48,8 @@ def _spec(build=_add_case, name: str = "affine") -> CaseSpec:
 
 @pytest.fixture
 def tiny_zoo(tmp_path: Path) -> Path:
-    zoo.write([_spec()], tmp_path, prune=True)
-    return tmp_path
+    zoo.write([_spec()], tmp_path / "zoo", prune=True)
+    return tmp_path / "zoo"
 
 
 def test_model_is_stamped() -> None:
@@ -63,12 +63,15 @@ def test_writer_is_byte_deterministic(tmp_path: Path) -> None:
     second = zoo.write([_spec()], tmp_path / "b", prune=True)
     assert first == second
     for rel in first["cases"]["spine/affine"]["files"]:
-        assert (tmp_path / "a/spine/affine" / rel).read_bytes() == (tmp_path / "b/spine/affine" / rel).read_bytes()
+        assert (zoo.case_dir("spine/affine", tmp_path / "a") / rel).read_bytes() == (
+            zoo.case_dir("spine/affine", tmp_path / "b") / rel
+        ).read_bytes()
 
 
 def test_layout_is_backend_test_layout(tiny_zoo: Path) -> None:
-    folder = tiny_zoo / "spine" / "affine"
+    folder = tiny_zoo / "spine" / "test_affine"
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.*")) == [
+        "data.json",
         "model.onnx",
         "test_data_set_0/input_0.pb",
         "test_data_set_0/input_1.pb",
@@ -81,7 +84,7 @@ def test_layout_is_backend_test_layout(tiny_zoo: Path) -> None:
 
 def test_prune_removes_stale_cases(tiny_zoo: Path) -> None:
     zoo.write([_spec(name="other")], tiny_zoo, prune=True)
-    assert not (tiny_zoo / "spine" / "affine").exists()
+    assert not (tiny_zoo / "spine" / "test_affine").exists()
     assert list(json.loads((tiny_zoo / "manifest.json").read_text())["cases"]) == ["spine/other"]
 
 
@@ -167,15 +170,15 @@ def test_known_divergence_is_recorded_not_failed(tmp_path: Path) -> None:
 
 
 def test_tampered_file_is_named(tiny_zoo: Path) -> None:
-    target = tiny_zoo / "spine/affine/test_data_set_0/output_0.pb"
+    target = tiny_zoo / "spine/test_affine/test_data_set_0/output_0.pb"
     target.write_bytes(target.read_bytes()[:-1] + b"\x00")
-    with pytest.raises(UsageError, match=r"spine/affine/test_data_set_0/output_0.pb: sha256 .* differs"):
+    with pytest.raises(UsageError, match=r"spine/test_affine/test_data_set_0/output_0.pb: sha256 .* differs"):
         verify([ReferenceRuntime()], zoo=tiny_zoo)
 
 
 def test_unlisted_file_is_named(tiny_zoo: Path) -> None:
-    (tiny_zoo / "spine/affine/test_data_set_0/input_9.pb").write_bytes(b"extra")
-    with pytest.raises(UsageError, match=r"spine/affine/test_data_set_0/input_9.pb: not in the manifest"):
+    (tiny_zoo / "spine/test_affine/test_data_set_0/input_9.pb").write_bytes(b"extra")
+    with pytest.raises(UsageError, match=r"spine/test_affine/test_data_set_0/input_9.pb: not in the manifest"):
         verify([ReferenceRuntime()], zoo=tiny_zoo)
 
 
@@ -258,11 +261,12 @@ def test_cli_names_a_tampered_file(tmp_path: Path) -> None:
     zoo_copy = tmp_path / "zoo"
     shutil.copytree(ROOT / "zoo", zoo_copy)
     case_id = next(iter(json.loads((zoo_copy / "manifest.json").read_text())["cases"]))
-    model = zoo_copy / case_id / "model.onnx"
+    model = zoo.case_dir(case_id, zoo_copy) / "model.onnx"
     model.write_bytes(model.read_bytes() + b"\x00")
     result = _cli("verify", "--zoo", str(zoo_copy), "--json", str(tmp_path / "m.json"), case_id)
     assert result.returncode == 2
-    assert f"{case_id}/model.onnx: sha256" in result.stderr and result.stderr.count("\n") == 1
+    shown = model.relative_to(tmp_path).as_posix()
+    assert f"{shown}: sha256" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_committed_zoo_matches_the_case_functions(tmp_path: Path) -> None:

@@ -7,14 +7,13 @@ import json
 from functools import cache
 from pathlib import Path
 
-from generator.zoo import ZOO
+from generator.zoo import case_dir
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.decoder import build_decoder
 from proposals.text_pipeline.models import tiny_model
 from proposals.text_pipeline.pipeline import pipeline_manifest
 from proposals.text_pipeline.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_json
 
-ZOO_DIR = ZOO / "text_pipeline"
 DEFAULT_CONFIG = GenerationConfig(max_new_tokens=32, eos_token_ids=frozenset({0}))
 
 
@@ -54,7 +53,7 @@ def write_folder(arch: str, target: Path) -> Path:
 
 def zoo_folder(arch: str) -> Path | None:
     """The zoo's folder for ``arch`` when ``make zoo`` has written it."""
-    path = ZOO_DIR / case_name(arch)
+    path = case_dir(f"text_pipeline/{case_name(arch)}")
     return path if (path / "pipeline.json").is_file() and (path / "model.onnx").is_file() else None
 
 
