@@ -102,6 +102,17 @@ class BrokenVersion(OrtNoOptRuntime):
         raise RuntimeError("no version file")
 
 
+class ReturnsNone(OrtNoOptRuntime):
+    name = "returns-none"
+
+    def load(self, model_path: Path) -> Runner:
+        return lambda inputs: None
+
+
+class NumberName(OrtNoOptRuntime):
+    name = 42
+
+
 def test_broken_plugins_get_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "crashes_on_import.py").write_text("raise RuntimeError('missing vendor library')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(Path(__file__).parent), str(tmp_path)]))
@@ -109,6 +120,8 @@ def test_broken_plugins_get_one_line_errors(tmp_path: Path) -> None:
         "crashes_on_import:Anything": "cannot import it (RuntimeError: missing vendor library)",
         "test_runtime_plugin:NeedsArguments": "cannot be created without arguments (TypeError:",
         "test_runtime_plugin:BrokenVersion": "version() failed (RuntimeError: no version file)",
+        "test_runtime_plugin:ReturnsNone": "its runner returned NoneType; expected a dict from output name",
+        "test_runtime_plugin:NumberName": "name is 42; valid: a non-empty lowercase string",
     }
     for target, message in expected.items():
         result = subprocess.run(
