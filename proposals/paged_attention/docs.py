@@ -5,6 +5,8 @@ prose together with the tables."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from generator.bench import load_results, machine_text, percent, percent_range, times, times_range
 
 TOPIC = "paged_attention"
@@ -113,3 +115,14 @@ def shared_prompt_share() -> str:
     from proposals.paged_attention.simulate import SHARED_FRACTION
 
     return percent(SHARED_FRACTION)
+
+
+def zoo_pass_summary(matrix: Mapping | None = None) -> str:
+    """How many paged zoo cases pass on each runtime, from the conformance matrix."""
+    from generator.docs import pass_counts
+
+    cases, passed = pass_counts(TOPIC, matrix)
+    return (
+        f"Of the [{cases} zoo cases](#zoo-cases), {passed['onnxruntime']} pass on onnxruntime, "
+        f"{passed['reference']} on `onnx.reference` and {passed['openvino']} on OpenVINO"
+    )

@@ -4,6 +4,8 @@ markers, so ``make bench`` updates the prose together with the table."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from generator.bench import load_results, machine_text, times, times_range
 
 TOPIC = "text_pipeline"
@@ -28,3 +30,14 @@ def ttft_ratio_range() -> str:
     """Copying over in-place time to first token, over every context length."""
     rows = load_results(TOPIC, "cache")["rows"]
     return times_range((r["ttft_ratio_copying_over_inplace"] for r in rows), 2)
+
+
+def zoo_pass_summary(matrix: Mapping | None = None) -> str:
+    """How many text-pipeline zoo cases pass on each runtime, from the conformance matrix."""
+    from generator.docs import pass_counts
+
+    cases, passed = pass_counts(TOPIC, matrix)
+    return (
+        f"Of the {cases} cases, {passed['onnxruntime']} pass on onnxruntime, {passed['reference']} on "
+        f"the onnx reference evaluator and {passed['openvino']} on OpenVINO"
+    )
