@@ -97,7 +97,7 @@ def openvino_bf16_evidence() -> str:
     flags = ", ".join(data["cpu_flags"]) or "none"
     rounded = max(_worst(row["max_abs_err"]["bf16"]) for row in others)
     return (
-        f"On {machine_text(data['machine'])} (bf16 CPU flags: {flags}), OpenVINO "
+        f"on {machine_text(data['machine'])} (bf16 CPU flags: {flags}), OpenVINO "
         f"{data['openvino'].split('-')[0]} chose `{data['default_precision']}` by default; at bf16 the "
         f"top-left case's max error was {_worst(top_left['max_abs_err']['bf16']):.1e} for outputs up to "
         f"{top_left['max_abs_expected']:.1f}, the two neighbours' at most {rounded:.1e}, and at f32 "
