@@ -179,3 +179,16 @@ def test_machine_is_recorded_and_named() -> None:
     assert (
         bench.machine_text(old) == "x86_64, CPU model not recorded, 2 logical CPUs, Python 3.11.7, onnxruntime 1.32.0"
     )
+
+
+def test_exported_posts_carry_the_figures(tmp_path: Path) -> None:
+    """``make snippets`` expands the markers too, so an exported post keeps its figures."""
+    from generator.snippets import Exporter
+    from proposals.paged_attention.docs import max_length_waste
+
+    post = tmp_path / "post.md"
+    post.write_text(
+        "Max-length allocation wastes <!-- generated: proposals.paged_attention.docs:max_length_waste -->.\n"
+    )
+    exported = Exporter(post, tmp_path / "out").export().read_text()
+    assert exported == f"Max-length allocation wastes {max_length_waste()}.\n"
