@@ -11,7 +11,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,19 +53,107 @@ def ratios(times: Mapping[str, float], baseline: str) -> dict[str, float]:
     return {name: t / times[baseline] for name, t in times.items()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` is empty on
+    most Linux machines)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def cpu_flags(wanted: Iterable[str]) -> list[str]:
+    """Which of ``wanted`` (``/proc/cpuinfo`` flag names, e.g. ``avx512_bf16``) the CPU has."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in wanted if flag in flags]
+
+
 def machine() -> dict[str, str | int]:
-    """Where a benchmark ran, stored beside its numbers."""
+    """Where a benchmark ran, stored beside its numbers: CPU model, cores, versions."""
     import os
 
+    import numpy
+    import onnx
     import onnxruntime
 
     return {
         "machine": platform.machine(),
-        "processor": platform.processor() or "unknown",
+        "cpu": cpu_model(),
         "cpus": os.cpu_count() or 0,
+        "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+def machine_text(recorded: Mapping[str, object]) -> str:
+    """One line naming the machine a committed result was measured on. Results written
+    before the CPU model was recorded (only ``processor: unknown``) say so."""
+    cpu = recorded.get("cpu") or "CPU model not recorded"
+    names = {"python": "Python", "onnxruntime": "onnxruntime", "onnx": "onnx"}
+    versions = ", ".join(f"{shown} {recorded[name]}" for name, shown in names.items() if name in recorded)
+    return f"{recorded['machine']}, {cpu}, {recorded['cpus']} logical CPUs, {versions}"
+
+
+def load_results(topic: str, name: str) -> dict:
+    """The committed ``proposals/<topic>/bench/<name>.json``."""
+    return json.loads((ROOT / "proposals" / topic / "bench" / f"{name}.json").read_text())
+
+
+def _span(low: str, high: str, unit: str) -> str:
+    return f"{low}{unit}" if low == high else f"{low}–{high}{unit}"
+
+
+def times(ratio: float, places: int = 2) -> str:
+    """A ratio as ``1.44×`` (``3,907×`` when large)."""
+    return f"{ratio:,.{0 if ratio >= 100 else places}f}×"
+
+
+def times_range(ratios: Iterable[float], places: int = 1) -> str:
+    """The span of some ratios, ``1.2–1.7×`` (one value when both ends round alike)."""
+    values = sorted(ratios)
+    return _span(times(values[0], places)[:-1], times(values[-1], places)[:-1], "×")
+
+
+def percent(share: float, places: int = 0) -> str:
+    """A share in [0, 1] as ``62%``."""
+    return f"{share * 100:.{places}f}%"
+
+
+def percent_range(shares: Iterable[float], places: int = 1) -> str:
+    """The span of some shares, ``0.6–2.1%``."""
+    values = sorted(shares)
+    return _span(percent(values[0], places)[:-1], percent(values[-1], places)[:-1], "%")
+
+
+_UNITS = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"))
+
+
+def _unit(seconds: float) -> tuple[float, str]:
+    return next(((scale, unit) for scale, unit in _UNITS if seconds >= scale), _UNITS[-1])
+
+
+def _digits(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def duration(seconds: float) -> str:
+    """A time in the unit that fits: ``2.7 µs``, ``266 µs``, ``11 ms``."""
+    scale, unit = _unit(seconds)
+    return f"{_digits(seconds / scale)} {unit}"
+
+
+def duration_range(seconds: Iterable[float]) -> str:
+    """The span of some times in the unit of the largest: ``2.7–2.9 µs``."""
+    values = sorted(seconds)
+    scale, unit = _unit(values[-1])
+    return _span(_digits(values[0] / scale), _digits(values[-1] / scale), f" {unit}")
 
 
 def results_dir(topic: str) -> Path:

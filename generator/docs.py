@@ -143,3 +143,12 @@ def matrix_markdown(matrix: Mapping) -> str:
 def matrix_page() -> str:
     """The conformance page's generated part: the matrix of the current zoo."""
     return matrix_markdown(load_matrix())
+
+
+def pass_counts(topic: str, matrix: Mapping | None = None) -> tuple[int, dict[str, int]]:
+    """How many of a topic's zoo cases the matrix has, and how many pass on each runtime
+    (for sentences such as "8 cases pass on onnxruntime"; the matrix page has the cells)."""
+    matrix = load_matrix() if matrix is None else matrix
+    rows = [row for case_id, row in matrix["cases"].items() if case_id.startswith(f"{topic}/")]
+    runtimes = [rt["name"] for rt in matrix["runtimes"]]
+    return len(rows), {rt: sum(row["results"][rt]["status"] == "pass" for row in rows) for rt in runtimes}

@@ -1,9 +1,9 @@
 """``make snippets``: each blog post as standalone Markdown, ready to paste elsewhere.
 
-Snippet includes (``--8<-- "file.py:section"``) are expanded, executed blocks are run
-again in their sessions, and what they printed is inlined under the code: text as a
-fenced block, SVG pictures as image files beside the exported post. Nothing in the
-export refers back to this site.
+Snippet includes (``--8<-- "file.py:section"``) and generated markers are expanded,
+executed blocks are run again in their sessions, and what they printed is inlined under
+the code: text as a fenced block, SVG pictures as image files beside the exported post.
+Nothing in the export refers back to this site.
 """
 
 from __future__ import annotations
@@ -72,6 +72,16 @@ def outside_code(markdown: str, edit: Callable[[str], str]) -> str:
         parts += [edit(markdown[last : fence.start()]), fence[0]]
         last = fence.end()
     return "".join([*parts, edit(markdown[last:])])
+
+
+def expand_generated(markdown: str) -> str:
+    """Replace each ``<!-- generated: module:function -->`` marker by what the function returns,
+    as the site's hook does (the figures of a post are such markers)."""
+    import importlib
+
+    from generator.mkdocs_hooks import GENERATED
+
+    return GENERATED.sub(lambda m: getattr(importlib.import_module(m[1]), m[2])(), markdown)
 
 
 def site_path(post: Path, href: str) -> str:
@@ -154,6 +164,7 @@ class Exporter:
         front = _FRONT_MATTER.match(text)
         body = text[front.end() :] if front else text
         body = expand_includes(body).replace("<!-- more -->\n", "")
+        body = outside_code(body, expand_generated)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         body = _FENCE.sub(lambda m: self._block(m, body), body)
         body = outside_code(body, lambda prose: _LINK.sub(self._absolute_link, _IMAGE.sub(self._copy_image, prose)))

@@ -7,6 +7,9 @@ Float32, batch 1, 8 kv heads, head_dim 128, one new token, cache length L:
   TensorScatter-24 in place through IOBinding.
 - ``decode_step``: a whole attention step with 32 query heads. Attention-23 with
   past/present vs 2x TensorScatter + Attention-24 (plain run, and in place).
+- ``openvino_precision``: not a timing but evidence for the page's first pitfall, which
+  depends on the CPU: OpenVINO's default inference precision and its error on the top-left
+  case (and two neighbours) at each precision hint, with the machine it ran on.
 
 Variants are timed interleaved in one process (:func:`generator.bench.time_interleaved`);
 the ratios are what to compare. Results: ``proposals/kv_cache/bench/*.json`` and ``*.svg``.
@@ -22,7 +25,7 @@ import onnxruntime as ort
 
 from generator import bench
 from generator.ort import session
-from proposals.kv_cache import inplace, models
+from proposals.kv_cache import inplace, models, reference
 
 TOPIC = "kv_cache"
 KV_HEADS, Q_HEADS, HEAD_DIM = 8, 32, 128
@@ -143,6 +146,55 @@ def write_results(name: str, rows: list[dict], *, title: str, unit: float, ylabe
     )
 
 
+# The pitfall's case and its two neighbours: (label, feed nonpad_kv_seqlen?, is_causal).
+PRECISION_VARIANTS = (
+    ("is_causal, no nonpad_kv_seqlen (the top-left case)", False, 1),
+    ("is_causal with nonpad_kv_seqlen", True, 1),
+    ("no is_causal, no nonpad_kv_seqlen", False, 0),
+)
+
+PRECISION_REPEATS = 3
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic on x86
+
+
+def openvino_precision() -> dict[str, object]:
+    """OpenVINO CPU's default precision and max |Y - numpy| of each variant per precision
+    hint (one value per fresh compile), on the data of the zoo case
+    ``attention_causal_without_nonpad_is_top_left``."""
+    import openvino
+
+    from proposals.kv_cache.cases import attention_causal_without_nonpad_is_top_left
+
+    (data,) = attention_causal_without_nonpad_is_top_left().datasets
+    q, k, v = (data.inputs[name] for name in ("q", "k", "v"))
+    core = openvino.Core()
+    rows = []
+    for label, nonpad, is_causal in PRECISION_VARIANTS:
+        model = models.attention_model(
+            q_heads=2, kv_heads=2, q_len=1, kv_len=8, head_dim=4, nonpad=nonpad, is_causal=is_causal
+        )
+        feeds = {"q": q, "k": k, "v": v} | ({"nonpad_kv_seqlen": np.array([8])} if nonpad else {})
+        expected = reference.attention(
+            q, k, v, nonpad_kv_seqlen=feeds.get("nonpad_kv_seqlen"), is_causal=bool(is_causal)
+        )
+        errors: dict[str, list[float]] = {}
+        for hint in ("bf16", "f32"):
+            errors[hint] = []
+            for _ in range(PRECISION_REPEATS):  # a fresh compile each time: the garbage varies
+                compiled = core.compile_model(
+                    core.read_model(model.SerializeToString(), b""), "CPU", {"INFERENCE_PRECISION_HINT": hint}
+                )
+                errors[hint].append(float(np.abs(compiled(feeds)[compiled.output(0)] - expected).max()))
+        rows.append({"variant": label, "max_abs_err": errors, "max_abs_expected": float(np.abs(expected).max())})
+    return {
+        "rows": rows,
+        "openvino": openvino.__version__,
+        "default_precision": str(core.get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()),
+        "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        "cpu_flags": bench.cpu_flags(BF16_FLAGS),
+    }
+
+
 def results_table(name: str) -> str:
     """The committed results of one benchmark as a text table (median per step and ratio)."""
     data = json.loads((bench.results_dir(TOPIC) / f"{name}.json").read_text())
@@ -163,8 +215,11 @@ def main(quick: bool = False) -> None:
     update = measure(update_variants, lengths, "TensorScatter, IOBinding in place", **timing)
     print("Decode step (32 q heads, 8 kv heads, head_dim 128, 1 token):")
     decode = measure(decode_variants, lengths, "TensorScatter + Attention-24, IOBinding in place", **timing)
+    evidence = openvino_precision()
+    print(f"OpenVINO CPU default precision {evidence['default_precision']}: {evidence['rows']}")
     if quick:
         return
+    bench.write_json(TOPIC, "openvino_precision", evidence.pop("rows"), **evidence)
     shape = {
         "batch": 1,
         "kv_heads": KV_HEADS,

@@ -160,7 +160,7 @@ def bench_decode(quick: bool) -> None:
         rows,
         block_size=BLOCK_SIZE,
         batch=1,
-        threads=2,
+        threads=THREADS,
         dtype="float32",
         **HEADS,
         baseline=BASELINE,

@@ -1,0 +1,133 @@
+"""Figures and machine-dependent sentences of the KV-cache page and its blog post, rendered
+from the committed bench JSON (``proposals/kv_cache/bench/*.json``) or measured on the
+machine that builds the site. Pages include them with ``<!-- generated: module:function -->``
+markers, so ``make bench`` updates the prose with the tables."""
+
+from __future__ import annotations
+
+from generator.bench import duration, duration_range, load_results, machine_text, times_range
+
+TOPIC = "kv_cache"
+IN_PLACE_UPDATE = "TensorScatter, IOBinding in place"
+CONCAT = "Concat (Attention-23 style)"
+PLAIN_UPDATE = "TensorScatter, plain run"
+IN_PLACE_STEP = "TensorScatter + Attention-24, IOBinding in place"
+PLAIN_STEP = "TensorScatter + Attention-24, plain run"
+ATTENTION23 = "Attention-23 past/present"
+
+
+def _rows(name: str) -> list[dict]:
+    return load_results(TOPIC, name)["rows"]
+
+
+def bench_runtime() -> str:
+    """``onnxruntime 1.32.0 CPU with 2 threads``, as the committed run recorded it."""
+    data = load_results(TOPIC, "kv_update")
+    return f"onnxruntime {data['machine']['onnxruntime']} CPU with {data['threads']} threads"
+
+
+def measured_on() -> str:
+    """The machine of the committed timing run."""
+    return f"measured on {machine_text(load_results(TOPIC, 'kv_update')['machine'])}"
+
+
+def inplace_update_range() -> str:
+    """The in-place update's time per step over every cache length."""
+    rows = _rows("kv_update")
+    return (
+        f"{duration_range(r['seconds'][IN_PLACE_UPDATE] for r in rows)} per step from "
+        f"`L = {rows[0]['L']}` to `L = {rows[-1]['L']}`"
+    )
+
+
+def _per_length(rows: list[dict], variant: str) -> list[str]:
+    return [f"{duration(r['seconds'][variant])} at {r['L']}" for r in rows]
+
+
+def copy_costs() -> str:
+    """What both copying updates cost at each cache length."""
+    rows = _rows("kv_update")
+    concat = _per_length(rows, CONCAT)
+    plain = ", ".join(duration(r["seconds"][PLAIN_UPDATE]) for r in rows)
+    return f"Concat takes {', '.join(concat[:-1])} and {concat[-1]}; TensorScatter with a plain `run()` takes {plain}"
+
+
+def inplace_advantage() -> str:
+    """How much cheaper the in-place update is than either copy at the longest cache."""
+    last = _rows("kv_update")[-1]
+    ratios = [last["ratios"][CONCAT], last["ratios"][PLAIN_UPDATE]]
+    return f"At `L = {last['L']}` the in-place update is {times_range(ratios, 0)} cheaper than either"
+
+
+def decode_step_speedup() -> str:
+    """How much faster the in-place TensorScatter step is than Attention-23, over all L."""
+    return times_range(r["ratios"][ATTENTION23] for r in _rows("decode_step"))
+
+
+def decode_step_times() -> str:
+    """In-place step vs Attention-23 step, per cache length."""
+    rows = _rows("decode_step")
+    return ", ".join(
+        f"{duration(r['seconds'][IN_PLACE_STEP])} vs {duration(r['seconds'][ATTENTION23])} at {r['L']}" for r in rows
+    )
+
+
+def plain_step_vs_attention23() -> str:
+    """The copying TensorScatter step's time relative to Attention-23's, over all L."""
+    rows = _rows("decode_step")
+    span = times_range((r["seconds"][PLAIN_STEP] / r["seconds"][ATTENTION23] for r in rows), 2)
+    return f"Run plainly (copying), the TensorScatter graph takes {span} the time of Attention-23"
+
+
+# The first pitfall depends on the CPU: OpenVINO picks bf16 only where the CPU has it.
+
+
+def _evidence() -> dict:
+    return load_results(TOPIC, "openvino_precision")
+
+
+def _worst(errors: list[float]) -> float:
+    return max(errors)
+
+
+def openvino_bf16_evidence() -> str:
+    """The committed OpenVINO precision run: where, what the default was, what bf16 gave."""
+    data = _evidence()
+    top_left, *others = data["rows"]
+    flags = ", ".join(data["cpu_flags"]) or "none"
+    rounded = max(_worst(row["max_abs_err"]["bf16"]) for row in others)
+    return (
+        f"on {machine_text(data['machine'])} (bf16 CPU flags: {flags}), OpenVINO "
+        f"{data['openvino'].split('-')[0]} chose `{data['default_precision']}` by default; at bf16 the "
+        f"top-left case's max error was {_worst(top_left['max_abs_err']['bf16']):.1e} for outputs up to "
+        f"{top_left['max_abs_expected']:.1f}, the two neighbours' at most {rounded:.1e}, and at f32 "
+        f"{_worst(top_left['max_abs_err']['f32']):.1e} "
+        f"([`bench/openvino_precision.json`](bench/openvino_precision.json))"
+    )
+
+
+def openvino_build_machine() -> str:
+    """What the machine building this page does, measured now (the block below prints it)."""
+    import openvino
+
+    from generator.bench import cpu_flags
+    from proposals.kv_cache.bench import BF16_FLAGS
+    from proposals.kv_cache.demos import openvino_top_left_error
+
+    default = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    flags = ", ".join(cpu_flags(BF16_FLAGS)) or "none"
+    wrong = openvino_top_left_error("bf16") > GARBAGE
+    shows = "the bf16 hint returns garbage here too" if wrong else "the bf16 hint gives a correct result here"
+    return (
+        f"The machine that built this page ({machine_text(_here())}, bf16 CPU flags: {flags}) "
+        f"defaults to `{default}`, and {shows}"
+    )
+
+
+GARBAGE = 0.1  # bf16 rounding of these outputs is about 1e-3; wrong attention is of order 1
+
+
+def _here() -> dict:
+    from generator.bench import machine
+
+    return machine()
