@@ -9,11 +9,13 @@ calibrated on a separate draw, so some new values saturate, as in deployment.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from generator.onnx_build import seeded
 from generator.registry import Case, DataSet, case
-from proposals.quantized_attention import models, reference
+from proposals.quantized_attention import function_op, models, reference
 from proposals.quantized_attention.reference import CacheQuant
 
 B, HQ, HKV, L, D = 2, 4, 2, 8, 64
@@ -181,3 +183,32 @@ def int8_per_channel_circular_wrap() -> Case:
 def int8_per_token_group32_circular_wrap() -> Case:
     """Circular int8 cache whose scale cache wraps with the codes (same write_indices, mode=circular)."""
     return _circular_case(14, "int8", "per_token_group")
+
+
+def _fused(standard: Case) -> Case:
+    """The same step and expectations with DQ + Attention fused into QuantizedAttention."""
+    return dataclasses.replace(standard, model=function_op.fuse(standard.model))
+
+
+@case
+def op_int8_per_channel() -> Case:
+    """QuantizedAttention function op on the int8 per-channel step (body: DQ + Attention-24)."""
+    return _fused(int8_per_channel())
+
+
+@case
+def op_int8_per_token_group32() -> Case:
+    """QuantizedAttention on the int8 step with dynamic group-32 scales read from the scale cache."""
+    return _fused(int8_per_token_group32())
+
+
+@case
+def op_int4_keys_per_channel_values_per_token() -> Case:
+    """QuantizedAttention on ONNX int4 codes, KIVI's split (keys per channel, values per token)."""
+    return _fused(int4_keys_per_channel_values_per_token())
+
+
+@case
+def op_float8e4m3fn_per_tensor() -> Case:
+    """QuantizedAttention on a float8e4m3fn cache with per-tensor scales."""
+    return _fused(float8e4m3fn_per_tensor())
