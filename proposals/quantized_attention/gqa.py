@@ -38,7 +38,7 @@ NO_GQA_FORM = {
     "per_token_group": "GQA has no per-token group scales; llama.cpp-style blocks of 32 have no GQA form",
     "circular": "GQA writes at seqlens_k, a linear position; a circular cache has no GQA form",
     "mixed": "GQA's kv_cache_bit_width is shared by K and V, so both caches must have the same dtype",
-    "attributes": "GQA's Attention-24 equivalent here covers is_causal=1 only (no window, softcap or custom scale)",
+    "attributes": "this rewrite maps is_causal=1 only; GQA's local_window_size, softcap and scale are not mapped yet",
 }
 # --8<-- [end:reasons]
 

@@ -72,7 +72,7 @@ def test_gqa_form_equals_the_standard_form_on_onnxruntime(build) -> None:
         (cases.int8_per_token_scale_cache, "no per-token mode"),
         (cases.int8_per_token_group32, "no per-token group"),
         (cases.int8_per_channel_circular_wrap, "circular"),
-        (cases.int8_per_channel_attention25_window, "is_causal=1 only"),
+        (cases.int8_per_channel_attention25_window, "maps is_causal=1 only"),
     ],
 )
 def test_steps_without_a_gqa_form_say_why_in_one_line(build, reason: str) -> None:
