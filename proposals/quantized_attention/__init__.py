@@ -1,0 +1,1 @@
+"""Quantized attention: a proposal of the ONNX GenAI working group."""

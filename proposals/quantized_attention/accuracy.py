@@ -1,0 +1,233 @@
+"""Accuracy study: every cache dtype × granularity against float32 (``python -m ...accuracy``).
+
+Two settings, results in ``bench/accuracy.json`` (committed, rendered on the page):
+
+- **synthetic**: one attention read of 256 cached tokens (8 kv heads, head_dim 128)
+  with 4 outlier key channels (×10), in float64 numpy from the reference: relative
+  error of the attention output. Static scales are calibrated on the same tokens.
+- **decoders**: the text pipeline's seeded tiny Llama and Qwen3 (``build_decoder``; head_dim
+  32 instead of 16 so that groups of 32 apply), with
+  each layer's new K/V rows replaced by ``DQ(Q(rows))`` before the TensorScatter: exactly
+  what a quantized cache returns on read, since every row is quantized once, when written.
+  Static scales come from the float32 prefill of the prompt. Greedy agreement: the share
+  of 64 greedy tokens equal to float32's; KL: mean KL(fp32 || quantized) of the next-token
+  distributions over the float32 continuation, teacher-forced. Run on ORT CPU, 1 thread;
+  figures are rounded to 3 significant digits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.tape import Tape
+
+from generator import bench
+from generator.onnx_build import seeded, stamp
+from generator.ort import session
+from proposals.kv_cache.reference import attention
+from proposals.quantized_attention import models, reference
+from proposals.quantized_attention.reference import CacheQuant
+
+TOPIC = "quantized_attention"
+NEW_TOKENS = 64
+PROMPT = [5, 17, 42, 9, 33, 71, 8, 23, 64, 12, 90, 3, 55, 27, 81, 14]
+HEAD_DIM = 32  # the pipeline's tiny configs use 16; 32 lets per_token_group (blocks of 32) apply
+HUGE_BLOCK = 1 << 20  # per-channel Q/DQ on rows of any length: one block over the tokens
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def configs() -> list[tuple[str, str, str]]:
+    """(label, key granularity, value granularity) per dtype: each pair, plus KIVI's split."""
+    rows = [(f"{d} K {g} / V {g}", d, g, g) for d, g in reference.valid_pairs()]
+    rows += [(f"{d} K per_channel / V per_token", d, "per_channel", "per_token") for d in ("int8", "int4")]
+    return rows
+
+
+def _quant(dtype: str, granularity: str, sample: np.ndarray) -> CacheQuant:
+    if granularity in reference.DYNAMIC:
+        return CacheQuant(dtype, granularity)
+    return CacheQuant(dtype, granularity, *reference.calibrate(sample, granularity, dtype))
+
+
+def _roundtrip(quant: CacheQuant, rows: np.ndarray) -> np.ndarray:
+    codes, scales = reference.quantize_rows(quant, rows)
+    return reference.dequantize_cache(quant, codes, None if scales is None else scales)
+
+
+# --8<-- [start:synthetic]
+def synthetic_keys(rng: np.random.RandomState, tokens: int = 256, heads: int = 8, dim: int = 128) -> np.ndarray:
+    """Gaussian keys whose channels 3, 17, 64, 100 are 10× larger in every token (KIVI, KVQuant)."""
+    keys = rng.randn(1, heads, tokens, dim)
+    keys[..., [3, 17, 64, 100]] *= 10.0
+    return keys.astype(np.float32)
+
+
+def synthetic_error(dtype: str, k_granularity: str, v_granularity: str | None, seed: int = 0) -> float:
+    """‖y_quant - y‖ / ‖y‖ of one decode query over the synthetic cache (float64 reference)."""
+    rng = seeded(seed)
+    keys = synthetic_keys(rng)
+    values = rng.randn(*keys.shape).astype(np.float32)
+    q = (rng.randn(1, 32, 1, keys.shape[-1]) * 0.3).astype(np.float32)
+    exact = attention(q.astype(np.float64), keys.astype(np.float64), values.astype(np.float64))
+    k = _roundtrip(_quant(dtype, k_granularity, keys), keys)
+    v = values if v_granularity is None else _roundtrip(_quant(dtype, v_granularity, values), values)
+    approx = attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
+    return float(np.linalg.norm(approx - exact) / np.linalg.norm(exact))
+
+
+# --8<-- [end:synthetic]
+
+
+def _fake_quant_rows(tape: Tape, prefix: str, rows: ir.Value, quant: CacheQuant, batch: ir.Value, dim: int) -> ir.Value:
+    """DQ(Q(rows)) with the builder's scale handling (static Expanded, or dynamic per row)."""
+    if quant.dynamic:
+        scale, zero = models._dynamic_scale(tape, prefix, rows, quant, dim), None
+        attrs = {"axis": 3, "block_size": models._group(quant, dim)}
+    else:
+        scale, zero = models._static_scale(tape, prefix, quant, batch)
+        attrs = {} if quant.granularity == "per_tensor" else {"axis": 2, "block_size": HUGE_BLOCK}
+    extra = [] if zero is None else [zero]
+    out_type = {} if zero is not None else {"output_dtype": models.CODE_TYPES[quant.dtype].value}
+    codes = tape.op("QuantizeLinear", [rows, scale, *extra], {**attrs, **out_type})
+    return tape.op("DequantizeLinear", [codes, scale, *extra], attrs)
+
+
+def quantize_cache_writes(model: onnx.ModelProto, quants: dict[str, CacheQuant], head_dim: int) -> onnx.ModelProto:
+    """Insert DQ(Q(.)) on the update input of each ``present_{key,value}_{i}`` TensorScatter.
+
+    ``quants`` maps ``key_{i}`` / ``value_{i}`` to that cache's CacheQuant.
+    """
+    ir_model = ir.serde.deserialize_model(model)
+    graph = ir_model.graph
+    for node in [n for n in graph if n.op_type == "TensorScatter"]:
+        name = node.outputs[0].name.removeprefix("present_")
+        quant, rows = quants[name], node.inputs[1]
+        tape = Tape()
+        batch = tape.op("Shape", [rows], {"start": 0, "end": 1})
+        fake = _fake_quant_rows(tape, name, rows, quant, batch, head_dim)
+        for new in tape.nodes:
+            graph.insert_before(node, new)
+        for init in tape.initializers:
+            graph.register_initializer(init)
+        node.replace_input_with(1, fake)
+    ir_model.opset_imports[""] = max(ir_model.opset_imports[""], 24)
+    return stamp(ir.serde.serialize_model(ir_model))
+
+
+def _expose_cache_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with each TensorScatter's update rows as extra outputs (for calibration)."""
+    ir_model = ir.serde.deserialize_model(model)
+    names = []
+    for node in [n for n in ir_model.graph if n.op_type == "TensorScatter"]:
+        rows = node.inputs[1]
+        ir_model.graph.outputs.append(rows)
+        names.append((node.outputs[0].name.removeprefix("present_"), rows.name))
+    return ir.serde.serialize_model(ir_model), names
+
+
+class Decoder:
+    """A built decoder on ORT with its own greedy loop over a linear cache."""
+
+    def __init__(self, model: onnx.ModelProto, spec) -> None:
+        self.spec, self.session = spec, session(model, threads=1)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def _empty(self, length: int) -> dict[str, np.ndarray]:
+        shape = (1, self.spec.num_kv_heads, length, self.spec.head_dim)
+        return {
+            f"past_{k}_{i}": np.zeros(shape, np.float32) for i in range(self.spec.num_layers) for k in ("key", "value")
+        }
+
+    def run(self, ids: list[int], caches: dict, start: int) -> tuple[np.ndarray, dict]:
+        feeds = {"input_ids": np.array([ids], np.int64), "write_indices": np.array([start], np.int64), **caches}
+        out = dict(zip(self.outputs, self.session.run(None, feeds), strict=True))
+        presents = {k.replace("present_", "past_"): v for k, v in out.items() if k.startswith("present_")}
+        return out["logits"][0], presents
+
+    def greedy(self, prompt: list[int], steps: int) -> list[int]:
+        caches = self._empty(len(prompt) + steps)
+        logits, caches = self.run(prompt, caches, 0)
+        tokens = [int(logits[-1].argmax())]
+        for t in range(steps - 1):
+            logits, caches = self.run(tokens[-1:], caches, len(prompt) + t)
+            tokens.append(int(logits[-1].argmax()))
+        return tokens
+
+    def next_token_logits(self, sequence: list[int]) -> np.ndarray:
+        """Teacher-forced logits at every position (one prefill; rows are quantized as written)."""
+        return self.run(sequence, self._empty(len(sequence)), 0)[0]
+
+
+def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    def log_softmax(x):
+        x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+
+
+def decoder_study(arch: str) -> list[dict]:
+    from proposals.text_pipeline.decoder import build_decoder, spec_from_model
+    from proposals.text_pipeline.models import tiny_model
+
+    base = build_decoder(tiny_model(arch, head_dim=HEAD_DIM))
+    spec = spec_from_model(base)
+    fp32 = Decoder(base, spec)
+    reference_tokens = fp32.greedy(PROMPT, NEW_TOKENS)
+    sequence = PROMPT + reference_tokens
+    positions = slice(len(PROMPT) - 1, len(sequence) - 1)  # logits predicting the 64 new tokens
+    fp32_logits = fp32.next_token_logits(sequence)[positions]
+    exposed, names = _expose_cache_rows(base)
+    calib = Decoder(exposed, spec)
+    feeds = {
+        "input_ids": np.array([PROMPT], np.int64),
+        "write_indices": np.array([0], np.int64),
+        **calib._empty(len(PROMPT)),
+    }
+    sample = dict(zip(calib.outputs, calib.session.run(None, feeds), strict=True))
+    rows = []
+    for label, dtype, k_gran, v_gran in configs():
+        quants = {}
+        for name, value_name in names:
+            granularity = k_gran if name.startswith("key") else v_gran
+            if granularity == "per_token_group" and spec.head_dim % reference.GROUP:
+                break
+            quants[name] = _quant(dtype, granularity, sample[value_name])
+        else:
+            quantized = Decoder(quantize_cache_writes(base, quants, spec.head_dim), spec)
+            tokens = quantized.greedy(PROMPT, NEW_TOKENS)
+            logits = quantized.next_token_logits(sequence)[positions]
+            rows.append(
+                {
+                    "model": arch,
+                    "config": label,
+                    "token_agreement": _round(float(np.mean(np.array(tokens) == np.array(reference_tokens)))),
+                    "kl": _round(_kl(fp32_logits, logits)),
+                }
+            )
+            continue
+        rows.append({"model": arch, "config": label, "skipped": f"head_dim {spec.head_dim} is not a multiple of 32"})
+    return rows
+
+
+def main() -> Path:
+    synthetic = [{"config": label, "relative_error": _round(synthetic_error(d, k, v))} for label, d, k, v in configs()]
+    # The 4-bit key question on its own: keys quantized, values kept in float32.
+    keys_only = {g: _round(synthetic_error("int4", g, None)) for g in reference.GRANULARITIES}
+    decoders = decoder_study("llama") + decoder_study("qwen3")
+    path = bench.results_dir(TOPIC) / "accuracy.json"
+    payload = {"synthetic": synthetic, "int4_keys_only": keys_only, "decoders": decoders, "new_tokens": NEW_TOKENS}
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(main())
