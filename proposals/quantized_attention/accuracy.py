@@ -61,11 +61,19 @@ def _roundtrip(quant: CacheQuant, rows: np.ndarray) -> np.ndarray:
     return reference.dequantize_cache(quant, codes, None if scales is None else scales)
 
 
+OUTLIER_CHANNELS = (3, 17, 64, 100)
+OUTLIER_SCALE = 10.0
+SYNTHETIC_TOKENS = 256
+
+
 # --8<-- [start:synthetic]
-def synthetic_keys(rng: np.random.RandomState, tokens: int = 256, heads: int = 8, dim: int = 128) -> np.ndarray:
-    """Gaussian keys whose channels 3, 17, 64, 100 are 10× larger in every token (KIVI, KVQuant)."""
+def synthetic_keys(
+    rng: np.random.RandomState, tokens: int = SYNTHETIC_TOKENS, heads: int = 8, dim: int = 128
+) -> np.ndarray:
+    """Gaussian keys whose OUTLIER_CHANNELS are OUTLIER_SCALE times larger in every token
+    (the outlier channels KIVI and KVQuant report)."""
     keys = rng.randn(1, heads, tokens, dim)
-    keys[..., [3, 17, 64, 100]] *= 10.0
+    keys[..., list(OUTLIER_CHANNELS)] *= OUTLIER_SCALE
     return keys.astype(np.float32)
 
 

@@ -28,6 +28,15 @@ def bench_table() -> str:
     return results_table()
 
 
+def synthetic_setup() -> str:
+    """The synthetic key distribution, from the constants that build it."""
+    from proposals.quantized_attention.accuracy import OUTLIER_CHANNELS, OUTLIER_SCALE, SYNTHETIC_TOKENS
+
+    return (
+        f"{SYNTHETIC_TOKENS} keys with {len(OUTLIER_CHANNELS)} outlier channels {OUTLIER_SCALE:g}× larger than the rest"
+    )
+
+
 def _row(length: int) -> dict:
     return next(r for r in _json("decode_step")["rows"] if r["L"] == length)
 
