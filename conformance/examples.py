@@ -247,6 +247,7 @@ def attention_examples(draw) -> Example:
         "right": right,
         "fully_masked": pos_ok,
         "q_len": q_len,
+        "kv_len": kv_len,
         "total": total,
         "group": group,
         "v_head_differs": head != v_head,
