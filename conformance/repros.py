@@ -44,6 +44,7 @@ RUNNERS = {
 SCRIPT = '''"""{title}. Exit 1: the difference is still there; 0: fixed."""
 import pathlib, sys
 import numpy as np
+np.set_printoptions(linewidth=10**4)
 HERE = pathlib.Path(__file__).parent
 def arrays(prefix):
     return {{p.stem[len(prefix):]: np.load(p) for p in sorted(HERE.glob(prefix + "*.npy"))}}
@@ -221,6 +222,67 @@ def _bf16_actual(feeds):
     return {"Y": bf16(y)}
 
 
+def _attention_case(opset, q, k, v, mask=None, past_k=None, past_v=None, nonpad=None, qk=False, **attrs):
+    result = reference.attention(q, k, v, mask, past_k, past_v, nonpad, **attrs)
+    outputs = {
+        "Y": result.y,
+        "present_key": result.present_key if past_k is not None else None,
+        "present_value": result.present_value if past_k is not None else None,
+        "qk_matmul_output": result.qk if qk else None,
+    }
+    inputs = {"Q": q, "K": k, "V": v, "attn_mask": mask, "past_key": past_k, "past_value": past_v}
+    if opset >= 24:
+        inputs["nonpad_kv_seqlen"] = nonpad
+    model = single_node_model("Attention", opset, inputs, outputs, **attrs)
+    present = {n: a for n, a in inputs.items() if a is not None}
+    return model, present, {n: a for n, a in outputs.items() if a is not None}
+
+
+def _qkv(seed: int, q_len: int, kv_len: int, scale: float = 1.0):
+    rng = seeded(seed)
+    q = (rng.randn(1, 1, q_len, 2) * scale).astype(np.float32)
+    return q, (rng.randn(1, 1, kv_len, 2) * scale).astype(np.float32), rng.randn(1, 1, kv_len, 2).astype(np.float32)
+
+
+def _mode0_softcap():
+    return _attention_case(24, *_qkv(11, 1, 2, scale=3.0), qk=True, softcap=2.0)
+
+
+def _mode0_softcap_actual(feeds):
+    result = reference.attention(feeds["Q"], feeds["K"], feeds["V"], softcap=2.0, qk_matmul_output_mode=1)
+    return {"Y": result.y, "qk_matmul_output": result.qk}
+
+
+def _mode2_mask():
+    q, k, v = _qkv(12, 1, 2)
+    return _attention_case(24, q, k, v, np.array([[True, False]]), qk=True, qk_matmul_output_mode=2)
+
+
+def _mode2_mask_actual(feeds):
+    model, inputs, expected = _mode2_mask()
+    qk = np.where(np.isneginf(expected["qk_matmul_output"]), np.finfo(np.float32).min, expected["qk_matmul_output"])
+    return {"Y": expected["Y"], "qk_matmul_output": qk.astype(np.float32)}
+
+
+def _short_mask():
+    q, k, v = _qkv(13, 1, 4)
+    return _attention_case(24, q, k, v, np.array([[True, True]]), nonpad=np.array([2], np.int64))
+
+
+def _causal_past():
+    rng = seeded(14)
+    q, k, v = _qkv(14, 1, 2)
+    past_k, past_v = rng.randn(1, 1, 1, 2).astype(np.float32), rng.randn(1, 1, 1, 2).astype(np.float32)
+    return _attention_case(23, q, k, v, None, past_k, past_v, is_causal=1)
+
+
+def _causal_past_actual(feeds):
+    """Causal offset total_len - q_len = 2: every key is visible, as without is_causal."""
+    f = feeds
+    result = reference.attention(f["Q"], f["K"], f["V"], None, f["past_key"], f["past_value"])
+    return {"Y": result.y, "present_key": result.present_key, "present_value": result.present_value}
+
+
 ALL: tuple[Repro, ...] = (
     Repro(
         "onnx-tensorscatter-circular-batch-wrap",
@@ -304,7 +366,61 @@ ALL: tuple[Repro, ...] = (
         "Only reproduces on CPUs with bf16 (AVX512_BF16/AMX): elsewhere the default hint is f32 and the "
         "script exits 0. The matrix compiles with INFERENCE_PRECISION_HINT=f32.",
     ),
+    Repro(
+        "onnx-reference-attention-qk-mode0-softcap",
+        "onnx/onnx",
+        "ReferenceEvaluator Attention returns softcapped scores for qk_matmul_output_mode 0",
+        "reference",
+        _mode0_softcap,
+        _mode0_softcap_actual,
+        "Attention qk_matmul_output_mode: '0 (default): raw QK matmul result; "
+        "1: after softcap (before bias addition)'.",
+        ("onnx",),
+        "onnx/reference/ops/op_attention.py assigns the softcapped product back to qk_matmul_output before it "
+        "selects the mode. Found by the conformance fuzzer.",
+    ),
+    Repro(
+        "onnxruntime-attention-qk-mode2-lowest-not-inf",
+        "microsoft/onnxruntime",
+        "onnxruntime CPU Attention writes float lowest instead of -inf into qk_matmul_output mode 2",
+        "onnxruntime",
+        _mode2_mask,
+        _mode2_mask_actual,
+        "Attention: 'a boolean attn_mask intersects the allowed set (its disallowed positions contribute -inf to "
+        "the bias)'; mode 2 is 'QK + softcap + bias'.",
+        ("onnxruntime",),
+        "Y is right; only the debug output differs. Found by the conformance fuzzer.",
+    ),
+    Repro(
+        "onnxruntime-attention-short-mask-rejected",
+        "microsoft/onnxruntime",
+        "onnxruntime CPU Attention-24 rejects an attn_mask shorter than K/V with nonpad_kv_seqlen",
+        "onnxruntime",
+        _short_mask,
+        lambda feeds: "inconsistent total_sequence_length (between attn_mask and past_key and past_value)",
+        "Attention-24: 'the kv_sequence dimension of attn_mask can be shorter than K and V, but still needs to be "
+        "at least as long as the maximum value of nonpad_kv_seqlen'.",
+        ("onnxruntime",),
+        "Found by the conformance fuzzer.",
+    ),
+    Repro(
+        "openvino-attention-causal-past-offset",
+        "openvinotoolkit/openvino",
+        "OpenVINO Attention is_causal with past_key uses offset total - q_len instead of past_sequence_length",
+        "openvino",
+        _causal_past,
+        _causal_past_actual,
+        "Attention: 'offset = past_sequence_length when past_key is provided'; query i attends key j iff "
+        "j <= i + offset.",
+        ("openvino",),
+        "Only differs when the new K is not as long as Q. Found by the conformance fuzzer (shrunk by hypothesis).",
+        config="{'INFERENCE_PRECISION_HINT': 'f32'}",
+    ),
 )
+
+
+def _text(array: np.ndarray) -> str:
+    return np.array2string(np.asarray(array).ravel(), precision=4, max_line_width=200)
 
 
 def issue_text(repro: Repro, expected: Mapping[str, np.ndarray], actual) -> str:
@@ -328,7 +444,7 @@ def issue_text(repro: Repro, expected: Mapping[str, np.ndarray], actual) -> str:
         "From a float64 numpy implementation of the spec text (`expected_*.npy`):",
         "",
     ]
-    lines += [f"- `{n}` = `{np.array2string(a.ravel(), precision=4, max_line_width=200)}`" for n, a in expected.items()]
+    lines += [f"- `{n}` = `{_text(a)}`" for n, a in expected.items()]
     lines += ["", "## Actual", ""]
     if isinstance(actual, str):
         lines.append(f"The runtime refuses or fails on the model: `{actual}`")

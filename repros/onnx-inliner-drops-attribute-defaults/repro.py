@@ -1,6 +1,7 @@
 """onnx.inliner.inline_local_functions drops a model-local function's attribute defaults. Exit 1: the difference is still there; 0: fixed."""
 import pathlib, sys
 import numpy as np
+np.set_printoptions(linewidth=10**4)
 HERE = pathlib.Path(__file__).parent
 def arrays(prefix):
     return {p.stem[len(prefix):]: np.load(p) for p in sorted(HERE.glob(prefix + "*.npy"))}

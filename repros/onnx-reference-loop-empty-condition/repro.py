@@ -1,6 +1,7 @@
 """ReferenceEvaluator runs no iteration of a Loop whose condition input is empty. Exit 1: the difference is still there; 0: fixed."""
 import pathlib, sys
 import numpy as np
+np.set_printoptions(linewidth=10**4)
 HERE = pathlib.Path(__file__).parent
 def arrays(prefix):
     return {p.stem[len(prefix):]: np.load(p) for p in sorted(HERE.glob(prefix + "*.npy"))}

@@ -1,6 +1,7 @@
 """OpenVINO ONNX frontend imports Attention-25 but ignores left_window_size/right_window_size. Exit 1: the difference is still there; 0: fixed."""
 import pathlib, sys
 import numpy as np
+np.set_printoptions(linewidth=10**4)
 HERE = pathlib.Path(__file__).parent
 def arrays(prefix):
     return {p.stem[len(prefix):]: np.load(p) for p in sorted(HERE.glob(prefix + "*.npy"))}
