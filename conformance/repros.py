@@ -30,9 +30,9 @@ RUNNERS = {
     "reference": "from onnx.reference import ReferenceEvaluator\n"
     "ev = ReferenceEvaluator(str(HERE / 'model.onnx'))\n"
     "got = dict(zip(ev.output_names, ev.run(None, feeds)))",
-    "inliner": "import onnx, onnx.inliner\nfrom onnx.reference import ReferenceEvaluator\n"
-    "flat = onnx.inliner.inline_local_functions(onnx.load(HERE / 'model.onnx'))\n"
-    "ev = ReferenceEvaluator(flat)\ngot = dict(zip(ev.output_names, ev.run(None, feeds)))",
+    "inliner": "import onnx.inliner, onnx.reference\n"
+    "ev = onnx.reference.ReferenceEvaluator(onnx.inliner.inline_local_functions(onnx.load(HERE / 'model.onnx')))\n"
+    "got = dict(zip(ev.output_names, ev.run(None, feeds)))",
     "onnxruntime": "import onnxruntime as ort\n"
     "sess = ort.InferenceSession(str(HERE / 'model.onnx'), providers=['CPUExecutionProvider'])\n"
     "got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))",

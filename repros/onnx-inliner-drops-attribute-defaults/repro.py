@@ -7,10 +7,8 @@ def arrays(prefix):
     return {p.stem[len(prefix):]: np.load(p) for p in sorted(HERE.glob(prefix + "*.npy"))}
 feeds, expected = arrays("input_"), arrays("expected_")
 try:
-    import onnx, onnx.inliner
-    from onnx.reference import ReferenceEvaluator
-    flat = onnx.inliner.inline_local_functions(onnx.load(HERE / 'model.onnx'))
-    ev = ReferenceEvaluator(flat)
+    import onnx.inliner, onnx.reference
+    ev = onnx.reference.ReferenceEvaluator(onnx.inliner.inline_local_functions(onnx.load(HERE / 'model.onnx')))
     got = dict(zip(ev.output_names, ev.run(None, feeds)))
 except Exception as err:  # the runtime refuses the model
     print("REPRODUCED:", type(err).__name__, str(err).splitlines()[0][:200]); sys.exit(1)
