@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)
 export NO_MKDOCS_2_WARNING := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv zoo verify test lint unit docs serve bench snippets clean
+.PHONY: venv zoo verify test lint unit docs serve bench snippets fuzz clean
 
 venv: $(STAMP)
 
@@ -28,8 +28,8 @@ verify: $(STAMP)
 	$(PY) -m generator verify
 
 lint: $(STAMP)
-	$(PY) -m ruff check generator proposals tests
-	$(PY) -m ruff format --check generator proposals tests
+	$(PY) -m ruff check generator proposals tests conformance
+	$(PY) -m ruff format --check generator proposals tests conformance
 
 unit: $(STAMP)
 	$(PY) -m pytest
@@ -47,6 +47,13 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m generator bench
+
+# Differential fuzzing of the standard GenAI ops on every runtime (200 configurations per op;
+# `make test` runs 15). Writes conformance/results/fuzz.json, from which docs/support.md is built.
+FUZZ_EXAMPLES ?= 200
+fuzz: $(STAMP)
+	CONFORMANCE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CONFORMANCE_FUZZ_RESULTS=conformance/results/fuzz.json \
+		$(PY) -m pytest conformance/tests/test_fuzz.py -p no:cacheprovider
 
 # SITE_URL=https://... turns the posts' site links into absolute links.
 snippets: $(STAMP)

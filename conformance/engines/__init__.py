@@ -1,0 +1,33 @@
+"""Extra runtime engines, each one :class:`generator.runtimes.Runtime` subclass.
+
+They join the matrix the way any backend team's adapter would, through the public
+plug-in interface: ``python -m generator verify --runtime conformance.engines.tract:TractRuntime``
+(or the ``onnx_genai_proposals.runtimes`` entry point of an installed package).
+"""
+
+from __future__ import annotations
+
+import re
+
+import onnx
+
+#: ``--runtime`` targets of the engines in this package, in matrix order.
+TARGETS = (
+    "conformance.engines.tract:TractRuntime",
+    "conformance.engines.iree:IreeRuntime",
+    "conformance.engines.tvm:TvmRuntime",
+)
+
+_TEMP_PATH = re.compile(r"(/[\w.\-]+)+/(model\.\w+)")
+
+
+def clean(message: str) -> str:
+    """An engine's message without the temporary folder it ran in (so results are stable)."""
+    return _TEMP_PATH.sub(r"\2", message)
+
+
+def io_names(model_path) -> tuple[list[str], list[str]]:
+    """Graph input names (initializers excluded) and output names, in graph order."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input if i.name not in constants], [o.name for o in graph.output]

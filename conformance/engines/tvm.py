@@ -1,0 +1,39 @@
+"""Apache TVM: the Relax ONNX frontend, compiled for the host CPU with LLVM, run on the Relax VM."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from conformance.engines import io_names
+from generator.runtimes import Runner, Runtime
+
+
+class TvmRuntime(Runtime):
+    """TVM Relax: ``from_onnx``, ``tvm.compile(target="llvm")``, ``relax.VirtualMachine``."""
+
+    name = "tvm"
+
+    def version(self) -> str:
+        import tvm
+
+        return tvm.__version__
+
+    def load(self, model_path: Path) -> Runner:
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.onnx import from_onnx
+
+        module = from_onnx(onnx.load(str(model_path)))
+        machine = relax.VirtualMachine(tvm.compile(module, target="llvm"), tvm.cpu())
+        inputs, outputs = io_names(model_path)
+
+        def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            result = machine["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in inputs])
+            results = [result] if hasattr(result, "numpy") else list(result)
+            return {name: r.numpy() for name, r in zip(outputs, results, strict=True)}
+
+        return run
