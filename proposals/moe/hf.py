@@ -369,6 +369,9 @@ def _llama4_style(block, experts, config) -> tuple[dict[str, np.ndarray], dict[s
 def _probe(block, hidden: int) -> tuple[object, np.ndarray]:
     """A float64 copy of the block and probe tokens [1, T, H]."""
     probe_block = copy.deepcopy(block).double().eval()
+    for module in probe_block.modules():  # the copy's own config: grouped_mm has no float64 kernel
+        if getattr(module, "config", None) is not None and hasattr(module.config, "_experts_implementation"):
+            module.config._experts_implementation = "eager"
     return probe_block, seeded(11).randn(1, _PROBE_TOKENS, hidden)
 
 
