@@ -337,13 +337,13 @@ def _activation_candidates(experts, config):
 
 def _fit_experts(experts, config, x, idx, w, routed, arrays, layout_attrs):
     hidden_act = _cfg(config, "hidden_act")
+    if hidden_act is not None and hidden_act not in _ACTIVATIONS:
+        raise UsageError(f"expert activation {hidden_act!r} is not supported by MoE; valid: {sorted(_ACTIVATIONS)}")
     scale = max(float(np.abs(routed).max()), 1e-30)
     for act in _activation_candidates(experts, config):
         attrs = layout_attrs | act
         if float(np.abs(_routed(x, idx, w, arrays, attrs) - routed).max()) / scale < _FIT_RTOL:
             return attrs
-    if hidden_act not in _ACTIVATIONS:
-        raise UsageError(f"expert activation {hidden_act!r} is not supported by MoE; valid: {sorted(_ACTIVATIONS)}")
     raise UsageError("the experts' output matches no activation of the op (silu, gelu, gelu_tanh, relu)")
 
 
