@@ -125,6 +125,43 @@ def jamba():
     return _family("jamba")
 
 
+def _surveyed(model_type: str) -> Case:
+    """A block found by the coverage survey, with weights from the project RNG; expected
+    outputs from a float64 copy of the block."""
+    from proposals.moe.survey import block_output64
+    from proposals.moe.survey import tiny_block as survey_block
+
+    block = survey_block(model_type, seed=0)
+    rng = seeded(1)
+    datasets = []
+    for shape in ((2, 3, HIDDEN), (1, 1, HIDDEN)):
+        x = rng.randn(*shape)
+        datasets.append(
+            DataSet({"hidden_states": x.astype(np.float32)}, {"output": block_output64(block, x).astype(np.float32)})
+        )
+    return Case(from_transformers(block), datasets, rtol=RTOL, atol=ATOL)
+
+
+@case
+def laguna():
+    """Laguna block: sigmoid with selection bias, renormalized, and a routed scaling the block
+    applies after the experts (measured, folded into routed_scaling_factor), shared expert."""
+    return _surveyed("laguna")
+
+
+@case
+def cohere2_moe_average():
+    """Cohere2-MoE block: the shared expert and the routed sum are averaged, folded into
+    routed_scaling_factor=0.5 and shared_fc2_weight * 0.5."""
+    return _surveyed("cohere2_moe")
+
+
+@case
+def granitemoe():
+    """Granite-MoE block: softmax over the top-k logits, which is softmax -> top-k -> renormalize."""
+    return _surveyed("granitemoe")
+
+
 def _weights(rng, experts: int, inter: int, *, gated: bool = True) -> dict[str, np.ndarray]:
     width = 2 * inter if gated else inter
     return {

@@ -203,3 +203,46 @@ def body_svg(case_name: str = "deepseek_v3") -> str:
 
     model = getattr(cases, case_name)().model
     return function_svg(next(f for f in model.functions if f.name == "MoE"))
+
+
+@cache  # computed once per site build
+def coverage_table() -> str:
+    """Every causal-LM MoE block class of the installed transformers: converted (max error
+    of the MoE model on onnxruntime vs a float64 copy of the block) or refused (the reason)."""
+    import transformers
+
+    from generator.errors import UsageError
+    from proposals.moe.hf import block_arrays, from_transformers
+    from proposals.moe.schema import SCHEMA
+    from proposals.moe.survey import NO_STANDALONE_BLOCK, block_output64, moe_model_types, tiny_block
+
+    rows = ["| model type | block class | result | attributes measured |", "|---|---|---|---|"]
+    converted = 0
+    types = moe_model_types()
+    for model_type in sorted([*types, *NO_STANDALONE_BLOCK]):
+        if model_type in NO_STANDALONE_BLOCK:
+            rows.append(f"| {model_type} | — | refused: {NO_STANDALONE_BLOCK[model_type]} | |")
+            continue
+        block = tiny_block(model_type, seed=0)
+        try:
+            model = from_transformers(block)
+        except UsageError as err:
+            rows.append(f"| {model_type} | `{types[model_type][0]}` | refused: {str(err).split(': ', 1)[-1]} | |")
+            continue
+        x = seeded(1).randn(2, 5, 16).astype(np.float32)
+        got = session(model, threads=1).run(None, {"hidden_states": x})[0]
+        diff = float(np.abs(got - block_output64(block, x.astype(np.float64))).max())
+        _, attrs = block_arrays(block)
+        shown = ", ".join(
+            f"`{k}={round(v, 4) if isinstance(v, float) else v}`"
+            for k, v in attrs.items()
+            if k != "k" and v != SCHEMA.attribute(k).default
+        )
+        converted += 1
+        rows.append(f"| {model_type} | `{types[model_type][0]}` | converted, max abs diff {diff:.1e} | {shown} |")
+    total = len(types) + len(NO_STANDALONE_BLOCK)
+    head = (
+        f"transformers {transformers.__version__}: {total} causal-LM model types have an MoE; "
+        f"{converted} convert to one MoE node, {total - converted} are refused.\n\n"
+    )
+    return head + "\n".join(rows)

@@ -21,7 +21,7 @@ from onnxscript import values
 from generator.errors import UsageError
 from generator.onnx_build import PROPOSAL_DOMAIN, stamp
 from proposals.moe.body import build_function
-from proposals.moe.hf import FAMILIES, block_arrays
+from proposals.moe.hf import block_arrays, is_moe_block
 from proposals.moe.reference import moe
 from proposals.moe.schema import INPUT_NAMES, OPSET, SCHEMA, resolve
 
@@ -101,7 +101,7 @@ def swap_moe_blocks(model: torch.nn.Module) -> int:
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if type(child).__name__ in FAMILIES
+        if is_moe_block(child)
     ]
     for parent, name, child in swaps:
         setattr(parent, name, MoEFunctionOpBlock(child))

@@ -32,7 +32,7 @@ def test_phimoe_sparsemixer_is_refused() -> None:
 def test_unknown_block_is_refused() -> None:
     import torch
 
-    with pytest.raises(UsageError, match="Linear is not a known transformers MoE block; supported: "):
+    with pytest.raises(UsageError, match="Linear is not a transformers v5 MoE block: no child holds stacked 3-D"):
         from_transformers(torch.nn.Linear(2, 2))
 
 
