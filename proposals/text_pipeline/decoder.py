@@ -342,14 +342,24 @@ def spec_from_model(model: onnx.ModelProto) -> DecoderSpec:
     missing = [f for f in DecoderSpec.__dataclass_fields__ if f not in meta]
     if missing:
         raise UsageError(f"not a text_pipeline decoder: metadata lacks {', '.join(missing)}")
-    as_int = {
-        k: int(v)
-        for k, v in meta.items()
-        if k in DecoderSpec.__dataclass_fields__ and k not in ("model_type", "sliding_window")
-    }
+    if meta["model_type"] not in SUPPORTED_MODEL_TYPES:
+        raise UsageError(
+            f"decoder metadata model_type={meta['model_type']!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    counts = {k: _positive_int(k, meta[k]) for k in DecoderSpec.__dataclass_fields__ if k not in _NOT_COUNTS}
     window = meta["sliding_window"]
     return DecoderSpec(
         model_type=meta["model_type"],
-        sliding_window=None if window == "None" else int(window),
-        **as_int,
+        sliding_window=None if window == "None" else _positive_int("sliding_window", window),
+        **counts,
     )
+
+
+_NOT_COUNTS = ("model_type", "sliding_window")
+
+
+def _positive_int(key: str, text: str) -> int:
+    """A decoder metadata value that must be a positive integer (written by ``build_decoder``)."""
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise UsageError(f"decoder metadata {key}={text!r}; expected a positive integer")
+    return int(text)
