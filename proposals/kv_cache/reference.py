@@ -313,11 +313,14 @@ def decoder_layer(
 
     Projections, RoPE on Q and K, linear TensorScatter of the rotated K and V, causal
     GQA attention over the whole cache, output projection. ``Step.y`` is ``output``.
+    Computed in float64 (a float32 matmul rounds differently per BLAS kernel) and cast
+    once: the caches on assignment, ``y`` at the end.
     """
     batch, seq, _ = hidden_states.shape
+    x = hidden_states.astype(np.float64)
 
     def heads(w, n):  # (B, S, n*D) -> (B, n, S, D)
-        return (hidden_states @ w).reshape(batch, seq, n, -1).transpose(0, 2, 1, 3)
+        return (x @ w.astype(np.float64)).reshape(batch, seq, n, -1).transpose(0, 2, 1, 3)
 
     q = rotary_embedding(heads(weights.q_proj, q_heads), weights.cos_cache, weights.sin_cache, position_ids)
     k = rotary_embedding(heads(weights.k_proj, kv_heads), weights.cos_cache, weights.sin_cache, position_ids)
@@ -325,7 +328,9 @@ def decoder_layer(
     key = tensor_scatter(past_key, k, write_indices)
     value = tensor_scatter(past_value, v, write_indices)
     y = attention(q, key, value, nonpad_kv_seqlen=nonpad_kv_seqlen, is_causal=True)
-    out = y.transpose(0, 2, 1, 3).reshape(batch, seq, -1) @ weights.o_proj
+    out = (y.transpose(0, 2, 1, 3).reshape(batch, seq, -1) @ weights.o_proj.astype(np.float64)).astype(
+        hidden_states.dtype
+    )
     return Step(np.asarray(write_indices), np.asarray(nonpad_kv_seqlen), out, key, value)
 
 

@@ -1,7 +1,8 @@
 """Zoo cases of the MoE function-op proposal.
 
 Family cases: a tiny seeded transformers block converted by ``from_transformers``;
-expected outputs come from the transformers module itself. Edge cases: expected
+expected outputs come from the transformers module itself, run on a float64 copy
+(:func:`proposals.moe.families.reference_output`). Edge cases: expected
 outputs come from the numpy reference (:mod:`proposals.moe.reference`). Every
 model's X has symbolic leading axes, and most cases run a prefill-sized and a
 decode-sized data set through the same model: the first makes experts repeat
@@ -15,7 +16,7 @@ import numpy as np
 from generator.onnx_build import seeded
 from generator.registry import Case, DataSet, case
 from proposals.moe.build import moe_model
-from proposals.moe.families import block_output, tiny_block
+from proposals.moe.families import reference_output, tiny_block
 from proposals.moe.hf import from_transformers
 from proposals.moe.reference import moe, route
 
@@ -31,7 +32,7 @@ def _family(family: str) -> Case:
     datasets = []
     for shape in ((2, 3, HIDDEN), (1, 1, HIDDEN)):
         x = rng.randn(*shape).astype(np.float32)
-        datasets.append(DataSet({"hidden_states": x}, {"output": block_output(block, x)}))
+        datasets.append(DataSet({"hidden_states": x}, {"output": reference_output(block, x)}))
     return Case(from_transformers(block), datasets, rtol=RTOL, atol=ATOL)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
+
 from generator.errors import UsageError
+from generator.torch_reference import float64_copy, float64_mode, load_seeded, norm_centre, seeded_model
 
 # family -> (module, config class, block class, config fields). Sizes are tiny on purpose.
 _COMMON = {"hidden_size": 16, "hidden_act": "silu"}
@@ -177,19 +180,12 @@ def tiny_config(family: str):
 
 
 def tiny_block(family: str, seed: int = 0):
-    """The family's MoE block with seeded random weights (every parameter and buffer)."""
-    import torch
-
+    """The family's MoE block with seeded random weights (every parameter and buffer,
+    ``0.5 * N(0, 1)`` from the project's RNG, not torch's)."""
     config = tiny_config(family)
     module, _, block_cls, _ = TINY[family]
     mod = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
-    torch.manual_seed(seed)
-    block = getattr(mod, block_cls)(config).eval()
-    with torch.no_grad():
-        for _, tensor in sorted([*block.named_parameters(), *block.named_buffers()]):
-            if tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape) * 0.5)
-    return block
+    return load_seeded(getattr(mod, block_cls)(config).eval(), seed, 0.5)
 
 
 def block_output(block, hidden_states):
@@ -201,6 +197,18 @@ def block_output(block, hidden_states):
         out = block(torch.from_numpy(hidden_states))
     out = out[0] if isinstance(out, tuple) else out
     return out.numpy().reshape(hidden_states.shape)
+
+
+def reference_output(block, hidden_states):
+    """:func:`block_output` computed in float64 (a float64 copy of the block, float64
+    inputs), cast once to the input's dtype: the zoo's portable expected output."""
+    import torch
+
+    block64 = float64_copy(block)
+    with float64_mode():
+        out = block64(torch.from_numpy(hidden_states.astype(np.float64)))
+    out = out[0] if isinstance(out, tuple) else out
+    return out.numpy().reshape(hidden_states.shape).astype(hidden_states.dtype)
 
 
 # Whole tiny causal LMs for the export path (two layers, both MoE).
@@ -226,8 +234,8 @@ CAUSAL_LM = {
 
 
 def tiny_causal_lm(family: str, seed: int = 0):
-    """A two-layer causal LM of the family with transformers' own seeded initialization."""
-    import torch
+    """A two-layer causal LM of the family with seeded weights (``N(0, initializer_range)``,
+    norm weights around 1) from the project's RNG."""
     import transformers
 
     if family not in CAUSAL_LM:
@@ -242,8 +250,8 @@ def tiny_causal_lm(family: str, seed: int = 0):
         max_position_embeddings=32,
         **fields,
     )
-    torch.manual_seed(seed)
-    return getattr(transformers, model_cls)(config).eval()
+    build = getattr(transformers, model_cls)
+    return seeded_model(lambda: build(config), seed, config.initializer_range, centre=norm_centre)
 
 
 def Logits(model):  # noqa: N802 (reads like the module it returns)

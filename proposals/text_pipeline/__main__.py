@@ -54,6 +54,7 @@ def _model_dir(args, scratch: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
+        prompt = GenerationInput(args.prompt)  # a prompt that is not UTF-8 fails first
         enumerate_devices(args.backend)  # an unknown backend fails before any model is built
         with tempfile.TemporaryDirectory() as scratch:
             pipeline = create_pipeline(args.backend, _model_dir(args, Path(scratch)), args.device)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 )
             )
-            for piece in pipeline.stream(GenerationInput(args.prompt)):
+            for piece in pipeline.stream(prompt):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")

@@ -4,7 +4,8 @@ Each case is a tiny random-weight transformers model converted by ``build_decode
 run as a prefill of a right-padded ragged batch (real lengths 4 and 6) and one decode
 step that writes each sample at its own ``write_indices`` (4 and 6): sample 0's new
 token overwrites its first padding slot. The expected logits and caches come from the
-transformers module run sequence by sequence, never from onnxruntime.
+transformers module run sequence by sequence on a float64 copy (cast once to float32,
+so no CPU kernel shows in the bytes), never from onnxruntime.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import numpy as np
 import onnx
 
 from generator.registry import Case, DataSet, case
+from generator.torch_reference import float64_copy
 from proposals.text_pipeline.decoder import spec_from_model
-from proposals.text_pipeline.folder import decoder_bytes, extra_files, hf_step
+from proposals.text_pipeline.folder import decoder_bytes, extra_files, reference_step
 from proposals.text_pipeline.models import tiny_model
 from proposals.text_pipeline.tokenizer import PAD_TOKEN, load_tokenizer
 
@@ -25,7 +27,7 @@ LINEAR_CACHE_LEN = 12
 # --8<-- [start:case]
 def decoder_case(arch: str) -> Case:
     """Prefill (ragged, right-padded) + one decode step, expected from transformers."""
-    model = tiny_model(arch)
+    model = float64_copy(tiny_model(arch))  # the reference runs in float64
     decoder = onnx.load_from_string(decoder_bytes(arch))
     spec = spec_from_model(decoder)
     tokenizer = load_tokenizer()
@@ -35,7 +37,7 @@ def decoder_case(arch: str) -> Case:
     shape = spec.cache_shape(len(rows), LINEAR_CACHE_LEN)
 
     # prefill: the graph computes every column, padding included, so the reference does too
-    prefill = [hf_step(model, r) for r in padded]
+    prefill = [reference_step(model, r) for r in padded]
     past = {f"past_{k}_{i}": np.zeros(shape, np.float32) for i in range(spec.num_layers) for k in ("key", "value")}
     present = {name.replace("past", "present"): cache.copy() for name, cache in past.items()}
     for b, (_, _, layers) in enumerate(prefill):
@@ -48,7 +50,7 @@ def decoder_case(arch: str) -> Case:
             "write_indices": np.zeros(len(rows), np.int64),
             **past,
         },
-        outputs={"logits": np.stack([logits for logits, _, _ in prefill]), **present},
+        outputs={"logits": np.stack([logits for logits, _, _ in prefill]).astype(np.float32), **present},
     )
 
     # decode: each sample appends its greedy token at its own length; the cache of the real
@@ -59,8 +61,8 @@ def decoder_case(arch: str) -> Case:
     decode_present = {name: c.copy() for name, c in present.items()}
     logits = []
     for b, row in enumerate(rows):
-        _, context, _ = hf_step(model, row)
-        step_logits, _, layers = hf_step(model, [nxt[b]], context)
+        _, context, _ = reference_step(model, row)
+        step_logits, _, layers = reference_step(model, [nxt[b]], context)
         logits.append(step_logits)
         for i, (k, v) in enumerate(layers):
             decode_present[f"present_key_{i}"][b, :, lengths[b]] = k[:, -1]
@@ -71,7 +73,7 @@ def decoder_case(arch: str) -> Case:
             "write_indices": np.array(lengths, np.int64),
             **decode_past,
         },
-        outputs={"logits": np.stack(logits), **decode_present},
+        outputs={"logits": np.stack(logits).astype(np.float32), **decode_present},
     )
     return Case(decoder, [first, second], rtol=1e-4, atol=1e-5, files=extra_files(arch))
 

@@ -42,6 +42,13 @@ class GenerationInput:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.text, str), f"GenerationInput.text must be a str, got {self.text!r}")
+        try:
+            self.text.encode("utf-8")
+        except UnicodeEncodeError as err:  # lone surrogates: bytes that were not UTF-8
+            bad = self.text[err.start : err.end].encode("utf-8", "surrogateescape")
+            raise UsageError(
+                f"the prompt is not valid UTF-8 text (bytes {bad!r} at {err.start}); give UTF-8 text"
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper
 
 from generator.errors import UsageError
 from generator.onnx_build import initializer, make_model
+from generator.torch_reference import float64_mode
 
 OPSET = 24
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -168,13 +169,15 @@ def _rms_norm(g: _Graph, x: str, module, name: str) -> str:
 
 def _rope_tables(hf_model, spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin caches ``[max_positions, head_dim/2]`` computed by the model's own rotary module,
-    so every static rope variant (default, linear, llama3, yarn) matches by construction."""
+    so every static rope variant (default, linear, llama3, yarn) matches by construction.
+    The module runs in float64 and the tables are cast once: a float32 cos/sin kernel
+    differs per CPU, and these tables are committed zoo bytes."""
     import torch
 
     rotary = hf_model.model.rotary_emb
     positions = torch.arange(spec.max_positions)[None, :]
-    probe = torch.zeros(1, dtype=torch.float32)
-    with torch.no_grad():
+    probe = torch.zeros(1, dtype=torch.float64)
+    with float64_mode():
         cos, sin = rotary(probe, positions)
     half = spec.head_dim // 2
     return _weight(cos[0, :, :half]), _weight(sin[0, :, :half])
@@ -339,14 +342,24 @@ def spec_from_model(model: onnx.ModelProto) -> DecoderSpec:
     missing = [f for f in DecoderSpec.__dataclass_fields__ if f not in meta]
     if missing:
         raise UsageError(f"not a text_pipeline decoder: metadata lacks {', '.join(missing)}")
-    as_int = {
-        k: int(v)
-        for k, v in meta.items()
-        if k in DecoderSpec.__dataclass_fields__ and k not in ("model_type", "sliding_window")
-    }
+    if meta["model_type"] not in SUPPORTED_MODEL_TYPES:
+        raise UsageError(
+            f"decoder metadata model_type={meta['model_type']!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    counts = {k: _positive_int(k, meta[k]) for k in DecoderSpec.__dataclass_fields__ if k not in _NOT_COUNTS}
     window = meta["sliding_window"]
     return DecoderSpec(
         model_type=meta["model_type"],
-        sliding_window=None if window == "None" else int(window),
-        **as_int,
+        sliding_window=None if window == "None" else _positive_int("sliding_window", window),
+        **counts,
     )
+
+
+_NOT_COUNTS = ("model_type", "sliding_window")
+
+
+def _positive_int(key: str, text: str) -> int:
+    """A decoder metadata value that must be a positive integer (written by ``build_decoder``)."""
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise UsageError(f"decoder metadata {key}={text!r}; expected a positive integer")
+    return int(text)

@@ -7,6 +7,7 @@ import json
 from functools import cache
 from pathlib import Path
 
+from generator.torch_reference import float64_mode
 from generator.zoo import case_dir
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.decoder import build_decoder
@@ -66,3 +67,10 @@ def hf_step(model, tokens: list[int], cache=None):
         out = model(input_ids=torch.tensor([tokens]), cache=cache, use_cache=True)
     layers = [(layer.keys[0].numpy(), layer.values[0].numpy()) for layer in out.cache.layers]
     return out.logits[0].numpy(), out.cache, layers
+
+
+def reference_step(model64, tokens: list[int], cache=None):
+    """:func:`hf_step` of a float64 copy of a model (``float64_copy``) in ``float64_mode``:
+    float64 values for the zoo's expected outputs, which the caller casts once."""
+    with float64_mode():
+        return hf_step(model64, tokens, cache)

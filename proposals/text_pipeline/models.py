@@ -2,13 +2,17 @@
 
 Each config is a real architecture (Llama, Qwen2, Qwen3, Mistral) shrunk so a zoo
 file stays far under 1 MiB: hidden 64, 2 layers, vocab = the shipped tokenizer's.
-``initializer_range`` is raised above the default so random logits are peaked
-enough for greedy parity to be meaningful (no near-ties at float32 noise level).
+Weights are drawn with the project's RNG (never torch's initialisers, which move with
+the CPU's kernels): every matrix and bias ``N(0, initializer_range)``, every RMSNorm
+weight ``1 + N(0, initializer_range)``. ``initializer_range`` is raised above the default
+so random logits are peaked enough for greedy parity to be meaningful (no near-ties at
+float32 noise level).
 """
 
 from __future__ import annotations
 
 from generator.errors import UsageError
+from generator.torch_reference import norm_centre, seeded_model
 from proposals.text_pipeline.tokenizer import VOCAB_SIZE
 
 TINY = {
@@ -48,11 +52,9 @@ def tiny_config(arch: str, **overrides):
 
 def tiny_model(arch: str, **overrides):
     """A seeded tiny random ``arch`` causal LM in eval mode (eager attention, float32)."""
-    import torch
     import transformers
 
     config = tiny_config(arch, **overrides)
     config._attn_implementation = "eager"
-    torch.manual_seed(SEEDS[arch])
-    model = getattr(transformers, ARCHITECTURES[arch][1])(config)
-    return model.eval()
+    model_cls = getattr(transformers, ARCHITECTURES[arch][1])
+    return seeded_model(lambda: model_cls(config), SEEDS[arch], config.initializer_range, centre=norm_centre)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -168,10 +168,29 @@ class ModelFolder:
                 f"{path} is not a text_pipeline model folder: no {PIPELINE_FILE} "
                 "(run `python -m generator zoo text_pipeline` to write the zoo)"
             )
+        _inside(path, PIPELINE_FILE, f"{meta_path}: the folder's own {PIPELINE_FILE}")
         manifest = _read_manifest(meta_path)
-        decoder = _read_decoder(path / manifest["decoder"])
-        tokenizer = _read_tokenizer(path / manifest["tokenizer"], spec_from_model(decoder).vocab_size)
+        decoder = _read_decoder(_named_file(path, manifest, "decoder"))
+        tokenizer_path = _named_file(path, manifest, "tokenizer")
+        tokenizer = _read_tokenizer(tokenizer_path, spec_from_model(decoder).vocab_size)
         return cls(path, decoder, tokenizer, config_from_json(manifest["generation_config"]), manifest)
+
+
+def _named_file(folder: Path, manifest: dict, key: str) -> Path:
+    """The file ``pipeline.json`` names under ``key``, which must lie inside the folder."""
+    return _inside(folder, manifest[key], f"{folder / PIPELINE_FILE}: {key} {manifest[key]!r}")
+
+
+def _inside(folder: Path, name: str, what: str) -> Path:
+    """``folder / name``, refused unless it stays inside ``folder``: a model folder may only
+    name its own files (no absolute path, no ``..``, no symlink that leads out)."""
+    relative = PurePosixPath(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        raise UsageError(f"{what} must be a relative path inside the model folder (no '..', not absolute)")
+    target = folder / relative
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise UsageError(f"{what} is a symlink that leads outside the model folder; only files inside it are read")
+    return target
 
 
 MANIFEST_KEYS = {"format": str, "decoder": str, "tokenizer": str, "generation_config": dict}
@@ -205,6 +224,10 @@ def _read_decoder(model_path: Path) -> onnx.ModelProto:
         model = onnx.load(model_path)
     except DecodeError:
         raise UsageError(f"{model_path}: not an ONNX model (protobuf parse failed)") from None
+    except (onnx.checker.ValidationError, OSError) as err:
+        # onnx itself refuses external data outside the model's folder (.., absolute, symlinks)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"{model_path}: cannot read its external data ({reason})") from None
     try:
         spec_from_model(model)
     except UsageError as err:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 from generator.bench import ROOT
@@ -84,6 +85,46 @@ def _edit_manifest(folder: Path, change) -> None:
     (folder / "pipeline.json").write_text(json.dumps(manifest))
 
 
+def _set_metadata(folder: Path, key: str, value: str) -> None:
+    model = onnx.load(folder / "model.onnx")
+    next(p for p in model.metadata_props if p.key == key).value = value
+    onnx.save(model, folder / "model.onnx")
+
+
+def _elsewhere(folder: Path, name: str) -> Path:
+    """Move a good file of the folder out of it (beside the folder), where it still works."""
+    outside = folder.parent / "elsewhere"
+    outside.mkdir(exist_ok=True)
+    return Path(shutil.move(folder / name, outside / name))
+
+
+def _name_decoder(folder: Path, name) -> None:
+    moved = _elsewhere(folder, "model.onnx")
+    _edit_manifest(folder, lambda m: m.update(decoder=name(moved)))
+
+
+def _symlink_out(folder: Path, name: str) -> None:
+    (folder / name).symlink_to(_elsewhere(folder, name))
+
+
+def _subfolder_symlink_out(folder: Path) -> None:
+    (folder / "weights").symlink_to(_elsewhere(folder, "model.onnx").parent, target_is_directory=True)
+    _edit_manifest(folder, lambda m: m.update(decoder="weights/model.onnx"))
+
+
+def _external_data_outside(folder: Path) -> None:
+    """model.onnx keeps its weights in a file beside the folder, named by ``../``."""
+    model = onnx.load(folder / "model.onnx")
+    onnx.save(model, folder / "model.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0)
+    _elsewhere(folder, "weights.bin")
+    model = onnx.load(folder / "model.onnx", load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../elsewhere/weights.bin"
+    onnx.save(model, folder / "model.onnx")
+
+
 # Each damages a copy of a good folder: (damage, backend, what stderr must name).
 BROKEN_FOLDERS = {
     "invalid_json": (lambda f: (f / "pipeline.json").write_text("{bad"), "onnxruntime", "pipeline.json: invalid JSON"),
@@ -118,6 +159,57 @@ BROKEN_FOLDERS = {
         "transformers",
         "no transformers.architecture",
     ),
+    "vocab_size_not_an_integer": (
+        lambda f: _set_metadata(f, "vocab_size", "abc"),
+        "onnxruntime",
+        "decoder metadata vocab_size='abc'; expected a positive integer",
+    ),
+    "sliding_window_negative": (
+        lambda f: _set_metadata(f, "sliding_window", "-4"),
+        "onnxruntime",
+        "decoder metadata sliding_window='-4'; expected a positive integer",
+    ),
+    "unknown_model_type": (
+        lambda f: _set_metadata(f, "model_type", "gpt2"),
+        "onnxruntime",
+        "decoder metadata model_type='gpt2'; supported: llama",
+    ),
+    # a folder may only name files inside itself, however it is spelled
+    "decoder_named_by_dotdot": (
+        lambda f: _name_decoder(f, lambda moved: "../elsewhere/model.onnx"),
+        "onnxruntime",
+        "decoder '../elsewhere/model.onnx' must be a relative path inside the model folder",
+    ),
+    "decoder_named_by_absolute_path": (
+        lambda f: _name_decoder(f, str),
+        "onnxruntime",
+        "must be a relative path inside the model folder (no '..', not absolute)",
+    ),
+    "tokenizer_named_by_absolute_path": (
+        lambda f: _edit_manifest(f, lambda m: m.update(tokenizer=str(_elsewhere(f, "tokenizer.json")))),
+        "onnxruntime",
+        "must be a relative path inside the model folder (no '..', not absolute)",
+    ),
+    "tokenizer_symlink_out": (
+        lambda f: _symlink_out(f, "tokenizer.json"),
+        "onnxruntime",
+        "tokenizer 'tokenizer.json' is a symlink that leads outside the model folder",
+    ),
+    "decoder_in_a_symlinked_subfolder": (
+        _subfolder_symlink_out,
+        "onnxruntime",
+        "decoder 'weights/model.onnx' is a symlink that leads outside the model folder",
+    ),
+    "pipeline_json_symlink_out": (
+        lambda f: _symlink_out(f, "pipeline.json"),
+        "onnxruntime",
+        "the folder's own pipeline.json is a symlink that leads outside the model folder",
+    ),
+    "external_data_outside": (
+        _external_data_outside,
+        "onnxruntime",
+        "model.onnx: cannot read its external data",
+    ),
 }
 
 
@@ -136,3 +228,11 @@ def test_malformed_model_folder_exits_2_with_one_line(good_folder, tmp_path, bro
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_prompt_that_is_not_utf8_exits_2_with_one_line():
+    """A prompt argument with bytes that are not UTF-8 (Python holds them as surrogates)."""
+    done = cli(os.fsdecode(b"bad \xff prompt"), "--max-new-tokens", "2")
+    assert done.returncode == 2, done.stderr
+    assert "the prompt is not valid UTF-8 text (bytes b'\\xff' at 4)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

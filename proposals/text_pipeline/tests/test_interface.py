@@ -99,7 +99,10 @@ def test_three_backends_give_the_same_tokens(tmp_path, arch):
 @pytest.mark.parametrize("stop", list(StopCriteria))
 def test_beam_search_matches_transformers(stop, eos_at):
     """num_beams=4, num_return_sequences=3, length_penalty, and an EOS that the beams hit
-    (at the first step, or at the second, where EARLY returns another set than the rest)."""
+    (at the first step, or at the second, where EARLY returns another set than the rest).
+    With EOS at the first step a negative length_penalty favours short hypotheses, so the
+    one-token EOS hypothesis is among those returned whatever the weights."""
+    length_penalty = -1.0 if eos_at == 0 else 1.3
     model = tiny_model("qwen2")
     prompt = list(range(8, 16))
     with torch.no_grad():
@@ -121,7 +124,7 @@ def test_beam_search_matches_transformers(stop, eos_at):
             do_sample=False,
             eos_token_id=eos,
             pad_token_id=1,
-            length_penalty=1.3,
+            length_penalty=length_penalty,
             early_stopping=stop.value,
             output_scores=True,
             return_dict_in_generate=True,
@@ -131,7 +134,7 @@ def test_beam_search_matches_transformers(stop, eos_at):
         max_new_tokens=12,
         eos_token_ids={eos},
         beam_search_config=BeamSearchConfig(
-            num_beams=4, num_return_sequences=3, length_penalty=1.3, stop_criteria=stop
+            num_beams=4, num_return_sequences=3, length_penalty=length_penalty, stop_criteria=stop
         ),
     )
     hyps = beam_search(OrtRunner(onnx.load_from_string(decoder_bytes("qwen2"))), prompt, config)

@@ -95,25 +95,34 @@ def hf_generate(prompt: list[int], **settings) -> tuple[int, ...]:
     return tuple(out[0, len(prompt) :].tolist())
 
 
-# (our GenerationConfig, transformers generate's keywords), given the free run and the prompt length
+# (our GenerationConfig, transformers generate's keywords), given the free run, the prompt
+# length and a token the run reaches after min_new_tokens when its first token is banned
 LIMITS = {
-    "max_new_tokens": lambda run, n: ({"max_new_tokens": 7}, {"max_new_tokens": 7, "eos_token_id": None}),
-    "max_length": lambda run, n: ({"max_length": n + 4}, {"max_length": n + 4, "eos_token_id": None}),
-    "eos_token_ids": lambda run, n: (
+    "max_new_tokens": lambda run, n, later: ({"max_new_tokens": 7}, {"max_new_tokens": 7, "eos_token_id": None}),
+    "max_length": lambda run, n, later: ({"max_length": n + 4}, {"max_length": n + 4, "eos_token_id": None}),
+    "eos_token_ids": lambda run, n, later: (
         {"max_new_tokens": 32, "eos_token_ids": {run[5], 511}},
         {"max_new_tokens": 32, "eos_token_id": [run[5], 511]},
     ),
-    "min_new_tokens": lambda run, n: (
-        {"max_new_tokens": 32, "min_new_tokens": 3, "eos_token_ids": {run[0]}},
-        {"max_new_tokens": 32, "min_new_tokens": 3, "eos_token_id": [run[0]]},
+    "min_new_tokens": lambda run, n, later: (
+        {"max_new_tokens": 32, "min_new_tokens": 3, "eos_token_ids": {run[0], later}},
+        {"max_new_tokens": 32, "min_new_tokens": 3, "eos_token_id": [run[0], later]},
     ),
 }
 
 
+@pytest.fixture(scope="module")
+def later_token(pipeline, free_run) -> int:
+    """A token that the run with ``free_run[0]`` banned for 3 steps emits after step 3 and
+    not before: as an EOS it stops that run early, whatever the weights."""
+    banned = generate(pipeline, max_new_tokens=32, min_new_tokens=3, eos_token_ids={free_run[0]}).token_ids
+    return next(t for t in banned[3:] if t not in banned[:3] and t != free_run[0])
+
+
 @pytest.mark.parametrize("limit", list(LIMITS))
-def test_limits_match_transformers_generate(pipeline, free_run, limit):
+def test_limits_match_transformers_generate(pipeline, free_run, later_token, limit):
     prompt = pipeline.encode(PROMPT)
-    ours, theirs = LIMITS[limit](free_run, len(prompt))
+    ours, theirs = LIMITS[limit](free_run, len(prompt), later_token)
     result = generate(pipeline, **ours)
     assert result.token_ids == hf_generate(prompt, **theirs)
     assert len(result.token_ids) < 32  # the limit under test stopped it, not the 32-token budget
