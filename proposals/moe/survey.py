@@ -9,14 +9,13 @@ semantics: :func:`proposals.moe.hf.block_arrays` reads those from the block.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import inspect
 import re
 from functools import cache
 
 from generator.errors import UsageError
-from proposals.moe.seeding import seed_module
+from generator.torch_reference import float64_copy, float64_mode, load_seeded
 
 HIDDEN = 16
 # size fields -> tiny values, applied when the config class has the field
@@ -153,15 +152,15 @@ def tiny_block(model_type: str, seed: int = 0):
             errors.append(f"{type(err).__name__}: {err}")
     else:
         raise UsageError(f"cannot build {blocks[0]} from a tiny {model_type} config: {errors[-1]}")
-    return seed_module(block.float(), seed)
+    return load_seeded(block.float(), seed, std=0.5).eval()
 
 
 def block_output64(block, hidden_states):
     """The block's hidden-states output from a float64 copy of it (the expected output)."""
     import torch
 
-    block64 = copy.deepcopy(block).double()
-    with torch.no_grad():
+    block64 = float64_copy(block)
+    with float64_mode():  # transformers asks for float32 in places; that would follow the CPU
         out = block64(torch.from_numpy(hidden_states).double())
     out = out[0] if isinstance(out, tuple) else out
     return out.numpy().reshape(hidden_states.shape)
