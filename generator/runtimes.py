@@ -186,9 +186,27 @@ def check_class(cls: type[Runtime], target: str) -> None:
         raise UsageError(f"runtime {target!r}: shares_divergences_with must be a tuple of runtime names")
 
 
+def configured(pyproject: Path = Path(__file__).resolve().parent.parent / "pyproject.toml") -> list[str]:
+    """The ``module:Class`` plug-ins this project's own matrix includes, from
+    ``[tool.onnx-genai-proposals] runtimes`` in pyproject.toml: engines wrapped through the
+    same public interface an outside team uses, which an uninstalled source tree cannot
+    register as entry points."""
+    import tomllib
+
+    if not pyproject.is_file():
+        return []
+    settings = tomllib.loads(pyproject.read_text()).get("tool", {}).get("onnx-genai-proposals", {})
+    targets = settings.get("runtimes", [])
+    if not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise UsageError(f"{pyproject}: [tool.onnx-genai-proposals] runtimes must be a list of 'module:Class' strings")
+    return targets
+
+
 def available(extra: Sequence[str] = ()) -> list[Runtime]:
-    """Built-in runtimes, then entry-point plug-ins, then ``--runtime`` classes."""
+    """Built-in runtimes, the project's configured plug-ins, entry-point plug-ins, then
+    ``--runtime`` classes."""
     classes: list[type[Runtime]] = list(BUILTIN)
+    classes.extend(load_class(target) for target in configured())
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         classes.append(load_class(ep.value))
     classes.extend(load_class(target) for target in extra)
