@@ -6,6 +6,7 @@ block, so the site always shows the zoo and matrix of the commit it was built fr
 
 from __future__ import annotations
 
+import html
 import json
 from collections import defaultdict
 from collections.abc import Mapping
@@ -18,14 +19,15 @@ from generator.zoo import ZOO, load_manifest, manifest_path
 
 __all__ = ["catalogue_markdown", "function_svg", "graph_svg", "load_matrix", "matrix_markdown", "matrix_page"]
 
-# Material's inline-SVG icons: emoji glyphs depend on the reader's fonts.
+# Material's inline-SVG icons (emoji glyphs depend on the reader's fonts), each with a
+# title that a pointer or a screen reader shows.
 _STATUS_MARK = {
-    "pass": ":material-check-circle:{ .pass }",
-    "mismatch": ":material-close-circle:{ .fail }",
-    "error": ":material-close-circle:{ .fail }",
-    "unsupported": ":material-minus-circle:{ .unsupported }",
+    "pass": ':material-check-circle:{ .pass title="pass" }',
+    "mismatch": ':material-close-circle:{ .fail title="mismatch" }',
+    "error": ':material-close-circle:{ .fail title="error" }',
+    "unsupported": ':material-minus-circle:{ .unsupported title="unsupported" }',
 }
-_KNOWN_MARK = ":material-alert:{ .known }"
+_KNOWN_MARK = ':material-alert:{ .known title="known divergence" }'
 
 
 def anchor(case_id: str) -> str:
@@ -100,43 +102,69 @@ def load_matrix(path: Path = MATRIX_JSON, zoo: Path = ZOO) -> dict:
     return json.loads(write_matrix(verify(runtimes, zoo=zoo), path).read_text())
 
 
-def _cell_text(cell: Mapping) -> str:
-    mark = _STATUS_MARK[cell["status"]]
-    if cell["status"] == "unsupported":
-        return f"{mark} unsupported"
-    err = f" {cell['max_abs_err']:.1e}" if cell["max_abs_err"] is not None else ""
-    if cell["known_divergence"]:
-        return f"{_KNOWN_MARK} {cell['status']}{err} (known)"
-    return f"{mark} {cell['status']}{err}"
+def _reason(cell: Mapping) -> str:
+    """Why a cell is not a pass, on one line (the known divergence's text when recorded)."""
+    return (cell["known_divergence"] or cell["detail"] or "").replace("|", "/").replace("\n", " ").strip()
+
+
+def _cell_text(cell: Mapping, note: int | None) -> str:
+    """One matrix cell: icon, status, error, and a link to the reason's note."""
+    status = cell["status"]
+    mark = _KNOWN_MARK if cell["known_divergence"] else _STATUS_MARK[status]
+    err = f" {cell['max_abs_err']:.1e}" if cell["max_abs_err"] is not None and status != "unsupported" else ""
+    text = f"{status}{err}" + (" (known)" if cell["known_divergence"] else "")
+    if note is None:
+        return f'{mark} <span class="nowrap">{text}</span>'
+    title = html.escape(_reason(cell), quote=True)
+    return f'{mark} <span class="nowrap" title="{title}">{text} [[{note}]](#why-{note})</span>'
 
 
 def matrix_markdown(matrix: Mapping) -> str:
-    """Summary per runtime, the case × runtime table, then the reasons behind each cell."""
+    """Summary per runtime; then one case × runtime table per topic, each cell that is not
+    a pass linked to a numbered note; then the notes, one per distinct reason."""
     runtimes = [rt["name"] for rt in matrix["runtimes"]]
     versions = {rt["name"]: rt["version"] for rt in matrix["runtimes"]}
     counts = {rt: defaultdict(int) for rt in runtimes}
     for row in matrix["cases"].values():
         for rt, cell in row["results"].items():
             counts[rt][cell["status"]] += 1
-    lines = ["| runtime | version | pass | mismatch | error | unsupported |", "|---|---|---|---|---|---|"]
+    lines = ["| runtime | version | pass | mismatch | error | unsupported |", "|---|---|--:|--:|--:|--:|"]
     for rt in runtimes:
         c = counts[rt]
         lines.append(f"| {rt} | {versions[rt]} | {c['pass']} | {c['mismatch']} | {c['error']} | {c['unsupported']} |")
-    lines += ["", "| case | checker | " + " | ".join(runtimes) + " |", "|---|---|" + "---|" * len(runtimes)]
+
+    # One note per distinct reason, numbered in page order; runtimes sharing it are listed once.
+    notes: dict[str, dict[str, list[str]]] = {}
     for cid, row in matrix["cases"].items():
-        checker = _STATUS_MARK["pass"] if row["checker"] == "ok" else f"{_STATUS_MARK['mismatch']} {row['checker']}"
-        cells = " | ".join(_cell_text(row["results"][rt]) for rt in runtimes)
-        lines.append(f"| [`{cid}`](catalogue.md#{anchor(cid)}) | {checker} | {cells} |")
-    notes: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for cid, row in matrix["cases"].items():
-        for rt, cell in row["results"].items():
-            reason = cell["known_divergence"] or cell["detail"]
-            if cell["status"] != "pass" and reason:
-                notes[(rt, f"{cell['status']}: {reason}")].append(f"`{cid}`")
+        for rt in runtimes:
+            cell = row["results"][rt]
+            if cell["status"] != "pass" and _reason(cell):
+                notes.setdefault(_reason(cell), {}).setdefault(rt, []).append(cid)
+    number = {reason: i for i, reason in enumerate(notes, 1)}
+
+    by_topic: dict[str, list[str]] = defaultdict(list)
+    for cid in matrix["cases"]:
+        by_topic[cid.split("/")[0]].append(cid)
+    for topic, ids in by_topic.items():
+        lines += ["", f"### {topic}", "", "| case | checker | " + " | ".join(runtimes) + " |"]
+        lines.append("|---|---|" + "---|" * len(runtimes))
+        for cid in ids:
+            row = matrix["cases"][cid]
+            ok = row["checker"] == "ok"
+            checker = _STATUS_MARK["pass"] if ok else f"{_STATUS_MARK['mismatch']} {row['checker'].replace('|', '/')}"
+            cells = []
+            for rt in runtimes:
+                cell = row["results"][rt]
+                reason = _reason(cell) if cell["status"] != "pass" else ""
+                cells.append(_cell_text(cell, number[reason] if reason else None))
+            name = cid.split("/", 1)[1]
+            lines.append(f"| [`{name}`](catalogue.md#{anchor(cid)}) | {checker} | {' | '.join(cells)} |")
     if notes:
         lines += ["", "### Why cells are not passing", ""]
-        for (rt, reason), ids in sorted(notes.items()):
-            lines.append(f"- **{rt}**, {reason.replace('|', '/')}: {', '.join(ids)}")
+        for reason, by_runtime in notes.items():
+            where = "; ".join(f"**{rt}**: {', '.join(f'`{cid}`' for cid in ids)}" for rt, ids in by_runtime.items())
+            lines.append(f'{number[reason]}. <a id="why-{number[reason]}"></a>{reason}  ')
+            lines.append(f"    {where}")
     return "\n".join(lines) + "\n"
 
 

@@ -4,12 +4,15 @@
   so each proposal's README.md is its page and relative links work on GitHub too;
 - every zoo file listed in the manifest is published for download, with a Graphviz
   picture of each case's graph rendered at build time;
-- the conformance matrix JSON is published beside its page.
+- the conformance matrix JSON is published beside its page;
+- every page gets the markup of :mod:`generator.site_markup` (citation links, pictures
+  linked to their full size, inline graphs in scroll boxes with their SVG files).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -18,6 +21,8 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("mkdocs.hooks.site")  # a warning fails the strict build
+_FIGURES: dict[str, str] = {}  # figures/<name>.svg -> SVG text, written after the build
 
 PUBLISHED_SUFFIXES = {".md", ".svg", ".png", ".json"}
 SKIPPED_PARTS = {"tests", "__pycache__", "templates"}
@@ -73,18 +78,34 @@ GENERATED = re.compile(r"<!-- generated: ([\w.]+):(\w+) -->")
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    from generator.site_markup import link_citations, link_pictures
+
     def expand(match: re.Match) -> str:
         return getattr(importlib.import_module(match[1]), match[2])()
 
-    return GENERATED.sub(expand, markdown)
+    markdown = GENERATED.sub(expand, markdown)
+    markdown = link_citations(markdown, lambda message: log.warning(f"{page.file.src_path}: {message}"))
+    return link_pictures(markdown)
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    from generator.site_markup import wrap_graphs
+
+    return wrap_graphs(html, page.url.count("/"), _FIGURES)
 
 
 def on_post_build(config) -> None:
     """Drop the CDN ``@import``s of markdown-exec's pyodide stylesheet (this site runs no
     pyodide blocks): nothing on the site may point off the machine."""
+    from generator.site_markup import FIGURE_DIR
+
     css = Path(config["site_dir"]) / "assets" / "_markdown_exec_pyodide.css"
     if css.exists():
         css.write_text(re.sub(r'@import\s+"https?://[^"]*";?', "", css.read_text()))
+    figures = Path(config["site_dir"]) / FIGURE_DIR
+    figures.mkdir(exist_ok=True)
+    for name, svg in sorted(_FIGURES.items()):
+        (figures / name).write_text(svg)
 
 
 def on_serve(server, config, builder):

@@ -38,13 +38,17 @@ const range = document.createRange();
 for (const cell of article.querySelectorAll("td, th")) {
   const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-    // A break after the hyphen of a compound word (gather-per-slot) is ordinary typesetting.
-    for (const m of node.textContent.matchAll(/(?:[^\s-]|(?<![A-Za-z])-|-(?![A-Za-z]))+/g)) {
-      if (m[0].length < 2) continue;
-      range.setStart(node, m.index);
-      range.setEnd(node, m.index + m[0].length);
-      const tops = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
-      if (tops.size > 1) out.broken.push(m[0].slice(0, 60));
+    // A break after the hyphen of a compound (gather-per-slot, Attention-25, 30-token) is
+    // ordinary typesetting; one inside a number (2.4e-/07) or an identifier is not.
+    for (const m of node.textContent.matchAll(/\S{2,}/g)) {
+      let start = m.index;
+      for (const piece of m[0].split(/(?<=(?<=[A-Za-z]{2})-|-(?=[A-Za-z]{2}))/)) {
+        range.setStart(node, start);
+        range.setEnd(node, start + piece.length);
+        start += piece.length;
+        const tops = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+        if (tops.size > 1) out.broken.push(m[0].slice(0, 60));
+      }
     }
   }
 }
