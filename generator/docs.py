@@ -12,10 +12,15 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
+import onnx
+from onnx import helper
+
 from generator.graphs import function_svg, graph_svg
 from generator.registry import discover
 from generator.verify import MATRIX_JSON, verify, write_matrix
-from generator.zoo import ZOO, load_manifest, manifest_path
+from generator.zoo import ZOO, case_dir, load_manifest, manifest_path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["catalogue_markdown", "function_svg", "graph_svg", "load_matrix", "matrix_markdown", "matrix_page"]
 
@@ -47,22 +52,62 @@ def _io_table(entry: Mapping) -> list[str]:
     return rows
 
 
+def zoo_site_dir(case_id: str) -> str:
+    """Where a case's files are published on the site: its zoo folder, relative to the
+    repository root (the same path as on GitHub)."""
+    return case_dir(case_id).relative_to(ROOT).as_posix()
+
+
+def _single_call(case_id: str) -> str:
+    """For a model that is one call of a model-local function, what that call is (its
+    picture would be one box); '' otherwise."""
+    model = onnx.load(str(case_dir(case_id) / "model.onnx"), load_external_data=False)
+    local = {(f.domain, f.name) for f in model.functions}
+    if len(model.graph.node) != 1 or (model.graph.node[0].domain, model.graph.node[0].op_type) not in local:
+        return ""
+    node = model.graph.node[0]
+    attrs = ", ".join(f"`{a.name}={helper.get_attribute_value(a)!r}`".replace("b'", "'") for a in node.attribute)
+    callees = ", ".join(f"`{f.name}`" for f in model.functions if f.name != node.op_type)
+    text = f"One `{node.domain}.{node.op_type}` node" + (f" ({attrs})" if attrs else "")
+    text += ", run as the model-local function shipped in the file"
+    text += f" (which calls {callees})." if callees else "."
+    return text + " Its body: [Operators](operators.md)."
+
+
+def _downloads(case_id: str, entry: Mapping) -> list[str]:
+    """A download line per file group: the model, then each test data set's .pb files."""
+    base = zoo_site_dir(case_id)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for rel in entry["files"]:
+        groups[rel.split("/")[0] if "/" in rel else ""].append(rel)
+    lines = []
+    for group, rels in groups.items():
+        links = " · ".join(f"[`{rel.split('/')[-1]}`]({base}/{rel})" for rel in rels)
+        lines.append(f"- {f'`{group}/`: ' if group else ''}{links}")
+    return lines
+
+
 def case_markdown(case_id: str, entry: Mapping, source: str | None) -> str:
     """One catalogue entry: description, picture, I/O table, downloads, source."""
-    base = f"zoo/{case_id}"
+    base = zoo_site_dir(case_id)
     opsets = ", ".join(f"{d} {v}" for d, v in entry["opset_imports"].items())
-    downloads = " · ".join(f"[`{rel}`]({base}/{rel})" for rel in entry["files"] if not rel.startswith("test_data_set_"))
+    call = _single_call(case_id)
+    picture = call or f"[![Graph of {case_id}]({base}/graph.svg){{ loading=lazy }}]({base}/graph.svg)"
     lines = [
         f"### `{case_id}` {{ #{anchor(case_id)} }}",
         "",
         entry["description"],
         "",
         f"IR {entry['ir_version']} · opsets {opsets} · {entry['datasets']} test data set(s) · "
-        f"rtol {entry['rtol']:g}, atol {entry['atol']:g} · download {downloads}",
+        f"rtol {entry['rtol']:g}, atol {entry['atol']:g}",
         "",
-        f"![Graph of {case_id}]({base}/graph.svg){{ loading=lazy }}",
+        picture,
         "",
         *_io_table(entry),
+        "",
+        "Download:",
+        "",
+        *_downloads(case_id, entry),
         "",
     ]
     for runtime, reason in entry["divergences"].items():
@@ -75,13 +120,20 @@ def case_markdown(case_id: str, entry: Mapping, source: str | None) -> str:
 
 
 def catalogue_markdown(zoo: Path = ZOO) -> str:
-    """The whole catalogue, grouped by topic, in manifest order."""
+    """The downloads, a summary table of every case, then every case grouped by topic,
+    in manifest order."""
     manifest = load_manifest(zoo)
     sources = {spec.id: spec.source for spec in discover().values()}
     by_topic: dict[str, list[str]] = defaultdict(list)
     for case_id in manifest["cases"]:
         by_topic[case_id.split("/")[0]].append(case_id)
-    parts = []
+    summary = ["| case | what it checks | data sets |", "|---|---|--:|"]
+    for _topic, ids in sorted(by_topic.items()):
+        for cid in ids:
+            entry = manifest["cases"][cid]
+            first = entry["description"].split(". ")[0].rstrip(".").replace("|", "/")
+            summary.append(f"| [`{cid}`](#{anchor(cid)}) | {first} | {entry['datasets']} |")
+    parts = ["\n".join(summary) + "\n"]
     for topic, ids in sorted(by_topic.items()):
         parts.append(f"## {topic}\n\n{len(ids)} cases. Proposal: [{topic}](proposals/{topic}/README.md).\n")
         parts += [case_markdown(cid, manifest["cases"][cid], sources.get(cid)) for cid in ids]
@@ -108,15 +160,17 @@ def _reason(cell: Mapping) -> str:
 
 
 def _cell_text(cell: Mapping, note: int | None) -> str:
-    """One matrix cell: icon, status, error, and a link to the reason's note."""
+    """One matrix cell: titled icon, the largest error, and a link to the reason's note.
+    The legend above the table names the icons, so the status word is left out."""
     status = cell["status"]
     mark = _KNOWN_MARK if cell["known_divergence"] else _STATUS_MARK[status]
-    err = f" {cell['max_abs_err']:.1e}" if cell["max_abs_err"] is not None and status != "unsupported" else ""
-    text = f"{status}{err}" + (" (known)" if cell["known_divergence"] else "")
+    text = f"{cell['max_abs_err']:.1e}" if cell["max_abs_err"] is not None and status != "unsupported" else ""
+    if status not in ("pass", "unsupported"):
+        text = f"{status} {text}".strip()
     if note is None:
-        return f'{mark} <span class="nowrap">{text}</span>'
+        return f'<span class="nowrap">{mark} {text}</span>'
     title = html.escape(_reason(cell), quote=True)
-    return f'{mark} <span class="nowrap" title="{title}">{text} [[{note}]](#why-{note})</span>'
+    return f'<span class="nowrap" title="{title}">{mark} {text} [[{note}]](#why-{note})</span>'
 
 
 def matrix_markdown(matrix: Mapping) -> str:
@@ -157,8 +211,9 @@ def matrix_markdown(matrix: Mapping) -> str:
                 cell = row["results"][rt]
                 reason = _reason(cell) if cell["status"] != "pass" else ""
                 cells.append(_cell_text(cell, number[reason] if reason else None))
-            name = cid.split("/", 1)[1]
-            lines.append(f"| [`{name}`](catalogue.md#{anchor(cid)}) | {checker} | {' | '.join(cells)} |")
+            # a break opportunity after each underscore keeps the case column narrow
+            name = cid.split("/", 1)[1].replace("_", "_<wbr>")
+            lines.append(f"| [<code>{name}</code>](catalogue.md#{anchor(cid)}) | {checker} | {' | '.join(cells)} |")
     if notes:
         lines += ["", "### Why cells are not passing", ""]
         for reason, by_runtime in notes.items():
@@ -171,3 +226,21 @@ def matrix_markdown(matrix: Mapping) -> str:
 def matrix_page() -> str:
     """The conformance page's generated part: the matrix of the current zoo."""
     return matrix_markdown(load_matrix())
+
+
+def build_stamp() -> str:
+    """The home page's build stamp: the commit the site was built from, its date, and the
+    versions of the packages the examples and the matrix ran on."""
+    import subprocess
+    from importlib.metadata import version
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return run.stdout.strip() if run.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    date = git("log", "-1", "--format=%cs") or "unknown"
+    packages = ("onnx", "onnxruntime", "openvino", "transformers", "onnxscript", "torch")
+    versions = " · ".join(f"{name} {version(name)}" for name in packages)
+    return f"Built from commit `{commit}`{dirty} of {date} · {versions}\n"

@@ -40,16 +40,45 @@ def _proposal_files(config) -> list[File]:
 def _zoo_files(config) -> list[File]:
     import onnx
 
+    from generator.docs import zoo_site_dir
     from generator.graphs import graph_svg
-    from generator.zoo import ZOO, load_manifest
+    from generator.zoo import case_dir, load_manifest, manifest_path
 
-    files = []
+    files = [File(manifest_path().relative_to(ROOT).as_posix(), str(ROOT), config["site_dir"], False)]
     for case_id, entry in load_manifest()["cases"].items():
+        folder = zoo_site_dir(case_id)
         for rel in entry["files"]:
-            files.append(File(f"zoo/{case_id}/{rel}", str(ROOT), config["site_dir"], config["use_directory_urls"]))
-        model = onnx.load(str(ZOO / case_id / "model.onnx"), load_external_data=False)
-        files.append(File.generated(config, f"zoo/{case_id}/graph.svg", content=graph_svg(model)))
+            files.append(File(f"{folder}/{rel}", str(ROOT), config["site_dir"], config["use_directory_urls"]))
+        model = onnx.load(str(case_dir(case_id) / "model.onnx"), load_external_data=False)
+        files.append(File.generated(config, f"{folder}/graph.svg", content=graph_svg(model)))
+    files.append(File.generated(config, ZOO_ZIP, content=zoo_zip()))
     return files
+
+
+ZOO_ZIP = "zoo.zip"
+
+
+def zoo_zip() -> bytes:
+    """The zoo as one archive: manifest.json and every file it lists, in manifest order,
+    with fixed timestamps and permissions, so the same zoo gives the same bytes."""
+    import io
+    import zipfile
+
+    from generator.zoo import case_dir, load_manifest, manifest_path
+
+    def add(archive: zipfile.ZipFile, path: Path) -> None:
+        info = zipfile.ZipInfo(path.relative_to(ROOT).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        archive.writestr(info, path.read_bytes(), compresslevel=6)
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        add(archive, manifest_path())
+        for case_id, entry in load_manifest()["cases"].items():
+            for rel in entry["files"]:
+                add(archive, case_dir(case_id) / rel)
+    return buffer.getvalue()
 
 
 def on_config(config):
@@ -84,8 +113,26 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         return getattr(importlib.import_module(match[1]), match[2])()
 
     markdown = GENERATED.sub(expand, markdown)
+    if FEEDBACK_CATEGORIES & set(page.meta.get("categories", [])):
+        markdown = markdown.rstrip() + "\n\n" + feedback_note(config)
     markdown = link_citations(markdown, lambda message: log.warning(f"{page.file.src_path}: {message}"))
     return link_pictures(markdown)
+
+
+FEEDBACK_CATEGORIES = {"RFC", "Request for feedback"}
+WG_CHARTER = "https://github.com/onnx/working-groups/tree/main/generative-ai"
+
+
+def feedback_note(config) -> str:
+    """Where a reader answers a post that asks for feedback."""
+    repo = config.get("repo_url") or ""
+    issues = f"[open an issue]({repo.rstrip('/')}/issues) on this project" if repo else "open an issue on this project"
+    return (
+        '!!! question "Give feedback"\n\n'
+        f"    Comment in the ONNX GenAI working group (meetings and Slack channel, see its\n"
+        f"    [charter]({WG_CHARTER})), or {issues} naming the post and the\n"
+        "    section you are answering.\n"
+    )
 
 
 def on_page_content(html: str, page, config, files) -> str:
