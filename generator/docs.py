@@ -200,7 +200,8 @@ def matrix_markdown(matrix: Mapping) -> str:
     for cid in matrix["cases"]:
         by_topic[cid.split("/")[0]].append(cid)
     for topic, ids in by_topic.items():
-        lines += ["", f"### {topic}", "", "| case | checker | " + " | ".join(runtimes) + " |"]
+        lines += ["", f"### {topic}", "", '<div class="matrix" markdown>', ""]
+        lines += ["| case | checker | " + " | ".join(runtimes) + " |"]
         lines.append("|---|---|" + "---|" * len(runtimes))
         for cid in ids:
             row = matrix["cases"][cid]
@@ -214,6 +215,7 @@ def matrix_markdown(matrix: Mapping) -> str:
             # a break opportunity after each underscore keeps the case column narrow
             name = cid.split("/", 1)[1].replace("_", "_<wbr>")
             lines.append(f"| [<code>{name}</code>](catalogue.md#{anchor(cid)}) | {checker} | {' | '.join(cells)} |")
+        lines += ["", "</div>"]
     if notes:
         lines += ["", "### Why cells are not passing", ""]
         for reason, by_runtime in notes.items():

@@ -38,11 +38,12 @@ const range = document.createRange();
 for (const cell of article.querySelectorAll("td, th")) {
   const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-    // A break after the hyphen of a compound (gather-per-slot, Attention-25, 30-token) is
-    // ordinary typesetting; one inside a number (2.4e-/07) or an identifier is not.
+    // A break after the hyphen of a compound (gather-per-slot, Attention-25, 30-token) or
+    // after a parenthesis or comma of a signature is ordinary typesetting; one inside a
+    // number (2.4e-/07) or an identifier is not.
     for (const m of node.textContent.matchAll(/\S{2,}/g)) {
       let start = m.index;
-      for (const piece of m[0].split(/(?<=(?<=[A-Za-z]{2})-|-(?=[A-Za-z]{2}))/)) {
+      for (const piece of m[0].split(/(?<=(?<=[A-Za-z]{2})-|-(?=[A-Za-z]{2})|[(),])/)) {
         range.setStart(node, start);
         range.setEnd(node, start + piece.length);
         start += piece.length;
