@@ -189,20 +189,28 @@ def plot_ratios(
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.hashsalt"] = "onnx-genai-proposals"
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    legend_rows = -(-len(series) // 2)
+    fig, ax = plt.subplots(figsize=(7, 3.6 + 0.25 * legend_rows), dpi=100)
     positions = range(len(x_values))
     for label, values in series.items():
         ax.plot(positions, values, marker="o", label=label)
     ax.set_xticks(list(positions), [str(x) for x in x_values])
     if logy:
+        from matplotlib import ticker
+
+        # Plain ratios (0.5, 1, 2, 5) instead of 6×10⁰-style minor labels on a short decade.
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    # The legend sits under the axes, where it cannot cover a line.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     path = results_dir(topic) / f"{name}.svg"
-    fig.savefig(path, format="svg", metadata={"Date": None})
+    fig.savefig(path, format="svg", metadata={"Date": None}, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -6,26 +6,33 @@ block, so the site always shows the zoo and matrix of the commit it was built fr
 
 from __future__ import annotations
 
+import html
 import json
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
+
+import onnx
+from onnx import helper
 
 from generator.graphs import function_svg, graph_svg
 from generator.registry import discover
 from generator.verify import MATRIX_JSON, verify, write_matrix
 from generator.zoo import ZOO, case_dir, load_manifest, manifest_path
 
+ROOT = Path(__file__).resolve().parent.parent
+
 __all__ = ["catalogue_markdown", "function_svg", "graph_svg", "load_matrix", "matrix_markdown", "matrix_page"]
 
-# Material's inline-SVG icons: emoji glyphs depend on the reader's fonts.
+# Material's inline-SVG icons (emoji glyphs depend on the reader's fonts), each with a
+# title that a pointer or a screen reader shows.
 _STATUS_MARK = {
-    "pass": ":material-check-circle:{ .pass }",
-    "mismatch": ":material-close-circle:{ .fail }",
-    "error": ":material-close-circle:{ .fail }",
-    "unsupported": ":material-minus-circle:{ .unsupported }",
+    "pass": ':material-check-circle:{ .pass title="pass" }',
+    "mismatch": ':material-close-circle:{ .fail title="mismatch" }',
+    "error": ':material-close-circle:{ .fail title="error" }',
+    "unsupported": ':material-minus-circle:{ .unsupported title="unsupported" }',
 }
-_KNOWN_MARK = ":material-alert:{ .known }"
+_KNOWN_MARK = ':material-alert:{ .known title="known divergence" }'
 
 
 def anchor(case_id: str) -> str:
@@ -45,22 +52,62 @@ def _io_table(entry: Mapping) -> list[str]:
     return rows
 
 
+def zoo_site_dir(case_id: str) -> str:
+    """Where a case's files are published on the site: its zoo folder, relative to the
+    repository root (the same path as on GitHub)."""
+    return case_dir(case_id).relative_to(ROOT).as_posix()
+
+
+def _single_call(case_id: str) -> str:
+    """For a model that is one call of a model-local function, what that call is (its
+    picture would be one box); '' otherwise."""
+    model = onnx.load(str(case_dir(case_id) / "model.onnx"), load_external_data=False)
+    local = {(f.domain, f.name) for f in model.functions}
+    if len(model.graph.node) != 1 or (model.graph.node[0].domain, model.graph.node[0].op_type) not in local:
+        return ""
+    node = model.graph.node[0]
+    attrs = ", ".join(f"`{a.name}={helper.get_attribute_value(a)!r}`".replace("b'", "'") for a in node.attribute)
+    callees = ", ".join(f"`{f.name}`" for f in model.functions if f.name != node.op_type)
+    text = f"One `{node.domain}.{node.op_type}` node" + (f" ({attrs})" if attrs else "")
+    text += ", run as the model-local function shipped in the file"
+    text += f" (which calls {callees})." if callees else "."
+    return text + " Its body: [Operators](operators.md)."
+
+
+def _downloads(case_id: str, entry: Mapping) -> list[str]:
+    """A download line per file group: the model, then each test data set's .pb files."""
+    base = zoo_site_dir(case_id)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for rel in entry["files"]:
+        groups[rel.split("/")[0] if "/" in rel else ""].append(rel)
+    lines = []
+    for group, rels in groups.items():
+        links = " · ".join(f"[`{rel.split('/')[-1]}`]({base}/{rel})" for rel in rels)
+        lines.append(f"- {f'`{group}/`: ' if group else ''}{links}")
+    return lines
+
+
 def case_markdown(case_id: str, entry: Mapping, source: str | None) -> str:
     """One catalogue entry: description, picture, I/O table, downloads, source."""
-    base = case_dir(case_id).relative_to(ZOO.parent).as_posix()
+    base = zoo_site_dir(case_id)
     opsets = ", ".join(f"{d} {v}" for d, v in entry["opset_imports"].items())
-    downloads = " · ".join(f"[`{rel}`]({base}/{rel})" for rel in entry["files"] if not rel.startswith("test_data_set_"))
+    call = _single_call(case_id)
+    picture = call or f"[![Graph of {case_id}]({base}/graph.svg){{ loading=lazy }}]({base}/graph.svg)"
     lines = [
         f"### `{case_id}` {{ #{anchor(case_id)} }}",
         "",
         entry["description"],
         "",
         f"IR {entry['ir_version']} · opsets {opsets} · {entry['datasets']} test data set(s) · "
-        f"rtol {entry['rtol']:g}, atol {entry['atol']:g} · download {downloads}",
+        f"rtol {entry['rtol']:g}, atol {entry['atol']:g}",
         "",
-        f"![Graph of {case_id}]({base}/graph.svg){{ loading=lazy }}",
+        picture,
         "",
         *_io_table(entry),
+        "",
+        "Download:",
+        "",
+        *_downloads(case_id, entry),
         "",
     ]
     for runtime, reason in entry["divergences"].items():
@@ -73,13 +120,20 @@ def case_markdown(case_id: str, entry: Mapping, source: str | None) -> str:
 
 
 def catalogue_markdown(zoo: Path = ZOO) -> str:
-    """The whole catalogue, grouped by topic, in manifest order."""
+    """The downloads, a summary table of every case, then every case grouped by topic,
+    in manifest order."""
     manifest = load_manifest(zoo)
     sources = {spec.id: spec.source for spec in discover().values()}
     by_topic: dict[str, list[str]] = defaultdict(list)
     for case_id in manifest["cases"]:
         by_topic[case_id.split("/")[0]].append(case_id)
-    parts = []
+    summary = ["| case | what it checks | data sets |", "|---|---|--:|"]
+    for _topic, ids in sorted(by_topic.items()):
+        for cid in ids:
+            entry = manifest["cases"][cid]
+            first = entry["description"].split(". ")[0].rstrip(".").replace("|", "/")
+            summary.append(f"| [`{cid}`](#{anchor(cid)}) | {first} | {entry['datasets']} |")
+    parts = ["\n".join(summary) + "\n"]
     for topic, ids in sorted(by_topic.items()):
         parts.append(f"## {topic}\n\n{len(ids)} cases. Proposal: [{topic}](proposals/{topic}/README.md).\n")
         parts += [case_markdown(cid, manifest["cases"][cid], sources.get(cid)) for cid in ids]
@@ -100,43 +154,74 @@ def load_matrix(path: Path = MATRIX_JSON, zoo: Path = ZOO) -> dict:
     return json.loads(write_matrix(verify(runtimes, zoo=zoo), path, zoo).read_text())
 
 
-def _cell_text(cell: Mapping) -> str:
-    mark = _STATUS_MARK[cell["status"]]
-    if cell["status"] == "unsupported":
-        return f"{mark} unsupported"
-    err = f" {cell['max_abs_err']:.1e}" if cell["max_abs_err"] is not None else ""
-    if cell["known_divergence"] and cell["status"] != "pass":
-        return f"{_KNOWN_MARK} {cell['status']}{err} (known)"
-    return f"{mark} {cell['status']}{err}"
+def _reason(cell: Mapping) -> str:
+    """Why a cell is not a pass, on one line (the known divergence's text when recorded)."""
+    return (cell["known_divergence"] or cell["detail"] or "").replace("|", "/").replace("\n", " ").strip()
+
+
+def _cell_text(cell: Mapping, note: int | None) -> str:
+    """One matrix cell: titled icon, the largest error, and a link to the reason's note.
+    The legend above the table names the icons, so the status word is left out."""
+    status = cell["status"]
+    mark = _KNOWN_MARK if cell["known_divergence"] and status != "pass" else _STATUS_MARK[status]
+    text = f"{cell['max_abs_err']:.1e}" if cell["max_abs_err"] is not None and status != "unsupported" else ""
+    if status not in ("pass", "unsupported"):
+        text = f"{status} {text}".strip()
+    if note is None:
+        return f'<span class="nowrap">{mark} {text}</span>'
+    title = html.escape(_reason(cell), quote=True)
+    return f'<span class="nowrap" title="{title}">{mark} {text} [[{note}]](#why-{note})</span>'
 
 
 def matrix_markdown(matrix: Mapping) -> str:
-    """Summary per runtime, the case × runtime table, then the reasons behind each cell."""
+    """Summary per runtime; then one case × runtime table per topic, each cell that is not
+    a pass linked to a numbered note; then the notes, one per distinct reason."""
     runtimes = [rt["name"] for rt in matrix["runtimes"]]
     versions = {rt["name"]: rt["version"] for rt in matrix["runtimes"]}
     counts = {rt: defaultdict(int) for rt in runtimes}
     for row in matrix["cases"].values():
         for rt, cell in row["results"].items():
             counts[rt][cell["status"]] += 1
-    lines = ["| runtime | version | pass | mismatch | error | unsupported |", "|---|---|---|---|---|---|"]
+    lines = ["| runtime | version | pass | mismatch | error | unsupported |", "|---|---|--:|--:|--:|--:|"]
     for rt in runtimes:
         c = counts[rt]
         lines.append(f"| {rt} | {versions[rt]} | {c['pass']} | {c['mismatch']} | {c['error']} | {c['unsupported']} |")
-    lines += ["", "| case | checker | " + " | ".join(runtimes) + " |", "|---|---|" + "---|" * len(runtimes)]
+
+    # One note per distinct reason, numbered in page order; runtimes sharing it are listed once.
+    notes: dict[str, dict[str, list[str]]] = {}
     for cid, row in matrix["cases"].items():
-        checker = _STATUS_MARK["pass"] if row["checker"] == "ok" else f"{_STATUS_MARK['mismatch']} {row['checker']}"
-        cells = " | ".join(_cell_text(row["results"][rt]) for rt in runtimes)
-        lines.append(f"| [`{cid}`](catalogue.md#{anchor(cid)}) | {checker} | {cells} |")
-    notes: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for cid, row in matrix["cases"].items():
-        for rt, cell in row["results"].items():
-            reason = cell["known_divergence"] or cell["detail"]
-            if cell["status"] != "pass" and reason:
-                notes[(rt, f"{cell['status']}: {reason}")].append(f"`{cid}`")
+        for rt in runtimes:
+            cell = row["results"][rt]
+            if cell["status"] != "pass" and _reason(cell):
+                notes.setdefault(_reason(cell), {}).setdefault(rt, []).append(cid)
+    number = {reason: i for i, reason in enumerate(notes, 1)}
+
+    by_topic: dict[str, list[str]] = defaultdict(list)
+    for cid in matrix["cases"]:
+        by_topic[cid.split("/")[0]].append(cid)
+    for topic, ids in by_topic.items():
+        lines += ["", f"### {topic}", "", '<div class="matrix" markdown>', ""]
+        lines += ["| case | checker | " + " | ".join(runtimes) + " |"]
+        lines.append("|---|---|" + "---|" * len(runtimes))
+        for cid in ids:
+            row = matrix["cases"][cid]
+            ok = row["checker"] == "ok"
+            checker = _STATUS_MARK["pass"] if ok else f"{_STATUS_MARK['mismatch']} {row['checker'].replace('|', '/')}"
+            cells = []
+            for rt in runtimes:
+                cell = row["results"][rt]
+                reason = _reason(cell) if cell["status"] != "pass" else ""
+                cells.append(_cell_text(cell, number[reason] if reason else None))
+            # a break opportunity after each underscore keeps the case column narrow
+            name = cid.split("/", 1)[1].replace("_", "_<wbr>")
+            lines.append(f"| [<code>{name}</code>](catalogue.md#{anchor(cid)}) | {checker} | {' | '.join(cells)} |")
+        lines += ["", "</div>"]
     if notes:
         lines += ["", "### Why cells are not passing", ""]
-        for (rt, reason), ids in sorted(notes.items()):
-            lines.append(f"- **{rt}**, {reason.replace('|', '/')}: {', '.join(ids)}")
+        for reason, by_runtime in notes.items():
+            where = "; ".join(f"**{rt}**: {', '.join(f'`{cid}`' for cid in ids)}" for rt, ids in by_runtime.items())
+            lines.append(f'{number[reason]}. <a id="why-{number[reason]}"></a>{reason}  ')
+            lines.append(f"    {where}")
     return "\n".join(lines) + "\n"
 
 
@@ -152,3 +237,21 @@ def pass_counts(topic: str, matrix: Mapping | None = None) -> tuple[int, dict[st
     rows = [row for case_id, row in matrix["cases"].items() if case_id.startswith(f"{topic}/")]
     runtimes = [rt["name"] for rt in matrix["runtimes"]]
     return len(rows), {rt: sum(row["results"][rt]["status"] == "pass" for row in rows) for rt in runtimes}
+
+
+def build_stamp() -> str:
+    """The home page's build stamp: the commit the site was built from, its date, and the
+    versions of the packages the examples and the matrix ran on."""
+    import subprocess
+    from importlib.metadata import version
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return run.stdout.strip() if run.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    date = git("log", "-1", "--format=%cs") or "unknown"
+    packages = ("onnx", "onnxruntime", "openvino", "transformers", "onnxscript", "torch")
+    versions = " · ".join(f"{name} {version(name)}" for name in packages)
+    return f"Built from commit `{commit}`{dirty} of {date} · {versions}\n"

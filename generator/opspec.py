@@ -145,6 +145,37 @@ def _default_text(attr: Attribute) -> str:
     return f"default is `{default!r}`" if default is not None else "optional, no default"
 
 
+_ATTR_TYPE_NAMES = {
+    onnx.AttributeProto.INT: "int",
+    onnx.AttributeProto.FLOAT: "float",
+    onnx.AttributeProto.STRING: "string",
+    onnx.AttributeProto.INTS: "ints",
+    onnx.AttributeProto.FLOATS: "floats",
+    onnx.AttributeProto.STRINGS: "strings",
+}
+
+
+def _default_literal(attr: onnx.AttributeProto) -> str:
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return f'"{value.decode()}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(f'"{v.decode()}"' if isinstance(v, bytes) else repr(v) for v in value) + "]"
+    return repr(value)
+
+
+def function_text(function: onnx.FunctionProto) -> str:
+    """``onnx.printer``'s text of a function, with the attributes that have defaults in
+    its header (the printer drops ``attribute_proto``; ``onnx.parser`` reads them back)."""
+    text = onnx.printer.to_text(function)
+    names = list(function.attribute) + [
+        f"{a.name}: {_ATTR_TYPE_NAMES[a.type]} = {_default_literal(a)}" for a in function.attribute_proto
+    ]
+    header = f"{function.name} <{', '.join(names)}>(" if names else f"{function.name} ("
+    printed = f"{function.name} <{', '.join(function.attribute)}>(" if function.attribute else f"{function.name} ("
+    return text.replace(printed, header, 1)
+
+
 def render_spec(
     schema: OpSchema,
     function: onnx.FunctionProto | None = None,
@@ -163,7 +194,7 @@ def render_spec(
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    body = onnx.printer.to_text(function) if function is not None else ""
+    body = function_text(function) if function is not None else ""
     return env.get_template("opspec.md.j2").render(
         schema=schema,
         body=body,

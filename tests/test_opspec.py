@@ -71,3 +71,23 @@ def test_render_spec_sections() -> None:
     assert "| `B` (optional) | T | `(D)` | Bias. |" in text
     assert "Y = Identity (X)" in text
     assert "[`demo/scale_twice`](../../catalogue.md#demo-scale_twice)" in text
+
+
+def test_function_text_prints_every_attribute_and_parses_back() -> None:
+    """onnx.printer drops attributes that have defaults; the spec page must show them."""
+    import onnx
+
+    from generator.opspec import function_text
+
+    source = """<domain: "d", opset_import: ["" : 24]>
+F <a, b: int = 1, c: float = 0.5, s: string = "x">(x) => (y) { y = Identity(x) }"""
+    function = onnx.parser.parse_function(source)
+    text = function_text(function)
+    assert 'F <a, b: int = 1, c: float = 0.5, s: string = "x">(x)' in text
+    again = onnx.parser.parse_function(text)
+    assert list(again.attribute) == ["a"]
+    assert [(a.name, helper.get_attribute_value(a)) for a in again.attribute_proto] == [
+        ("b", 1),
+        ("c", 0.5),
+        ("s", b"x"),
+    ]

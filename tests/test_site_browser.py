@@ -3,8 +3,12 @@
 Serves ``site/`` on loopback and opens every page with Debian's chromium through
 selenium (system chromedriver; nothing is downloaded). Checks: no console errors, no
 request leaves loopback, every image loads, and the site search finds "TensorScatter".
-Screenshots of the home page and a proposal page go to ``build/screenshots/`` (CI
-uploads them as artifacts).
+Then every page is inspected as rendered, at a laptop width and a phone width, for each
+class of defect a reader meets (``site_checks/inspect.js``): Python rendered as prose,
+tables or pictures wider than their column, words broken inside table cells, pictures
+shrunk past legibility without a link to their full size, issue/PR citations that are not
+links, raw marker text, and graph text that the dark mode makes unreadable. Light and dark
+screenshots of every page go to ``build/screenshots/`` (CI uploads them as artifacts).
 """
 
 from __future__ import annotations
@@ -148,10 +152,93 @@ def test_search_finds_tensorscatter(driver, base_url: str) -> None:
     assert any("TensorScatter" in r.text for r in results)
 
 
-def test_screenshots_for_reviewers(driver, base_url: str) -> None:
+INSPECT = (Path(__file__).parent / "site_checks" / "inspect.js").read_text()
+WIDTHS = {"laptop": 1280, "phone": 390}
+SCREENSHOT_MAX_HEIGHT = 12_000  # px; the rest of a longer page is left out
+
+
+def _load_with_images(driver, url: str) -> None:
+    driver.get(url)
+    driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "[...document.images].forEach(i => i.loading = 'eager');"
+        "Promise.all([...document.images].filter(i => !i.complete).map(i =>"
+        " new Promise(r => { i.onload = i.onerror = r; }))).then(done);"
+    )
+
+
+def _screenshot(driver, path: Path, width: int) -> None:
+    import base64
+
+    height = min(driver.execute_script("return document.documentElement.scrollHeight"), SCREENSHOT_MAX_HEIGHT)
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    try:
+        png = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})["data"]
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    path.write_bytes(base64.b64decode(png))
+
+
+@pytest.fixture(scope="module")
+def inspected(driver, base_url: str, site_dir: Path) -> dict[str, list[str]]:
+    """Every page at both widths, light and dark: the defects found, by class, each as
+    'page (width, scheme): what'. Saves a light and a dark screenshot of every page."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for name, page in (("home", ""), ("kv_cache", "proposals/kv_cache/")):
-        driver.get(f"{base_url}/{page}")
-        path = SCREENSHOTS / f"{name}.png"
-        assert driver.save_screenshot(str(path))
-        assert path.stat().st_size > 10_000
+    found: dict[str, list[str]] = {}
+    for page in _pages(site_dir):
+        for width_name, width in WIDTHS.items():
+            driver.set_window_size(width, 1000)
+            _load_with_images(driver, f"{base_url}/{page}")
+            for scheme in ("default", "slate"):
+                driver.execute_script(f"document.body.setAttribute('data-md-color-scheme', '{scheme}')")
+                for kind, items in driver.execute_script(INSPECT).items():
+                    where = f"/{page} ({width_name}, {'dark' if scheme == 'slate' else 'light'})"
+                    found.setdefault(kind, []).extend(f"{where}: {item}" for item in items)
+                if width_name == "laptop":
+                    name = (page.strip("/").replace("/", "_") or "home") + ("-dark" if scheme == "slate" else "")
+                    _screenshot(driver, SCREENSHOTS / f"{name}.png", width)
+    return found
+
+
+def _assert_none(found: dict[str, list[str]], kind: str) -> None:
+    items = list(dict.fromkeys(found.get(kind, [])))  # each defect once, in page order
+    assert not items, f"{len(items)} found:\n" + "\n".join(items[:40])
+
+
+def test_no_python_rendered_as_prose(inspected) -> None:
+    """Code shown without a fenced block around it reads as one flowing paragraph."""
+    _assert_none(inspected, "prose")
+
+
+def test_nothing_wider_than_its_column(inspected) -> None:
+    """A table or picture wider than the text column sits in a scroll wrapper."""
+    _assert_none(inspected, "overflow")
+
+
+def test_no_word_broken_inside_a_table_cell(inspected) -> None:
+    """Identifiers and numbers in tables keep whole; a narrow column scrolls instead."""
+    _assert_none(inspected, "broken")
+
+
+def test_every_picture_legible_or_linked_to_full_size(inspected) -> None:
+    _assert_none(inspected, "pictures")
+
+
+def test_every_issue_citation_is_a_link(inspected) -> None:
+    _assert_none(inspected, "citations")
+
+
+def test_no_raw_marker_text(inspected) -> None:
+    _assert_none(inspected, "markers")
+
+
+def test_graph_text_readable_in_dark_mode(inspected) -> None:
+    _assert_none(inspected, "dark")
+
+
+def test_light_and_dark_screenshots_of_every_page(inspected, site_dir: Path) -> None:
+    for page in _pages(site_dir):
+        name = page.strip("/").replace("/", "_") or "home"
+        for path in (SCREENSHOTS / f"{name}.png", SCREENSHOTS / f"{name}-dark.png"):
+            assert path.exists() and path.stat().st_size > 10_000, path

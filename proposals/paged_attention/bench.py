@@ -165,6 +165,16 @@ def bench_decode(quick: bool) -> None:
         **HEADS,
         baseline=BASELINE,
     )
+    plot_decode(rows)
+
+
+def plot_decode(rows: list[dict]) -> None:
+    """decode.svg from the rows of decode.json (``plot_decode(json.load(...)["rows"])``
+    redraws it without re-running the benchmark)."""
+    contexts = list(dict.fromkeys(row["context"] for row in rows))
+    series: dict[str, list[float]] = {}
+    for row in rows:
+        series.setdefault(row["variant"], []).append(row["ratio"])
     plot_ratios(
         TOPIC,
         "decode",
