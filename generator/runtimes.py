@@ -186,7 +186,10 @@ def check_class(cls: type[Runtime], target: str) -> None:
         raise UsageError(f"runtime {target!r}: shares_divergences_with must be a tuple of runtime names")
 
 
-def configured(pyproject: Path = Path(__file__).resolve().parent.parent / "pyproject.toml") -> list[str]:
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def configured(pyproject: Path = PYPROJECT) -> list[str]:
     """The ``module:Class`` plug-ins this project's own matrix includes, from
     ``[tool.onnx-genai-proposals] runtimes`` in pyproject.toml: engines wrapped through the
     same public interface an outside team uses, which an uninstalled source tree cannot
