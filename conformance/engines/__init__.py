@@ -7,7 +7,13 @@ plug-in interface: ``python -m generator verify --runtime conformance.engines.tr
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 import re
+import sys
+import tempfile
+from collections.abc import Iterator
 
 import onnx
 
@@ -31,3 +37,23 @@ def io_names(model_path) -> tuple[list[str], list[str]]:
     graph = onnx.load(str(model_path), load_external_data=False).graph
     constants = {t.name for t in graph.initializer}
     return [i.name for i in graph.input if i.name not in constants], [o.name for o in graph.output]
+
+
+@contextlib.contextmanager
+def native_log_captured() -> Iterator[list[str]]:
+    """Collect what native code writes to file descriptor 2 during the block (TVM's C++
+    logger prints warnings there, which would break the verifier's one-line errors); the
+    lines are handed back for callers that want them."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buffer:
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield lines
+            gc.collect()  # native objects destroyed late log then; keep that inside too
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            buffer.seek(0)
+            lines.extend(buffer.read().decode(errors="replace").splitlines())

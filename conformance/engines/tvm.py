@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from conformance.engines import io_names
+from conformance.engines import io_names, native_log_captured
 from generator.runtimes import Runner, Runtime
 
 
@@ -27,8 +27,17 @@ class TvmRuntime(Runtime):
         from tvm import relax
         from tvm.relax.frontend.onnx import from_onnx
 
-        module = from_onnx(onnx.load(str(model_path)))
-        machine = relax.VirtualMachine(tvm.compile(module, target="llvm"), tvm.cpu())
+        failure = None
+        with native_log_captured():
+            try:
+                module = from_onnx(onnx.load(str(model_path)))
+                machine = relax.VirtualMachine(tvm.compile(module, target="llvm"), tvm.cpu())
+            except Exception as err:  # noqa: BLE001 - re-raised below, once its frames are freed
+                # The traceback keeps the frontend's native objects alive; they log when freed.
+                failure = err.with_traceback(None)
+                failure.__context__ = failure.__cause__ = None
+        if failure is not None:
+            raise failure
         inputs, outputs = io_names(model_path)
 
         def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

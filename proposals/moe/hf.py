@@ -108,7 +108,7 @@ def _refusal(block, config) -> str | None:
         (
             field("moe_normalize_expert_weights") is not None,
             f"routing weights divided by their L_p norm (p = moe_normalize_expert_weights = "
-            f"{field('moe_normalize_expert_weights')}) and experts stored as 2-D w1/v1/w2, not the op's "
+            f"{field('moe_normalize_expert_weights')}) and experts stored as 2D w1/v1/w2, not the op's "
             "sum renormalization over stacked experts",
         ),
         (
