@@ -347,7 +347,23 @@ def _grouped_matmul_from_if(op, idx, chosen, **_):
     return op.GroupedMatMul(x, weights, idx, *([bias] if bias is not None else []), _domain=PROPOSAL_DOMAIN)
 
 
-GROUPED_MATMUL_FROM_IF = pattern.RewriteRule(_if_form, _grouped_matmul_from_if, _if_condition, name="gmm_if")
+# remove_nodes=False: the else branch's Loop also reads Unique's output; dead-code removal
+# drops the If and its inputs once the recovered GroupedMatMul replaces its output
+GROUPED_MATMUL_FROM_IF = pattern.RewriteRule(
+    _if_form, _grouped_matmul_from_if, _if_condition, name="gmm_if", remove_nodes=False
+)
+
+
+def _bias_form(op, x, weights, idx, bias):
+    """The gather-per-slot form's bias line, after its product became a GroupedMatMul."""
+    return op.Add(op.GroupedMatMul(x, weights, idx, _domain=PROPOSAL_DOMAIN), op.Gather(bias, idx, axis=0))
+
+
+def _grouped_matmul_bias(op, x, weights, idx, bias):
+    return op.GroupedMatMul(x, weights, idx, bias, _domain=PROPOSAL_DOMAIN)
+
+
+GROUPED_MATMUL_BIAS = pattern.RewriteRule(_bias_form, _grouped_matmul_bias, name="gmm_bias")
 # --8<-- [end:recover]
 
 MOE_RULES = [_moe_rule(kind) for kind in ACTIVATIONS]
@@ -368,7 +384,12 @@ def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, object]]:
     ir_model.functions.clear()  # rewrite the graph only, never GroupedMatMul's own body
     MISSES.clear()
     ir_model = rewrite(ir_model, [GROUPED_MATMUL_FROM_GATHER, GROUPED_MATMUL_FROM_IF])
+    ir_model = rewrite(ir_model, [GROUPED_MATMUL_BIAS])
+    RemoveUnusedNodesPass()(ir_model)
     ir_model = rewrite(ir_model, MOE_RULES)
+    # onnx_model round trip: a removed If's subgraph nodes still count as users of the
+    # values they read until the model is re-read, so dead-code removal runs on a fresh copy
+    ir_model = ir.serde.deserialize_model(ir.serde.serialize_model(ir_model))
     RemoveUnusedNodesPass()(ir_model)
     fused = sum(1 for n in ir_model.graph.all_nodes() if (n.domain, n.op_type) == (ORT_DOMAIN, "MoE"))
     out = ir.serde.serialize_model(ir_model)
