@@ -26,10 +26,10 @@ NEG_INF = float("-inf")
 
 # --8<-- [start:grouped_matmul]
 @script(GENAI, default_opset=op)
-def GroupedMatMul(X, W, group_indices):
-    """Y[m, j, :] = X[m, :] @ W[group_indices[m, j]]  (onnx/onnx PR #8193, no bias).
+def GroupedMatMul(input, weights, group_indices):
+    """output[m, j, :] = input[m, :] @ weights[group_indices[m, j]]  (onnx/onnx PR #8193).
 
-    X: [M, K], W: [G, K, N], group_indices: int64 [M, k]  ->  Y: [M, k, N].
+    input: [M, K], weights: [G, K, N], group_indices: int64 [M, k]  ->  output: [M, k, N].
     When no group repeats, gather each slot's weights and MatMul (the RFC's
     normative decomposition). When groups repeat, gather each distinct group's
     weights once and MatMul only the rows routed to it: the same result without
@@ -39,18 +39,45 @@ def GroupedMatMul(X, W, group_indices):
     used, _, _, _ = op.Unique(op.Reshape(group_indices, [-1]))
     n_used = op.Size(used)
     if op.Equal(slots, n_used):
-        Y = op.Squeeze(op.MatMul(op.Unsqueeze(X, [1, 2]), op.Gather(W, group_indices, axis=0)), [2])
+        output = op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
     else:
-        M = op.Shape(X, start=0, end=1)
+        M = op.Shape(input, start=0, end=1)
         k = op.Shape(group_indices, start=1, end=2)
-        N = op.Shape(W, start=2, end=3)
-        Y = op.Expand(op.CastLike(0.0, X), op.Concat(M, k, N, axis=0))
+        N = op.Shape(weights, start=2, end=3)
+        output = op.Expand(op.CastLike(0.0, input), op.Concat(M, k, N, axis=0))
         for i in range(n_used):
             g = op.Gather(used, op.Squeeze(i))  # i may arrive as [1] (ReferenceEvaluator)
             pos = op.Transpose(op.NonZero(op.Equal(group_indices, g)), perm=[1, 0])
-            rows = op.Gather(X, op.Gather(pos, 0, axis=1))
-            Y = op.ScatterND(Y, pos, op.MatMul(rows, op.Gather(W, g)))
-    return Y
+            rows = op.Gather(input, op.Gather(pos, 0, axis=1))
+            output = op.ScatterND(output, pos, op.MatMul(rows, op.Gather(weights, g)))
+    return output
+
+
+@script(GENAI, default_opset=op)
+def GroupedMatMulBias(input, weights, group_indices, bias):
+    """GroupedMatMul with the RFC's optional bias [G, N]: output[m, j] += bias[group_indices[m, j]].
+
+    The RFC's function is context-dependent (the bias line exists only when input 3 is
+    given); this is its with-bias body, shipped under the name GroupedMatMul.
+    """
+    slots = op.Size(group_indices)
+    used, _, _, _ = op.Unique(op.Reshape(group_indices, [-1]))
+    n_used = op.Size(used)
+    if op.Equal(slots, n_used):
+        product = op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
+        output = op.Add(product, op.Gather(bias, group_indices, axis=0))
+    else:
+        M = op.Shape(input, start=0, end=1)
+        k = op.Shape(group_indices, start=1, end=2)
+        N = op.Shape(weights, start=2, end=3)
+        output = op.Expand(op.CastLike(0.0, input), op.Concat(M, k, N, axis=0))
+        for i in range(n_used):
+            g = op.Gather(used, op.Squeeze(i))
+            pos = op.Transpose(op.NonZero(op.Equal(group_indices, g)), perm=[1, 0])
+            rows = op.Gather(input, op.Gather(pos, 0, axis=1))
+            group_out = op.Add(op.MatMul(rows, op.Gather(weights, g)), op.Gather(bias, g))
+            output = op.ScatterND(output, pos, group_out)
+    return output
 
 
 # --8<-- [end:grouped_matmul]
@@ -151,6 +178,7 @@ PIECES = {
     f.name: f
     for f in (
         GroupedMatMul,
+        GroupedMatMulBias,
         MoESelect,
         MoEKeepGroups,
         MoEGroupLimitTop2Sum,
@@ -173,6 +201,8 @@ class _Body:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.used: set[str] = set()
+        self.present: set[str] = set()
+        self.gmm_bias = False  # whether GroupedMatMul is called with its bias input
 
     def __call__(
         self,
@@ -247,33 +277,51 @@ def _routing(b: _Body, x: str, a: Mapping[str, object], present: set[str]) -> tu
 
 
 def _experts(b: _Body, x: str, idx: str, w: str, a: Mapping[str, object], present: set[str]) -> str:
-    """Routed part, [T, H]: GroupedMatMul -> act -> GroupedMatMul -> weighted sum over slots."""
+    """Routed part, [T, H]: GroupedMatMul -> act -> GroupedMatMul -> weighted sum over slots.
+
+    The expert biases are GroupedMatMul's optional bias input. A model carries one
+    GroupedMatMul body, so when only one of fc1_bias / fc2_bias is given the other
+    call gets a zero bias (adding 0 changes no value)."""
     slot_ids = b("Reshape", [idx, b.const("column", [-1, 1])], "slot_expert_ids")
     minus_one = b.const("minus_one", [-1])
     h_dim = b("Shape", [x], "h_dim", start=-1)
     w_slots = b("Unsqueeze", [w, b.const("axis2", [2])], "w_slots")  # [T, k, 1]
+    biases = {"fc1_bias", "fc2_bias"} & present
+    b.gmm_bias = bool(biases)
+    fc1_bias, fc2_bias = (_bias(b, name, weight) if biases else None for name, weight in _BIASED)
     if a["apply_weight_on_input"]:
         scaled = b("Mul", [b("Unsqueeze", [x, b.const("axis1", [1])], "x_slots"), w_slots], "scaled_x")
         rows_shape = b("Concat", [minus_one, h_dim], "rows_shape", axis=0)
         rows = b("Reshape", [scaled, rows_shape], "slot_inputs")  # one row per (token, slot)
-        h1 = b("GroupedMatMul", [rows, "fc1_weight", slot_ids], "h1")
-        bias_ids = slot_ids
+        h1 = b("GroupedMatMul", [rows, "fc1_weight", slot_ids, *filter(None, [fc1_bias])], "h1")
     else:
-        h1 = b("GroupedMatMul", [x, "fc1_weight", idx], "h1")
-        bias_ids = idx
-    if "fc1_bias" in present:
-        h1 = b("Add", [h1, b("Gather", ["fc1_bias", bias_ids], "fc1_bias_slots")], "h1_biased")
+        h1 = b("GroupedMatMul", [x, "fc1_weight", idx, *filter(None, [fc1_bias])], "h1")
     act = _activation(b, h1, a, "act")
     act_width = b("Shape", [act], "act_width", start=-1)
     act_rows = b("Reshape", [act, b("Concat", [minus_one, act_width], "act_rows_shape", axis=0)], "act_rows")
-    h2 = b("GroupedMatMul", [act_rows, "fc2_weight", slot_ids], "h2")
-    if "fc2_bias" in present:
-        h2 = b("Add", [h2, b("Gather", ["fc2_bias", slot_ids], "fc2_bias_slots")], "h2_biased")
+    h2 = b("GroupedMatMul", [act_rows, "fc2_weight", slot_ids, *filter(None, [fc2_bias])], "h2")
     slots_shape = b("Concat", [b("Shape", [w], "tk"), h_dim], "slots_shape", axis=0)
     per_slot = b("Reshape", [h2, slots_shape], "expert_out")  # [T, k, H]
     if not a["apply_weight_on_input"]:
         per_slot = b("Mul", [per_slot, w_slots], "weighted_out")
     return b("ReduceSum", [per_slot, b.const("slot_axis", [1])], "routed", keepdims=0)
+
+
+_BIASED = (("fc1_bias", "fc1_weight"), ("fc2_bias", "fc2_weight"))
+
+
+def _bias(b: _Body, name: str, weight: str) -> str:
+    """The bias input ``name``, or zeros [G, N] shaped like ``weight``'s groups and columns."""
+    if name in b.present:
+        return name
+    shape = b(
+        "Concat",
+        [b("Shape", [weight], f"{name}_g", start=0, end=1), b("Shape", [weight], f"{name}_n", start=2)],
+        f"{name}_shape",
+        axis=0,
+    )
+    zeros = b("ConstantOfShape", [shape], f"{name}_zeros_f32")
+    return b("CastLike", [zeros, weight], f"{name}_zeros")
 
 
 def _shared(b: _Body, x: str, a: Mapping[str, object], present: set[str]) -> str:
@@ -293,6 +341,7 @@ def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[
     present_set = set(present)
     _check_present(present_set)
     b = _Body()
+    b.present = present_set
     x = b("Flatten", ["X"], "tokens", axis=-1)
     idx, w = _routing(b, x, a, present_set)
     y = _experts(b, x, idx, w, a, present_set)
@@ -310,7 +359,7 @@ def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[
         doc_string="MoE function body built for one attribute set (see proposals/moe).",
     )
     order = sorted(b.used, key=lambda name: (name not in _CALLEES, name))
-    pieces = [_piece_proto(name) for name in order]
+    pieces = [_piece_proto("GroupedMatMulBias" if name == "GroupedMatMul" and b.gmm_bias else name) for name in order]
     for p in pieces:
         del p.opset_import[:]
         p.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
@@ -327,6 +376,8 @@ def _piece_proto(name: str) -> onnx.FunctionProto:
     but onnx 1.23's ReferenceEvaluator then runs no iteration at all.
     """
     proto = PIECES[name].to_function_proto()
+    if name == "GroupedMatMulBias":  # the RFC's with-bias body carries the op's own name
+        proto.name = "GroupedMatMul"
     for graph_owner in _loops(proto.node):
         if graph_owner.input[1] == "":
             graph_owner.input[1] = "loop_forever"

@@ -276,3 +276,78 @@ def float16():
     model = moe_model({"X": datasets[0].inputs["X"], **weights}, attrs, dynamic=True)
     # float16 intermediates round at about 1e-3 relative; sums of ~16 products grow that
     return Case(model, datasets, rtol=2e-2, atol=2e-2)
+
+
+# GroupedMatMul alone (onnx/onnx PR #8193): expected outputs from the numpy reference
+# written from the RFC's text (proposals/moe/grouped_matmul.py).
+
+
+def _grouped_matmul_case(x, weights, group_indices, bias=None, *, nd: bool = False) -> Case:
+    from proposals.moe.grouped_matmul import grouped_matmul_model, reference, reference_nd
+
+    inputs = {"input": x, "weights": weights, "group_indices": group_indices}
+    if bias is not None:
+        inputs["bias"] = bias
+    expected = (reference_nd if nd else reference)(x, weights, group_indices, bias).astype(x.dtype)
+    model = grouped_matmul_model(x, weights, group_indices, bias, nd=nd)
+    return Case(model, [DataSet(inputs, {"output": expected})], rtol=RTOL, atol=ATOL)
+
+
+@case
+def grouped_matmul_rfc_top1():
+    """GroupedMatMul, the RFC's test 1: k=1, 4 rows over 2 groups, no bias."""
+    x = np.array([[1, 0, -1], [0, 1, 2], [1, 1, 0], [0, 0, 1]], np.float32)
+    weights = np.array([[[1, 0], [0, 1], [-1, 0]], [[0, 1], [1, 0], [0, 1]]], np.float32)
+    return _grouped_matmul_case(x, weights, np.array([[0], [1], [0], [1]], np.int64))
+
+
+@case
+def grouped_matmul_rfc_top2_bias():
+    """GroupedMatMul, the RFC's test 2: k=2 over 3 groups with a per-group bias."""
+    x = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    weights = np.array([[[1, 0], [0, 1]], [[0, 1], [1, 0]], [[1, 1], [0, 0]]], np.float32)
+    bias = np.array([[0.1, 0.2], [0.3, 0.0], [0.5, 0.5]], np.float32)
+    return _grouped_matmul_case(x, weights, np.array([[0, 1], [2, 0]], np.int64), bias)
+
+
+@case
+def grouped_matmul_empty_group():
+    """GroupedMatMul, the RFC's test 3: group 1 of 3 is selected by no row (its weights are NaN)."""
+    rng = seeded(20)
+    weights = rng.randn(3, 2, 2).astype(np.float32)
+    weights[1] = np.nan  # never read: a NaN would reach the output if it were
+    return _grouped_matmul_case(rng.randn(4, 2).astype(np.float32), weights, np.array([[0], [0], [2], [2]], np.int64))
+
+
+@case
+def grouped_matmul_single_group():
+    """GroupedMatMul, the RFC's test 4: G=1, every row selects group 0 (a plain MatMul)."""
+    rng = seeded(21)
+    x, weights = rng.randn(3, 4).astype(np.float32), rng.randn(1, 4, 5).astype(np.float32)
+    return _grouped_matmul_case(x, weights, np.zeros((3, 1), np.int64))
+
+
+@case
+def grouped_matmul_repeated_groups():
+    """GroupedMatMul with bias, 6 rows x top-2 of 4 groups: groups repeat, and -1 names group 3."""
+    rng = seeded(22)
+    x, weights = rng.randn(6, 8).astype(np.float32), rng.randn(4, 8, 5).astype(np.float32)
+    idx = np.array([[0, 3], [1, 0], [-1, 2], [0, 1], [3, -4], [2, 1]], np.int64)
+    return _grouped_matmul_case(x, weights, idx, rng.randn(4, 5).astype(np.float32))
+
+
+@case
+def grouped_matmul_nd_1d_indices():
+    """GroupedMatMulND (the RFC's open point): k=1 as a 1-D group_indices [M]; output [M, N]."""
+    rng = seeded(23)
+    x, weights = rng.randn(5, 4).astype(np.float32), rng.randn(3, 4, 6).astype(np.float32)
+    return _grouped_matmul_case(x, weights, np.array([2, 0, 2, 1, 0], np.int64), nd=True)
+
+
+@case
+def grouped_matmul_nd_batch():
+    """GroupedMatMulND (the RFC's open point): batch axes, input [2, 3, K], indices [2, 3, 2], bias."""
+    rng = seeded(24)
+    x, weights = rng.randn(2, 3, 4).astype(np.float32), rng.randn(4, 4, 6).astype(np.float32)
+    idx = rng.randint(0, 4, (2, 3, 2)).astype(np.int64)
+    return _grouped_matmul_case(x, weights, idx, rng.randn(4, 6).astype(np.float32), nd=True)

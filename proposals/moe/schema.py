@@ -65,8 +65,8 @@ of experts in the kept groups, `k <= topk_group * E / n_group` (so no masked exp
 ever selected). A model that breaks one of these is invalid.
 
 The function body composes on `GroupedMatMul` (onnx/onnx PR #8193):
-`GroupedMatMul(X [M, K], W [G, K, N], group_indices [M, k]) -> [M, k, N]` with
-`Y[m, j] = X[m] @ W[group_indices[m, j]]`.
+`GroupedMatMul(input [M, K], weights [G, K, N], group_indices [M, k], bias? [G, N]) -> [M, k, N]`
+with `output[m, j] = input[m] @ weights[group_indices[m, j]] (+ bias[group_indices[m, j]])`.
 """
 # --8<-- [end:doc]
 

@@ -1,4 +1,5 @@
-"""Backend substitution: MoE function-op nodes -> onnxruntime's ``com.microsoft.MoE``.
+"""Backend substitution: MoE function-op nodes -> onnxruntime's ``com.microsoft.MoE``,
+done by the fusion rules of :mod:`proposals.moe.fusion` on the inlined body.
 
 A backend with its own MoE kernel replaces the function op where the semantics
 match and leaves the rest to the body. ORT 1.32's CPU kernel computes
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from generator.onnx_build import stamp
 from proposals.moe.schema import INPUT_NAMES, SCHEMA
@@ -86,124 +87,29 @@ def _ort_attrs(attrs: Mapping[str, object], k: int) -> dict[str, object]:
     return out
 
 
-class _Rewrite:
-    """New nodes and initializers replacing one MoE node."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix, self.nodes, self.inits = prefix, [], []
-
-    def node(self, op: str, inputs, name: str, domain: str = "", **attrs) -> str:
-        out = f"{self.prefix}{name}"
-        self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, domain=domain, **attrs))
-        return out
-
-    def const(self, name: str, array: np.ndarray) -> str:
-        out = f"{self.prefix}{name}"
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), out))
-        return out
-
-
-# --8<-- [start:rewrite]
-def _rewrite(
-    node: onnx.NodeProto, attrs: Mapping[str, object], arrays: Mapping[str, np.ndarray], names: Mapping[str, str]
-) -> _Rewrite:
-    r = _Rewrite(f"{node.name or node.output[0]}/ort_")
-    x = r.node("Flatten", [names["X"]], "tokens", axis=-1)
-    logits = r.node("MatMul", [x, names["router_weight"]], "logits")
-    if "router_bias" in names:
-        logits = r.node("Add", [logits, names["router_bias"]], "biased_logits")
-    if attrs.get("scoring") == "sigmoid":
-        # softmax(log(sigmoid(l))) renormalized over the top-k = sigmoid(l) renormalized
-        logits = r.node("Log", [r.node("Sigmoid", [logits], "sigmoid")], "log_sigmoid")
-    fc1 = r.const("fc1", _ort_fc1(arrays["fc1_weight"], attrs))
-    fc1_bias = (
-        r.const("fc1_bias", _ort_fc1(arrays["fc1_bias"][..., None, :], attrs)[..., 0]) if "fc1_bias" in arrays else ""
-    )
-    fc2 = r.const("fc2", np.swapaxes(arrays["fc2_weight"], 1, 2))
-    fc2_bias = names.get("fc2_bias", "")
-    y = r.node(
-        "MoE", [x, logits, fc1, fc1_bias, fc2, fc2_bias], "routed", ORT_DOMAIN, **_ort_attrs(attrs, int(attrs["k"]))
-    )
-    scale = float(attrs.get("routed_scaling_factor", 1.0))
-    if scale != 1.0:
-        y = r.node("Mul", [y, r.const("scale", np.array(scale, np.float32))], "scaled")
-    if "shared_fc1_weight" in arrays:
-        y = r.node("Add", [y, _shared(r, x, attrs, arrays, names)], "with_shared")
-    r.nodes.append(
-        helper.make_node(
-            "Reshape", [y, r.node("Shape", [names["X"]], "x_shape")], [node.output[0]], name=f"{r.prefix}output"
-        )
-    )
-    return r
-
-
-def _shared(r: _Rewrite, x: str, attrs, arrays, names) -> str:
-    """The shared expert as a one-expert MoE: softmax over one logit is weight 1."""
-    rows = r.node("Shape", [x], "rows", start=0, end=1)
-    one = r.const("one", np.array([1], np.int64))
-    zeros = r.node(
-        "ConstantOfShape",
-        [r.node("Concat", [rows, one], "logit_shape", axis=0)],
-        "zero_logits",
-        value=numpy_helper.from_array(np.zeros(1, np.float32)),
-    )
-    fc1 = r.const("shared_fc1", _ort_fc1(arrays["shared_fc1_weight"][None], attrs))
-    fc2 = r.const("shared_fc2", arrays["shared_fc2_weight"].T[None])
-    out = r.node("MoE", [x, zeros, fc1, "", fc2], "shared", ORT_DOMAIN, **_ort_attrs(attrs, 1))
-    if "shared_gate_weight" in names:
-        gate = r.node(
-            "Sigmoid", [r.node("MatMul", [x, names["shared_gate_weight"]], "shared_gate_logit")], "shared_gate"
-        )
-        out = r.node("Mul", [out, gate], "gated_shared")
-    return out
-
-
-# --8<-- [end:rewrite]
-
-
 def substitute(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
     """A copy of ``model`` with every expressible MoE node replaced by com.microsoft.MoE,
-    and, per MoE node, ``"com.microsoft.MoE"`` or why it was left alone."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    report, new_nodes, new_inits = {}, [], []
-    for node in graph.node:
-        if (node.domain, node.op_type) != (SCHEMA.domain, SCHEMA.name):
-            new_nodes.append(node)
-            continue
-        names = {f: v for f, v in zip(INPUT_NAMES, node.input, strict=False) if v}
-        attrs = _attrs(node)
-        reason = why_not(attrs, set(names), {f for f, v in names.items() if v in constants})
-        label = node.name or node.output[0]
-        if reason is not None:
-            report[label] = reason
-            new_nodes.append(node)
-            continue
-        arrays = {f: constants[v] for f, v in names.items() if v in constants}
-        rewrite = _rewrite(node, attrs, arrays, names)
-        new_nodes.extend(rewrite.nodes)
-        new_inits.extend(rewrite.inits)
-        report[label] = "com.microsoft.MoE"
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    graph.initializer.extend(new_inits)
-    _drop_unused(out)
-    if any(n.domain == ORT_DOMAIN for n in graph.node):
-        out.opset_import.append(helper.make_opsetid(ORT_DOMAIN, 1))
-    return stamp(out), report
+    and, per MoE node, ``"com.microsoft.MoE"`` or why it was left alone.
 
+    The replacement is done by the pattern-match fusion rules of
+    :mod:`proposals.moe.fusion` on the inlined body; :func:`why_not` decides, from the
+    node's attributes, which nodes are handed to them, and the fusion must then match."""
+    from proposals.moe.fusion import fuse
 
-def _drop_unused(model: onnx.ModelProto) -> None:
-    """Remove initializers and model-local functions nothing refers to any more."""
-    graph = model.graph
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    if not any(n.domain == SCHEMA.domain for n in graph.node):
-        del model.functions[:]
-        kept_opsets = [o for o in model.opset_import if o.domain != SCHEMA.domain]
-        del model.opset_import[:]
-        model.opset_import.extend(kept_opsets)
+    constants = {i.name for i in model.graph.initializer}
+    report = {}
+    for node in model.graph.node:
+        if (node.domain, node.op_type) == (SCHEMA.domain, SCHEMA.name):
+            names = {f: v for f, v in zip(INPUT_NAMES, node.input, strict=False) if v}
+            reason = why_not(_attrs(node), set(names), {f for f, v in names.items() if v in constants})
+            report[node.name or node.output[0]] = reason or "com.microsoft.MoE"
+    if not any(r == "com.microsoft.MoE" for r in report.values()):
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out, report
+    if any(r != "com.microsoft.MoE" for r in report.values()):
+        raise NotImplementedError("a model mixing expressible and other MoE nodes")  # one body per model
+    fused, fusion_report = fuse(model)
+    if fusion_report["fused"] != len(report):
+        raise AssertionError(f"the fusion rules missed an expressible MoE node: {fusion_report}")
+    return stamp(fused), report

@@ -1,0 +1,121 @@
+"""Fusion hit rate over every family zoo case, in four forms, written to
+``proposals/moe/bench/fusion.json`` by ``make bench`` and rendered on the MoE page.
+
+Forms: the MoE function op (its body inlined, GroupedMatMul kept), the fully inlined
+body (GroupedMatMul's If too), the gather-per-slot body (GroupedMatMul as the RFC's
+Gather + MatMul, inlined), and the primitive form a model builder emits. A hit must
+also give the case's expected outputs on onnxruntime; a miss records why.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx.inliner
+from onnx import numpy_helper
+
+from generator.bench import results_dir
+from generator.errors import UsageError
+from generator.ort import session
+from generator.registry import select
+from proposals.moe.fusion import fuse
+from proposals.moe.schema import INPUT_NAMES, SCHEMA
+from proposals.moe.substitute import _attrs, why_not
+
+FORMS = ("function op", "inlined body", "gather-per-slot", "primitive")
+
+
+def family_cases(names: tuple[str, ...] | None = None) -> list:
+    """The zoo cases converted from transformers blocks (their input is hidden_states), built."""
+    specs = [s for s in select(["moe"]) if not s.name.startswith("grouped_matmul")]
+    built = [(s.name, s.build()) for s in specs if names is None or s.name in names]
+    return [(name, case) for name, case in built if case.model.graph.input[0].name == "hidden_states"]
+
+
+def _moe_node(model: onnx.ModelProto) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if (n.domain, n.op_type) == (SCHEMA.domain, SCHEMA.name))
+
+
+def _form(model: onnx.ModelProto, form: str) -> onnx.ModelProto:
+    from proposals.moe.bench import _gather_only
+    from proposals.moe.primitive import primitive_model
+
+    if form == "function op":
+        return model
+    if form == "inlined body":
+        return onnx.inliner.inline_local_functions(model)
+    if form == "gather-per-slot":
+        return onnx.inliner.inline_local_functions(_gather_only(model))
+    node = _moe_node(model)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    arrays = {f: inits[v] for f, v in zip(INPUT_NAMES, node.input, strict=False) if v in inits}
+    arrays["X"] = np.zeros((1, arrays["router_weight"].shape[0]), np.float32)
+    return primitive_model(arrays, _attrs(node))
+
+
+def _row(name: str, case, form: str) -> dict:
+    node = _moe_node(case.model)
+    names = {f: v for f, v in zip(INPUT_NAMES, node.input, strict=False) if v}
+    semantic = why_not(_attrs(node), set(names), {f for f in names if f != "X"})
+    try:
+        source = _form(case.model, form)
+    except UsageError as err:
+        return {"case": name, "form": form, "fused": False, "reason": f"not built: {err}"}
+    fused, report = fuse(source)
+    if not report["fused"]:
+        reason = "; ".join(report["misses"]) or f"no rule matches ({semantic or 'unexpected: the kernel could'})"
+        return {"case": name, "form": form, "fused": False, "reason": reason}
+    err = 0.0
+    for data in case.datasets:
+        x = data.inputs["hidden_states"]
+        feed = {fused.graph.input[0].name: x.reshape(-1, x.shape[-1]) if form == "primitive" else x}
+        got = session(fused, threads=1).run(None, feed)[0].reshape(data.outputs["output"].shape)
+        err = max(err, float(np.abs(got - data.outputs["output"]).max()))
+    return {"case": name, "form": form, "fused": True, "max_abs_diff_vs_expected": err}
+
+
+def compute(names: tuple[str, ...] | None = None) -> list[dict]:
+    cases = family_cases(names)
+    return [_row(n, c, form) for n, c in cases for form in FORMS]
+
+
+def write() -> None:
+    rows = compute()
+    path = results_dir("moe") / "fusion.json"
+    path.write_text(json.dumps({"rows": rows}, indent=1, sort_keys=True) + "\n")
+    hits = sum(r["fused"] for r in rows)
+    print(f"fusion: {hits} of {len(rows)} (case, form) pairs fused -> {path}")
+
+
+def load() -> list[dict]:
+    return json.loads((results_dir("moe") / "fusion.json").read_text())["rows"]
+
+
+def hit_rate() -> str:
+    """'N of M family cases' per form, for the page's prose."""
+    rows = load()
+    cases = len({r["case"] for r in rows})
+    parts = [f"{form}: {sum(r['fused'] for r in rows if r['form'] == form)} of {cases}" for form in FORMS]
+    return "; ".join(parts)
+
+
+def fusion_table() -> str:
+    """Each family case x form: fused (max error vs the case's expected outputs) or why not."""
+    rows = load()
+    by_case: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_case.setdefault(r["case"], {})[r["form"]] = r
+    lines = ["| case | " + " | ".join(FORMS) + " |", "|---|" + "---|" * len(FORMS)]
+    for case_name, forms in by_case.items():
+        cells = [
+            f"fused ({forms[f]['max_abs_diff_vs_expected']:.1e})" if forms[f]["fused"] else forms[f]["reason"]
+            for f in FORMS
+        ]
+        lines.append(f"| {case_name} | " + " | ".join(cells) + " |")
+    return f"Hit rate, {hit_rate()}.\n\n" + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    write()

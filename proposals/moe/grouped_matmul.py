@@ -1,0 +1,188 @@
+"""GroupedMatMul exactly as the RFC (onnx/onnx PR #8193) defines it, plus its two open points
+as a runnable variant.
+
+``GroupedMatMul(input [M, K], weights [G, K, N], group_indices int64 [M, k], bias? [G, N])
+-> [M, k, N]``, no attributes. The schema is plain data (rendered on the spec page), the
+body is :func:`proposals.moe.body.GroupedMatMul` (or its with-bias form), and the numpy
+reference below is written from the RFC's text, one row and one slot at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+from onnxscript import opset21 as op
+from onnxscript import script
+
+from generator.onnx_build import PROPOSAL_DOMAIN, make_model, tensor_info
+from generator.opspec import OpSchema, Parameter, TypeConstraint, render_spec
+from generator.registry import select
+from proposals.moe.body import GENAI, GroupedMatMul, _piece_proto
+from proposals.moe.schema import OPSET
+
+FLOATS = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
+
+# --8<-- [start:doc]
+DOC = """\
+Multiplies each of `M` token rows by `k` of `G` stacked weight matrices, chosen per row:
+`output[m, j, :] = input[m, :] @ weights[group_indices[m, j]] (+ bias[group_indices[m, j]])`.
+`G = weights.shape[0]`, `k = group_indices.shape[1]`. Indices lie in `[-G, G)`; a negative
+index counts from the end, as in `Gather`. `k = 1` is the single-expert case (output
+`[M, 1, N]`); a group no row selects is never read.
+
+The result is that of the RFC's decomposition, which is normative for the result, not
+for the strategy: `Gather(weights, group_indices)` gives `[M, k, K, N]`, the rows are
+expanded to `[M, k, 1, K]`, and `MatMul` gives `[M, k, 1, N]`, squeezed to `[M, k, N]`;
+with `bias`, `Gather(bias, group_indices)` is added. The function is context-dependent:
+the bias line exists only when input 3 is given.
+
+No activation and no combine are fused: a weighted sum over the `k` slots is a `Mul` and
+a `ReduceSum` in the surrounding graph.
+"""
+# --8<-- [end:doc]
+
+SCHEMA = OpSchema(
+    name="GroupedMatMul",
+    domain=PROPOSAL_DOMAIN,
+    since_version=1,
+    summary="Per-row choice of k of G stacked matrices (onnx/onnx PR #8193).",
+    doc=DOC,
+    inputs=(
+        Parameter("input", "T", "[M, K]", "Token rows; K is the contraction axis."),
+        Parameter("weights", "T", "[G, K, N]", "G stacked weight matrices (model parameters)."),
+        Parameter("group_indices", "tensor(int64)", "[M, k]", "The k groups of each row, in [-G, G)."),
+        Parameter("bias", "T", "[G, N]", "Per-group bias, added to each selected result.", optional=True),
+    ),
+    outputs=(Parameter("output", "T", "[M, k, N]", "output[m, j] = input[m] @ weights[group_indices[m, j]]."),),
+    type_constraints=(TypeConstraint("T", FLOATS, "Floating-point tensors."),),
+)
+
+ND_DOC = """\
+A variant answering the RFC's two open questions at once; it is not part of the RFC.
+`input` may carry batch axes, `[B..., K]`, and `group_indices` is either `[B..., k]` or,
+for `k = 1`, `[B...]` (one index per row, no `k` axis). The output's shape is
+`group_indices.shape + [N]`, as for `Gather`: `[B..., k, N]`, or `[B..., N]`. The body
+flattens the batch axes, calls `GroupedMatMul`, and restores them, so the variant adds
+only `Reshape`s (metadata on most backends) around the RFC's op.
+"""
+
+ND_SCHEMA = OpSchema(
+    name="GroupedMatMulND",
+    domain=PROPOSAL_DOMAIN,
+    since_version=1,
+    summary="GroupedMatMul with batch axes and a 1-D group_indices for k = 1 (the RFC's open points).",
+    doc=ND_DOC,
+    inputs=(
+        Parameter("input", "T", "[B..., K]", "Token rows with any number of batch axes."),
+        Parameter("weights", "T", "[G, K, N]", "G stacked weight matrices."),
+        Parameter("group_indices", "tensor(int64)", "[B..., k] or [B...]", "Groups per row; no k axis means k = 1."),
+        Parameter("bias", "T", "[G, N]", "Per-group bias.", optional=True),
+    ),
+    outputs=(Parameter("output", "T", "group_indices.shape + [N]", "The RFC's result, batch axes restored."),),
+    type_constraints=(TypeConstraint("T", FLOATS, "Floating-point tensors."),),
+)
+
+
+# --8<-- [start:reference]
+def reference(
+    input: np.ndarray, weights: np.ndarray, group_indices: np.ndarray, bias: np.ndarray | None = None
+) -> np.ndarray:
+    """The RFC's semantics in float64, one row and one slot at a time."""
+    m_rows, k = group_indices.shape
+    groups, _, n = weights.shape
+    out = np.zeros((m_rows, k, n))
+    for m in range(m_rows):
+        for j in range(k):
+            g = int(group_indices[m, j])
+            if not -groups <= g < groups:
+                raise ValueError(f"group index {g} outside [-{groups}, {groups})")
+            out[m, j] = input[m].astype(np.float64) @ weights[g].astype(np.float64)
+            if bias is not None:
+                out[m, j] += bias[g]
+    return out
+
+
+def reference_nd(input, weights, group_indices, bias=None) -> np.ndarray:
+    """The variant: flatten the batch axes, apply the RFC op, restore them."""
+    rows = input.reshape(-1, input.shape[-1])
+    flat = reference(rows, weights, group_indices.reshape(rows.shape[0], -1), bias)
+    return flat.reshape(*group_indices.shape, weights.shape[-1])
+
+
+# --8<-- [end:reference]
+
+
+# --8<-- [start:nd_body]
+@script(GENAI, default_opset=op)
+def GroupedMatMulND(input, weights, group_indices):
+    """input [B..., K], group_indices [B..., k] or [B...] -> group_indices.shape + [N]."""
+    rows = op.Flatten(input, axis=-1)  # [M, K]
+    per_row = op.Reshape(group_indices, op.Concat(op.Shape(rows, start=0, end=1), [-1], axis=0))  # [M, k]
+    flat = GroupedMatMul(rows, weights, per_row)
+    return op.Reshape(flat, op.Concat(op.Shape(group_indices), op.Shape(weights, start=2), axis=0))
+
+
+# --8<-- [end:nd_body]
+
+
+def functions(*, bias: bool, nd: bool = False) -> list[onnx.FunctionProto]:
+    """The model-local functions a GroupedMatMul (or GroupedMatMulND) node needs: the
+    context-dependent body for this bias presence, then the variant's wrapper."""
+    core = _piece_proto("GroupedMatMulBias" if bias else "GroupedMatMul")
+    _fix_opsets(core)
+    if not nd:
+        return [core]
+    wrapper = GroupedMatMulND.to_function_proto()
+    if bias:  # the wrapper forwards the optional bias: one more formal input and call input
+        wrapper.input.append("bias")
+        for node in wrapper.node:
+            if node.op_type == "GroupedMatMul":
+                node.input.append("bias")
+    _fix_opsets(wrapper)
+    return [core, wrapper]
+
+
+def _fix_opsets(proto: onnx.FunctionProto) -> None:
+    del proto.opset_import[:]
+    proto.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
+
+
+def grouped_matmul_model(
+    input: np.ndarray,
+    weights: np.ndarray,
+    group_indices: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    nd: bool = False,
+) -> onnx.ModelProto:
+    """One GroupedMatMul (or GroupedMatMulND) node; every tensor is a graph input, so a
+    runtime sees the indices as data, as a router would produce them."""
+    arrays = {"input": input, "weights": weights, "group_indices": group_indices}
+    if bias is not None:
+        arrays["bias"] = bias
+    name = ND_SCHEMA.name if nd else SCHEMA.name
+    # the variant's output is group_indices.shape + [N]; the RFC op's is [M, k, N], the same here
+    out_shape = [*group_indices.shape, weights.shape[-1]]
+    graph = helper.make_graph(
+        [helper.make_node(name, list(arrays), ["output"], domain=PROPOSAL_DOMAIN)],
+        name,
+        [tensor_info(n, a.dtype, a.shape) for n, a in arrays.items()],
+        [tensor_info("output", input.dtype, out_shape)],
+    )
+    return make_model(graph, {"": OPSET, PROPOSAL_DOMAIN: 1}, functions(bias=bias is not None, nd=nd))
+
+
+EXAMPLES = ("grouped_matmul_rfc_top2_bias", "grouped_matmul_repeated_groups")
+ND_EXAMPLES = ("grouped_matmul_nd_1d_indices", "grouped_matmul_nd_batch")
+
+
+def spec_markdown() -> str:
+    """The spec page's generated part: both schemas with their bodies and zoo examples."""
+    specs = {s.name: s for s in select(["moe"])}
+    core = render_spec(
+        SCHEMA, functions(bias=True)[0], [specs[n] for n in EXAMPLES], catalogue_link="../../catalogue.md"
+    )
+    wrapper = functions(bias=False, nd=True)[1]
+    nd = render_spec(ND_SCHEMA, wrapper, [specs[n] for n in ND_EXAMPLES], catalogue_link="../../catalogue.md")
+    return core + "\n\n" + nd
