@@ -185,7 +185,6 @@ def attention23_step_model(*, q_heads: int, kv_heads: int, head_dim: int) -> onn
     return builder_model(b)
 
 
-# --8<-- [start:decoder_layer]
 @dataclass(frozen=True)
 class AttentionWeights:
     """One attention block's weights (``x @ w`` convention); optional parts are None.
@@ -232,6 +231,7 @@ def _split_heads(
     return op.Transpose(y, perm=BHSD)
 
 
+# --8<-- [start:attention_block]
 def attention_block(
     op: OpBuilder,
     x: ir.Value,
@@ -263,6 +263,9 @@ def attention_block(
     y, present_key, present_value = cache_attention(op, q, k, v, cache, mode=mode, scale=weights.scale)
     y = op.Reshape(op.Transpose(y, perm=BHSD), [0, 0, q_heads * head_dim])
     return _linear(op, y, weights.o_proj, weights.o_bias, "o_proj"), present_key, present_value
+
+
+# --8<-- [end:attention_block]
 
 
 def decoder_layer_model(
@@ -297,8 +300,6 @@ def decoder_layer_model(
         b.add_output(out, name)
     return builder_model(b)
 
-
-# --8<-- [end:decoder_layer]
 
 
 def random_attention_weights(

@@ -183,7 +183,7 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
 
 def decoder_study(arch: str) -> list[dict]:
-    from proposals.text_pipeline.decoder import build_decoder, spec_from_model
+    from proposals.text_pipeline.build import build_decoder, spec_from_model
     from proposals.text_pipeline.models import tiny_model
 
     base = build_decoder(tiny_model(arch, head_dim=HEAD_DIM))

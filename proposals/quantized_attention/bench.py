@@ -24,7 +24,7 @@ import onnxruntime as ort
 from generator import bench
 from generator.ort import session
 from proposals.kv_cache import inplace
-from proposals.kv_cache.models import cache_step_model
+from proposals.kv_cache.build import cache_step_model
 from proposals.moe.bench import memory_bandwidth_gbs
 from proposals.quantized_attention import gqa, models
 from proposals.quantized_attention.reference import CacheQuant, calibrate

@@ -9,7 +9,7 @@ from proposals.text_pipeline.config import (
     SamplingConfig,
     StopCriteria,
 )
-from proposals.text_pipeline.decoder import build_decoder
+from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.generator import Generator
 from proposals.text_pipeline.pipeline import (
     Device,

@@ -25,7 +25,7 @@ from proposals.text_pipeline.config import (
     SamplingConfig,
     StopCriteria,
 )
-from proposals.text_pipeline.decoder import decoder_spec, spec_from_model
+from proposals.text_pipeline.build import decoder_spec, spec_from_model
 from proposals.text_pipeline.generator import Generator, beam_search
 from proposals.text_pipeline.runners import OrtRunner, Runner, TorchRunner
 from proposals.text_pipeline.tokenizer import load_tokenizer
