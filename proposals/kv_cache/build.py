@@ -294,12 +294,13 @@ def decoder_layer_model(
     x = b.input("hidden_states", FLOAT, ["batch", "seq", hidden])
     positions = b.input("position_ids", INT64, ["batch", "seq"])
     cache = cache_inputs(b, kv_heads, max_len, head_dim)
-    rope = Rope(b.initializer(ir.tensor(cos_cache), "cos_cache"), b.initializer(ir.tensor(sin_cache), "sin_cache"), positions)
+    rope = Rope(
+        b.initializer(ir.tensor(cos_cache), "cos_cache"), b.initializer(ir.tensor(sin_cache), "sin_cache"), positions
+    )
     outputs = attention_block(b.op, x, weights, rope, cache, q_heads=q_heads, kv_heads=kv_heads)
     for out, name in zip(outputs, ("output", *CACHE_OUTPUTS), strict=True):
         b.add_output(out, name)
     return builder_model(b)
-
 
 
 def random_attention_weights(

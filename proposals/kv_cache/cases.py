@@ -201,11 +201,18 @@ def decoder_layer_rope_scatter_attention() -> Case:
     cos, sin = reference.rope_caches(max_len, head_dim)
     model = build.decoder_layer_model(weights, cos, sin, q_heads=q_heads, kv_heads=kv_heads, max_len=max_len)
     chunks = [_randn(rng, batch, seq, hidden) for seq in (3, 1)]  # prefill 3 tokens, decode 1
-    steps = reference.decoder_layer_steps(weights, cos, sin, chunks, q_heads=q_heads, kv_heads=kv_heads, max_len=max_len)
+    steps = reference.decoder_layer_steps(
+        weights, cos, sin, chunks, q_heads=q_heads, kv_heads=kv_heads, max_len=max_len
+    )
     datasets, past = [], np.zeros((batch, kv_heads, max_len, head_dim), np.float32)
     past_key = past_value = past
     for hidden_states, positions, step in steps:
-        inputs = {"hidden_states": hidden_states, "position_ids": positions, "past_key": past_key, "past_value": past_value}
+        inputs = {
+            "hidden_states": hidden_states,
+            "position_ids": positions,
+            "past_key": past_key,
+            "past_value": past_value,
+        }
         inputs |= {"write_indices": step.write_indices, "nonpad_kv_seqlen": step.nonpad_kv_seqlen}
         outputs = {"output": step.y, "present_key": step.present_key, "present_value": step.present_value}
         datasets.append(DataSet(inputs, outputs))

@@ -249,9 +249,13 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     write_indices = b.input("write_indices", INT64, ["batch"])
     length = spec.sliding_window if spec.circular else "cache_len"
     cache = ["batch", spec.num_kv_heads, length, spec.head_dim]
-    pasts = [(b.input(f"past_key_{i}", FLOAT, cache), b.input(f"past_value_{i}", FLOAT, cache)) for i in range(spec.num_layers)]
+    pasts = [
+        (b.input(f"past_key_{i}", FLOAT, cache), b.input(f"past_value_{i}", FLOAT, cache))
+        for i in range(spec.num_layers)
+    ]
     steps = _steps(op, input_ids, write_indices, spec)
-    cos, sin = (b.initializer(ir.tensor(t), f"rope.{n}_cache") for n, t in zip(("cos", "sin"), _rope_tables(hf_causal_lm, spec)))
+    cos, sin = _rope_tables(hf_causal_lm, spec)
+    cos, sin = b.initializer(ir.tensor(cos), "rope.cos_cache"), b.initializer(ir.tensor(sin), "rope.sin_cache")
     rope = Rope(cos, sin, steps.positions)
     embed = b.initializer(ir.tensor(_weight(body.embed_tokens.weight)), "embed_tokens.weight")
     x = op.Gather(embed, input_ids, axis=0)
