@@ -6,7 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import helper, numpy_helper
+from onnxscript import GraphBuilder
 
 PRODUCER_NAME = "onnx-genai-proposals"
 PRODUCER_VERSION = "1"  # fixed on purpose: a package version would change the bytes
@@ -62,3 +64,32 @@ def initializer(name: str, array: np.ndarray) -> onnx.TensorProto:
 def seeded(seed: int) -> np.random.RandomState:
     """The project's one RNG: legacy RandomState is frozen across numpy releases (NEP 19)."""
     return np.random.RandomState(seed)
+
+
+def graph_builder(name: str, opsets: Mapping[str, int]) -> GraphBuilder:
+    """An empty graph and onnxscript's imperative builder on it (``builder.op.MatMul(...)``).
+
+    The project builds every model this way; ``builder.input`` declares graph inputs,
+    ``builder.initializer`` adds weights, ``builder.add_output`` names outputs, and
+    :func:`builder_model` turns the result into a stamped ``ModelProto``.
+    """
+    return GraphBuilder(ir.Graph([], [], nodes=[], opset_imports=dict(opsets), name=name))
+
+
+def builder_model(builder: GraphBuilder, functions: Sequence[onnx.FunctionProto] = ()) -> onnx.ModelProto:
+    """The stamped model of a :func:`graph_builder` graph.
+
+    The builder's per-node scope annotations and its inferred intermediate shapes are
+    dropped: a model's bytes carry the graph, not the build session that made it.
+    """
+    proto = ir.serde.serialize_model(ir.Model(builder.graph, ir_version=10))
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    del proto.graph.value_info[:]
+    proto.functions.extend(functions)
+    return stamp(proto)
+
+
+def value(name: str, dtype: ir.DataType, shape: Sequence[int | str | None]) -> ir.Value:
+    """A typed value with a (partly symbolic) shape: a graph input or a named output."""
+    return ir.val(name, dtype, shape)

@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from generator import bench
 from generator.ort import session
-from proposals.kv_cache import inplace, models, reference
+from proposals.kv_cache import build, inplace, reference
 
 TOPIC = "kv_cache"
 KV_HEADS, Q_HEADS, HEAD_DIM = 8, 32, 128
@@ -43,10 +43,10 @@ def update_variants(length: int, rng: np.random.RandomState) -> dict[str, Callab
     token = _randn(rng, 1, KV_HEADS, 1, HEAD_DIM)
     write = np.array([length - 1], np.int64)
 
-    concat = session(models.concat_cache_model(kv_heads=KV_HEADS, head_dim=HEAD_DIM))
+    concat = session(build.concat_cache_model(kv_heads=KV_HEADS, head_dim=HEAD_DIM))
     concat_feeds = {"past_key": past[:, :, : length - 1].copy(), "k": token}
 
-    scatter = session(models.tensor_scatter_model(past.shape, token.shape))
+    scatter = session(build.tensor_scatter_model(past.shape, token.shape))
     scatter_feeds = {"past_cache": past, "update": token, "write_indices": write}
 
     cache = ort.OrtValue.ortvalue_from_numpy(past.copy())
@@ -72,7 +72,7 @@ def decode_variants(length: int, rng: np.random.RandomState) -> dict[str, Callab
         _randn(rng, 1, KV_HEADS, length, HEAD_DIM),
     )
 
-    a23 = session(models.attention23_step_model(q_heads=Q_HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM))
+    a23 = session(build.attention23_step_model(q_heads=Q_HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM))
     a23_feeds = {
         "q": q,
         "k": k,
@@ -81,7 +81,7 @@ def decode_variants(length: int, rng: np.random.RandomState) -> dict[str, Callab
         "past_value": value[:, :, : length - 1].copy(),
     }
 
-    a24 = session(models.cache_step_model(q_heads=Q_HEADS, kv_heads=KV_HEADS, max_len=length, head_dim=HEAD_DIM))
+    a24 = session(build.cache_step_model(q_heads=Q_HEADS, kv_heads=KV_HEADS, max_len=length, head_dim=HEAD_DIM))
     step = {
         "q": q,
         "k": k,
@@ -170,7 +170,7 @@ def openvino_precision() -> dict[str, object]:
     core = openvino.Core()
     rows = []
     for label, nonpad, is_causal in PRECISION_VARIANTS:
-        model = models.attention_model(
+        model = build.attention_model(
             q_heads=2, kv_heads=2, q_len=1, kv_len=8, head_dim=4, nonpad=nonpad, is_causal=is_causal
         )
         feeds = {"q": q, "k": k, "v": v} | ({"nonpad_kv_seqlen": np.array([8])} if nonpad else {})

@@ -11,7 +11,7 @@ import numpy as np
 
 from generator.onnx_build import seeded
 from generator.registry import Case, DataSet, case
-from proposals.kv_cache import models, reference
+from proposals.kv_cache import build, reference
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -30,7 +30,7 @@ def _qkv(rng, batch: int, q_heads: int, kv_heads: int, seq: int, head_dim: int):
 
 
 def _step_dataset(q, k, v, past_key, past_value, step: reference.Step) -> DataSet:
-    """Inputs and expected outputs of :func:`models.cache_step_model` for one step."""
+    """Inputs and expected outputs of :func:`build.cache_step_model` for one step."""
     return DataSet(
         inputs={
             "q": q,
@@ -58,7 +58,7 @@ def _linear_sequence(rng, chunks: list[int], *, batch=1, q_heads=2, kv_heads=2, 
 @case
 def linear_prefill() -> Case:
     """Linear buffer, prefill: 3 prompt tokens written at slot 0 of an empty 8-slot cache."""
-    model = models.cache_step_model(q_heads=2, kv_heads=2, max_len=8, head_dim=4)
+    model = build.cache_step_model(q_heads=2, kv_heads=2, max_len=8, head_dim=4)
     datasets = _linear_sequence(seeded(0), [3])
     return Case(model, datasets, rtol=RTOL, atol=ATOL)
 
@@ -68,7 +68,7 @@ def linear_decode_gqa_ragged() -> Case:
     """Linear buffer, one decode token for a ragged batch (5 and 2 cached tokens), GQA 4:2."""
     rng = seeded(1)
     batch, q_heads, kv_heads, max_len, head_dim = 2, 4, 2, 8, 4
-    model = models.cache_step_model(q_heads=q_heads, kv_heads=kv_heads, max_len=max_len, head_dim=head_dim)
+    model = build.cache_step_model(q_heads=q_heads, kv_heads=kv_heads, max_len=max_len, head_dim=head_dim)
     lengths = np.array([5, 2], np.int64)
     # Slots past each sample's length hold garbage: nonpad_kv_seqlen must hide it.
     past_key = _randn(rng, batch, kv_heads, max_len, head_dim)
@@ -81,7 +81,7 @@ def linear_decode_gqa_ragged() -> Case:
 @case
 def linear_prefill_then_decode() -> Case:
     """One graph, two steps: prefill 3 tokens (set 0), decode 1 on its present cache (set 1)."""
-    model = models.cache_step_model(q_heads=4, kv_heads=2, max_len=8, head_dim=4)
+    model = build.cache_step_model(q_heads=4, kv_heads=2, max_len=8, head_dim=4)
     datasets = _linear_sequence(seeded(2), [3, 1], batch=2, q_heads=4, kv_heads=2)
     return Case(model, datasets, rtol=RTOL, atol=ATOL)
 
@@ -89,7 +89,7 @@ def linear_prefill_then_decode() -> Case:
 @case
 def linear_chunked_prefill() -> Case:
     """Linear buffer, chunked prefill: 3 tokens, then 2 more (offset-aware causal mask), then 1."""
-    model = models.cache_step_model(q_heads=2, kv_heads=1, max_len=8, head_dim=4)
+    model = build.cache_step_model(q_heads=2, kv_heads=1, max_len=8, head_dim=4)
     datasets = _linear_sequence(seeded(3), [3, 2, 1], q_heads=2, kv_heads=1)
     return Case(model, datasets, rtol=RTOL, atol=ATOL)
 
@@ -111,7 +111,7 @@ def _circular_sequence(rng, *, seen: int, steps: int, slots=4, q_heads=2, kv_hea
 @case
 def circular_decode_wrap() -> Case:
     """Circular buffer of 4 slots, decode at t=2, 3 (filling) and t=4, 5 (wrapped to slots 0, 1)."""
-    model = models.cache_step_model(q_heads=2, kv_heads=1, max_len=4, head_dim=4, mode="circular")
+    model = build.cache_step_model(q_heads=2, kv_heads=1, max_len=4, head_dim=4, mode="circular")
     datasets, _ = _circular_sequence(seeded(4), seen=2, steps=4)
     return Case(model, datasets, rtol=RTOL, atol=ATOL)
 
@@ -121,7 +121,7 @@ def windowed_attention25_equals_circular() -> Case:
     """Attention-25 left_window_size=3 on a full cache; expected Y from a 4-slot circular buffer."""
     rng = seeded(5)
     slots, max_len, q_heads, kv_heads, head_dim = 4, 8, 2, 1, 4
-    model = models.cache_step_model(
+    model = build.cache_step_model(
         q_heads=q_heads,
         kv_heads=kv_heads,
         max_len=max_len,
@@ -149,7 +149,7 @@ def windowed_attention25_equals_circular() -> Case:
 @case
 def tensor_scatter_circular_batch_wrap() -> Case:
     """TensorScatter circular, B=3, L=2: only the sequence index wraps, never the batch index."""
-    model = models.tensor_scatter_model((3, 2), (3, 1), axis=1, mode="circular")
+    model = build.tensor_scatter_model((3, 2), (3, 1), axis=1, mode="circular")
     inputs = {
         "past_cache": np.zeros((3, 2), np.float32),
         "update": np.array([[1], [2], [3]], np.float32),
@@ -163,7 +163,7 @@ def tensor_scatter_circular_batch_wrap() -> Case:
 def attention_causal_without_nonpad_is_top_left() -> Case:
     """Pitfall: is_causal=1, 1 query, 8 keys, no nonpad_kv_seqlen: top-left, sees k0 only."""
     rng = seeded(6)
-    model = models.attention_model(q_heads=2, kv_heads=2, q_len=1, kv_len=8, head_dim=4, nonpad=False)
+    model = build.attention_model(q_heads=2, kv_heads=2, q_len=1, kv_len=8, head_dim=4, nonpad=False)
     q, k, v = _randn(rng, 1, 2, 1, 4), _randn(rng, 1, 2, 8, 4), _randn(rng, 1, 2, 8, 4)
     y = reference.attention(q, k, v, is_causal=True)
     return Case(model, [DataSet({"q": q, "k": k, "v": v}, {"y": y})], rtol=RTOL, atol=ATOL)
@@ -173,7 +173,7 @@ def attention_causal_without_nonpad_is_top_left() -> Case:
 def attention25_window_external_cache() -> Case:
     """Attention-25 alone: 2 decode queries, left_window_size=2 over a ragged external cache."""
     rng = seeded(8)
-    model = models.attention_model(
+    model = build.attention_model(
         q_heads=4, kv_heads=2, q_len=1, kv_len=8, head_dim=4, nonpad=True, left_window_size=2, right_window_size=0
     )
     q, k, v = _randn(rng, 2, 4, 1, 4), _randn(rng, 2, 2, 8, 4), _randn(rng, 2, 2, 8, 4)
@@ -197,49 +197,24 @@ def decoder_layer_rope_scatter_attention() -> Case:
     """Decoder attention block: projections, RoPE on Q/K, TensorScatter, Attention-24 GQA."""
     rng = seeded(7)
     batch, hidden, q_heads, kv_heads, head_dim, max_len = 2, 16, 4, 2, 4, 8
-    weights = models.random_decoder_weights(
-        rng,
-        hidden=hidden,
-        q_heads=q_heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        max_positions=max_len,
+    weights = build.random_attention_weights(rng, hidden=hidden, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim)
+    cos, sin = reference.rope_caches(max_len, head_dim)
+    model = build.decoder_layer_model(weights, cos, sin, q_heads=q_heads, kv_heads=kv_heads, max_len=max_len)
+    chunks = [_randn(rng, batch, seq, hidden) for seq in (3, 1)]  # prefill 3 tokens, decode 1
+    steps = reference.decoder_layer_steps(
+        weights, cos, sin, chunks, q_heads=q_heads, kv_heads=kv_heads, max_len=max_len
     )
-    model = models.decoder_layer_model(weights, q_heads=q_heads, kv_heads=kv_heads, max_len=max_len)
-    past_key = np.zeros((batch, kv_heads, max_len, head_dim), np.float32)
-    past_value = np.zeros_like(past_key)
-    lengths = np.zeros(batch, np.int64)
-    datasets = []
-    for seq in (3, 1):
-        hidden_states = _randn(rng, batch, seq, hidden)
-        positions = lengths[:, None] + np.arange(seq)[None, :]
-        step = reference.decoder_layer(
-            weights,
-            hidden_states,
-            positions,
-            past_key,
-            past_value,
-            lengths,
-            lengths + seq,
-            q_heads=q_heads,
-            kv_heads=kv_heads,
-        )
-        datasets.append(
-            DataSet(
-                inputs={
-                    "hidden_states": hidden_states,
-                    "position_ids": positions,
-                    "past_key": past_key,
-                    "past_value": past_value,
-                    "write_indices": step.write_indices,
-                    "nonpad_kv_seqlen": step.nonpad_kv_seqlen,
-                },
-                outputs={
-                    "output": step.y,
-                    "present_key": step.present_key,
-                    "present_value": step.present_value,
-                },
-            )
-        )
-        past_key, past_value, lengths = step.present_key, step.present_value, lengths + seq
+    datasets, past = [], np.zeros((batch, kv_heads, max_len, head_dim), np.float32)
+    past_key = past_value = past
+    for hidden_states, positions, step in steps:
+        inputs = {
+            "hidden_states": hidden_states,
+            "position_ids": positions,
+            "past_key": past_key,
+            "past_value": past_value,
+        }
+        inputs |= {"write_indices": step.write_indices, "nonpad_kv_seqlen": step.nonpad_kv_seqlen}
+        outputs = {"output": step.y, "present_key": step.present_key, "present_value": step.present_value}
+        datasets.append(DataSet(inputs, outputs))
+        past_key, past_value = step.present_key, step.present_value
     return Case(model, datasets, rtol=RTOL, atol=ATOL)

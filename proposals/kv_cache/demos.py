@@ -12,7 +12,7 @@ import numpy as np
 
 from generator.onnx_build import seeded
 from generator.ort import session
-from proposals.kv_cache import models, reference
+from proposals.kv_cache import build, reference
 
 
 # --8<-- [start:slot_trace]
@@ -56,8 +56,8 @@ def circular_vs_window_on_ort(slots: int = 4, steps: int = 10) -> list[tuple[int
     Returns ``(t, nonpad of (a), max |Ya - Yb|)`` per step.
     """
     shape = {"q_heads": 2, "kv_heads": 1, "head_dim": 4}
-    ring = session(models.cache_step_model(max_len=slots, mode="circular", **shape))
-    window = session(models.cache_step_model(max_len=steps, left_window_size=slots - 1, **shape))
+    ring = session(build.cache_step_model(max_len=slots, mode="circular", **shape))
+    window = session(build.cache_step_model(max_len=steps, left_window_size=slots - 1, **shape))
     ring_kv = [np.zeros((1, 1, slots, 4), np.float32)] * 2
     full_kv = [np.zeros((1, 1, steps, 4), np.float32)] * 2
     rows = []
@@ -141,7 +141,7 @@ def attended_keys(nonpad: bool, kv_len: int = 8) -> np.ndarray:
 
     With ``V`` = identity and equal scores, ``Y`` equals the attention weights.
     """
-    model = models.attention_model(q_heads=1, kv_heads=1, q_len=1, kv_len=kv_len, head_dim=kv_len, nonpad=nonpad)
+    model = build.attention_model(q_heads=1, kv_heads=1, q_len=1, kv_len=kv_len, head_dim=kv_len, nonpad=nonpad)
     feeds = {
         "q": np.zeros((1, 1, 1, kv_len), np.float32),  # all scores equal
         "k": np.zeros((1, 1, kv_len, kv_len), np.float32),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-# Graph input -> graph output pairs that share one buffer (names of models.py).
+# Graph input -> graph output pairs that share one buffer (names of build.py).
 CACHE_PAIRS = (("past_key", "present_key"), ("past_value", "present_value"))
 
 

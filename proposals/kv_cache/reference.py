@@ -7,7 +7,7 @@
   fully-masked row) and the opset-25 ``left/right_window_size`` of onnx#8108.
 - ``rotary_embedding``: RotaryEmbedding-23.
 - Drivers: one decode step on a linear or a circular buffer, exactly as the graphs
-  in :mod:`proposals.kv_cache.models` wire the ops, and loops over several steps.
+  in :mod:`proposals.kv_cache.build` wire the ops, and loops over several steps.
 
 Expected outputs of every kv_cache zoo case come from here, never from a runtime.
 """
@@ -297,8 +297,14 @@ def run_circular(
 
 
 # --8<-- [start:decoder_layer]
+def _rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight.astype(np.float64)
+
+
 def decoder_layer(
     weights,
+    cos_cache,
+    sin_cache,
     hidden_states,
     position_ids,
     past_key,
@@ -309,29 +315,72 @@ def decoder_layer(
     q_heads: int,
     kv_heads: int,
 ) -> Step:
-    """The attention block of :func:`proposals.kv_cache.models.decoder_layer_model`.
+    """The attention block of :func:`proposals.kv_cache.build.attention_block`.
 
-    Projections, RoPE on Q and K, linear TensorScatter of the rotated K and V, causal
-    GQA attention over the whole cache, output projection. ``Step.y`` is ``output``.
-    Computed in float64 (a float32 matmul rounds differently per BLAS kernel) and cast
-    once: the caches on assignment, ``y`` at the end.
+    Projections (+ biases), per-head RMSNorm where given, RoPE on Q and K, linear
+    TensorScatter of the rotated K and V, causal GQA attention over the whole cache,
+    output projection. ``Step.y`` is ``output``. Computed in float64 (a float32 matmul
+    rounds differently per BLAS kernel) and cast once: the caches on assignment, ``y``
+    at the end.
     """
     batch, seq, _ = hidden_states.shape
     x = hidden_states.astype(np.float64)
 
-    def heads(w, n):  # (B, S, n*D) -> (B, n, S, D)
-        return (x @ w.astype(np.float64)).reshape(batch, seq, n, -1).transpose(0, 2, 1, 3)
+    def linear(h, w, bias):
+        y = h @ w.astype(np.float64)
+        return y if bias is None else y + bias.astype(np.float64)
 
-    q = rotary_embedding(heads(weights.q_proj, q_heads), weights.cos_cache, weights.sin_cache, position_ids)
-    k = rotary_embedding(heads(weights.k_proj, kv_heads), weights.cos_cache, weights.sin_cache, position_ids)
-    v = heads(weights.v_proj, kv_heads)
+    def heads(w, bias, n, norm=None):  # (B, S, n*D) -> (B, n, S, D)
+        y = linear(x, w, bias).reshape(batch, seq, n, -1)
+        y = y if norm is None else _rms_norm(y, norm, weights.norm_epsilon)
+        return y.transpose(0, 2, 1, 3)
+
+    q = heads(weights.q_proj, weights.q_bias, q_heads, weights.q_norm)
+    k = heads(weights.k_proj, weights.k_bias, kv_heads, weights.k_norm)
+    q = rotary_embedding(q, cos_cache, sin_cache, position_ids)
+    k = rotary_embedding(k, cos_cache, sin_cache, position_ids)
+    v = heads(weights.v_proj, weights.v_bias, kv_heads)
     key = tensor_scatter(past_key, k, write_indices)
     value = tensor_scatter(past_value, v, write_indices)
-    y = attention(q, key, value, nonpad_kv_seqlen=nonpad_kv_seqlen, is_causal=True)
-    out = (y.transpose(0, 2, 1, 3).reshape(batch, seq, -1) @ weights.o_proj.astype(np.float64)).astype(
-        hidden_states.dtype
-    )
+    y = attention(q, key, value, nonpad_kv_seqlen=nonpad_kv_seqlen, is_causal=True, scale=weights.scale)
+    merged = y.transpose(0, 2, 1, 3).reshape(batch, seq, -1)
+    out = linear(merged, weights.o_proj, weights.o_bias).astype(hidden_states.dtype)
     return Step(np.asarray(write_indices), np.asarray(nonpad_kv_seqlen), out, key, value)
 
 
 # --8<-- [end:decoder_layer]
+
+
+def decoder_layer_steps(
+    weights, cos_cache, sin_cache, hidden_chunks, *, q_heads: int, kv_heads: int, max_len: int
+) -> list[tuple[np.ndarray, np.ndarray, Step]]:
+    """Chunks of new tokens (each (B, S, hidden)) through :func:`decoder_layer`, one after another,
+    from an empty linear cache of ``max_len`` slots: ``(hidden_states, position_ids, step)`` each.
+
+    Each step's past caches are the previous step's present ones.
+    """
+    batch = hidden_chunks[0].shape[0]
+    head_dim = weights.k_proj.shape[1] // kv_heads
+    past_key = np.zeros((batch, kv_heads, max_len, head_dim), np.float32)
+    past_value = np.zeros_like(past_key)
+    lengths = np.zeros(batch, np.int64)
+    steps = []
+    for hidden_states in hidden_chunks:
+        seq = hidden_states.shape[1]
+        positions = lengths[:, None] + np.arange(seq)[None, :]
+        step = decoder_layer(
+            weights,
+            cos_cache,
+            sin_cache,
+            hidden_states,
+            positions,
+            past_key,
+            past_value,
+            lengths,
+            lengths + seq,
+            q_heads=q_heads,
+            kv_heads=kv_heads,
+        )
+        steps.append((hidden_states, positions, step))
+        past_key, past_value, lengths = step.present_key, step.present_value, lengths + seq
+    return steps

@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from generator.bench import plot_ratios, ratios, results_dir, time_interleaved, write_json
 from generator.ort import session
-from proposals.kv_cache.models import cache_step_model
+from proposals.kv_cache.build import cache_step_model
 from proposals.paged_attention import simulate
 from proposals.paged_attention.bench_models import DecodeShape, paged_decode_model, paged_step_feeds, widen_pool
 from proposals.paged_attention.build import PagedShape, paged_model

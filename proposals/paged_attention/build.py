@@ -1,7 +1,7 @@
 """Model builder of the paged step, as the function op or inlined to standard ops.
 
 The contiguous linear-buffer step it is compared with is the KV-cache proposal's own
-:func:`proposals.kv_cache.models.cache_step_model` (TensorScatter x2 + Attention-24)."""
+:func:`proposals.kv_cache.build.cache_step_model` (TensorScatter x2 + Attention-24)."""
 
 from __future__ import annotations
 

@@ -151,38 +151,25 @@ def paged_padding_slots():
 @case
 def paged_rewritten_decoder_layer():
     """The KV-cache proposal's decoder layer (RoPE, TensorScatter, Attention-24) after to_paged."""
-    from proposals.kv_cache import models
+    from proposals.kv_cache import build
     from proposals.kv_cache import reference as kv
 
     rng = seeded(8)
     batch, hidden, q_heads, kv_heads, head_dim, max_len, block_size = 2, 16, 4, 2, 4, 8, 2
-    weights = models.random_decoder_weights(
-        rng, hidden=hidden, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, max_positions=max_len
-    )
-    linear = models.decoder_layer_model(weights, q_heads=q_heads, kv_heads=kv_heads, max_len=max_len)
+    weights = build.random_attention_weights(rng, hidden=hidden, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim)
+    cos, sin = kv.rope_caches(max_len, head_dim)
+    linear = build.decoder_layer_model(weights, cos, sin, q_heads=q_heads, kv_heads=kv_heads, max_len=max_len)
     model = to_paged(linear, num_blocks=10, block_size=block_size)
     pool = BlockAllocator(10, block_size, seed=8)
     # Expected outputs: the KV proposal's numpy decoder layer on a linear cache; expected
     # pools: this topic's write_slots of the rows that step wrote into the linear cache.
-    past_key = np.zeros((batch, kv_heads, max_len, head_dim), np.float32)
-    past_value = np.zeros_like(past_key)
+    chunks = [rng.randn(batch, seq, hidden).astype(np.float32) for seq in (3, 1)]
+    steps = kv.decoder_layer_steps(weights, cos, sin, chunks, q_heads=q_heads, kv_heads=kv_heads, max_len=max_len)
     key_cache = np.zeros((10, block_size, kv_heads, head_dim), np.float32)
     value_cache = np.zeros_like(key_cache)
-    lengths, datasets = np.zeros(batch, np.int64), []
-    for seq in (3, 1):
-        hidden_states = rng.randn(batch, seq, hidden).astype(np.float32)
-        positions = lengths[:, None] + np.arange(seq)[None, :]
-        step = kv.decoder_layer(
-            weights,
-            hidden_states,
-            positions,
-            past_key,
-            past_value,
-            lengths,
-            lengths + seq,
-            q_heads=q_heads,
-            kv_heads=kv_heads,
-        )
+    datasets = []
+    for hidden_states, positions, step in steps:
+        lengths, seq = step.write_indices, hidden_states.shape[1]
         blocks = [pool.reserve(b, int(lengths[b]) + seq) for b in range(batch)]
         plan = plan_step(blocks, lengths.tolist(), [seq] * batch, block_size, max_blocks=max_len // block_size)
         rows = [
@@ -196,12 +183,11 @@ def paged_rewritten_decoder_layer():
             "position_ids": positions,
             "key_cache.0": key_cache,
             "value_cache.0": value_cache,
-            "nonpad_kv_seqlen": lengths + seq,
+            "nonpad_kv_seqlen": step.nonpad_kv_seqlen,
             "block_table": plan.block_table,
             "slot_mapping": plan.slot_mapping.reshape(batch, seq),
         }
         outputs = {"output": step.y, "key_cache_out.0": new_key, "value_cache_out.0": new_value}
         datasets.append(DataSet(inputs, outputs))
-        past_key, past_value, lengths = step.present_key, step.present_value, lengths + seq
         key_cache, value_cache = new_key, new_value
     return Case(model, datasets, rtol=1e-5, atol=1e-5)

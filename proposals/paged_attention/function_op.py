@@ -9,6 +9,7 @@ different lengths per sequence (unpacked left-padded, packed back after) and the
 
 from __future__ import annotations
 
+import onnx
 from onnxscript import script
 from onnxscript.values import Opset
 
@@ -97,7 +98,7 @@ def PagedAttention(
     num_real = op.Gather(cu_seqlens_q, op.Constant(value_int=-1))
     t_real = op.Min(t, op.Sub(num_real, one))
     ended = op.LessOrEqual(op.Unsqueeze(ends, first), op.Unsqueeze(t_real, last))  # [T, B]
-    seq_of_t = op.ReduceSum(op.Cast(ended, to=7), last, keepdims=0)
+    seq_of_t = op.ReduceSum(op.Cast(ended, to=onnx.TensorProto.INT64), last, keepdims=0)
     row = op.Add(op.Mul(seq_of_t, q_max), op.Sub(q_max, op.Gather(ends, seq_of_t)))
     y = op.Gather(y_rows, op.Add(row, t_real), axis=0)
     real = op.Unsqueeze(op.Less(t, num_real), last)

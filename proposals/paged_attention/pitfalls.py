@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import onnx_ir as ir
 
-from generator.onnx_build import make_model
+from generator.onnx_build import builder_model, graph_builder
 from generator.ort import session
 from generator.runtimes import OnnxRuntime, OpenVinoRuntime, ReferenceRuntime, Runtime
 from generator.verify import first_line
@@ -22,13 +22,12 @@ from proposals.paged_attention.reference import attend
 OPSET = 24
 
 
-def _single_node(op: str, inputs: dict[str, np.ndarray], out_rank: int, **attrs) -> onnx.ModelProto:
-    infos = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in inputs.items()
-    ]
-    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * out_rank)
-    node = helper.make_node(op, list(inputs), ["y"], **attrs)
-    return make_model(helper.make_graph([node], op.lower(), infos, [out]), {"": OPSET})
+def _single_node(op_type: str, inputs: dict[str, np.ndarray], **attrs) -> onnx.ModelProto:
+    """One ``op_type`` node over graph inputs shaped like ``inputs``; its output is ``y``."""
+    b = graph_builder(op_type.lower(), {"": OPSET})
+    args = [b.input(name, ir.DataType.from_numpy(a.dtype), list(a.shape)) for name, a in inputs.items()]
+    b.add_output(getattr(b.op, op_type)(*args, **attrs), "y")
+    return builder_model(b)
 
 
 def runtimes() -> list[Runtime]:
@@ -45,7 +44,7 @@ def negative_slot_wraps() -> dict[str, list[float]]:
         "slots": np.array([[-1]], dtype=np.int64),  # vLLM/ORT: -1 = "do not write"
         "token": np.array([[99.0]], dtype=np.float32),
     }
-    model = _single_node("ScatterND", feeds, 2)
+    model = _single_node("ScatterND", feeds)
     return {rt.name: rt.load_model(model)(feeds)["y"].ravel().tolist() for rt in runtimes()}
 
 
@@ -55,7 +54,7 @@ def negative_block_wraps() -> dict[str, list[float]]:
         "pool": np.array([[0.0], [10.0], [20.0]], dtype=np.float32),
         "table": np.array([0, -1], dtype=np.int64),
     }
-    model = _single_node("Gather", feeds, 2, axis=0)
+    model = _single_node("Gather", feeds, axis=0)
     return {rt.name: rt.load_model(model)(feeds)["y"].ravel().tolist() for rt in runtimes()}
 
 
@@ -67,7 +66,7 @@ def duplicate_slots(tokens: int = 64, width: int = 4096) -> dict[str, list[float
         "slots": np.ones((tokens, 1), dtype=np.int64),
         "tokens": np.repeat(np.arange(tokens, dtype=np.float32)[:, None], width, axis=1),
     }
-    model = _single_node("ScatterND", feeds, 2)
+    model = _single_node("ScatterND", feeds)
     results: dict[str, list[float] | str] = {}
     for rt in runtimes():
         try:
@@ -99,19 +98,21 @@ def padding_side(seed: int = 0) -> dict[str, float]:
         is_causal=True,
     ).transpose(1, 0, 2)
     feeds = {"k": k, "v": v, "nonpad": np.array([kv_len, kv_len], dtype=np.int64)}
-    node = helper.make_node("Attention", ["q", "k", "v", "", "", "", "nonpad"], ["y"], is_causal=1)
     errors = {}
     for side, q0, row in (
         ("right", np.concatenate([q_short, pad], 2), 0),
         ("left", np.concatenate([pad, q_short], 2), 2),
     ):
         q = np.concatenate([q0, q_long], 0)
-        infos = [helper.make_tensor_value_info("q", TensorProto.FLOAT, q.shape)] + [
-            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-            for n, a in feeds.items()
-        ]
-        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-        model = make_model(helper.make_graph([node], "pad", infos, [out]), {"": OPSET})
-        y = session(model).run(None, {"q": q, **feeds})[0]
+        y = session(_attention_model(q, feeds)).run(None, {"q": q, **feeds})[0]
         errors[side] = float(np.abs(y[0, :, row] - expected[:, 0]).max())
     return errors
+
+
+def _attention_model(q: np.ndarray, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Attention-24 over given K/V with ``nonpad_kv_seqlen``, bottom-right causal."""
+    b = graph_builder("pad", {"": OPSET})
+    q_in = b.input("q", ir.DataType.FLOAT, list(q.shape))
+    k, v, nonpad = (b.input(n, ir.DataType.from_numpy(a.dtype), list(a.shape)) for n, a in feeds.items())
+    b.add_output(b.op.Attention(q_in, k, v, None, None, None, nonpad, is_causal=1), "y")
+    return builder_model(b)

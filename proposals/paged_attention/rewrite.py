@@ -1,19 +1,35 @@
 """Deployment-time rewrite: linear-buffer KV cache (TensorScatter + Attention) -> paged.
 
-Like OpenVINO's ``ov::pass::SDPAToPagedAttention`` it changes the model's signature:
-each ``past_*`` cache input becomes a block pool ``key_cache.N`` / ``value_cache.N``
-of shape [num_blocks, block_size, <cache dims other than batch and sequence>], each
-``present_*`` output becomes the updated pool ``key_cache_out.N`` / ``value_cache_out.N``,
-``write_indices`` goes away and two inputs arrive:
+:class:`LinearToPaged` is an onnx-ir pass. Like OpenVINO's
+``ov::pass::SDPAToPagedAttention`` it changes the model's signature: each ``past_*``
+cache input becomes a block pool ``key_cache.N`` / ``value_cache.N`` of shape
+[num_blocks, block_size, <cache dims other than batch and sequence>], each ``present_*``
+output becomes the updated pool ``key_cache_out.N`` / ``value_cache_out.N``,
+``write_indices`` goes away unless something else reads it (a decoder computing its
+positions from it), and two inputs arrive:
 
 * ``block_table`` int64 [batch, max_blocks]: physical block of each logical block;
 * ``slot_mapping`` int64 [batch, q_len]: flat slot (block * block_size + offset) of each
   new token.
 
 ``nonpad_kv_seqlen`` keeps its meaning (KV length per sequence after this step).
-Every TensorScatter output feeding Attention's K or V is replaced by
-ScatterND (write through slot_mapping) -> Gather (read by block_table) -> Reshape,
-with Transposes where the cache's sequence axis is not axis 1.
+
+Match conditions, checked for every standard-domain ``Attention`` node (layer N is the
+N-th Attention in graph order); a model that breaks one is refused with a UsageError
+naming it:
+
+1. its ``nonpad_kv_seqlen`` input (index 6) is given and its ``attn_mask`` (index 3) is
+   not: unused block slots are masked by length, and a mask sized to the linear cache
+   has no paged meaning;
+2. its K and V inputs are each the output of a ``TensorScatter`` with ``mode="linear"``;
+3. that TensorScatter's cache input is a graph input whose dims other than batch (0)
+   and the scatter axis are static (they size the pool);
+4. the TensorScatter's output is read by nothing but that Attention and the graph
+   outputs (where it is the ``present_*`` cache).
+
+Each matched TensorScatter becomes ScatterND (write through slot_mapping) -> Gather
+(read by block_table) -> Reshape, with Transposes where the cache's sequence axis is not
+axis 1.
 """
 
 from __future__ import annotations
@@ -21,11 +37,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-from onnx import TensorProto, helper
+import onnx_ir as ir
+import onnx_ir.passes.common
+from onnxscript import TapeBuilder
 
 from generator.errors import UsageError
 from generator.onnx_build import stamp
 
+INT64 = ir.DataType.INT64
 BLOCK_TABLE = "block_table"
 SLOT_MAPPING = "slot_mapping"
 KV_INPUT = {1: "key", 2: "value"}  # Attention input index -> pool name
@@ -35,185 +54,153 @@ KV_INPUT = {1: "key", 2: "value"}  # Attention input index -> pool name
 class CacheSite:
     """One TensorScatter that feeds Attention's K or V."""
 
-    scatter: onnx.NodeProto
+    scatter: ir.Node
+    attention: ir.Node
     kind: str  # "key" or "value"
     layer: int
-    cache: onnx.ValueInfoProto  # the past_* graph input
-    axis: int
+    axis: int  # the cache's sequence axis
+
+    @property
+    def cache(self) -> ir.Value:
+        """The ``past_*`` graph input."""
+        return self.scatter.inputs[0]
+
+    @property
+    def present(self) -> ir.Value:
+        """The ``present_*`` cache: Attention's K or V."""
+        return self.scatter.outputs[0]
+
+    @property
+    def head_dims(self) -> list[int]:
+        """The cache's dims other than batch and sequence (static, checked by find_sites)."""
+        return [d for i, d in enumerate(self.cache.shape) if i not in (0, self.axis)]
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+def _is_standard(node: ir.Node, op_type: str) -> bool:
+    return node.op_type == op_type and node.domain in ("", "ai.onnx")
 
 
-def _static_dims(info: onnx.ValueInfoProto) -> list[int | None]:
-    return [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+def _input(node: ir.Node, index: int) -> ir.Value | None:
+    return node.inputs[index] if index < len(node.inputs) else None
 
 
-def find_sites(model: onnx.ModelProto) -> list[CacheSite]:
+def find_sites(graph: ir.Graph) -> list[CacheSite]:
     """The TensorScatter nodes whose output is an Attention's K or V, checked for the pattern."""
-    graph = model.graph
-    inputs = {i.name: i for i in graph.input}
-    producers = {out: node for node in graph.node for out in node.output}
-    sites: list[CacheSite] = []
-    attentions = [n for n in graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
+    attentions = [n for n in graph if _is_standard(n, "Attention")]
     if not attentions:
         raise UsageError("no Attention node found; the rewrite needs TensorScatter + Attention-24")
+    sites = []
     for layer, attention in enumerate(attentions):
-        if len(attention.input) < 7 or not attention.input[6]:
+        if _input(attention, 6) is None:
             raise UsageError(
                 f"Attention {attention.name!r} has no nonpad_kv_seqlen input; the paged form "
                 "masks unused block slots with it (Attention-24 external-cache pattern)"
             )
-        if len(attention.input) > 3 and attention.input[3]:
+        if _input(attention, 3) is not None:
             raise UsageError(
                 f"Attention {attention.name!r} has an attn_mask sized to the linear cache; "
                 "only is_causal + nonpad_kv_seqlen models can be rewritten"
             )
         for index, kind in KV_INPUT.items():
-            scatter = producers.get(attention.input[index])
-            if scatter is None or scatter.op_type != "TensorScatter":
+            scatter = attention.inputs[index].producer()
+            if scatter is None or not _is_standard(scatter, "TensorScatter"):
                 raise UsageError(
                     f"Attention {attention.name!r} input {index} ({kind}) is not a "
                     "TensorScatter output; valid: the kv_cache.md linear-buffer pattern"
                 )
-            if _attr(scatter, "mode", b"linear") not in (b"linear", "linear"):
+            if scatter.attributes.get_string("mode", "linear") != "linear":
                 raise UsageError(
                     f"TensorScatter {scatter.name!r} is circular; only linear buffers can be paged by this rewrite"
                 )
-            cache = inputs.get(scatter.input[0])
-            if cache is None:
+            cache = scatter.inputs[0]
+            if not cache.is_graph_input():
                 raise UsageError(f"TensorScatter {scatter.name!r} cache is not a graph input")
-            rank = len(cache.type.tensor_type.shape.dim)
-            axis = _attr(scatter, "axis", -2) % rank
-            if any(d is None for i, d in enumerate(_static_dims(cache)) if i not in (0, axis)):
+            axis = scatter.attributes.get_int("axis", -2) % len(cache.shape)
+            if any(not isinstance(d, int) for i, d in enumerate(cache.shape) if i not in (0, axis)):
                 raise UsageError(f"cache {cache.name!r} needs static head dims to size the pool")
-            sites.append(CacheSite(scatter, kind, layer, cache, axis))
+            if any(node is not attention for node, _ in scatter.outputs[0].uses()):
+                raise UsageError(f"TensorScatter {scatter.name!r} output is read by more than its Attention")
+            sites.append(CacheSite(scatter, attention, kind, layer, axis))
     return sites
 
 
+def _ints(op: TapeBuilder, values: list[int]) -> ir.Value:
+    return op.Constant(value=ir.tensor(values, dtype=INT64))
+
+
 # --8<-- [start:paged_nodes]
-def _paged_nodes(site: CacheSite, pool: str, pool_out: str, present: str) -> list[onnx.NodeProto]:
-    """ScatterND write through slot_mapping, then Gather read by block_table."""
-    rank = len(site.cache.type.tensor_type.shape.dim)
-    rest = [d for i, d in enumerate(_static_dims(site.cache)) if i not in (0, site.axis)]
-    perm = [0, site.axis] + [i for i in range(1, rank) if i != site.axis]
-    inverse = [perm.index(i) for i in range(rank)]
-    p = f"paged_{site.kind}_{site.layer}_"
-    const = [
-        helper.make_node(
-            "Constant",
-            [],
-            [p + "rows_shape"],
-            value=helper.make_tensor(p + "rows_shape", TensorProto.INT64, [rank - 1], [-1, *rest]),
-        ),
-        helper.make_node(
-            "Constant",
-            [],
-            [p + "seq_shape"],
-            value=helper.make_tensor(p + "seq_shape", TensorProto.INT64, [rank], [0, -1, *rest]),
-        ),
-    ]
-    update = site.scatter.input[1]
-    token_major = update
-    nodes = list(const)
+def _paged_read(op: TapeBuilder, site: CacheSite, pool: ir.Value, slots: ir.Value, block_table: ir.Value):
+    """ScatterND write through slot_mapping, then Gather read by block_table.
+
+    Returns (updated pool, the cache Attention reads in the TensorScatter output's layout).
+    """
+    rank = len(site.cache.shape)
+    perm = [0, site.axis] + [i for i in range(1, rank) if i != site.axis]  # sequence axis to 1
+    update = site.scatter.inputs[1]
     if perm != list(range(rank)):
-        token_major = p + "update_token_major"
-        nodes.append(helper.make_node("Transpose", [update], [token_major], perm=perm))
-    nodes += [
-        helper.make_node("Reshape", [token_major, p + "rows_shape"], [p + "update_rows"]),
-        helper.make_node("Reshape", [pool, p + "rows_shape"], [p + "pool_rows"]),
-        helper.make_node("ScatterND", [p + "pool_rows", "paged_slots", p + "update_rows"], [p + "written"]),
-        helper.make_node("Reshape", [p + "written", "paged_pool_shape_" + pool], [pool_out]),
-        helper.make_node("Gather", [pool_out, BLOCK_TABLE], [p + "blocks"], axis=0),
-    ]
-    seq = p + "sequence" if perm != list(range(rank)) else present
-    nodes.append(helper.make_node("Reshape", [p + "blocks", p + "seq_shape"], [seq]))
-    if seq != present:
-        nodes.append(helper.make_node("Transpose", [seq], [present], perm=inverse))
-    nodes.insert(0, helper.make_node("Shape", [pool], ["paged_pool_shape_" + pool]))
-    return nodes
+        update = op.Transpose(update, perm=perm)
+    rows = _ints(op, [-1, *site.head_dims])
+    written = op.ScatterND(op.Reshape(pool, rows), slots, op.Reshape(update, rows))
+    pool_out = op.Reshape(written, _ints(op, list(pool.shape)))
+    blocks = op.Gather(pool_out, block_table, axis=0)  # [B, max_blocks, block_size, ...]
+    sequence = op.Reshape(blocks, _ints(op, [0, -1, *site.head_dims]))
+    if perm != list(range(rank)):
+        sequence = op.Transpose(sequence, perm=[perm.index(i) for i in range(rank)])
+    return pool_out, sequence
 
 
 # --8<-- [end:paged_nodes]
+
+
+class LinearToPaged(onnx_ir.passes.InPlacePass):
+    """The paged form of a linear-buffer model (see the module docstring for what matches)."""
+
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        super().__init__()
+        if num_blocks < 1 or block_size < 1:
+            raise UsageError(f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}")
+        self.num_blocks, self.block_size = num_blocks, block_size
+
+    def call(self, model: ir.Model) -> onnx_ir.passes.PassResult:
+        graph = model.graph
+        sites = find_sites(graph)
+        first = sites[0]
+        update_shape = first.scatter.inputs[1].shape
+        q_len = update_shape[first.axis] if update_shape is not None else "q_len"
+        batch = first.cache.shape[0]
+        block_table = ir.val(BLOCK_TABLE, INT64, [batch, "max_blocks"])
+        slot_mapping = ir.val(SLOT_MAPPING, INT64, [batch, q_len])
+        op = TapeBuilder()
+        slots = op.Unsqueeze(op.Reshape(slot_mapping, _ints(op, [-1])), _ints(op, [-1]))  # [T, 1]
+        graph.insert_before(first.scatter, op.nodes)
+        for site in sites:
+            shape = [self.num_blocks, self.block_size, *site.head_dims]
+            pool = ir.val(f"{site.kind}_cache.{site.layer}", site.cache.dtype, shape)
+            graph.inputs[graph.inputs.index(site.cache)] = pool
+            op = TapeBuilder()
+            pool_out, sequence = _paged_read(op, site, pool, slots, block_table)
+            pool_out.name = f"{site.kind}_cache_out.{site.layer}"
+            pool_out.type, pool_out.shape = site.cache.type, ir.Shape(shape)
+            graph.insert_before(site.scatter, op.nodes)
+            present = site.present
+            graph.outputs[graph.outputs.index(present)] = pool_out
+            present.replace_all_uses_with(sequence)
+            graph.remove(site.scatter, safe=True)
+        unused = [v for v in graph.inputs if not v.uses() and not v.is_graph_output()]
+        for value in unused:
+            graph.inputs.remove(value)
+        graph.inputs.extend([block_table, slot_mapping])
+        graph.name = f"{graph.name}_paged"
+        return onnx_ir.passes.PassResult(model, modified=True)
+
+
 def to_paged(model: onnx.ModelProto, num_blocks: int, block_size: int) -> onnx.ModelProto:
-    """The paged form of a linear-buffer model (see the module docstring)."""
-    if num_blocks < 1 or block_size < 1:
-        raise UsageError(f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}")
-    sites = find_sites(model)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    by_scatter = {id(s.scatter): s for s in sites}
-    new_nodes: list[onnx.NodeProto] = [
-        helper.make_node("Constant", [], ["paged_minus_one"], value_ints=[-1]),
-        helper.make_node("Reshape", [SLOT_MAPPING, "paged_minus_one"], ["paged_slots_flat"]),
-        helper.make_node("Unsqueeze", ["paged_slots_flat", "paged_minus_one"], ["paged_slots"]),
-    ]
-    renamed_inputs: dict[str, onnx.ValueInfoProto] = {}
-    renamed_outputs: dict[str, tuple[str, onnx.ValueInfoProto]] = {}
-    for node in model.graph.node:
-        site = by_scatter.get(id(node))
-        if site is None:
-            new_nodes.append(node)
-            continue
-        rest = [d for i, d in enumerate(_static_dims(site.cache)) if i not in (0, site.axis)]
-        pool, pool_out = f"{site.kind}_cache.{site.layer}", f"{site.kind}_cache_out.{site.layer}"
-        elem = site.cache.type.tensor_type.elem_type
-        shape = [num_blocks, block_size, *rest]
-        renamed_inputs[site.cache.name] = helper.make_tensor_value_info(pool, elem, shape)
-        renamed_outputs[node.output[0]] = (
-            pool_out,
-            helper.make_tensor_value_info(pool_out, elem, shape),
-        )
-        new_nodes += _paged_nodes(site, pool, pool_out, node.output[0])
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-
-    used = {name for node in graph.node for name in node.input}
-    kept_inputs = []
-    for info in model.graph.input:
-        if info.name in renamed_inputs:
-            kept_inputs.append(renamed_inputs[info.name])
-        elif info.name in used:
-            kept_inputs.append(info)
-    first_update = sites[0].scatter.input[1]
-    batch, q_len = _batch_and_len(model, sites[0])
-    kept_inputs += [
-        helper.make_tensor_value_info(BLOCK_TABLE, TensorProto.INT64, [batch, "max_blocks"]),
-        helper.make_tensor_value_info(SLOT_MAPPING, TensorProto.INT64, [batch, q_len]),
-    ]
-    del graph.input[:]
-    graph.input.extend(kept_inputs)
-    outputs = []
-    for info in model.graph.output:
-        if info.name in renamed_outputs:
-            outputs.append(renamed_outputs[info.name][1])
-        else:
-            outputs.append(info)
-    del graph.output[:]
-    graph.output.extend(outputs)
-    stale = set(renamed_inputs) | set(renamed_outputs) | {first_update}
-    keep_info = [v for v in graph.value_info if v.name not in stale]
-    del graph.value_info[:]
-    graph.value_info.extend(keep_info)
-    graph.name = model.graph.name + "_paged"
+    """Run :class:`LinearToPaged` on a model proto: the paged form, stamped."""
+    rewrite = LinearToPaged(num_blocks, block_size)
+    # Shapes inferred first, so slot_mapping can declare the new tokens' dims.
+    ir_model = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(model))
+    ir_model = rewrite(ir_model).model  # run alone: Sequential would wrap its UsageError
+    ir_model = onnx_ir.passes.common.NameFixPass()(ir_model).model  # names for the new values
+    out = ir.serde.serialize_model(ir_model)
+    del out.graph.value_info[:]  # the inferred shapes of the linear form, some now stale
     return stamp(out)
-
-
-def _batch_and_len(model: onnx.ModelProto, site: CacheSite) -> tuple[str | int, str | int]:
-    """Batch and sequence dims of the new tokens (for slot_mapping's declared shape)."""
-    infos = {v.name: v for v in [*model.graph.input, *model.graph.value_info]}
-    update = infos.get(site.scatter.input[1])
-    if update is None:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        infos = {v.name: v for v in [*inferred.graph.input, *inferred.graph.value_info]}
-        update = infos.get(site.scatter.input[1])
-    if update is None:
-        return "batch", "q_len"
-    dims = update.type.tensor_type.shape.dim
-    pick = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "dim") for d in dims]
-    return pick[0], pick[site.axis]

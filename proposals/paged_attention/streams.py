@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from generator.errors import UsageError
 from generator.onnx_build import seeded
@@ -50,15 +51,16 @@ def run_both(
 ) -> list[StepDiff]:
     """Feed ``chunks`` (tokens per step, same for every sequence) to both models."""
     run = run or (lambda m: session(m).run)
-    sites = find_sites(linear)
-    nonpad = next(n for n in linear.graph.node if n.op_type == "Attention").input[6]
-    write_indices = sites[0].scatter.input[2]
+    sites = find_sites(ir.serde.deserialize_model(linear).graph)
+    nonpad = sites[0].attention.inputs[6].name
+    write_indices = sites[0].scatter.inputs[2].name
+    infos = {i.name: i for i in linear.graph.input}
     linear_run, paged_run = run(linear), run(paged)
     lin_names = [o.name for o in linear.graph.output]
     paged_names = [o.name for o in paged.graph.output]
-    caches = {s.cache.name: _zeros(s.cache, batch) for s in sites}
+    caches = {s.cache.name: _zeros(infos[s.cache.name], batch) for s in sites}
     pools = {i.name: _zeros(i, batch) for i in paged.graph.input if "_cache." in i.name}
-    present_of = {s.scatter.output[0]: s for s in sites}
+    present_of = {s.present.name: s for s in sites}
     allocator = BlockAllocator(pools[next(iter(pools))].shape[0], block_size, seed=seed)
     max_len = sum(chunks)
     max_blocks = -(-max_len // block_size)
@@ -141,7 +143,7 @@ def linear_steps(inputs: dict[str, np.ndarray]) -> list[tuple[int, int, dict[str
     Each sequence's past K/V are read out of the input pools into a contiguous
     [1, Hkv, max_len, D] cache; the new tokens become [1, H, S, D]. Returns
     ``(start, end, feeds of the linear-buffer model)`` per sequence, named as the inputs
-    of :func:`proposals.kv_cache.models.cache_step_model`.
+    of :func:`proposals.kv_cache.build.cache_step_model`.
     """
     key_cache, value_cache = inputs["key_cache"], inputs["value_cache"]
     block_size, hkv, d = key_cache.shape[1:]
@@ -177,7 +179,7 @@ def contiguous_outputs(inputs: dict[str, np.ndarray], engine: str = "onnxruntime
     step model) or ``kv_reference`` (its numpy ``linear_step``). Returns [T, Hq*Dv]
     like the paged ``output``; padding tokens' rows stay 0.
     """
-    from proposals.kv_cache.models import cache_step_model
+    from proposals.kv_cache.build import cache_step_model
     from proposals.kv_cache.reference import linear_step
 
     d = inputs["key_cache"].shape[3]

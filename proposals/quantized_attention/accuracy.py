@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx_ir.tape import Tape
+from onnxscript import TapeBuilder
 
 from generator import bench
 from generator.onnx_build import seeded, stamp
 from generator.ort import session
 from proposals.kv_cache.reference import attention
-from proposals.quantized_attention import models, reference
+from proposals.quantized_attention import build, reference
 from proposals.quantized_attention.reference import CacheQuant
 
 TOPIC = "quantized_attention"
@@ -93,18 +93,20 @@ def synthetic_error(dtype: str, k_granularity: str, v_granularity: str | None, s
 # --8<-- [end:synthetic]
 
 
-def _fake_quant_rows(tape: Tape, prefix: str, rows: ir.Value, quant: CacheQuant, batch: ir.Value, dim: int) -> ir.Value:
+def _fake_quant_rows(
+    op: TapeBuilder, prefix: str, rows: ir.Value, quant: CacheQuant, batch: ir.Value, dim: int
+) -> ir.Value:
     """DQ(Q(rows)) with the builder's scale handling (static Expanded, or dynamic per row)."""
     if quant.dynamic:
-        scale, zero = models._dynamic_scale(tape, prefix, rows, quant, dim), None
-        attrs = {"axis": 3, "block_size": models._group(quant, dim)}
+        scale, zero = build._dynamic_scale(op, prefix, rows, quant, dim), None
+        attrs = {"axis": 3, "block_size": build._group(quant, dim)}
     else:
-        scale, zero = models._static_scale(tape, prefix, quant, batch)
+        scale, zero = build._static_scale(op, prefix, quant, batch)
         attrs = {} if quant.granularity == "per_tensor" else {"axis": 2, "block_size": HUGE_BLOCK}
     extra = [] if zero is None else [zero]
-    out_type = {} if zero is not None else {"output_dtype": models.CODE_TYPES[quant.dtype].value}
-    codes = tape.op("QuantizeLinear", [rows, scale, *extra], {**attrs, **out_type})
-    return tape.op("DequantizeLinear", [codes, scale, *extra], attrs)
+    out_type = {} if zero is not None else {"output_dtype": build.CODE_TYPES[quant.dtype]}
+    codes = op.QuantizeLinear(rows, scale, *extra, **attrs, **out_type)
+    return op.DequantizeLinear(codes, scale, *extra, **attrs)
 
 
 def quantize_cache_writes(model: onnx.ModelProto, quants: dict[str, CacheQuant], head_dim: int) -> onnx.ModelProto:
@@ -117,12 +119,11 @@ def quantize_cache_writes(model: onnx.ModelProto, quants: dict[str, CacheQuant],
     for node in [n for n in graph if n.op_type == "TensorScatter"]:
         name = node.outputs[0].name.removeprefix("present_")
         quant, rows = quants[name], node.inputs[1]
-        tape = Tape()
-        batch = tape.op("Shape", [rows], {"start": 0, "end": 1})
-        fake = _fake_quant_rows(tape, name, rows, quant, batch, head_dim)
-        for new in tape.nodes:
-            graph.insert_before(node, new)
-        for init in tape.initializers:
+        op = TapeBuilder()  # records the new nodes; inserted before the scatter below
+        batch = op.Shape(rows, start=0, end=1)
+        fake = _fake_quant_rows(op, name, rows, quant, batch, head_dim)
+        graph.insert_before(node, op.nodes)
+        for init in op.initializers:
             graph.register_initializer(init)
         node.replace_input_with(1, fake)
     ir_model.opset_imports[""] = max(ir_model.opset_imports[""], 24)
@@ -183,7 +184,7 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
 
 def decoder_study(arch: str) -> list[dict]:
-    from proposals.text_pipeline.decoder import build_decoder, spec_from_model
+    from proposals.text_pipeline.build import build_decoder, spec_from_model
     from proposals.text_pipeline.models import tiny_model
 
     base = build_decoder(tiny_model(arch, head_dim=HEAD_DIM))

@@ -24,9 +24,9 @@ import onnxruntime as ort
 from generator import bench
 from generator.ort import session
 from proposals.kv_cache import inplace
-from proposals.kv_cache.models import cache_step_model
+from proposals.kv_cache.build import cache_step_model
 from proposals.moe.bench import memory_bandwidth_gbs
-from proposals.quantized_attention import gqa, models
+from proposals.quantized_attention import build, gqa
 from proposals.quantized_attention.reference import CacheQuant, calibrate
 
 TOPIC = "quantized_attention"
@@ -54,7 +54,7 @@ def decode_variants(length: int, rng: np.random.RandomState) -> dict[str, Callab
     step = {"q": q, "k": k, "v": v, "write_indices": np.array([length - 1]), "nonpad_kv_seqlen": np.array([length])}
     dims = {"q_heads": Q_HEADS, "kv_heads": KV_HEADS, "max_len": length, "head_dim": HEAD_DIM}
     fp32 = session(cache_step_model(**dims))
-    unfused = session(models.quant_cache_step_model(quant, quant, **dims))
+    unfused = session(build.quant_cache_step_model(quant, quant, **dims))
     fused = session(gqa.gqa_step_model(quant, quant, **dims))
     variants = {
         FP32: _bound(fp32, key, value, step),

@@ -15,7 +15,7 @@ import numpy as np
 
 from generator.onnx_build import seeded
 from generator.registry import Case, DataSet, case
-from proposals.quantized_attention import function_op, models, reference
+from proposals.quantized_attention import build, function_op, reference
 from proposals.quantized_attention.reference import CacheQuant
 
 B, HQ, HKV, L, D = 2, 4, 2, 8, 64
@@ -77,7 +77,7 @@ def _linear_case(
     k_quant = _quant(rng, dtype, k_granularity, keys=True)
     v_quant = _quant(rng, dtype, v_granularity or k_granularity, keys=False)
     opset = 25 if window >= 0 else 24
-    model = models.quant_cache_step_model(
+    model = build.quant_cache_step_model(
         k_quant, v_quant, q_heads=HQ, kv_heads=HKV, max_len=L, head_dim=D, opset=opset, left_window_size=window
     )
     attend = {"left_window_size": window, "right_window_size": 0} if window >= 0 else {}
@@ -165,7 +165,7 @@ def int8_per_channel_attention25_window() -> Case:
 def _circular_case(seed: int, dtype: str, granularity: str) -> Case:
     rng = seeded(seed)
     k_quant, v_quant = _quant(rng, dtype, granularity, keys=True), _quant(rng, dtype, granularity, keys=False)
-    model = models.quant_cache_step_model(
+    model = build.quant_cache_step_model(
         k_quant, v_quant, q_heads=HQ, kv_heads=HKV, max_len=L, head_dim=D, mode="circular"
     )
     # Tokens 6..9: slots 6, 7, then wrapped to 0, 1 (codes and scales alike); slots 0-5

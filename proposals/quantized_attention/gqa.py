@@ -24,7 +24,7 @@ from onnx_ir.tape import Tape
 
 from generator.errors import UsageError
 from generator.onnx_build import stamp
-from proposals.quantized_attention.models import CODE_TYPES, quant_cache_step_model
+from proposals.quantized_attention.build import CODE_TYPES, quant_cache_step_model
 from proposals.quantized_attention.reference import CacheQuant
 
 F32, I32, I64 = ir.DataType.FLOAT, ir.DataType.INT32, ir.DataType.INT64
@@ -158,7 +158,7 @@ def cache_quant_of(model: onnx.ModelProto, role: str) -> tuple[CacheQuant, str]:
 
 
 def to_gqa(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Standard-form step (:func:`models.quant_cache_step_model`) -> GroupQueryAttention step."""
+    """Standard-form step (:func:`build.quant_cache_step_model`) -> GroupQueryAttention step."""
     graph = ir.serde.deserialize_model(model).graph
     attention = next(n for n in graph if n.op_type == "Attention")
     if set(attention.attributes) != {"is_causal"} or attention.attributes.get_int("is_causal") != 1:

@@ -1,6 +1,7 @@
 """Text-to-text GenAI pipeline: the WG interface in Python, run end to end on an opset-24
 decoder (TensorScatter-24 KV cache + Attention-24) with a real BPE tokenizer."""
 
+from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.config import (
     BeamSearchConfig,
     GenerationConfig,
@@ -9,7 +10,6 @@ from proposals.text_pipeline.config import (
     SamplingConfig,
     StopCriteria,
 )
-from proposals.text_pipeline.decoder import build_decoder
 from proposals.text_pipeline.generator import Generator
 from proposals.text_pipeline.pipeline import (
     Device,

@@ -11,7 +11,7 @@ negligible), side by side in one process.
 from __future__ import annotations
 
 from generator.bench import plot_ratios, time_interleaved, write_json
-from proposals.text_pipeline.decoder import build_decoder
+from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.models import tiny_model
 from proposals.text_pipeline.runners import OrtRunner
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from generator.torch_reference import float64_mode
 from generator.zoo import case_dir
+from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.config import GenerationConfig
-from proposals.text_pipeline.decoder import build_decoder
 from proposals.text_pipeline.models import tiny_model
 from proposals.text_pipeline.pipeline import pipeline_manifest
 from proposals.text_pipeline.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_json

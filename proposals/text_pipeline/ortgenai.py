@@ -28,8 +28,8 @@ from onnx import TensorProto, helper
 
 from generator.errors import UsageError
 from generator.onnx_build import initializer
+from proposals.text_pipeline.build import spec_from_model
 from proposals.text_pipeline.config import GenerationInput, GenerationResult
-from proposals.text_pipeline.decoder import spec_from_model
 from proposals.text_pipeline.generator import check_context
 from proposals.text_pipeline.pipeline import ModelFolder, Pipeline, _cut_after_stop
 from proposals.text_pipeline.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer

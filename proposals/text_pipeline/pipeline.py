@@ -17,6 +17,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from generator.errors import UsageError
+from proposals.text_pipeline.build import decoder_spec, spec_from_model
 from proposals.text_pipeline.config import (
     BeamSearchConfig,
     GenerationConfig,
@@ -25,7 +26,6 @@ from proposals.text_pipeline.config import (
     SamplingConfig,
     StopCriteria,
 )
-from proposals.text_pipeline.decoder import decoder_spec, spec_from_model
 from proposals.text_pipeline.generator import Generator, beam_search
 from proposals.text_pipeline.runners import OrtRunner, Runner, TorchRunner
 from proposals.text_pipeline.tokenizer import load_tokenizer

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
-from proposals.text_pipeline.decoder import build_decoder, spec_from_model
 from proposals.text_pipeline.folder import decoder_bytes, write_folder
 from proposals.text_pipeline.generator import Generator
 from proposals.text_pipeline.models import ARCHITECTURES, tiny_model

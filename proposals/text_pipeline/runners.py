@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from generator.errors import UsageError
 from generator.ort import session
-from proposals.text_pipeline.decoder import DecoderSpec, spec_from_model
+from proposals.text_pipeline.build import DecoderSpec, spec_from_model
 
 
 class Runner(Protocol):

@@ -14,7 +14,7 @@ from generator.ort import session
 from generator.registry import select
 from generator.runtimes import OnnxRuntime, ReferenceRuntime
 from generator.verify import compare
-from proposals.kv_cache.models import cache_step_model
+from proposals.kv_cache.build import cache_step_model
 from proposals.paged_attention import pitfalls
 from proposals.paged_attention.blocks import BlockAllocator, plan_step
 from proposals.paged_attention.build import PagedShape, paged_model
@@ -263,7 +263,7 @@ def test_whole_pool_arrangement_is_batch_one_only():
         paged_decode_model(DecodeShape(1, 16, 8, 2, 2, 4), "hnd")
 
 
-# The KV proposal's builders (proposals.kv_cache.models) make head-major 4-D caches
+# The KV proposal's builders (proposals.kv_cache.build) make head-major 4-D caches
 # [B, Hkv, L, D] only, and this is the one sequence-major layout the rewrite also accepts:
 # Attention-24's 3-D form, where the cache's sequence axis is already axis 1 and the
 # rewrite needs no Transpose. So this variant stays here rather than in the KV proposal.

@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 
 from generator.errors import UsageError
 from generator.ort import session
-from proposals.quantized_attention import models, reference
+from proposals.quantized_attention import build, reference
 
 TIES = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, -3.5]
 EDGES = {
@@ -61,7 +61,7 @@ def test_reference_codes_follow_the_spec_text(dtype: str) -> None:
 @pytest.mark.parametrize("dtype", list(EDGES))
 def test_reference_matches_onnx_quantize_and_dequantize(dtype: str, runtime: str) -> None:
     feeds, _, zero = _feeds(dtype)
-    model = models.qdq_model(dtype, [len(feeds["x"])], with_zero_point=zero is not None)
+    model = build.qdq_model(dtype, [len(feeds["x"])], with_zero_point=zero is not None)
     if runtime == "reference":
         got_codes, got_y = ReferenceEvaluator(model).run(None, feeds)
     else:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from generator.errors import UsageError
-from proposals.quantized_attention import gaps, models, reference
+from proposals.quantized_attention import build, gaps, reference
 from proposals.quantized_attention.reference import CacheQuant
 
 
@@ -31,7 +31,7 @@ def test_batch_shared_blocked_scale_passes_shape_inference_but_no_runtime() -> N
 
 def test_builder_expands_the_per_channel_scale_to_the_batch() -> None:
     scale = np.ones((1, 2, 1, 64), np.float32)
-    model = models.quant_cache_step_model(
+    model = build.quant_cache_step_model(
         CacheQuant("int8", "per_channel", scale),
         CacheQuant("int8", "per_token"),
         q_heads=4,

@@ -10,7 +10,7 @@ import torch
 
 from generator.errors import UsageError
 from proposals.text_pipeline import build_decoder
-from proposals.text_pipeline.decoder import spec_from_model
+from proposals.text_pipeline.build import spec_from_model
 from proposals.text_pipeline.folder import hf_step
 from proposals.text_pipeline.models import ARCHITECTURES, tiny_config, tiny_model
 from proposals.text_pipeline.runners import OrtRunner
@@ -40,8 +40,9 @@ def test_attention_is_causal_gqa_with_nonpad(built):
     for node in (n for n in decoder.graph.node if n.op_type == "Attention"):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs["is_causal"] == 1
-        assert (attrs["q_num_heads"], attrs["kv_num_heads"]) == (4, 2)
-        assert node.input[6] == "kv_valid"  # nonpad_kv_seqlen is always fed
+        # 4-D Q/K/V carry their head counts; q_num_heads/kv_num_heads are for 3-D inputs only
+        assert "q_num_heads" not in attrs and "kv_num_heads" not in attrs
+        assert node.input[6]  # nonpad_kv_seqlen is always fed
     modes = {
         onnx.helper.get_attribute_value(a)
         for n in decoder.graph.node

@@ -8,7 +8,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 from generator.ort import session
-from proposals.kv_cache import cases, inplace, models, reference
+from proposals.kv_cache import build, cases, inplace, reference
 
 
 def _check(model: onnx.ModelProto) -> None:
@@ -21,7 +21,7 @@ def _check(model: onnx.ModelProto) -> None:
     [("linear", -1, 24), ("circular", -1, 24), ("linear", 3, 25)],
 )
 def test_cache_step_model_is_valid(mode: str, window: int, opset: int) -> None:
-    model = models.cache_step_model(q_heads=4, kv_heads=2, max_len=8, head_dim=4, mode=mode, left_window_size=window)
+    model = build.cache_step_model(q_heads=4, kv_heads=2, max_len=8, head_dim=4, mode=mode, left_window_size=window)
     _check(model)
     assert {o.domain: o.version for o in model.opset_import} == {"": opset}
     ops = [n.op_type for n in model.graph.node]
@@ -33,7 +33,7 @@ def test_decoder_layer_applies_rope_before_scatter() -> None:
     case = cases.decoder_layer_rope_scatter_attention()
     _check(case.model)
     producers = {out: node for node in case.model.graph.node for out in node.output}
-    scatter_key = next(n for n in case.model.graph.node if n.name == "scatter_key")
+    scatter_key = next(n for n in case.model.graph.node if n.op_type == "TensorScatter" and n.input[0] == "past_key")
     assert producers[scatter_key.input[1]].op_type == "RotaryEmbedding"
     assert [i.name for i in case.model.graph.input] == [
         "hidden_states",

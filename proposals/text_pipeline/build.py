@@ -26,11 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import onnx_ir as ir
+from onnxscript import OpBuilder
 
 from generator.errors import UsageError
-from generator.onnx_build import initializer, make_model
+from generator.onnx_build import builder_model, graph_builder
 from generator.torch_reference import float64_mode
+from proposals.kv_cache.build import FLOAT, INT64, AttentionWeights, CacheInputs, Rope, attention_block
 
 OPSET = 24
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -131,40 +133,32 @@ def decoder_spec(config) -> DecoderSpec:
     )
 
 
-class _Graph:
-    """Accumulates nodes and initializers; names are derived from a prefix."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self._count = 0
-
-    def const(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(initializer(name, array))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, **attrs) -> str:
-        outputs = [name] if n_out == 1 else [f"{name}_{i}" for i in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"{name}_node", **attrs))
-        return outputs[0]
-
-
 def _weight(tensor) -> np.ndarray:
     return tensor.detach().float().numpy().astype(np.float32)
 
 
-def _linear(g: _Graph, x: str, module, name: str) -> str:
-    """``x @ W.T + b`` with the transposed weight stored as the initializer."""
-    y = g.op("MatMul", [x, g.const(f"{name}.weight_t", _weight(module.weight).T)], f"{name}.out")
-    if module.bias is not None:
-        y = g.op("Add", [y, g.const(f"{name}.bias", _weight(module.bias))], f"{name}.biased")
-    return y
+def _transposed(linear) -> np.ndarray:
+    """A torch Linear's weight in the ``x @ w`` layout the graph stores."""
+    return _weight(linear.weight).T
 
 
-def _rms_norm(g: _Graph, x: str, module, name: str) -> str:
-    eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
-    w = g.const(f"{name}.weight", _weight(module.weight))
-    return g.op("RMSNormalization", [x, w], f"{name}.out", axis=-1, epsilon=eps)
+def _bias(linear) -> np.ndarray | None:
+    return None if linear.bias is None else _weight(linear.bias)
+
+
+def _epsilon(norm) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+
+def _rms_norm(op: OpBuilder, x: ir.Value, norm, name: str) -> ir.Value:
+    weight = op.initializer(ir.tensor(_weight(norm.weight)), f"{name}.weight")
+    return op.RMSNormalization(x, weight, axis=-1, epsilon=_epsilon(norm))
+
+
+def _linear(op: OpBuilder, x: ir.Value, linear, name: str) -> ir.Value:
+    y = op.MatMul(x, op.initializer(ir.tensor(_transposed(linear)), f"{name}.weight"))
+    bias = _bias(linear)
+    return y if bias is None else op.Add(y, op.initializer(ir.tensor(bias), f"{name}.bias"))
 
 
 def _rope_tables(hf_model, spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -183,110 +177,49 @@ def _rope_tables(hf_model, spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
     return _weight(cos[0, :, :half]), _weight(sin[0, :, :half])
 
 
-def _heads(g: _Graph, x: str, n_heads: int, spec: DecoderSpec, name: str, norm=None) -> str:
-    """[B, S, n*D] -> [B, n, S, D], with Qwen3's per-head RMSNorm before the transpose."""
-    shape = g.const(f"{name}.shape", np.array([0, 0, n_heads, spec.head_dim], np.int64))
-    y = g.op("Reshape", [x, shape], f"{name}.split")
-    if norm is not None:
-        y = _rms_norm(g, y, norm, f"{name}_norm")
-    return g.op("Transpose", [y], f"{name}.bhsd", perm=[0, 2, 1, 3])
-
-
-def _attention_block(g: _Graph, x: str, attn, spec: DecoderSpec, i: int, ctx: dict) -> str:
-    p = f"layers.{i}.attn"
-    q = _heads(
-        g,
-        _linear(g, x, attn.q_proj, f"{p}.q_proj"),
-        spec.num_heads,
-        spec,
-        f"{p}.q",
-        getattr(attn, "q_norm", None),
-    )
-    k = _heads(
-        g,
-        _linear(g, x, attn.k_proj, f"{p}.k_proj"),
-        spec.num_kv_heads,
-        spec,
-        f"{p}.k",
-        getattr(attn, "k_norm", None),
-    )
-    v = _heads(g, _linear(g, x, attn.v_proj, f"{p}.v_proj"), spec.num_kv_heads, spec, f"{p}.v")
-    rope_in = [ctx["cos"], ctx["sin"], ctx["positions"]]
-    q = g.op("RotaryEmbedding", [q, *rope_in], f"{p}.q_rot")
-    k = g.op("RotaryEmbedding", [k, *rope_in], f"{p}.k_rot")
-    mode = "circular" if spec.circular else "linear"
-    present_k = g.op("TensorScatter", [f"past_key_{i}", k, ctx["slots"]], f"present_key_{i}", axis=2, mode=mode)
-    present_v = g.op(
-        "TensorScatter",
-        [f"past_value_{i}", v, ctx["slots"]],
-        f"present_value_{i}",
-        axis=2,
-        mode=mode,
-    )
-    y = g.op(
-        "Attention",
-        [q, present_k, present_v, "", "", "", ctx["nonpad"]],
-        f"{p}.y",
-        is_causal=1,
-        q_num_heads=spec.num_heads,
-        kv_num_heads=spec.num_kv_heads,
+def attention_weights(attn) -> AttentionWeights:
+    """A transformers attention module's weights in the KV proposal's layer builder's form."""
+    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+    return AttentionWeights(
+        q_proj=_transposed(attn.q_proj),
+        k_proj=_transposed(attn.k_proj),
+        v_proj=_transposed(attn.v_proj),
+        o_proj=_transposed(attn.o_proj),
+        q_bias=_bias(attn.q_proj),
+        k_bias=_bias(attn.k_proj),
+        v_bias=_bias(attn.v_proj),
+        o_bias=_bias(attn.o_proj),
+        q_norm=None if q_norm is None else _weight(q_norm.weight),
+        k_norm=None if k_norm is None else _weight(k_norm.weight),
+        norm_epsilon=_epsilon(q_norm) if q_norm is not None else 1e-6,
         scale=float(attn.scaling),
     )
-    y = g.op("Transpose", [y], f"{p}.y_bshd", perm=[0, 2, 1, 3])
-    merged = g.const(f"{p}.merge_shape", np.array([0, 0, spec.num_heads * spec.head_dim], np.int64))
-    y = g.op("Reshape", [y, merged], f"{p}.y_merged")
-    return _linear(g, y, attn.o_proj, f"{p}.o_proj")
 
 
-def _mlp_block(g: _Graph, x: str, mlp, i: int) -> str:
-    p = f"layers.{i}.mlp"
-    gate = _linear(g, x, mlp.gate_proj, f"{p}.gate_proj")
-    silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{p}.sigmoid")], f"{p}.silu")
-    hidden = g.op("Mul", [silu, _linear(g, x, mlp.up_proj, f"{p}.up_proj")], f"{p}.gated")
-    return _linear(g, hidden, mlp.down_proj, f"{p}.down_proj")
+def _mlp(op: OpBuilder, x: ir.Value, mlp) -> ir.Value:
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``, silu as ``g * Sigmoid(g)``."""
+    gate = _linear(op, x, mlp.gate_proj, "gate_proj")
+    gated = op.Mul(op.Mul(gate, op.Sigmoid(gate)), _linear(op, x, mlp.up_proj, "up_proj"))
+    return _linear(op, gated, mlp.down_proj, "down_proj")
 
 
-def _cache_context(g: _Graph, spec: DecoderSpec, cos: np.ndarray, sin: np.ndarray) -> dict:
-    """Positions, scatter slots and valid lengths, all derived from ``write_indices``."""
-    seq = g.op("Gather", ["input_ids_shape", g.const("one", np.array(1, np.int64))], "seq_len", axis=0)
-    g.nodes.insert(
-        0,
-        helper.make_node("Shape", ["input_ids"], ["input_ids_shape"], name="input_ids_shape_node"),
-    )
-    steps = g.op("Range", [g.const("zero", np.array(0, np.int64)), seq, "one"], "steps")
-    starts = g.op("Unsqueeze", ["write_indices", g.const("axis1", np.array([1], np.int64))], "write_starts")
-    positions = g.op("Add", [starts, steps], "rope_positions")
-    nonpad = g.op("Add", ["write_indices", seq], "kv_end")
-    slots = "write_indices"
-    if spec.circular:
-        window = g.const("window", np.array(spec.sliding_window, np.int64))
-        nonpad = g.op("Min", [nonpad, window], "kv_valid")
-        slots = g.op("Mod", ["write_indices", window], "write_slots")
-    else:
-        nonpad = g.op("Identity", [nonpad], "kv_valid")
-    return {
-        "positions": positions,
-        "nonpad": nonpad,
-        "slots": slots,
-        "cos": g.const("rope.cos_cache", cos),
-        "sin": g.const("rope.sin_cache", sin),
-    }
+@dataclass(frozen=True)
+class _Steps:
+    """What every layer's cache step shares, all derived from ``write_indices``."""
+
+    positions: ir.Value  # (B, S) absolute positions of the new tokens
+    slots: ir.Value  # (B,) where each sample writes (modulo the window for a ring)
+    nonpad: ir.Value  # (B,) valid cache entries after the write
 
 
-def _io(spec: DecoderSpec) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
-    length = spec.sliding_window if spec.circular else "cache_len"
-    cache = ["batch", spec.num_kv_heads, length, spec.head_dim]
-    f32 = TensorProto.FLOAT
-    inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-        helper.make_tensor_value_info("write_indices", TensorProto.INT64, ["batch"]),
-    ]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "seq", spec.vocab_size])]
-    for i in range(spec.num_layers):
-        for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", f32, cache))
-            outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", f32, cache))
-    return inputs, outputs
+def _steps(op: OpBuilder, input_ids: ir.Value, write_indices: ir.Value, spec: DecoderSpec) -> _Steps:
+    seq = op.Gather(op.Shape(input_ids), 1, axis=0)  # scalar: new tokens per sample
+    positions = op.Add(op.Unsqueeze(write_indices, [1]), op.Range(0, seq, 1))
+    nonpad = op.Add(write_indices, seq)
+    if not spec.circular:
+        return _Steps(positions, write_indices, nonpad)
+    window = spec.sliding_window
+    return _Steps(positions, op.Mod(write_indices, window), op.Min(nonpad, window))
 
 
 def causal_lm_spec(model) -> DecoderSpec:
@@ -304,31 +237,60 @@ def causal_lm_spec(model) -> DecoderSpec:
 # --8<-- [start:build_decoder]
 def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     """An opset-24 ONNX decoder (TensorScatter-24 cache + Attention-24) for a transformers
-    Llama, Qwen2, Qwen3 or Mistral causal LM, weights stored as initializers."""
+    Llama, Qwen2, Qwen3 or Mistral causal LM, weights stored as initializers.
+
+    Each layer's attention is the KV-cache proposal's :func:`attention_block`; this
+    function adds the embedding, the norms, the MLPs and the language-model head."""
     spec = causal_lm_spec(hf_causal_lm)
     body = hf_causal_lm.model
-    g = _Graph()
-    ctx = _cache_context(g, spec, *_rope_tables(hf_causal_lm, spec))
-    embed = g.const("embed_tokens.weight", _weight(body.embed_tokens.weight))
-    x = g.op("Gather", [embed, "input_ids"], "embedded", axis=0)
-    for i, layer in enumerate(body.layers):
-        h = _rms_norm(g, x, layer.input_layernorm, f"layers.{i}.input_layernorm")
-        x = g.op("Add", [x, _attention_block(g, h, layer.self_attn, spec, i, ctx)], f"layers.{i}.res1")
-        h = _rms_norm(g, x, layer.post_attention_layernorm, f"layers.{i}.post_attention_layernorm")
-        x = g.op("Add", [x, _mlp_block(g, h, layer.mlp, i)], f"layers.{i}.res2")
-    x = _rms_norm(g, x, body.norm, "final_norm")
-    if hf_causal_lm.config.tie_word_embeddings:
-        head = g.op("Transpose", [embed], "lm_head.weight_t", perm=[1, 0])
-        g.op("MatMul", [x, head], "logits")
-    else:
-        g.op(
-            "MatMul",
-            [x, g.const("lm_head.weight_t", _weight(hf_causal_lm.lm_head.weight).T)],
-            "logits",
+    b = graph_builder(f"{spec.model_type}_decoder", {"": OPSET})
+    op = b.op
+    input_ids = b.input("input_ids", INT64, ["batch", "seq"])
+    write_indices = b.input("write_indices", INT64, ["batch"])
+    length = spec.sliding_window if spec.circular else "cache_len"
+    cache = ["batch", spec.num_kv_heads, length, spec.head_dim]
+    pasts = [
+        (b.input(f"past_key_{i}", FLOAT, cache), b.input(f"past_value_{i}", FLOAT, cache))
+        for i in range(spec.num_layers)
+    ]
+    steps = _steps(op, input_ids, write_indices, spec)
+    cos, sin = _rope_tables(hf_causal_lm, spec)
+    cos, sin = b.initializer(ir.tensor(cos), "rope.cos_cache"), b.initializer(ir.tensor(sin), "rope.sin_cache")
+    rope = Rope(cos, sin, steps.positions)
+    embed = b.initializer(ir.tensor(_weight(body.embed_tokens.weight)), "embed_tokens.weight")
+    x = op.Gather(embed, input_ids, axis=0)
+    presents = []
+    for i, (layer, (past_key, past_value)) in enumerate(zip(body.layers, pasts, strict=True)):
+        b.push_module(f"layers.{i}")
+        h = _rms_norm(op, x, layer.input_layernorm, "input_layernorm")
+        b.push_module("self_attn")
+        attn, present_key, present_value = attention_block(
+            op,
+            h,
+            attention_weights(layer.self_attn),
+            rope,
+            CacheInputs(past_key, past_value, steps.slots, steps.nonpad),
+            q_heads=spec.num_heads,
+            kv_heads=spec.num_kv_heads,
+            mode="circular" if spec.circular else "linear",
         )
-    inputs, outputs = _io(spec)
-    graph = helper.make_graph(g.nodes, f"{spec.model_type}_decoder", inputs, outputs, g.inits)
-    model = make_model(graph, {"": OPSET})
+        b.pop_module()
+        x = op.Add(x, attn)
+        h = _rms_norm(op, x, layer.post_attention_layernorm, "post_attention_layernorm")
+        b.push_module("mlp")
+        x = op.Add(x, _mlp(op, h, layer.mlp))
+        b.pop_module()
+        b.pop_module()
+        presents += [(present_key, f"present_key_{i}"), (present_value, f"present_value_{i}")]
+    x = _rms_norm(op, x, body.norm, "norm")
+    if hf_causal_lm.config.tie_word_embeddings:
+        head = op.Transpose(embed, perm=[1, 0])
+    else:
+        head = b.initializer(ir.tensor(_transposed(hf_causal_lm.lm_head)), "lm_head.weight")
+    b.add_output(op.MatMul(x, head), "logits")
+    for value, name in presents:
+        b.add_output(value, name)
+    model = builder_model(b)
     model.metadata_props.extend([onnx.StringStringEntryProto(key=k, value=str(v)) for k, v in vars(spec).items()])
     return model
 
