@@ -10,11 +10,11 @@ import torch
 from transformers.generation import logits_process as hf
 
 from generator.onnx_build import seeded
-from proposals.text_pipeline import logits as lp
+from proposals.text_pipeline import reference as lp
 from proposals.text_pipeline.config import GenerationConfig, SamplingConfig
+from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.folder import decoder_bytes
-from proposals.text_pipeline.generator import Generator
-from proposals.text_pipeline.models import tiny_model
+from proposals.text_pipeline.generation import Generator
 from proposals.text_pipeline.runners import OrtRunner, TorchRunner
 
 
