@@ -21,9 +21,14 @@ def _study(name: str) -> list[dict]:
 
 
 def spec_markdown() -> str:
-    from proposals.quantized_attention.spec import spec_markdown as render
+    """The rendered spec section: schema, function body, zoo examples."""
+    from generator.opspec import render_spec
+    from generator.registry import select
+    from proposals.quantized_attention.function_op import QuantizedAttention
+    from proposals.quantized_attention.spec import SCHEMA
 
-    return render()
+    examples = [spec for spec in select(["quantized_attention"]) if spec.name.startswith("op_")]
+    return render_spec(SCHEMA, QuantizedAttention.to_function_proto(), examples, catalogue_link="../../catalogue.md")
 
 
 def bench_table() -> str:
