@@ -134,9 +134,9 @@ class OrtGenaiEngine:
         self.og = og
         self.spec = spec_from_model(folder.decoder)
         self.pad_id = load_tokenizer(folder.tokenizer_json).token_to_id(PAD_TOKEN)
-        self._dir = tempfile.TemporaryDirectory(prefix="ortgenai-")  # lives as long as the model
-        write_genai_folder(folder, Path(self._dir.name))
-        self.model = og.Model(self._dir.name)
+        with tempfile.TemporaryDirectory(prefix="ortgenai-") as scratch:  # read only while loading
+            write_genai_folder(folder, Path(scratch))
+            self.model = og.Model(scratch)
 
     def generator(self, config: GenerationConfig, decode: Decode, batch_size: int) -> OrtGenaiGenerator:
         return OrtGenaiGenerator(self, config, decode, batch_size)
