@@ -12,12 +12,13 @@ export PYTHONHASHSEED := 0
 
 venv: $(STAMP)
 
-# Reinstall only when pyproject.toml changes; deps are read from it, the project itself is
-# used from the source tree (PYTHONPATH), so several checkouts can share one .venv.
-$(STAMP): pyproject.toml
+# Reinstall only when pyproject.toml changes. Every dependency, extra and dependency group is
+# read from it (.ci/requirements.py); the project itself is used from the source tree
+# (PYTHONPATH), so several checkouts can share one .venv.
+$(STAMP): pyproject.toml .ci/requirements.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" > $(VENV)/requirements.txt
+	$(PY) .ci/requirements.py pyproject.toml > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt
 	touch $(STAMP)
 

@@ -12,45 +12,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import onnx
-from onnxscript import opset21 as op
-from onnxscript import script
 
 from generator.bench import plot_ratios, time_interleaved, write_json
 from generator.onnx_build import seeded
 from generator.ort import session
-from proposals.moe.body import GENAI
 from proposals.moe.build import moe_model
+from proposals.moe.grouped_matmul import with_gather_per_slot_body
 from proposals.moe.substitute import substitute
 
 ATTRS = {"k": 2, "normalize_routing_weights": 1}  # Mixtral routing, SiLU-GLU experts
-
-
-@script(GENAI, default_opset=op)
-def GroupedMatMul(input, weights, group_indices):
-    """The RFC's decomposition alone: gather every slot's weights, then MatMul."""
-    return op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
-
-
-@script(GENAI, default_opset=op)
-def GroupedMatMulBias(input, weights, group_indices, bias):
-    """The RFC's decomposition with its bias line."""
-    product = op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
-    return op.Add(product, op.Gather(bias, group_indices, axis=0))
-
-
-def _gather_only(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with GroupedMatMul's body replaced by the RFC's gather-per-slot decomposition."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for i, f in enumerate(out.functions):
-        if f.name == "GroupedMatMul":
-            replacement = (GroupedMatMulBias if len(f.input) > 3 else GroupedMatMul).to_function_proto()
-            replacement.name = "GroupedMatMul"
-            replacement.ClearField("opset_import")
-            replacement.opset_import.extend(f.opset_import)
-            out.functions[i].CopyFrom(replacement)
-    return out
 
 
 def memory_bandwidth_gbs(mib: int = 256) -> float:
@@ -130,7 +100,7 @@ def run_config(experts: int, tokens_list, hidden: int, inter: int, batches: int,
     sessions = {
         "body": session(model),
         "com.microsoft.MoE": session(substitute(model)[0]),
-        "gather-per-slot body": session(_gather_only(model)),
+        "gather-per-slot body": session(with_gather_per_slot_body(model)),
     }
     block = _mixtral_block(arrays, experts, hidden, inter)
     rows = []

@@ -359,7 +359,7 @@ def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[
         doc_string="MoE function body built for one attribute set (see proposals/moe).",
     )
     order = sorted(b.used, key=lambda name: (name not in _CALLEES, name))
-    pieces = [_piece_proto("GroupedMatMulBias" if name == "GroupedMatMul" and b.gmm_bias else name) for name in order]
+    pieces = [piece_proto("GroupedMatMulBias" if name == "GroupedMatMul" and b.gmm_bias else name) for name in order]
     for p in pieces:
         del p.opset_import[:]
         p.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
@@ -369,7 +369,7 @@ def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[
 # --8<-- [end:builder]
 
 
-def _piece_proto(name: str) -> onnx.FunctionProto:
+def piece_proto(name: str) -> onnx.FunctionProto:
     """A piece's FunctionProto, with an explicit true condition on each Loop.
 
     onnxscript leaves a ``for`` loop's condition input empty, which the spec allows,

@@ -37,11 +37,11 @@ def pieces_markdown() -> str:
     """Every piece the builder can call, printed by onnx.printer."""
     import onnx
 
-    from proposals.moe.body import PIECES, _piece_proto
+    from proposals.moe.body import PIECES, piece_proto
 
     parts = []
     for name in PIECES:
-        text = onnx.printer.to_text(_piece_proto(name))
+        text = onnx.printer.to_text(piece_proto(name))
         parts.append(
             f'??? note "{name}"\n    ```\n' + "\n".join(f"    {line}" for line in text.splitlines()) + "\n    ```\n"
         )

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from generator.bench import load_results, machine_text, percent, percent_range, times, times_range
+from generator.bench import (
+    duration,
+    load_results,
+    machine_text,
+    markdown_table,
+    percent,
+    percent_range,
+    times,
+    times_range,
+)
 
 TOPIC = "paged_attention"
 BEST_GATHER = "paged [NB, BS, H·D] pool, 3-D K/V, in place"
@@ -26,6 +35,18 @@ def _ratios(variant: str) -> dict[int, float]:
 
 def _policies() -> dict[str, dict]:
     return {row["policy"]: row for row in load_results(TOPIC, "memory")["rows"]}
+
+
+def bench_table(name: str = "decode") -> str:
+    """The committed decode bench as a Markdown table of ratios (lower is better)."""
+    rows = load_results(TOPIC, name)["rows"]
+    contexts = sorted({row["context"] for row in rows})
+    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    cell = {(r["variant"], r["context"]): r for r in rows}
+    body = [
+        [v, *(f"{times(cell[v, c]['ratio'])} ({duration(cell[v, c]['median_s'])})" for c in contexts)] for v in variants
+    ]
+    return markdown_table(["arrangement", *(f"context {c}" for c in contexts)], body, align="l" + "r" * len(contexts))
 
 
 def best_gather_range() -> str:
@@ -75,7 +96,7 @@ def goal_sentence() -> str:
 def decode_setup() -> str:
     """Runtime, threads and machine of the committed decode run."""
     data = load_results(TOPIC, "decode")
-    threads = "one thread" if data["threads"] == 1 else f"{data['threads']} threads"
+    threads = "one thread" if data["setup"]["threads"] == 1 else f"{data['setup']['threads']} threads"
     return f"onnxruntime {data['machine']['onnxruntime']} CPU, {threads}, measured on {machine_text(data['machine'])}"
 
 
