@@ -19,6 +19,7 @@ import onnx
 
 from conformance.divergences import TABLE
 from conformance.harness import RESULTS_JSON
+from conformance.lowered import LOWERED_JSON
 from conformance.repros import ALL as REPROS
 from generator.baseline import BASELINE
 from generator.zoo import ZOO, case_dir, load_manifest
@@ -95,6 +96,15 @@ def support_markdown(results: Mapping, zoo: Mapping[str, Mapping] | None = None)
     for op, data in results["ops"].items():
         reasons: list[str] = []
         lines += [f"## {op}", "", f"{data['configurations']} drawn configurations.", ""]
+        probed = {
+            label: per for label, per in results.get("whole_op_refusals", {}).items() if label.split("-")[0] == op
+        }
+        if probed:
+            named = "; ".join(f"{label}: {', '.join(sorted(per))}" for label, per in sorted(probed.items()))
+            lines += [
+                f"Refused as a whole op (compiled once, then counted as unsupported with the same reason): {named}.",
+                "",
+            ]
         lines += ["| feature | " + " | ".join(runtimes) + " |", "|---" * (len(runtimes) + 1) + "|"]
         features = sorted(data["features"], key=lambda f: (f != "all", f))
         for feature in features:
@@ -119,6 +129,31 @@ def support_markdown(results: Mapping, zoo: Mapping[str, Mapping] | None = None)
             "",
         ]
     return "\n".join(lines)
+
+
+def lowering_markdown(data: Mapping) -> str:
+    """Op x runtime: the original model's cell, then the lowered model's."""
+    runtimes = sorted(data["runtimes"])
+    reasons: list[str] = []
+    lines = ["| op | " + " | ".join(runtimes) + " |", "|---" * (len(runtimes) + 1) + "|"]
+    for op, per_runtime in data["ops"].items():
+        for column in ("original", "lowered"):
+            cells = [_cell(per_runtime[rt][column], reasons) if rt in per_runtime else "" for rt in runtimes]
+            label = f"{op}" if column == "original" else f"{op}, **lowered**"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"{i}. {reason.replace('|', '/')}" for i, reason in enumerate(reasons, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def lowering_page(path: Path = LOWERED_JSON) -> str:
+    """The lowering table (``<!-- generated: conformance.support:lowering_page -->``)."""
+    data = json.loads(path.read_text())
+    configurations = ", ".join(
+        f"{op} {max(sum(c[col]['counts'].values()) for c in per.values() for col in c)}"
+        for op, per in data["ops"].items()
+    )
+    return f"Drawn configurations: {configurations}.\n\n" + lowering_markdown(data)
 
 
 def support_page(path: Path = RESULTS_JSON, baseline: Path = BASELINE, zoo: Path = ZOO) -> str:
