@@ -71,6 +71,9 @@ def test_lowered_fuzz_configurations_match_the_reference(op: str) -> None:
     @given(STRATEGIES[op]())
     def check(example) -> None:
         low = lower(example.model)
+        if example.params.get("dtype") == "int4":  # no older scatter takes int4: left as it is
+            assert low.graph.node[0].op_type == "TensorScatter"
+            return
         assert not lowers(low)
         # onnxruntime's own divergences are its Attention kernel's: the lowered model does not use it.
         outcome = harness.run_one(runtime, dataclasses.replace(example, model=low))
