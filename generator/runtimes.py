@@ -128,11 +128,14 @@ class OpenVinoRuntime(Runtime):
         source = self.prepare(model_path)
         model = core.read_model(source, b"") if isinstance(source, bytes) else core.read_model(source)
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        # Outputs keep the graph's order; after constant folding get_any_name() may return an
+        # internal tensor name, so the names come from the ONNX graph itself.
+        names = [o.name for o in onnx.load(str(model_path), load_external_data=False).graph.output]
         outputs = list(compiled.outputs)
 
         def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             results = compiled(dict(inputs))
-            return {o.get_any_name(): np.asarray(results[o]) for o in outputs}
+            return {name: np.asarray(results[o]) for name, o in zip(names, outputs, strict=True)}
 
         return run
 
