@@ -136,9 +136,9 @@ def feedback_note(config) -> str:
 
 
 def on_page_content(html: str, page, config, files) -> str:
-    from generator.site_markup import wrap_graphs
+    from generator.site_markup import keep_numbers_whole, wrap_graphs
 
-    return wrap_graphs(html, page.url.count("/"), _FIGURES)
+    return keep_numbers_whole(wrap_graphs(html, page.url.count("/"), _FIGURES))
 
 
 def on_post_build(config) -> None:

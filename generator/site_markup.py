@@ -138,3 +138,23 @@ def wrap_graphs(html: str, depth: int, figures: dict[str, str]) -> str:
         return f'<figure class="graph">{box}{link}</figure>'
 
     return _GRAPH_SVG.sub(wrap, html)
+
+
+_CELL = re.compile(r"(<td[^>]*>)(.*?)(</td>)", re.S)
+_TAG = re.compile(r"(<[^>]+>)")
+_NUMBER = re.compile(r"\(?[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)\)?")
+
+
+def keep_numbers_whole(html: str) -> str:
+    """In table cells, a number in scientific notation (``1.9e-06``) never wraps at its
+    ``-``: a narrow column would show ``1.9e-`` over ``06``."""
+
+    def cell(m: re.Match) -> str:
+        parts = _TAG.split(m[2])
+        text = "".join(
+            part if part.startswith("<") else _NUMBER.sub(lambda n: f'<span class="nowrap">{n[0]}</span>', part)
+            for part in parts
+        )
+        return m[1] + text + m[3]
+
+    return _CELL.sub(cell, html)
