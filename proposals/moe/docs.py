@@ -311,6 +311,19 @@ def body_svg(case_name: str = "deepseek_v3") -> str:
     return function_svg(next(f for f in model.functions if f.name == "MoE"))
 
 
+def coverage_count() -> str:
+    """'N of the M causal-LM model types ...' (inline): the survey's model types less its
+    expected refusals, each of which ``test_coverage.py`` checks (parity or the refusal)."""
+    import transformers
+
+    from proposals.moe.survey import EXPECTED_REFUSALS, NO_STANDALONE_BLOCK, moe_model_types
+
+    types = moe_model_types()
+    total = len(types) + len(NO_STANDALONE_BLOCK)
+    converted = len(set(types) - set(EXPECTED_REFUSALS))
+    return f"{converted} of the {total} causal-LM model types with an MoE in transformers {transformers.__version__}"
+
+
 @cache  # computed once per site build
 def coverage_table() -> str:
     """Every causal-LM MoE block class of the installed transformers: converted (max error
