@@ -39,8 +39,6 @@ from onnxscript.rewriter import pattern, rewrite
 from generator.onnx_build import PROPOSAL_DOMAIN
 from proposals.moe.substitute import ORT_DOMAIN, _ort_attrs, _ort_fc1
 
-INT_MAX = 9223372036854775807
-
 
 # --8<-- [start:const]
 def constant(value: ir.Value | None) -> np.ndarray | None:
