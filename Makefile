@@ -12,12 +12,13 @@ export PYTHONHASHSEED := 0
 
 venv: $(STAMP)
 
-# Reinstall only when pyproject.toml changes; deps are read from it, the project itself is
-# used from the source tree (PYTHONPATH), so several checkouts can share one .venv.
-$(STAMP): pyproject.toml
+# Reinstall only when pyproject.toml changes. Every dependency, extra and dependency group is
+# read from it (.ci/requirements.py); the project itself is used from the source tree
+# (PYTHONPATH), so several checkouts can share one .venv.
+$(STAMP): pyproject.toml .ci/requirements.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" > $(VENV)/requirements.txt
+	$(PY) .ci/requirements.py pyproject.toml > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt
 	touch $(STAMP)
 
@@ -48,12 +49,16 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m generator bench
 
-# Differential fuzzing of the standard GenAI ops on every runtime (200 configurations per op;
-# `make test` runs 15). Writes conformance/results/fuzz.json, from which docs/support.md is built.
-FUZZ_EXAMPLES ?= 200
+# Differential fuzzing of the standard GenAI ops on every runtime (at least 200 distinct
+# configurations per op: hypothesis draws 240, some twice; `make test` runs 15). Writes
+# conformance/results/fuzz.json, then conformance/results/lowered.json (each runtime with and
+# without conformance/lowering.py); docs/support.md is built from both. About 7 minutes.
+FUZZ_EXAMPLES ?= 240
 fuzz: $(STAMP)
-	CONFORMANCE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CONFORMANCE_FUZZ_RESULTS=conformance/results/fuzz.json \
+	CONFORMANCE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CONFORMANCE_FUZZ_MIN_CONFIGURATIONS=200 \
+		CONFORMANCE_FUZZ_RESULTS=conformance/results/fuzz.json \
 		$(PY) -m pytest conformance/tests/test_fuzz.py -p no:cacheprovider
+	$(PY) -m conformance.lowered
 
 # SITE_URL=https://... turns the posts' site links into absolute links.
 snippets: $(STAMP)

@@ -26,6 +26,15 @@ def _p(example: Example, name: str, default=None):
     return example.params.get(name, default)
 
 
+def _causal_past_shifted(example: Example) -> bool:
+    """``is_causal`` with ``past_key`` where ``total - q_len`` differs from the past length."""
+    return (
+        _p(example, "cache") == "past"
+        and bool(_p(example, "is_causal"))
+        and _p(example, "kv_len") != _p(example, "q_len")
+    )
+
+
 TABLE: tuple[Divergence, ...] = (
     Divergence(
         "onnx-reference-attention-qk-mode0-softcap",
@@ -55,9 +64,33 @@ TABLE: tuple[Divergence, ...] = (
         "openvino-attention-causal-past-offset",
         "Attention",
         ("openvino",),
-        lambda e: _p(e, "cache") == "past" and bool(_p(e, "is_causal")) and _p(e, "kv_len") != _p(e, "q_len"),
+        _causal_past_shifted,
         "OpenVINO 2026.4.1 aligns is_causal at total_len - q_len when past_key is given and the new K is "
         "longer or shorter than Q; the spec's offset is past_sequence_length",
+    ),
+    Divergence(
+        "onnxruntime-attention-causal-past-offset",
+        "Attention",
+        ("onnxruntime",),
+        _causal_past_shifted,
+        "onnxruntime 1.32 CPU aligns is_causal at total_len - q_len when past_key is given and the new K is "
+        "longer or shorter than Q; the spec's offset is past_sequence_length",
+    ),
+    Divergence(
+        "tract-attention-causal-past-top-left",
+        "Attention",
+        ("tract",),
+        lambda e: _p(e, "cache") == "past" and bool(_p(e, "is_causal")),
+        "tract 0.23.9 aligns is_causal top-left (offset 0) when past_key is given; the spec's offset is "
+        "past_sequence_length, so the new queries do not see the cached keys they should",
+    ),
+    Divergence(
+        "tract-attention-bool-mask-added",
+        "Attention",
+        ("tract",),
+        lambda e: _p(e, "mask") == "bool",
+        "tract 0.23.9 adds a bool attn_mask as 1.0/0.0 to the scores instead of excluding the False keys "
+        "(when the value head size differs from the key head size; otherwise it refuses the bool mask)",
     ),
     Divergence(
         "openvino-attention25-window-ignored",

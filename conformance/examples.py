@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import onnx
 from hypothesis import strategies as st
@@ -66,10 +67,12 @@ def _randn(rng: np.random.RandomState, shape, dtype=np.float32, scale: float = 1
 
 
 # ---------------------------------------------------------------- TensorScatter-24
-SCATTER_DTYPES = ("float32", "float16", "int64", "int8", "bool")
+SCATTER_DTYPES = ("float32", "float16", "int64", "int8", "bool", "int4")
 
 
 def _values(rng: np.random.RandomState, shape, dtype: str) -> np.ndarray:
+    if dtype == "int4":  # a quantized cache (ONNX INT4, two's complement, through ml_dtypes)
+        return rng.randint(-8, 8, size=shape).astype(ml_dtypes.int4)
     if dtype == "bool":
         return rng.randint(0, 2, size=shape).astype(bool)
     if dtype.startswith("int"):

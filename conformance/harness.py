@@ -4,6 +4,12 @@
 - ``divergence``: a mismatch or error that the divergence table explains (with a repro);
 - ``unsupported``: the runtime refused the model at load time (its own one-line reason);
 - ``mismatch`` / ``error``: unexplained, so the property test fails and hypothesis shrinks it.
+
+Two caches keep the run short without hiding a cell: an outcome is computed once per
+runtime and model (hypothesis replays examples while it shrinks), and when an engine says
+that its refusal covers the whole op (``refuses_whole_op``: no importer for the op at all),
+the remaining configurations of that op are recorded as unsupported with that same reason
+instead of being compiled again; the results list these probed refusals.
 """
 
 from __future__ import annotations
@@ -33,6 +39,31 @@ class Outcome:
     @property
     def failed(self) -> bool:
         return self.status in ("mismatch", "error")
+
+
+#: (runtime, model digest) -> outcome; (runtime, "Op-opset") -> the whole-op refusal reason.
+_OUTCOMES: dict[tuple[str, str], Outcome] = {}
+_REFUSED: dict[tuple[str, str], str] = {}
+
+
+def whole_op_refusal(runtime: Runtime, op: str, reason: str) -> bool:
+    """Whether ``runtime`` declares ``reason`` a refusal of every configuration of ``op``."""
+    refuses = getattr(runtime, "refuses_whole_op", None)
+    return bool(refuses and refuses(op, reason))
+
+
+def run_cached(runtime: Runtime, example: Example) -> Outcome:
+    """:func:`run_one`, once per runtime and model; after a whole-op refusal, that refusal."""
+    refused = _REFUSED.get((runtime.name, example.label))
+    if refused is not None:
+        return Outcome("unsupported", refused)
+    key = (runtime.name, _digest(example))
+    if key not in _OUTCOMES:
+        outcome = run_one(runtime, example)
+        if outcome.status == "unsupported" and whole_op_refusal(runtime, example.op, outcome.detail):
+            _REFUSED[(runtime.name, example.label)] = outcome.detail
+        _OUTCOMES[key] = outcome
+    return _OUTCOMES[key]
 
 
 def runtimes() -> list[Runtime]:
@@ -67,6 +98,7 @@ class Results:
         self.cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(int))))
         self.reasons: dict = defaultdict(dict)  # (op, runtime) -> status -> first reason / divergence slug
         self.versions: dict[str, str] = {}
+        self.probed: dict[str, dict[str, str]] = defaultdict(dict)  # "Op-opset" -> runtime -> whole-op refusal
 
     def record(self, example: Example, outcomes: dict[str, Outcome]) -> None:
         key = _digest(example)
@@ -91,7 +123,8 @@ class Results:
                     runtime: {"counts": dict(sorted(counts.items())), "why": self.reasons[f"{op}|{feature}|{runtime}"]}
                     for runtime, counts in sorted(per_runtime.items())
                 }
-        return {"runtimes": dict(sorted(self.versions.items())), "ops": ops}
+        probed = {op: dict(sorted(per.items())) for op, per in sorted(self.probed.items())}
+        return {"runtimes": dict(sorted(self.versions.items())), "ops": ops, "whole_op_refusals": probed}
 
     def write(self, path: Path = RESULTS_JSON) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,10 +134,12 @@ class Results:
 
 def check(example: Example, matrix: Sequence[Runtime], results: Results | None = None) -> list[str]:
     """Run ``example`` everywhere; return one line per unexplained mismatch or error."""
-    outcomes = {rt.name: run_one(rt, example) for rt in matrix}
+    outcomes = {rt.name: run_cached(rt, example) for rt in matrix}
     if results is not None:
         for rt in matrix:
             results.versions.setdefault(rt.name, str(rt.version()))
+            if (rt.name, example.label) in _REFUSED:
+                results.probed[example.label][rt.name] = _REFUSED[(rt.name, example.label)]
         results.record(example, outcomes)
     return [f"{example.label} on {name}: {o.status}: {o.detail}" for name, o in outcomes.items() if o.failed]
 

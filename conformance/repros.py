@@ -36,6 +36,10 @@ RUNNERS = {
     "onnxruntime": "import onnxruntime as ort\n"
     "sess = ort.InferenceSession(str(HERE / 'model.onnx'), providers=['CPUExecutionProvider'])\n"
     "got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))",
+    "tract": "import onnx, tract\n"
+    "graph = onnx.load(HERE / 'model.onnx').graph\n"
+    "model = tract.onnx().load(str(HERE / 'model.onnx')).into_model().into_runnable()\n"
+    "got = {o.name: r.to_numpy() for o, r in zip(graph.output, model.run([feeds[i.name] for i in graph.input]))}",
     "openvino": "import openvino as ov\n"
     "compiled = ov.Core().compile_model(str(HERE / 'model.onnx'), 'CPU', {CONFIG})\n"
     "got = {o.get_any_name(): r for o, r in compiled(feeds).items()}",
@@ -283,6 +287,29 @@ def _causal_past_actual(feeds):
     return {"Y": result.y, "present_key": result.present_key, "present_value": result.present_value}
 
 
+def _bool_mask():
+    rng = seeded(15)
+    q = rng.randn(1, 1, 1, 2).astype(np.float32)
+    k = rng.randn(1, 1, 2, 2).astype(np.float32)
+    v = rng.randn(1, 1, 2, 4).astype(np.float32)  # a value head of its own: tract runs the bool mask
+    return _attention_case(23, q, k, v, np.array([[True, False]]))
+
+
+def _bool_mask_actual(feeds):
+    """The mask cast to float and added: True scores get +1, False keys are still attended."""
+    f = feeds
+    return {"Y": reference.attention(f["Q"], f["K"], f["V"], f["attn_mask"].astype(np.float32)).y}
+
+
+def _causal_past_top_left_actual(feeds):
+    """Causal offset 0: the single new query sees only the first cached key."""
+    f = feeds
+    k = np.concatenate([f["past_key"], f["K"]], axis=2)
+    v = np.concatenate([f["past_value"], f["V"]], axis=2)
+    y = reference.attention(f["Q"], k, v, is_causal=1).y
+    return {"Y": y, "present_key": k, "present_value": v}
+
+
 ALL: tuple[Repro, ...] = (
     Repro(
         "onnx-tensorscatter-circular-batch-wrap",
@@ -343,6 +370,22 @@ ALL: tuple[Repro, ...] = (
         "attribute uses that default.",
         ("onnx",),
         "The inlined LeakyRelu loses alpha, so the op default 0.01 applies instead of the function's 2.0.",
+    ),
+    Repro(
+        "onnx-reference-local-function-attribute-default",
+        "onnx/onnx",
+        "ReferenceEvaluator fails on a model-local function called without an attribute that has a default",
+        "reference",
+        _inliner_model,
+        lambda feeds: (
+            "TypeError: Issues with types [<class 'numpy.ndarray'>] and attributes [] and linked "
+            "attributes=[] (operator 'OpFunction')."
+        ),
+        "IR: FunctionProto.attribute_proto holds 'attributes with default values'; a node that omits the "
+        "attribute uses that default.",
+        ("onnx",),
+        "The same model as onnx-inliner-drops-attribute-defaults; onnxruntime runs it. Found by the zoo "
+        "regression case conformance_regressions/local_function_attribute_default.",
     ),
     Repro(
         "onnxruntime-swiglu28-no-swish24-kernel",
@@ -415,6 +458,44 @@ ALL: tuple[Repro, ...] = (
         ("openvino",),
         "Only differs when the new K is not as long as Q. Found by the conformance fuzzer (shrunk by hypothesis).",
         config="{'INFERENCE_PRECISION_HINT': 'f32'}",
+    ),
+    Repro(
+        "onnxruntime-attention-causal-past-offset",
+        "microsoft/onnxruntime",
+        "onnxruntime CPU Attention is_causal with past_key uses offset total - q_len instead of past_sequence_length",
+        "onnxruntime",
+        _causal_past,
+        _causal_past_actual,
+        "Attention: 'offset = past_sequence_length when past_key is provided'; query i attends key j iff "
+        "j <= i + offset.",
+        ("onnxruntime",),
+        "Only differs when the new K is not as long as Q (the same model as the OpenVINO repro). Found by the "
+        "conformance fuzzer (shrunk by hypothesis).",
+    ),
+    Repro(
+        "tract-attention-causal-past-top-left",
+        "sonos/tract",
+        "tract Attention is_causal with past_key is aligned top-left (offset 0) instead of at past_sequence_length",
+        "tract",
+        _causal_past,
+        _causal_past_top_left_actual,
+        "Attention: 'offset = past_sequence_length when past_key is provided'; query i attends key j iff "
+        "j <= i + offset.",
+        ("tract",),
+        "Found by the conformance fuzzer (shrunk by hypothesis).",
+    ),
+    Repro(
+        "tract-attention-bool-mask-added",
+        "sonos/tract",
+        "tract Attention adds a bool attn_mask as 1.0/0.0 instead of excluding the False keys",
+        "tract",
+        _bool_mask,
+        _bool_mask_actual,
+        "Attention: 'a boolean attn_mask intersects the allowed set (its disallowed positions contribute -inf to "
+        "the bias)'.",
+        ("tract",),
+        "With equal key and value head sizes tract refuses the same mask at load time (FlashSDPA: 'Mask must be "
+        "floating point'). Found by the conformance fuzzer (shrunk by hypothesis).",
     ),
 )
 

@@ -1,8 +1,17 @@
-"""Benchmark helpers for ``make bench``: interleaved timing, JSON results, ratio plots.
+"""Benchmark helpers for ``make bench``: interleaved timing, JSON results, tables, ratio plots.
 
 These machines are noisy (2 shared cores), so variants are always timed side by side
 in one process, interleaved A B A B, in batches of at least ``min_batch_s`` of work,
 and reported as medians and ratios against a baseline.
+
+Every committed result has one shape, ``proposals/<topic>/bench/<name>.json``::
+
+    {"benchmark": name,
+     "machine": {...},      # where it ran (``machine()``)
+     "setup": {...},        # what was measured: shapes, threads, timing, baseline, ...
+     "rows": [{...}, ...]}  # one flat record per measurement
+
+and every page renders its table from it with ``markdown_table``.
 """
 
 from __future__ import annotations
@@ -101,9 +110,25 @@ def machine_text(recorded: Mapping[str, object]) -> str:
     return f"{recorded['machine']}, {cpu}, {recorded['cpus']} logical CPUs, {versions}"
 
 
+RESULT_KEYS = ("benchmark", "machine", "setup", "rows")
+
+
 def load_results(topic: str, name: str) -> dict:
-    """The committed ``proposals/<topic>/bench/<name>.json``."""
-    return json.loads((ROOT / "proposals" / topic / "bench" / f"{name}.json").read_text())
+    """The committed ``proposals/<topic>/bench/<name>.json`` (the shape ``write_json`` writes)."""
+    path = ROOT / "proposals" / topic / "bench" / f"{name}.json"
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or sorted(data) != sorted(RESULT_KEYS):
+        raise ValueError(f"{path}: a bench result has the keys {', '.join(RESULT_KEYS)}")
+    return data
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], *, align: str = "") -> str:
+    """A Markdown table: one header row, then one line per row (cells already formatted).
+    ``align`` gives each column's alignment (``l``/``r``), left by default."""
+    marks = [{"r": "---:"}.get(a, "---") for a in align.ljust(len(header), "l")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def _span(low: str, high: str, unit: str) -> str:
@@ -163,10 +188,10 @@ def results_dir(topic: str) -> Path:
     return path
 
 
-def write_json(topic: str, name: str, rows: Sequence[Mapping], **meta: object) -> Path:
-    """Write ``{meta, machine, rows}`` to ``proposals/<topic>/bench/<name>.json``."""
+def write_json(topic: str, name: str, rows: Sequence[Mapping], setup: Mapping[str, object]) -> Path:
+    """Write ``{"benchmark", "machine", "setup", "rows"}`` to ``proposals/<topic>/bench/<name>.json``."""
     path = results_dir(topic) / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine(), **meta, "rows": list(rows)}
+    payload = {"benchmark": name, "machine": machine(), "setup": dict(setup), "rows": list(rows)}
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
 

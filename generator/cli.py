@@ -50,7 +50,10 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         size = sum(len(b) for b in built.files.values())
         console.print(f"[green]wrote[/] {spec.id:50s} {len(built.files):3d} files {size / 1024:8.1f} KiB")
 
-    zoo.write(specs, out, prune=not args.cases, progress=progress)
+    from generator.registry import topics
+
+    whole_topics = [pattern for pattern in args.cases if pattern in topics()]
+    zoo.write(specs, out, prune=not args.cases, prune_topics=whole_topics, progress=progress)
     console.print(f"[bold]{len(specs)} cases[/] → {out / zoo.MANIFEST_NAME}")
     return 0
 
@@ -142,7 +145,9 @@ def parser() -> argparse.ArgumentParser:
     ls.set_defaults(run=cmd_list)
 
     z = sub.add_parser("zoo", help="build cases and write them to the zoo")
-    z.add_argument("cases", nargs="*", help="topic, case or topic/case (default: all, pruning stale ones)")
+    z.add_argument(
+        "cases", nargs="*", help="topic, case or topic/case (default: all); stale cases of a whole run or topic go"
+    )
     z.add_argument("--out", default=str(ZOO), help="zoo directory (default: zoo/)")
     z.set_defaults(run=cmd_zoo)
 

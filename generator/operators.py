@@ -39,14 +39,14 @@ def _modules(marker: str) -> list[tuple[str, str]]:
     return found
 
 
-def schemas() -> list[tuple[str, OpSchema]]:
-    """(topic, schema) of every proposed op, by name."""
-    seen: dict[str, tuple[str, OpSchema]] = {}
+def schemas() -> list[tuple[str, str, OpSchema]]:
+    """(topic, defining module, schema) of every proposed op, by name."""
+    seen: dict[str, tuple[str, str, OpSchema]] = {}
     for topic, name in _modules("OpSchema("):
         for value in vars(importlib.import_module(name)).values():
             if isinstance(value, OpSchema) and value.domain == PROPOSAL_DOMAIN:
-                seen.setdefault(value.name, (topic, value))
-    return sorted(seen.values(), key=lambda item: item[1].name)
+                seen.setdefault(value.name, (topic, name, value))
+    return sorted(seen.values(), key=lambda item: item[2].name)
 
 
 def helpers(exclude: set[str]) -> list[Helper]:
@@ -67,10 +67,14 @@ def helpers(exclude: set[str]) -> list[Helper]:
     return sorted(seen.values(), key=lambda h: h.name)
 
 
-def _spec_page(topic: str) -> str:
-    """The page (relative to docs/operators.md) that renders a topic's op specs."""
-    spec = ROOT / "proposals" / topic / "spec.md"
-    return f"proposals/{topic}/{'spec.md' if spec.exists() else 'README.md'}"
+def _spec_page(topic: str, module: str) -> str:
+    """The page (relative to docs/operators.md) that renders an op's spec: the topic's page
+    whose generated marker names the schema's own module, else its spec.md or README.md."""
+    folder = ROOT / "proposals" / topic
+    for page in sorted(folder.glob("*.md")):
+        if f"<!-- generated: {module}:" in page.read_text():
+            return f"proposals/{topic}/{page.name}"
+    return f"proposals/{topic}/{'spec.md' if (folder / 'spec.md').exists() else 'README.md'}"
 
 
 def _cell(text: str) -> str:
@@ -86,11 +90,11 @@ def operators_markdown() -> str:
         "| op | since version | summary | inputs → outputs | spec |",
         "|---|--:|---|---|---|",
     ]
-    for topic, schema in ops:
+    for topic, module, schema in ops:
         io = f"{len(schema.inputs)} → {len(schema.outputs)}"
-        link = f"[{schema.qualified_name}]({_spec_page(topic)}#{schema.qualified_name})"
+        link = f"[{schema.qualified_name}]({_spec_page(topic, module)}#{schema.qualified_name})"
         lines.append(f"| `{schema.name}` | {schema.since_version} | {_cell(schema.summary)} | {io} | {link} |")
-    pieces = helpers({schema.name for _, schema in ops})
+    pieces = helpers({schema.name for _, _, schema in ops})
     lines += [
         "",
         "## Helper functions",

@@ -138,6 +138,40 @@ class OpSchema:
         return helper.make_node(self.name, list(inputs), list(outputs), domain=self.domain, **attrs)
 
 
+def register_onnx_schema(spec: OpSchema) -> None:
+    """Register a proposed op with onnx (once per process), so onnxscript can emit it and the
+    checker knows it."""
+    try:
+        onnx.defs.get_schema(spec.name, spec.since_version, spec.domain)
+        return
+    except onnx.defs.SchemaError:
+        pass
+    option = onnx.defs.OpSchema.FormalParameterOption
+    kinds = {
+        "int": onnx.defs.OpSchema.AttrType.INT,
+        "float": onnx.defs.OpSchema.AttrType.FLOAT,
+        "string": onnx.defs.OpSchema.AttrType.STRING,
+    }
+    schema = onnx.defs.OpSchema(
+        spec.name,
+        spec.domain,
+        spec.since_version,
+        doc=spec.summary,
+        inputs=[
+            onnx.defs.OpSchema.FormalParameter(
+                p.name, p.type, param_option=option.Optional if p.optional else option.Single
+            )
+            for p in spec.inputs
+        ],
+        outputs=[onnx.defs.OpSchema.FormalParameter(p.name, p.type) for p in spec.outputs],
+        type_constraints=[(tc.name, list(tc.types), tc.doc) for tc in spec.type_constraints],
+        attributes=[
+            onnx.defs.OpSchema.Attribute(a.name, kinds[a.type], a.doc, required=a.required) for a in spec.attributes
+        ],
+    )
+    onnx.defs.register_schema(schema)
+
+
 def _default_text(attr: Attribute) -> str:
     if attr.required:
         return "required"

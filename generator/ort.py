@@ -7,19 +7,30 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+# onnxruntime's log severities (SessionOptions.log_severity_level).
+WARNING = 2
+ERROR = 3
 
-def session(model: onnx.ModelProto | bytes | Path | str, *, threads: int = 2) -> ort.InferenceSession:
+
+def session(
+    model: onnx.ModelProto | bytes | Path | str, *, threads: int = 2, log_severity: int = WARNING
+) -> ort.InferenceSession:
     """A CPU session with thread-pool spinning off.
 
     On a 2-core machine an idle spinning pool steals the second core from whatever
     runs next, so side-by-side timings would be meaningless with it on.
+
+    onnxruntime's warnings stay on by default: one of them, TensorScatter's "in-place
+    optimization not activated, copying past_cache to present_cache", is what the KV-cache
+    proposal is about. A caller that runs such a graph with a plain ``run()`` on purpose
+    (a copying baseline, a check of values only) passes ``log_severity=ERROR`` and says why.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3  # keep TensorScatter's copy warning off plain runs
+    options.log_severity_level = log_severity
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, Path):

@@ -3,7 +3,7 @@
 - issue and PR citations (``onnx#7114``, ``microsoft/onnxruntime#27389``, a bare ``#8193``
   after a repository was named) become links to GitHub;
 - every picture links to its full-size file;
-- Graphviz pictures printed inline are shown at their natural size in a scroll box, the
+- pictures printed inline (Graphviz, matplotlib) are shown at their natural size in a scroll box, the
   large ones folded, each with a link to the SVG file (written beside the site by the hook).
 
 Code (fenced blocks, inline code), existing links and raw HTML are left alone.
@@ -110,8 +110,11 @@ def link_pictures(markdown: str) -> str:
     return "".join(out)
 
 
-# Graphviz output as dot_to_svg returns it: <svg width="Wpt" height="Hpt" ...>...</svg>.
-_GRAPH_SVG = re.compile(r'<svg width="(?P<w>[\d.]+)pt" height="(?P<h>[\d.]+)pt"[^>]*>.*?</svg>', re.S)
+# A picture printed inline with its size in points: Graphviz (dot_to_svg) and matplotlib
+# output, <svg [xmlns:xlink=...] width="Wpt" height="Hpt" ...>...</svg>.
+_GRAPH_SVG = re.compile(
+    r'<svg(?: xmlns:xlink="[^"]*")? width="(?P<w>[\d.]+)pt" height="(?P<h>[\d.]+)pt"[^>]*>.*?</svg>', re.S
+)
 FOLD_HEIGHT_PX = 1400  # taller pictures start folded
 FIGURE_DIR = "figures"
 

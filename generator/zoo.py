@@ -136,7 +136,8 @@ def build(spec: CaseSpec) -> BuiltCase:
         ):
             arrays = _check_tensors(spec, kind, declared, given, i)
             for k, (value, array) in enumerate(zip(declared, arrays, strict=True)):
-                tensor = numpy_helper.from_array(np.ascontiguousarray(array), value.name)
+                # np.ascontiguousarray would turn a 0-d input into shape [1]
+                tensor = numpy_helper.from_array(np.asarray(array, order="C"), value.name)
                 files[f"test_data_set_{i}/{kind[:-1]}_{k}.pb"] = tensor.SerializeToString(deterministic=True)
     files[TOLERANCES_NAME] = _dump({"atol": case.atol, "rtol": case.rtol})
     for path, data in case.files.items():
@@ -286,23 +287,25 @@ def write(
     zoo: Path = ZOO,
     *,
     prune: bool,
+    prune_topics: Iterable[str] = (),
     progress: Callable[[CaseSpec, BuiltCase], None] = lambda spec, built: None,
 ) -> dict:
     """Build and write ``specs``; with ``prune`` (a full run) remove the cases the previous
-    manifest lists that are no longer registered."""
+    manifest lists that are no longer registered, and with ``prune_topics`` (a run of whole
+    topics) those of the named topics."""
     _check_out_folder(zoo)
     built_cases = [build(spec) for spec in specs]  # every case builds before any file changes
     zoo.mkdir(parents=True, exist_ok=True)
     with locked(zoo):
         old = load_manifest(zoo)["cases"] if manifest_path(zoo).exists() else {}
-        cases = {} if prune else dict(old)
+        stale_topics = set(prune_topics)
+        cases = {} if prune else {cid: e for cid, e in old.items() if split_id(cid)[0] not in stale_topics}
         for built in built_cases:
             write_case(built, zoo, old.get(built.spec.id))
             cases[built.spec.id] = built.manifest_entry()
             progress(built.spec, built)
-        if prune:
-            for case_id in sorted(set(old) - set(cases)):
-                _remove_case(case_id, old[case_id], zoo)
+        for case_id in sorted(set(old) - set(cases)):
+            _remove_case(case_id, old[case_id], zoo)
         manifest = {"format": MANIFEST_FORMAT, "cases": dict(sorted(cases.items()))}
         refuse_symlinks(manifest_path(zoo), zoo)
         _write_if_changed(manifest_path(zoo), _dump(manifest))

@@ -192,3 +192,27 @@ def test_exported_posts_carry_the_figures(tmp_path: Path) -> None:
     )
     exported = Exporter(post, tmp_path / "out").export().read_text()
     assert exported == f"Max-length allocation wastes {max_length_waste()}.\n"
+
+
+SHARED_SHAPE_TOPICS = ("kv_cache", "moe", "paged_attention", "quantized_attention", "text_pipeline")
+
+
+@pytest.mark.parametrize(
+    "result",
+    sorted(p for topic in SHARED_SHAPE_TOPICS for p in (ROOT / "proposals" / topic / "bench").glob("*.json")),
+    ids=lambda p: p.relative_to(ROOT).as_posix(),
+)
+def test_every_bench_result_has_the_shared_shape(result: Path) -> None:
+    """One shape for every committed result (generator.bench.write_json): which benchmark,
+    where it ran, what was measured, and one record per measurement."""
+    from generator import bench
+
+    data = bench.load_results(result.parent.parent.name, result.stem)
+    assert data["benchmark"] == result.stem
+    assert isinstance(data["setup"], dict) and data["rows"] and all(isinstance(r, dict) for r in data["rows"])
+
+
+def test_markdown_table() -> None:
+    from generator.bench import markdown_table
+
+    assert markdown_table(["L", "time"], [[512, "2.8 µs"]], align="rr") == "| L | time |\n|---:|---:|\n| 512 | 2.8 µs |"

@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from generator import UsageError, zoo
+from generator import Case, DataSet, UsageError, zoo
 from generator.registry import CaseSpec
 from generator.runtimes import ReferenceRuntime
 from generator.verify import verify
@@ -259,3 +259,26 @@ def test_snippets_refuses_a_site_url_that_is_not_one() -> None:
 def test_spec_with_unsafe_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is not topic/case"):
         zoo.write([CaseSpec("spine", "../x", "Bad.", _add_case)], tmp_path / "zoo", prune=True)
+
+
+def test_a_topic_run_drops_that_topics_stale_cases(tiny: Path) -> None:
+    zoo.write([_spec(name="other")], tiny, prune=False, prune_topics=["spine"])
+    assert sorted(_manifest(tiny)["cases"]) == ["spine/other"]
+    assert not zoo.case_dir("spine/affine", tiny).exists()
+
+
+def test_a_scalar_input_keeps_its_rank(tmp_path: Path) -> None:
+    from onnx import helper
+
+    from generator.onnx_build import make_model, tensor_info
+
+    def scalar_case():
+        x = np.array(3.0, np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("Neg", ["x"], ["y"])], "neg", [tensor_info("x", x)], [tensor_info("y", x)]
+        )
+        return Case(make_model(graph, {"": 21}), [DataSet({"x": x}, {"y": -x})])
+
+    zoo.write([CaseSpec("spine", "scalar", "A scalar.", scalar_case)], tmp_path / "zoo", prune=True)
+    tensor = onnx.load_tensor(str(zoo.case_dir("spine/scalar", tmp_path / "zoo") / "test_data_set_0/input_0.pb"))
+    assert list(tensor.dims) == []

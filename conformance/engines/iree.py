@@ -58,6 +58,12 @@ class IreeRuntime(Runtime):
 
         return run
 
+    def refuses_whole_op(self, op: str, reason: str) -> bool:
+        """The importer left ``op`` as an opaque ``onnx.<op>`` operator, or its torch-mlir op
+        (``torch.onnx.<snake_case>``) has no lowering in the compiler: no configuration compiles."""
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower()
+        return "failed to legalize" in reason and (f"(onnx.{op})" in reason or f"'torch.onnx.{snake}'" in reason)
+
 
 def _first_error(diagnostics: str) -> str:
     """The compiler's first ``error:`` line, which names the op it could not lower."""
@@ -66,6 +72,7 @@ def _first_error(diagnostics: str) -> str:
         return _last_line(diagnostics)
     text = match.group(1)
     op = re.search(r'name = "([\w.]+)"', text)
+    text = text.split(": %")[0]  # drop the MLIR of the operation (its shapes vary)
     return f"{text.split(':')[0]} ({op.group(1)})" if op else text[:200]
 
 

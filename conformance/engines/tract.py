@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,11 +25,36 @@ class TractRuntime(Runtime):
     def load(self, model_path: Path) -> Runner:
         import tract
 
-        runnable = tract.onnx().load(str(model_path)).into_model().into_runnable()
+        try:
+            runnable = tract.onnx().load(str(model_path)).into_model().into_runnable()
+        except tract.TractError as err:
+            raise tract.TractError(error_chain(str(err))) from None
         inputs, outputs = io_names(model_path)
 
         def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            results = runnable.run([np.ascontiguousarray(feeds[name]) for name in inputs])
+            try:
+                results = runnable.run([np.ascontiguousarray(feeds[name]) for name in inputs])
+            except tract.TractError as err:
+                raise tract.TractError(error_chain(str(err))) from None
             return {name: value.to_numpy() for name, value in zip(outputs, results, strict=True)}
 
         return run
+
+    def refuses_whole_op(self, op: str, reason: str) -> bool:
+        """tract has no translator at all for ``op`` (``Unimplemented(<op>)``)."""
+        return f"Unimplemented({op})" in reason
+
+
+_NODE_NUMBER = re.compile(r"node #\d+ ")
+
+
+def error_chain(message: str) -> str:
+    """tract's ``anyhow`` chain on one line: the outer context, then each ``Caused by`` entry.
+
+    The stack backtrace is dropped, and so are node numbers (they depend on how the graph was
+    numbered, not on what failed).
+    """
+    text = message.split("Stack backtrace:")[0]
+    outer, _, causes = text.partition("Caused by:")
+    parts = [outer.strip()] + [re.sub(r"^\s*\d+:\s*", "", line).strip() for line in causes.splitlines()]
+    return _NODE_NUMBER.sub("node ", ": ".join(p for p in parts if p))

@@ -30,6 +30,9 @@ def _write_results():
     target = os.environ.get("CONFORMANCE_FUZZ_RESULTS")
     if target:
         RESULTS.write(harness.Path(target))
+    least = int(os.environ.get("CONFORMANCE_FUZZ_MIN_CONFIGURATIONS", "0"))
+    few = {op: n for op, n in RESULTS.configs.items() if n < least}
+    assert not few, f"fewer than {least} distinct configurations: {few}; raise FUZZ_EXAMPLES"
 
 
 @pytest.mark.parametrize("op", sorted(STRATEGIES))

@@ -5,7 +5,7 @@ markers, so ``make bench`` updates the prose with the tables."""
 
 from __future__ import annotations
 
-from generator.bench import duration, duration_range, load_results, machine_text, times_range
+from generator.bench import duration, duration_range, load_results, machine_text, markdown_table, times_range
 
 TOPIC = "kv_cache"
 IN_PLACE_UPDATE = "TensorScatter, IOBinding in place"
@@ -23,12 +23,26 @@ def _rows(name: str) -> list[dict]:
 def bench_runtime() -> str:
     """``onnxruntime 1.32.0 CPU with 2 threads``, as the committed run recorded it."""
     data = load_results(TOPIC, "kv_update")
-    return f"onnxruntime {data['machine']['onnxruntime']} CPU with {data['threads']} threads"
+    return f"onnxruntime {data['machine']['onnxruntime']} CPU with {data['setup']['threads']} threads"
 
 
 def measured_on() -> str:
     """The machine of the committed timing run."""
     return f"measured on {machine_text(load_results(TOPIC, 'kv_update')['machine'])}"
+
+
+def results_table(name: str) -> str:
+    """The committed results of one benchmark as a Markdown table: median per step and the
+    ratio to the baseline, per cache length."""
+    data = load_results(TOPIC, name)
+    variants = list(data["rows"][0]["seconds"])
+    rows = [
+        [f"{row['L']}", *(f"{duration(row['seconds'][v])} ({row['ratios'][v]:.1f}×)" for v in variants)]
+        for row in data["rows"]
+    ]
+    return f"**{name}** (median per step; × = time / {data['setup']['baseline']})\n\n" + markdown_table(
+        ["L", *variants], rows, align="r" * (len(variants) + 1)
+    )
 
 
 def inplace_update_range() -> str:
@@ -94,11 +108,12 @@ def openvino_bf16_evidence() -> str:
     """The committed OpenVINO precision run: where, what the default was, what bf16 gave."""
     data = _evidence()
     top_left, *others = data["rows"]
-    flags = ", ".join(data["cpu_flags"]) or "none"
+    setup = data["setup"]
+    flags = ", ".join(setup["cpu_flags"]) or "none"
     rounded = max(_worst(row["max_abs_err"]["bf16"]) for row in others)
     return (
         f"on {machine_text(data['machine'])} (bf16 CPU flags: {flags}), OpenVINO "
-        f"{data['openvino'].split('-')[0]} chose `{data['default_precision']}` by default; at bf16 the "
+        f"{setup['openvino'].split('-')[0]} chose `{setup['default_precision']}` by default; at bf16 the "
         f"top-left case's max error was {_worst(top_left['max_abs_err']['bf16']):.1e} for outputs up to "
         f"{top_left['max_abs_expected']:.1f}, the two neighbours' at most {rounded:.1e}, and at f32 "
         f"{_worst(top_left['max_abs_err']['f32']):.1e} "

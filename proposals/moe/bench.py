@@ -25,18 +25,16 @@ import numpy as np
 import onnx
 import onnx.inliner
 import onnx_ir as ir
-from onnxscript import opset21 as op
-from onnxscript import script
 
 from generator.bench import plot_ratios, time_interleaved, write_json
 from generator.onnx_build import builder_model, graph_builder, seeded
 from generator.ort import session
-from proposals.moe.body import GENAI
 from proposals.moe.build import moe_model
 from proposals.moe.fusion import fuse
+from proposals.moe.grouped_matmul import with_gather_per_slot_body
+from proposals.moe.ort_moe import ORT_DOMAIN, ort_attrs, ort_fc1
 from proposals.moe.primitive import primitive_model
 from proposals.moe.schema import OPSET
-from proposals.moe.substitute import ORT_DOMAIN, _ort_attrs, _ort_fc1
 
 ATTRS = {"k": 2, "normalize_routing_weights": 1}  # Mixtral routing, SiLU-GLU experts
 KERNEL = "com.microsoft.MoE"
@@ -47,33 +45,6 @@ GATHER = "gather-per-slot body"
 EAGER = "transformers eager (1 thread)"
 GOALS = {FUSED: 1 / 0.95, BODY: 1.5}  # the most time / kernel time each may take
 ROOFLINE_MAX_TOKENS = 16  # above this the expert GEMMs are compute-bound
-
-
-@script(GENAI, default_opset=op)
-def GroupedMatMul(input, weights, group_indices):
-    """The RFC's decomposition alone: gather every slot's weights, then MatMul."""
-    return op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
-
-
-@script(GENAI, default_opset=op)
-def GroupedMatMulBias(input, weights, group_indices, bias):
-    """The RFC's decomposition with its bias line."""
-    product = op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
-    return op.Add(product, op.Gather(bias, group_indices, axis=0))
-
-
-def _gather_only(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with GroupedMatMul's body replaced by the RFC's gather-per-slot decomposition."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for i, f in enumerate(out.functions):
-        if f.name == "GroupedMatMul":
-            replacement = (GroupedMatMulBias if len(f.input) > 3 else GroupedMatMul).to_function_proto()
-            replacement.name = "GroupedMatMul"
-            replacement.ClearField("opset_import")
-            replacement.opset_import.extend(f.opset_import)
-            out.functions[i].CopyFrom(replacement)
-    return out
 
 
 def memory_bandwidth_gbs(mib: int = 256) -> float:
@@ -105,9 +76,9 @@ def kernel_model(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) 
         return b.initializer(ir.tensor(np.ascontiguousarray(array)), name=name)
 
     logits = b.op.MatMul(x, weight("router_weight", arrays["router_weight"]))
-    fc1 = weight("fc1_experts_weights", _ort_fc1(arrays["fc1_weight"], attrs))
+    fc1 = weight("fc1_experts_weights", ort_fc1(arrays["fc1_weight"], attrs))
     fc2 = weight("fc2_experts_weights", np.swapaxes(arrays["fc2_weight"], 1, 2))
-    y = b.op.MoE(x, logits, fc1, None, fc2, _domain=ORT_DOMAIN, **_ort_attrs(attrs, int(attrs["k"])))
+    y = b.op.MoE(x, logits, fc1, None, fc2, _domain=ORT_DOMAIN, **ort_attrs(attrs, int(attrs["k"])))
     b.add_output(y, "Y")
     return builder_model(b)
 
@@ -167,7 +138,7 @@ def models(arrays: Mapping[str, np.ndarray]) -> dict[str, onnx.ModelProto]:
         FUSED: fused,
         BODY: onnx.inliner.inline_local_functions(body),
         KERNEL: kernel_model(arrays, ATTRS),
-        GATHER: onnx.inliner.inline_local_functions(_gather_only(body)),
+        GATHER: onnx.inliner.inline_local_functions(with_gather_per_slot_body(body)),
     }
 
 
@@ -256,7 +227,15 @@ def run_config(experts: int, tokens_list, hidden: int, inter: int, batches: int,
 
 
 def write_results(rows, bandwidth, hidden, inter) -> None:
-    write_json("moe", "moe", rows, bandwidth_gbs=bandwidth, attrs=ATTRS, goals=GOALS)
+    setup = {
+        "attrs": ATTRS,
+        "bandwidth_gbs": bandwidth,
+        "baseline": KERNEL,
+        "goals": GOALS,
+        "ort_threads": 2,
+        "rotation": ROTATE,
+    }
+    write_json("moe", "moe", rows, setup)
     labels = [f"E={r['experts']}\nT={r['tokens']}" for r in rows]
     series = {n: [r["ratio_to_kernel"][n] for r in rows] for n in (PRIMITIVE, FUSED, BODY, GATHER, EAGER)}
     plot_ratios(

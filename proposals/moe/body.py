@@ -357,7 +357,7 @@ def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[
         used = used - {"GroupedMatMul"} | {"GroupedMatMulBias"}
     used |= {callee for name in used for callee in _DEPENDS.get(name, ())}
     order = sorted(used, key=lambda name: (name not in _CALLEES, name))
-    pieces = [_piece_proto(name) for name in order]
+    pieces = [piece_proto(name) for name in order]
     for piece in pieces:
         del piece.opset_import[:]
         piece.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
@@ -367,7 +367,7 @@ def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[
 # --8<-- [end:builder]
 
 
-def _piece_proto(name: str) -> onnx.FunctionProto:
+def piece_proto(name: str) -> onnx.FunctionProto:
     """A piece's FunctionProto, with an explicit true condition on each Loop.
 
     onnxscript leaves a ``for`` loop's condition input empty, which the spec allows,

@@ -3,13 +3,12 @@ the benchmark table. Every number is computed or read from the bench JSON at bui
 
 from __future__ import annotations
 
-import json
 import re
 from functools import cache
 
 import numpy as np
 
-from generator.bench import duration, machine_text, percent, results_dir, times, times_range
+from generator.bench import duration, load_results, machine_text, markdown_table, percent, times, times_range
 from generator.onnx_build import seeded
 from generator.ort import session
 from generator.registry import select
@@ -37,11 +36,11 @@ def pieces_markdown() -> str:
     """Every piece the builder can call, printed by onnx.printer."""
     import onnx
 
-    from proposals.moe.body import PIECES, _piece_proto
+    from proposals.moe.body import PIECES, piece_proto
 
     parts = []
     for name in PIECES:
-        text = onnx.printer.to_text(_piece_proto(name))
+        text = onnx.printer.to_text(piece_proto(name))
         parts.append(
             f'??? note "{name}"\n    ```\n' + "\n".join(f"    {line}" for line in text.splitlines()) + "\n    ```\n"
         )
@@ -87,7 +86,7 @@ def substitution_table() -> str:
 
 
 def _bench(name: str = "moe") -> dict:
-    return json.loads((results_dir("moe") / f"{name}.json").read_text())
+    return load_results("moe", name)
 
 
 def _variants(data: dict) -> list[str]:
@@ -103,29 +102,40 @@ def bench_table(name: str = "moe") -> str:
     each variant's share of the weight-read roofline where the block is bandwidth-bound."""
     data = _bench(name)
     variants = _variants(data)
-    rows = ["| E | T | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
-    for row in data["rows"]:
-        cells = [f"{duration(row['seconds'][v])} ({times(row['ratio_to_kernel'][v])})" for v in variants]
-        rows.append(f"| {row['experts']} | {row['tokens']} | " + " | ".join(cells) + " |")
-    lines = ["\n".join(rows), ""]
-    lines.append(
-        f"Memory bandwidth measured in the same run: {data['bandwidth_gbs']:.1f} GB/s (torch sum over "
+    times_table = markdown_table(
+        ["E", "T", *variants],
+        (
+            [
+                r["experts"],
+                r["tokens"],
+                *(f"{duration(r['seconds'][v])} ({times(r['ratio_to_kernel'][v])})" for v in variants),
+            ]
+            for r in data["rows"]
+        ),
+        align="rr",
+    )
+    note = (
+        f"Memory bandwidth measured in the same run: {data['setup']['bandwidth_gbs']:.1f} GB/s (torch sum over "
         "256 MiB). The roofline is the weight bytes of the distinct experts the tokens select, read "
         "once at that bandwidth; at T = 256 every expert gets many rows and the GEMMs are "
         "compute-bound, so no share is given there."
     )
-    lines.append("")
-    lines.append("| E | T | experts read | roofline | " + " | ".join(variants) + " |")
-    lines.append("|---|---|---|---|" + "---|" * len(variants))
-    for row in data["rows"]:
-        if "roofline_share" in row:
-            shares = " | ".join(percent(row["roofline_share"][v]) for v in variants)
-            lines.append(
-                f"| {row['experts']} | {row['tokens']} | {row['distinct_experts']:.1f} "
-                f"({row['weight_bytes'] / 1e6:.1f} MB) | {duration(row['roofline_seconds'])} | {shares} |"
-            )
-    lines += ["", f"Measured on {machine_text(data['machine'])}."]
-    return "\n".join(lines)
+    roofline = markdown_table(
+        ["E", "T", "experts read", "roofline", *variants],
+        (
+            [
+                r["experts"],
+                r["tokens"],
+                f"{r['distinct_experts']:.1f} ({r['weight_bytes'] / 1e6:.1f} MB)",
+                duration(r["roofline_seconds"]),
+                *(percent(r["roofline_share"][v]) for v in variants),
+            ]
+            for r in data["rows"]
+            if "roofline_share" in r
+        ),
+        align="rr",
+    )
+    return "\n\n".join([times_table, note, roofline, f"Measured on {machine_text(data['machine'])}."])
 
 
 def _ratios(variant: str, name: str = "moe") -> list[float]:
@@ -157,7 +167,7 @@ def bench_goals(name: str = "moe") -> str:
     """Each goal of the benchmark, met or missed at each size."""
     data = _bench(name)
     lines = []
-    for variant, limit in sorted(data["goals"].items(), key=lambda kv: kv[1]):
+    for variant, limit in sorted(data["setup"]["goals"].items(), key=lambda kv: kv[1]):
         verdicts = [
             f"E={r['experts']} T={r['tokens']}: {times(r['ratio_to_kernel'][variant])}"
             + ("" if r["ratio_to_kernel"][variant] <= limit else " (missed)")
@@ -184,16 +194,19 @@ def leaf_shares(shares: dict[str, float]) -> dict[str, float]:
 
 def bench_profile(name: str = "moe", top: int = 4) -> str:
     """Where the time goes where a goal is missed: ORT profiler node time per operator type."""
-    data = _bench(name)
-    lines = []
-    for row in data["rows"]:
-        for variant, shares in row.get("profile", {}).items():
-            ranked = ", ".join(f"{op} {percent(share)}" for op, share in list(leaf_shares(shares).items())[:top])
-            lines.append(f"| {row['experts']} | {row['tokens']} | {variant} | {ranked} |")
-    if not lines:
+    rows = [
+        [
+            r["experts"],
+            r["tokens"],
+            variant,
+            ", ".join(f"{op} {percent(v)}" for op, v in list(leaf_shares(shares).items())[:top]),
+        ]
+        for r in _bench(name)["rows"]
+        for variant, shares in r.get("profile", {}).items()
+    ]
+    if not rows:
         return "Every goal was met at every size, so no profile was taken."
-    head = "| E | T | variant | share of the node time, by operator type |\n|---|---|---|---|\n"
-    return head + "\n".join(lines)
+    return markdown_table(["E", "T", "variant", "share of the node time, by operator type"], rows, align="rr")
 
 
 def fused_is_kernel() -> str:

@@ -20,6 +20,7 @@ from onnxscript import values
 
 from generator.errors import UsageError
 from generator.onnx_build import PROPOSAL_DOMAIN, stamp
+from generator.opspec import register_onnx_schema
 from proposals.moe.body import build_function
 from proposals.moe.hf import block_arrays, is_moe_block
 from proposals.moe.reference import moe
@@ -109,39 +110,6 @@ def swap_moe_blocks(model: torch.nn.Module) -> int:
 
 
 # --8<-- [start:translation]
-def register_onnx_schema() -> None:
-    """Register the op with onnx, so onnxscript can emit it and the checker knows it."""
-    try:
-        onnx.defs.get_schema(SCHEMA.name, 1, SCHEMA.domain)
-        return
-    except onnx.defs.SchemaError:
-        pass
-    option = onnx.defs.OpSchema.FormalParameterOption
-    kinds = {
-        "int": onnx.defs.OpSchema.AttrType.INT,
-        "float": onnx.defs.OpSchema.AttrType.FLOAT,
-        "string": onnx.defs.OpSchema.AttrType.STRING,
-    }
-    schema = onnx.defs.OpSchema(
-        SCHEMA.name,
-        SCHEMA.domain,
-        SCHEMA.since_version,
-        doc=SCHEMA.summary,
-        inputs=[
-            onnx.defs.OpSchema.FormalParameter(
-                p.name, p.type, param_option=option.Optional if p.optional else option.Single
-            )
-            for p in SCHEMA.inputs
-        ],
-        outputs=[onnx.defs.OpSchema.FormalParameter(p.name, p.type) for p in SCHEMA.outputs],
-        type_constraints=[(tc.name, list(tc.types), tc.doc) for tc in SCHEMA.type_constraints],
-        attributes=[
-            onnx.defs.OpSchema.Attribute(a.name, kinds[a.type], a.doc, required=a.required) for a in SCHEMA.attributes
-        ],
-    )
-    onnx.defs.register_schema(schema)
-
-
 def _translate(
     X,
     router_weight,
@@ -177,7 +145,7 @@ def _translate(
 def export(model: torch.nn.Module, args: tuple, **kwargs) -> onnx.ModelProto:
     """``torch.onnx.export`` of a model whose MoE blocks were swapped, with the function
     body of the (single) MoE configuration appended as model-local functions."""
-    register_onnx_schema()
+    register_onnx_schema(SCHEMA)
     program = torch.onnx.export(
         model,
         args,

@@ -37,7 +37,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter import pattern, rewrite
 
 from generator.onnx_build import PROPOSAL_DOMAIN
-from proposals.moe.substitute import ORT_DOMAIN, _ort_attrs, _ort_fc1
+from proposals.moe.ort_moe import ORT_DOMAIN, ort_attrs, ort_fc1
 
 
 # --8<-- [start:const]
@@ -277,15 +277,13 @@ def _moe_rule(kind: str) -> pattern.RewriteRule:
         def init(name: str, array: np.ndarray) -> ir.Value:
             return op.initializer(ir.tensor(np.ascontiguousarray(array)), name=prefix + name)
 
-        fc1 = init("fc1", _ort_fc1(arrays["fc1_weight"], attrs))
+        fc1 = init("fc1", ort_fc1(arrays["fc1_weight"], attrs))
         fc2 = init("fc2", np.swapaxes(arrays["fc2_weight"], 1, 2))
         fc1_bias = (
-            init("fc1_bias", _ort_fc1(arrays["fc1_bias"][..., None, :], attrs)[..., 0])
-            if "fc1_bias" in arrays
-            else None
+            init("fc1_bias", ort_fc1(arrays["fc1_bias"][..., None, :], attrs)[..., 0]) if "fc1_bias" in arrays else None
         )
         fc2_bias = init("fc2_bias", arrays["fc2_bias"]) if "fc2_bias" in arrays else None
-        y = op.MoE(tokens, probs, fc1, fc1_bias, fc2, fc2_bias, _domain=ORT_DOMAIN, **_ort_attrs(attrs, _ints(k)[0]))
+        y = op.MoE(tokens, probs, fc1, fc1_bias, fc2, fc2_bias, _domain=ORT_DOMAIN, **ort_attrs(attrs, _ints(k)[0]))
         scale = _float(b["scale"]) if b["scaled"] else 1.0
         if scale != 1.0:
             y = op.Mul(y, op.CastLike(init("scale", np.array(scale, np.float32)), y))

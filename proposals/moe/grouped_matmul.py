@@ -19,7 +19,7 @@ from onnxscript import script
 from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder
 from generator.opspec import OpSchema, Parameter, TypeConstraint, render_spec
 from generator.registry import select
-from proposals.moe.body import GENAI, GroupedMatMul, _piece_proto
+from proposals.moe.body import GENAI, GroupedMatMul, piece_proto
 from proposals.moe.schema import OPSET
 
 FLOATS = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
@@ -130,7 +130,7 @@ def GroupedMatMulND(input, weights, group_indices):
 def functions(*, bias: bool, nd: bool = False) -> list[onnx.FunctionProto]:
     """The model-local functions a GroupedMatMul (or GroupedMatMulND) node needs: the
     context-dependent body for this bias presence, then the variant's wrapper."""
-    core = _piece_proto("GroupedMatMulBias" if bias else "GroupedMatMul")
+    core = piece_proto("GroupedMatMulBias" if bias else "GroupedMatMul")
     _fix_opsets(core)
     if not nd:
         return [core]
@@ -186,3 +186,32 @@ def spec_markdown() -> str:
     wrapper = functions(bias=False, nd=True)[1]
     nd = render_spec(ND_SCHEMA, wrapper, [specs[n] for n in ND_EXAMPLES], catalogue_link="../../catalogue.md")
     return core + "\n\n" + nd
+
+
+# The gather-per-slot form exporters emit: the RFC's decomposition alone, without the
+# per-group Loop the body switches to for large M.
+@script(GENAI, default_opset=op)
+def GatherPerSlot(input, weights, group_indices):
+    """The RFC's decomposition alone: gather every slot's weights, then MatMul."""
+    return op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
+
+
+@script(GENAI, default_opset=op)
+def GatherPerSlotBias(input, weights, group_indices, bias):
+    """The RFC's decomposition with its bias line."""
+    product = op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
+    return op.Add(product, op.Gather(bias, group_indices, axis=0))
+
+
+def with_gather_per_slot_body(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with GroupedMatMul's body replaced by the RFC's gather-per-slot decomposition."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, f in enumerate(out.functions):
+        if f.name == "GroupedMatMul":
+            replacement = (GatherPerSlotBias if len(f.input) > 3 else GatherPerSlot).to_function_proto()
+            replacement.name = "GroupedMatMul"
+            replacement.ClearField("opset_import")
+            replacement.opset_import.extend(f.opset_import)
+            out.functions[i].CopyFrom(replacement)
+    return out

@@ -154,22 +154,20 @@ def bench_decode(quick: bool) -> None:
         print(f"context {context}: " + ", ".join(f"{n} {r:.2f}x" for n, r in rel.items()), flush=True)
     if quick:  # a smoke run: the committed results stay as they are
         return
-    write_json(
-        TOPIC,
-        "decode",
-        rows,
-        block_size=BLOCK_SIZE,
-        batch=1,
-        threads=THREADS,
-        dtype="float32",
+    setup = {
+        "block_size": BLOCK_SIZE,
+        "batch": 1,
+        "threads": THREADS,
+        "dtype": "float32",
         **HEADS,
-        baseline=BASELINE,
-    )
+        "baseline": BASELINE,
+    }
+    write_json(TOPIC, "decode", rows, setup)
     plot_decode(rows)
 
 
 def plot_decode(rows: list[dict]) -> None:
-    """decode.svg from the rows of decode.json (``plot_decode(json.load(...)["rows"])``
+    """decode.svg from the rows of decode.json (``plot_decode(load_results(...)["rows"])``
     redraws it without re-running the benchmark)."""
     contexts = list(dict.fromkeys(row["context"] for row in rows))
     series: dict[str, list[float]] = {}
@@ -238,14 +236,8 @@ def bench_memory(quick: bool) -> None:
     print(simulate.table(results), flush=True)
     if quick:
         return
-    write_json(
-        TOPIC,
-        "memory",
-        simulate.rows(results),
-        budget_slots=simulate.BUDGET_SLOTS,
-        max_len=simulate.MAX_LEN,
-        seed=0,
-    )
+    setup = {"budget_slots": simulate.BUDGET_SLOTS, "max_len": simulate.MAX_LEN, "seed": 0}
+    write_json(TOPIC, "memory", simulate.rows(results), setup)
     plot_memory(results, "memory")
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import numpy as np
 
-from generator.bench import results_dir
 from generator.registry import Case, select
 from generator.runtimes import OnnxRuntime, ReferenceRuntime
 from generator.verify import compare
@@ -43,17 +41,3 @@ def _max_error(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarr
     if not ok:
         raise AssertionError(problem)
     return err
-
-
-def bench_table(name: str = "decode") -> str:
-    """The committed decode bench as a Markdown table of ratios (lower is better)."""
-    data = json.loads((results_dir("paged_attention") / f"{name}.json").read_text())
-    contexts = sorted({row["context"] for row in data["rows"]})
-    variants = list(dict.fromkeys(row["variant"] for row in data["rows"]))
-    cell = {(r["variant"], r["context"]): r for r in data["rows"]}
-    header = "| arrangement | " + " | ".join(f"context {c}" for c in contexts) + " |"
-    rows = [header, "|---|" + "---:|" * len(contexts)]
-    for v in variants:
-        cells = [f"{cell[v, c]['ratio']:.2f}× ({cell[v, c]['median_s'] * 1e3:.1f} ms)" for c in contexts]
-        rows.append(f"| {v} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)

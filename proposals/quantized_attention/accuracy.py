@@ -17,7 +17,6 @@ Two settings, results in ``bench/accuracy.json`` (committed, rendered on the pag
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +184,7 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
 def decoder_study(arch: str) -> list[dict]:
     from proposals.text_pipeline.build import build_decoder, spec_from_model
-    from proposals.text_pipeline.models import tiny_model
+    from proposals.text_pipeline.families import tiny_model
 
     base = build_decoder(tiny_model(arch, head_dim=HEAD_DIM))
     spec = spec_from_model(base)
@@ -228,14 +227,18 @@ def decoder_study(arch: str) -> list[dict]:
 
 
 def main() -> Path:
-    synthetic = [{"config": label, "relative_error": _round(synthetic_error(d, k, v))} for label, d, k, v in configs()]
+    """Rows of three studies (``study``: synthetic, int4_keys_only, decoder) in one result."""
+    rows = [
+        {"study": "synthetic", "config": label, "relative_error": _round(synthetic_error(d, k, v))}
+        for label, d, k, v in configs()
+    ]
     # The 4-bit key question on its own: keys quantized, values kept in float32.
-    keys_only = {g: _round(synthetic_error("int4", g, None)) for g in reference.GRANULARITIES}
-    decoders = decoder_study("llama") + decoder_study("qwen3")
-    path = bench.results_dir(TOPIC) / "accuracy.json"
-    payload = {"synthetic": synthetic, "int4_keys_only": keys_only, "decoders": decoders, "new_tokens": NEW_TOKENS}
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    return path
+    rows += [
+        {"study": "int4_keys_only", "granularity": g, "relative_error": _round(synthetic_error("int4", g, None))}
+        for g in reference.GRANULARITIES
+    ]
+    rows += [{"study": "decoder", **row} for row in decoder_study("llama") + decoder_study("qwen3")]
+    return bench.write_json(TOPIC, "accuracy", rows, {"new_tokens": NEW_TOKENS})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ with each variant's share of that limit. Results: ``proposals/quantized_attentio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import numpy as np
@@ -77,7 +76,6 @@ def measure(lengths, bandwidth_gbs: float, **timing) -> list[dict]:
                 "L": length,
                 "seconds": times,
                 "ratios": bench.ratios(times, FP32),
-                "baseline": FP32,
                 "cache_bytes_per_token": BYTES_PER_TOKEN,
                 "roofline_seconds": roofline,
                 "roofline_share": {name: roofline[name] / t for name, t in times.items()},
@@ -85,25 +83,6 @@ def measure(lengths, bandwidth_gbs: float, **timing) -> list[dict]:
         )
         print(f"L={length:6d} " + "  ".join(f"{n}: {t * 1e3:8.2f} ms" for n, t in times.items()), flush=True)
     return rows
-
-
-def results_table(name: str = "decode_step") -> str:
-    """The committed results as a Markdown table (median ms per step, ratio, roofline share)."""
-    data = json.loads((bench.results_dir(TOPIC) / f"{name}.json").read_text())
-    variants = list(data["rows"][0]["seconds"])
-    lines = [
-        "| L | " + " | ".join(variants) + " |",
-        "|---|" + "---|" * len(variants),
-    ]
-    for row in data["rows"]:
-        cells = [
-            f"{row['seconds'][v] * 1e3:.2f} ms ({row['ratios'][v]:.2f}×, {row['roofline_share'][v]:.0%} of roofline)"
-            for v in variants
-        ]
-        lines.append(f"| {row['L']} | " + " | ".join(cells) + " |")
-    per_token = data["rows"][0]["cache_bytes_per_token"]
-    lines.append("| cache bytes / token | " + " | ".join(f"{per_token[v]} B" for v in variants) + " |")
-    return "\n".join(lines) + f"\n\nDRAM read bandwidth measured in the same run: {data['bandwidth_gbs']:.1f} GB/s."
 
 
 def main(quick: bool = False) -> None:
@@ -116,7 +95,7 @@ def main(quick: bool = False) -> None:
     if quick:
         return
     shape = {"batch": 1, "q_heads": Q_HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "threads": 2, **timing}
-    bench.write_json(TOPIC, "decode_step", rows, bandwidth_gbs=bandwidth, **shape)
+    bench.write_json(TOPIC, "decode_step", rows, {**shape, "bandwidth_gbs": bandwidth, "baseline": FP32})
     series = {name: [row["seconds"][name] * 1e3 for row in rows] for name in rows[0]["seconds"]}
     bench.plot_ratios(
         TOPIC,

@@ -3,29 +3,51 @@
 
 from __future__ import annotations
 
-import json
 from functools import cache
 
-from generator.bench import results_dir
+from generator.bench import load_results, markdown_table
 
 TOPIC = "quantized_attention"
 
 
 @cache
 def _json(name: str) -> dict:
-    return json.loads((results_dir(TOPIC) / f"{name}.json").read_text())
+    return load_results(TOPIC, name)
+
+
+def _study(name: str) -> list[dict]:
+    """The accuracy rows of one study: ``synthetic``, ``int4_keys_only`` or ``decoder``."""
+    return [row for row in _json("accuracy")["rows"] if row["study"] == name]
 
 
 def spec_markdown() -> str:
-    from proposals.quantized_attention.spec import spec_markdown as render
+    """The rendered spec section: schema, function body, zoo examples."""
+    from generator.opspec import render_spec
+    from generator.registry import select
+    from proposals.quantized_attention.function_op import QuantizedAttention
+    from proposals.quantized_attention.spec import SCHEMA
 
-    return render()
+    examples = [spec for spec in select(["quantized_attention"]) if spec.name.startswith("op_")]
+    return render_spec(SCHEMA, QuantizedAttention.to_function_proto(), examples, catalogue_link="../../catalogue.md")
 
 
 def bench_table() -> str:
-    from proposals.quantized_attention.bench import results_table
+    """The committed decode bench as a Markdown table (median ms per step, ratio, roofline share)."""
+    data = _json("decode_step")
+    variants = list(data["rows"][0]["seconds"])
 
-    return results_table()
+    def cell(row: dict, v: str) -> str:
+        share = row["roofline_share"][v]
+        return f"{row['seconds'][v] * 1e3:.2f} ms ({row['ratios'][v]:.2f}×, {share:.0%} of roofline)"
+
+    rows = [[row["L"], *(cell(row, v) for v in variants)] for row in data["rows"]]
+    per_token = data["rows"][0]["cache_bytes_per_token"]
+    rows.append(["cache bytes / token", *(f"{per_token[v]} B" for v in variants)])
+    bandwidth = data["setup"]["bandwidth_gbs"]
+    return (
+        markdown_table(["L", *variants], rows)
+        + f"\n\nDRAM read bandwidth measured in the same run: {bandwidth:.1f} GB/s."
+    )
 
 
 def synthetic_setup() -> str:
@@ -63,26 +85,29 @@ def fusion_summary() -> str:
 
 
 def accuracy_table() -> str:
-    data = _json("accuracy")
-    decoders = {(r["model"], r["config"]): r for r in data["decoders"]}
-    lines = [
-        "| cache (K / V) | synthetic attention error | Llama KL | Llama agreement | Qwen3 KL | Qwen3 agreement |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in data["synthetic"]:
-        cells = [f"{row['relative_error']:.3g}"]
+    decoders = {(r["model"], r["config"]): r for r in _study("decoder")}
+    rows = []
+    for row in _study("synthetic"):
+        cells = [row["config"], f"{row['relative_error']:.3g}"]
         for model in ("llama", "qwen3"):
             d = decoders[(model, row["config"])]
             cells += [f"{d['kl']:.3g}", f"{d['token_agreement']:.0%}"]
-        lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    header = [
+        "cache (K / V)",
+        "synthetic attention error",
+        "Llama KL",
+        "Llama agreement",
+        "Qwen3 KL",
+        "Qwen3 agreement",
+    ]
+    return markdown_table(header, rows)
 
 
 def key_granularity_verdict() -> str:
     """Whether "per-channel keys beat per-token keys at 4 bits" reproduces, with the numbers."""
-    data = _json("accuracy")
-    keys = data["int4_keys_only"]
-    decoders = {(r["model"], r["config"]): r for r in data["decoders"]}
+    keys = {row["granularity"]: row["relative_error"] for row in _study("int4_keys_only")}
+    decoders = {(r["model"], r["config"]): r for r in _study("decoder")}
     synthetic = "reproduces" if keys["per_channel"] < keys["per_token"] else "does not reproduce"
     parts = [
         f"On the synthetic outlier keys it **{synthetic}**: int4 keys alone give attention error "

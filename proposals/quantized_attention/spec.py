@@ -1,10 +1,10 @@
-"""The QuantizedAttention function-op draft as one schema object, rendered like onnx Operators.md."""
+"""The QuantizedAttention function-op draft as one schema object (``docs.spec_markdown`` renders
+it like onnx Operators.md, with the function body of ``function_op``)."""
 
 from __future__ import annotations
 
 from generator.onnx_build import PROPOSAL_DOMAIN
-from generator.opspec import Attribute, OpSchema, Parameter, TypeConstraint, render_spec
-from generator.registry import select
+from generator.opspec import Attribute, OpSchema, Parameter, TypeConstraint
 
 DOC = """
 Attention-24 over a KV cache stored as quantized codes. The op reads the caches as
@@ -59,11 +59,3 @@ SCHEMA = OpSchema(
         TypeConstraint("C", ("tensor(int8)", "tensor(int4)", "tensor(float8e4m3fn)"), "Cache codes (symmetric)."),
     ),
 )
-
-
-def spec_markdown() -> str:
-    """The rendered spec section: schema, function body, zoo examples."""
-    from proposals.quantized_attention.function_op import QuantizedAttention
-
-    examples = [spec for spec in select(["quantized_attention"]) if spec.name.startswith("op_")]
-    return render_spec(SCHEMA, QuantizedAttention.to_function_proto(), examples, catalogue_link="../../catalogue.md")

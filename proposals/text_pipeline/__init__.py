@@ -1,6 +1,8 @@
 """Text-to-text GenAI pipeline: the WG interface in Python, run end to end on an opset-24
 decoder (TensorScatter-24 KV cache + Attention-24) with a real BPE tokenizer."""
 
+# importing the backends registers them (onnxruntime, transformers, onnxruntime-genai)
+from proposals.text_pipeline import backends  # noqa: F401
 from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.config import (
     BeamSearchConfig,
@@ -10,15 +12,15 @@ from proposals.text_pipeline.config import (
     SamplingConfig,
     StopCriteria,
 )
-from proposals.text_pipeline.generator import Generator
-from proposals.text_pipeline.pipeline import (
+from proposals.text_pipeline.factory import (
     Device,
-    Pipeline,
     backend_names,
     create_pipeline,
     enumerate_devices,
     register_backend,
 )
+from proposals.text_pipeline.generation import Generator
+from proposals.text_pipeline.pipeline import Pipeline
 
 __all__ = [
     "BeamSearchConfig",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from generator.errors import UsageError
 from proposals.text_pipeline.config import GenerationInput, SamplingConfig
+from proposals.text_pipeline.factory import backend_names, create_pipeline, enumerate_devices
+from proposals.text_pipeline.families import ARCHITECTURES
 from proposals.text_pipeline.folder import write_folder, zoo_folder
-from proposals.text_pipeline.models import ARCHITECTURES
-from proposals.text_pipeline.pipeline import backend_names, create_pipeline, enumerate_devices
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from generator.bench import plot_ratios, time_interleaved, write_json
 from proposals.text_pipeline.build import build_decoder
-from proposals.text_pipeline.models import tiny_model
+from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.runners import OrtRunner
 
 TOPIC = "text_pipeline"
@@ -81,7 +81,7 @@ def main(quick: bool = False) -> None:
     decoder = build_decoder(tiny_model("llama", **BENCH_MODEL))
     rows = [measure(c, decoder, batches=3 if quick else 9, min_batch_s=0.01 if quick else 0.05) for c in contexts]
     if not quick:  # a quick run only shows that the bench works; it writes nothing
-        write_json(TOPIC, "cache", rows, model=BENCH_MODEL, threads=2)
+        write_json(TOPIC, "cache", rows, {"model": BENCH_MODEL, "threads": 2})
         plot_ratios(
             TOPIC,
             "cache",
@@ -102,24 +102,6 @@ def main(quick: bool = False) -> None:
             f"(x{r['decode_speedup_inplace_over_copying']:.2f}); "
             f"TTFT {r['ttft_s']['in-place'] * 1e3:.1f} vs {r['ttft_s']['copying'] * 1e3:.1f} ms"
         )
-
-
-def results_table() -> str:
-    """The committed full run as a text table (what the page prints)."""
-    import json
-
-    from generator.bench import results_dir
-
-    data = json.loads((results_dir(TOPIC) / "cache.json").read_text())
-    lines = ["context  decode tok/s in-place  copying  ratio   TTFT ms in-place  copying  ratio"]
-    for r in data["rows"]:
-        tok, ttft = r["decode_tokens_per_s"], r["ttft_s"]
-        lines.append(
-            f"{r['context']:7d}  {tok['in-place']:20.0f}  {tok['copying']:7.0f}  "
-            f"{r['decode_speedup_inplace_over_copying']:5.2f}x  {ttft['in-place'] * 1e3:16.1f}  "
-            f"{ttft['copying'] * 1e3:7.1f}  {r['ttft_ratio_copying_over_inplace']:5.2f}x"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

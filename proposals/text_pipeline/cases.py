@@ -16,8 +16,8 @@ import onnx
 from generator.registry import Case, DataSet, case
 from generator.torch_reference import float64_copy
 from proposals.text_pipeline.build import spec_from_model
+from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.folder import decoder_bytes, extra_files, reference_step
-from proposals.text_pipeline.models import tiny_model
 from proposals.text_pipeline.tokenizer import PAD_TOKEN, load_tokenizer
 
 PROMPTS = ("The cache is", "TensorScatter writes keys into the buffer")

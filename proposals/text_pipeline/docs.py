@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from generator.bench import load_results, machine_text, times, times_range
+from generator.bench import duration, load_results, machine_text, markdown_table, times, times_range
 
 TOPIC = "text_pipeline"
 
@@ -15,9 +15,30 @@ def bench_setup() -> str:
     """``onnxruntime 1.32.0 CPU with 2 threads``, as the committed run recorded it, and where."""
     data = load_results(TOPIC, "cache")
     return (
-        f"onnxruntime {data['machine']['onnxruntime']} CPU with {data['threads']} threads "
+        f"onnxruntime {data['machine']['onnxruntime']} CPU with {data['setup']['threads']} threads "
         f"(measured on {machine_text(data['machine'])})"
     )
+
+
+def results_table() -> str:
+    """The committed run as a Markdown table: decode speed and time to first token, in place
+    vs copying, per context length."""
+    rows = []
+    for r in load_results(TOPIC, "cache")["rows"]:
+        tok, ttft = r["decode_tokens_per_s"], r["ttft_s"]
+        rows.append(
+            [
+                r["context"],
+                f"{tok['in-place']:.0f}",
+                f"{tok['copying']:.0f}",
+                times(r["decode_speedup_inplace_over_copying"]),
+                duration(ttft["in-place"]),
+                duration(ttft["copying"]),
+                times(r["ttft_ratio_copying_over_inplace"]),
+            ]
+        )
+    header = ["context", "decode tok/s in place", "copying", "ratio", "TTFT in place", "copying", "ratio"]
+    return markdown_table(header, rows, align="r" * len(header))
 
 
 def decode_speedups() -> str:

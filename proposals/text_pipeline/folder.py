@@ -1,19 +1,174 @@
-"""The files of a pipeline model folder (decoder, tokenizer, pipeline config) as bytes,
-and the transformers reference values the zoo cases expect."""
+"""A pipeline model folder: ``model.onnx`` (the opset-24 decoder), ``tokenizer.json`` and
+``pipeline.json`` (the default generation config and the recipe of the transformers
+reference model), written as the zoo holds it and read back checked; and the transformers
+reference values the zoo cases expect."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import onnx
+from google.protobuf.message import DecodeError
+
+from generator.errors import UsageError
 from generator.torch_reference import float64_mode
 from generator.zoo import case_dir
-from proposals.text_pipeline.build import build_decoder
-from proposals.text_pipeline.config import GenerationConfig
-from proposals.text_pipeline.models import tiny_model
-from proposals.text_pipeline.pipeline import pipeline_manifest
+from proposals.text_pipeline.build import build_decoder, spec_from_model
+from proposals.text_pipeline.config import BeamSearchConfig, GenerationConfig, SamplingConfig, StopCriteria
+from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_json
+
+PIPELINE_FILE = "pipeline.json"
+FORMAT = "onnx-genai-proposals/text_pipeline/1"
+
+
+def config_to_json(config: GenerationConfig) -> dict:
+    """A GenerationConfig as JSON (sets as sorted lists, the enum by name)."""
+    s, b = config.sampling_config, config.beam_search_config
+    return {
+        "max_length": config.max_length,
+        "max_new_tokens": config.max_new_tokens,
+        "min_new_tokens": config.min_new_tokens,
+        "eos_token_ids": sorted(config.eos_token_ids),
+        "stop_strings": sorted(config.stop_strings),
+        "sampling_config": dict(vars(s)),
+        "beam_search_config": {**vars(b), "stop_criteria": b.stop_criteria.name},
+    }
+
+
+def config_from_json(data: Mapping) -> GenerationConfig:
+    """The inverse of ``config_to_json``; unknown keys are an error."""
+    try:
+        data = dict(data)
+        sampling = SamplingConfig(**data.pop("sampling_config", {}))
+        beams = dict(data.pop("beam_search_config", {}))
+        if "stop_criteria" in beams:
+            beams["stop_criteria"] = StopCriteria[beams["stop_criteria"]]
+        return GenerationConfig(sampling_config=sampling, beam_search_config=BeamSearchConfig(**beams), **data)
+    except (TypeError, KeyError, ValueError) as err:
+        raise UsageError(f"bad generation_config in {PIPELINE_FILE}: {err}") from None
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """The files of one pipeline model folder, read and checked."""
+
+    path: Path
+    decoder: onnx.ModelProto
+    tokenizer_json: bytes
+    config: GenerationConfig
+    manifest: dict = field(repr=False)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelFolder:
+        """Read and check a folder; a missing or malformed file is a one-line UsageError."""
+        path = Path(path)
+        meta_path = path / PIPELINE_FILE
+        if not meta_path.is_file():
+            raise UsageError(
+                f"{path} is not a text_pipeline model folder: no {PIPELINE_FILE} "
+                "(run `python -m generator zoo text_pipeline` to write the zoo)"
+            )
+        _inside(path, PIPELINE_FILE, f"{meta_path}: the folder's own {PIPELINE_FILE}")
+        manifest = _read_manifest(meta_path)
+        decoder = _read_decoder(_named_file(path, manifest, "decoder"))
+        tokenizer_path = _named_file(path, manifest, "tokenizer")
+        tokenizer = _read_tokenizer(tokenizer_path, spec_from_model(decoder).vocab_size)
+        return cls(path, decoder, tokenizer, config_from_json(manifest["generation_config"]), manifest)
+
+
+def _named_file(folder: Path, manifest: dict, key: str) -> Path:
+    """The file ``pipeline.json`` names under ``key``, which must lie inside the folder."""
+    return _inside(folder, manifest[key], f"{folder / PIPELINE_FILE}: {key} {manifest[key]!r}")
+
+
+def _inside(folder: Path, name: str, what: str) -> Path:
+    """``folder / name``, refused unless it stays inside ``folder``: a model folder may only
+    name its own files (no absolute path, no ``..``, no symlink that leads out)."""
+    relative = PurePosixPath(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        raise UsageError(f"{what} must be a relative path inside the model folder (no '..', not absolute)")
+    target = folder / relative
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise UsageError(f"{what} is a symlink that leads outside the model folder; only files inside it are read")
+    return target
+
+
+MANIFEST_KEYS = {"format": str, "decoder": str, "tokenizer": str, "generation_config": dict}
+
+
+def _read_manifest(meta_path: Path) -> dict:
+    """``pipeline.json`` parsed, with its format and required keys checked."""
+    try:
+        manifest = json.loads(meta_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{meta_path}: not UTF-8 text; expected a JSON object") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{meta_path}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{meta_path}: expected a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise UsageError(f"{meta_path}: format {manifest.get('format')!r}; expected {FORMAT!r}")
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise UsageError(
+                f"{meta_path}: {key!r} is missing or not a {kind.__name__}; required keys: {', '.join(MANIFEST_KEYS)}"
+            )
+    return manifest
+
+
+def _read_decoder(model_path: Path) -> onnx.ModelProto:
+    """The decoder ``pipeline.json`` names, parsed and recognised as a text_pipeline decoder."""
+    if not model_path.is_file():
+        raise UsageError(f"{model_path}: no such file ({PIPELINE_FILE} names it as the decoder)")
+    try:
+        model = onnx.load(model_path)
+    except DecodeError:
+        raise UsageError(f"{model_path}: not an ONNX model (protobuf parse failed)") from None
+    except (onnx.checker.ValidationError, OSError) as err:
+        # onnx itself refuses external data outside the model's folder (.., absolute, symlinks)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"{model_path}: cannot read its external data ({reason})") from None
+    try:
+        spec_from_model(model)
+    except UsageError as err:
+        raise UsageError(f"{model_path}: {err}") from None
+    return model
+
+
+def _read_tokenizer(tokenizer_path: Path, vocab_size: int) -> bytes:
+    """``tokenizer.json`` bytes, checked to load and to fit the decoder's vocabulary."""
+    if not tokenizer_path.is_file():
+        raise UsageError(f"{tokenizer_path}: no such file ({PIPELINE_FILE} names it as the tokenizer)")
+    data = tokenizer_path.read_bytes()
+    try:
+        size = load_tokenizer(data).get_vocab_size()
+    except Exception as err:  # tokenizers raises a bare Exception for any parse error
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"{tokenizer_path}: not a tokenizers tokenizer.json ({reason})") from None
+    if size > vocab_size:
+        raise UsageError(f"{tokenizer_path}: {size} tokens; the decoder's vocabulary has only {vocab_size}")
+    return data
+
+
+def pipeline_manifest(arch: str, config: GenerationConfig, hf_config: dict) -> dict:
+    """The ``pipeline.json`` written beside a zoo decoder."""
+    return {
+        "format": FORMAT,
+        "decoder": "model.onnx",
+        "tokenizer": "tokenizer.json",
+        "generation_config": config_to_json(config),
+        "transformers": {
+            "architecture": arch,
+            "recipe": "proposals.text_pipeline.families.tiny_model",
+            "config": hf_config,
+        },
+    }
+
 
 DEFAULT_CONFIG = GenerationConfig(max_new_tokens=32, eos_token_ids=frozenset({0}))
 

@@ -11,17 +11,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from proposals.text_pipeline.backends.onnxruntime_genai import write_genai_folder
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
-from proposals.text_pipeline.folder import decoder_bytes, write_folder
-from proposals.text_pipeline.generator import Generator
-from proposals.text_pipeline.models import ARCHITECTURES, tiny_model
-from proposals.text_pipeline.ortgenai import write_genai_folder
-from proposals.text_pipeline.pipeline import ModelFolder
+from proposals.text_pipeline.families import ARCHITECTURES, tiny_model
+from proposals.text_pipeline.folder import ModelFolder, decoder_bytes, write_folder
+from proposals.text_pipeline.generation import Generator
 from proposals.text_pipeline.runners import OrtRunner
-from proposals.text_pipeline.tokenizer import load_tokenizer
+from proposals.text_pipeline.tokenizer import PAD_TOKEN, load_tokenizer
 
 PROMPTS = ("The KV cache", "TensorScatter writes the new keys into the static buffer at")
+
+
+def pad_id() -> int:
+    """The tokenizer's pad token id."""
+    return load_tokenizer().token_to_id(PAD_TOKEN)
 
 
 def greedy(runner, prompts: list[list[int]], new: int) -> list[list[int]]:
@@ -36,8 +40,8 @@ def hf_greedy(model, prompts: list[list[int]], new: int) -> list[list[int]]:
     """transformers ``generate`` on the left-padded batch."""
     import torch
 
-    width = max(map(len, prompts))
-    ids = torch.tensor([[1] * (width - len(p)) + p for p in prompts])
+    width, pad = max(map(len, prompts)), pad_id()
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
         out = model.generate(
@@ -46,7 +50,7 @@ def hf_greedy(model, prompts: list[list[int]], new: int) -> list[list[int]]:
             max_new_tokens=new,
             min_new_tokens=new,
             do_sample=False,
-            pad_token_id=1,
+            pad_token_id=pad,
             eos_token_id=None,
         )
     return [row[width:].tolist() for row in out]
@@ -149,7 +153,7 @@ def _genai_run(model, rows: list[list[int]], new: int) -> list[list[int]]:
 def ortgenai_batch_check() -> str:
     """ORT GenAI on a ragged batch, left- and right-padded, vs each prompt alone."""
     short, long = [5, 6, 7], [8, 9, 10, 11, 12, 13]
-    pad = [1] * (len(long) - len(short))
+    pad = [pad_id()] * (len(long) - len(short))
     with tempfile.TemporaryDirectory() as scratch:
         model = _genai_model("llama", Path(scratch))
         alone = _genai_run(model, [short], 8)[0]

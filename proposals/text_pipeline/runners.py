@@ -1,4 +1,5 @@
-"""Decoder runners: append tokens to each sequence of a batch, return next-token logits.
+"""Decoder runners (``generation.Runner``): append tokens to each sequence of a batch, return
+next-token logits.
 
 A runner owns the KV cache. ``OrtRunner`` runs the opset-24 decoder with onnxruntime:
 the cache is one numpy buffer per layer and direction, bound through IOBinding as both
@@ -11,33 +12,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from generator.errors import UsageError
-from generator.ort import session
+from generator.ort import ERROR, WARNING, session
 from proposals.text_pipeline.build import DecoderSpec, spec_from_model
-
-
-class Runner(Protocol):
-    """What the generation loop needs from a backend."""
-
-    lengths: list[int]  # tokens in each sequence so far
-    vocab_size: int
-    max_positions: int
-
-    def start(self, batch: int, capacity: int) -> None:
-        """Empty caches for ``batch`` sequences of up to ``capacity`` tokens."""
-
-    def append(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
-        """Feed tokens to every sequence (same count per sequence, or a prefill of any
-        lengths); return the logits after each sequence's last token, ``[batch, vocab]``."""
-
-    def reorder(self, rows: Sequence[int]) -> None:
-        """Make sequence ``i`` a copy of sequence ``rows[i]`` (beam search)."""
 
 
 # --8<-- [start:ort_runner]
@@ -46,7 +28,9 @@ class OrtRunner:
 
     def __init__(self, model: onnx.ModelProto, *, inplace: bool = True, threads: int = 2) -> None:
         self.spec: DecoderSpec = spec_from_model(model)
-        self.session = session(model, threads=threads)
+        # The copying runner is the bench's baseline: it copies the cache on purpose, so
+        # onnxruntime's TensorScatter copy warning would repeat at every step.
+        self.session = session(model, threads=threads, log_severity=WARNING if inplace else ERROR)
         self.inplace = inplace
         self.vocab_size = self.spec.vocab_size
         self.max_positions = self.spec.max_positions

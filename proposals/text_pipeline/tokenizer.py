@@ -18,6 +18,9 @@ VOCAB_SIZE = 512
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)  # ids 0 and 1
+# GPT-2's convention: one <|endoftext|> token both begins and ends a text, so there is no
+# separate BOS token (transformers' configs of these models say bos_token_id=None).
+BOS_TOKEN = EOS_TOKEN
 
 
 def corpus_lines() -> list[str]:

@@ -11,9 +11,9 @@ import pytest
 
 from generator.onnx_build import seeded
 from generator.ort import session
-from proposals.moe.bench import _gather_only
 from proposals.moe.fusion import fuse
 from proposals.moe.fusion_report import compute, load
+from proposals.moe.grouped_matmul import with_gather_per_slot_body
 from proposals.moe.primitive import primitive_model
 from proposals.moe.reference import moe
 
@@ -84,7 +84,7 @@ def test_body_forms_fuse(inline: str) -> None:
     source = {
         "function op": model,
         "inlined body": onnx.inliner.inline_local_functions(model),
-        "gather-per-slot": onnx.inliner.inline_local_functions(_gather_only(model)),
+        "gather-per-slot": onnx.inliner.inline_local_functions(with_gather_per_slot_body(model)),
     }[inline]
     fused, report = fuse(source)
     assert report["fused"] == 1 and not fused.functions

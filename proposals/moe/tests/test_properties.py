@@ -120,12 +120,12 @@ def _grouped_matmul_model():
         ],
         [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, ["M", "k", "N"])],
     )
-    from proposals.moe.body import _piece_proto
+    from proposals.moe.body import piece_proto
 
     return helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(PROPOSAL_DOMAIN, 1)],
-        functions=[_piece_proto(GroupedMatMul.name)],
+        functions=[piece_proto(GroupedMatMul.name)],
     )
 
 

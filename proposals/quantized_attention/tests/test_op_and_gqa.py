@@ -9,7 +9,8 @@ import pytest
 from generator.errors import UsageError
 from generator.ort import session
 from proposals.quantized_attention import cases, function_op, gqa, reference
-from proposals.quantized_attention.spec import SCHEMA, spec_markdown
+from proposals.quantized_attention.docs import spec_markdown
+from proposals.quantized_attention.spec import SCHEMA
 
 GQA_CASES = [cases.int8_per_tensor, cases.int8_per_channel, cases.int4_per_tensor]
 

@@ -14,8 +14,8 @@ import pytest
 
 from generator.bench import ROOT
 from proposals.text_pipeline.config import GenerationInput
+from proposals.text_pipeline.factory import create_pipeline
 from proposals.text_pipeline.folder import write_folder
-from proposals.text_pipeline.pipeline import create_pipeline
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -11,8 +11,8 @@ import torch
 from generator.errors import UsageError
 from proposals.text_pipeline import build_decoder
 from proposals.text_pipeline.build import spec_from_model
+from proposals.text_pipeline.families import ARCHITECTURES, tiny_config, tiny_model
 from proposals.text_pipeline.folder import hf_step
-from proposals.text_pipeline.models import ARCHITECTURES, tiny_config, tiny_model
 from proposals.text_pipeline.runners import OrtRunner
 
 ARCHS = sorted(ARCHITECTURES)

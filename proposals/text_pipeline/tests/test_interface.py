@@ -17,10 +17,9 @@ from proposals.text_pipeline import (
     create_pipeline,
     enumerate_devices,
 )
-from proposals.text_pipeline.folder import decoder_bytes, write_folder
-from proposals.text_pipeline.generator import beam_search
-from proposals.text_pipeline.models import tiny_model
-from proposals.text_pipeline.pipeline import config_from_json, config_to_json
+from proposals.text_pipeline.families import tiny_model
+from proposals.text_pipeline.folder import config_from_json, config_to_json, decoder_bytes, write_folder
+from proposals.text_pipeline.generation import beam_search
 from proposals.text_pipeline.runners import OrtRunner
 
 BAD_CONFIGS = [

@@ -6,8 +6,8 @@ from __future__ import annotations
 import onnx
 import pytest
 
+from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.folder import decoder_bytes
-from proposals.text_pipeline.models import tiny_model
 from proposals.text_pipeline.report import PROMPTS, greedy, hf_greedy
 from proposals.text_pipeline.runners import OrtRunner, TorchRunner
 from proposals.text_pipeline.tokenizer import load_tokenizer

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from proposals.text_pipeline.config import GenerationConfig, GenerationInput
+from proposals.text_pipeline.factory import create_pipeline
+from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.folder import write_folder
-from proposals.text_pipeline.models import tiny_model
-from proposals.text_pipeline.pipeline import create_pipeline
 
 PROMPT = GenerationInput("The KV cache")
 

@@ -14,7 +14,7 @@ from proposals.paged_attention.blocks import BlockAllocator, plan_step
 from proposals.paged_attention.rewrite import to_paged
 from proposals.text_pipeline import build_decoder
 from proposals.text_pipeline.build import spec_from_model
-from proposals.text_pipeline.models import tiny_model
+from proposals.text_pipeline.families import tiny_model
 
 PROMPTS = [[5, 9, 30, 41, 77, 100], [3, 250, 12, 8, 60, 61]]  # one length: the graph takes [B, S]
 NEW_TOKENS, MAX_LEN, BLOCK_SIZE, NUM_BLOCKS = 5, 16, 4, 12

@@ -1,5 +1,6 @@
-"""Logits processors agree with transformers' own processors on the same logits, and
-seeded sampling is reproducible."""
+"""The pipeline's reference (``reference.py``): logits processors agree with transformers' own
+processors on the same logits, seeded sampling is reproducible, and the stop rules agree
+with transformers' stopping criteria."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import torch
 from transformers.generation import logits_process as hf
 
 from generator.onnx_build import seeded
-from proposals.text_pipeline import logits as lp
+from proposals.text_pipeline import reference
+from proposals.text_pipeline import reference as lp
 from proposals.text_pipeline.config import GenerationConfig, SamplingConfig
+from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.folder import decoder_bytes
-from proposals.text_pipeline.generator import Generator
-from proposals.text_pipeline.models import tiny_model
+from proposals.text_pipeline.generation import Generator
 from proposals.text_pipeline.runners import OrtRunner, TorchRunner
 
 
@@ -113,3 +115,47 @@ def test_greedy_ignores_warpers(logits):
     """Temperature/top-k/top-p only apply with do_sample, as in transformers."""
     config = GenerationConfig(sampling_config=SamplingConfig(temperature=0.1, top_k=1, top_p=0.1))
     np.testing.assert_array_equal(lp.process(logits, [[1]] * 3, [0] * 3, config), logits)
+
+
+def test_stop_rules_agree_with_transformers_criteria() -> None:
+    """EOS (two ids) and the length budget end a sequence exactly when transformers'
+    ``EosTokenCriteria`` / ``MaxLengthCriteria`` say it is done."""
+    from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
+    prompt_len, max_new, eos = 3, 6, [0, 7]
+    config = GenerationConfig(max_new_tokens=max_new, eos_token_ids=frozenset(eos))
+    criteria = (EosTokenCriteria(eos), MaxLengthCriteria(prompt_len + max_new))
+    rng = seeded(3)
+    for _ in range(40):
+        seq = rng.randint(0, 10, prompt_len + max_new).tolist()
+        for n in range(1, max_new + 1):
+            ids = torch.tensor([seq[: prompt_len + n]])
+            theirs = any(bool(c(ids, None)[0]) for c in criteria)
+            reason = reference.finish_reason(seq[prompt_len : prompt_len + n], config, None, max_new)
+            assert (reason is not None) == theirs, (seq, n, reason)
+            if reason == "eos":
+                assert seq[prompt_len + n - 1] in eos
+
+
+def test_stop_strings_wait_for_min_new_tokens_and_cut_after_the_first() -> None:
+    config = GenerationConfig(min_new_tokens=3, stop_strings=frozenset({"ab", "c"}))
+    decode = "".join  # tokens are characters here
+    assert reference.finish_reason(["x", "a", "b"], config, decode, None) == "stop_string"
+    assert reference.finish_reason(["a", "b"], config, decode, None) is None  # before min_new_tokens
+    assert reference.cut_after_stop("xxcyyab", config.stop_strings) == "xxc"
+    assert reference.cut_after_stop("none here", config.stop_strings) == "none here"
+
+
+def test_a_stream_holds_back_partial_characters() -> None:
+    assert reference.stream_piece("", "caf\ufffd", done=False) is None
+    assert reference.stream_piece("", "café", done=False) == "café"
+    assert reference.stream_piece("ca", "caf\ufffd", done=True) == "f\ufffd"  # nothing more is coming
+    assert reference.stream_piece("café", "café", done=False) is None
+
+
+def test_a_prompt_must_leave_room_for_one_token() -> None:
+    from generator.errors import UsageError
+
+    reference.check_context([3, 7], 8)
+    with pytest.raises(UsageError, match="at most 7"):
+        reference.check_context([3, 8], 8)

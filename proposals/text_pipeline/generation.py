@@ -1,25 +1,25 @@
 """The generation loop: ``Text2Text::Generator`` over any runner, and beam search.
 
 ``Generator`` is the WG's incremental interface (``AppendInputTokens`` /
-``GenerateNextToken`` / ``IsDone``) for a batch of sequences: it holds no model code,
-only the stopping rules and the logits processors, so every backend that provides a
-runner gets identical semantics.
+``GenerateNextToken`` / ``IsDone``) for a batch of sequences: it holds no model code. The
+logits processors and the stopping rules come from ``reference``, so every backend that
+provides a runner gets identical semantics; ``RunnerEngine`` is what such a backend hands
+to ``Pipeline``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from generator.errors import UsageError
 from generator.onnx_build import seeded
-from proposals.text_pipeline import logits as lp
+from proposals.text_pipeline import reference
 from proposals.text_pipeline.config import GenerationConfig, StopCriteria
-from proposals.text_pipeline.runners import Runner
-
-Decode = Callable[[Sequence[int]], str]
+from proposals.text_pipeline.reference import Decode, check_context, finish_reason
 
 
 @dataclass
@@ -32,14 +32,23 @@ class SequenceState:
     finish_reason: str | None = None
 
 
-def check_context(lengths: Sequence[int], max_positions: int) -> None:
-    """Every backend's rule: each sequence must leave room for at least one new token."""
-    longest = max(lengths)
-    if longest >= max_positions:
-        raise UsageError(
-            f"the prompt has {longest} tokens; the model's context is {max_positions} tokens, "
-            f"so a prompt may have at most {max_positions - 1} (one new token must fit)"
-        )
+class Runner(Protocol):
+    """What the generation loop needs from a backend: a decoder that owns its KV cache."""
+
+    lengths: list[int]  # tokens in each sequence so far
+    capacity: int  # tokens one sequence may hold, set by start()
+    vocab_size: int
+    max_positions: int
+
+    def start(self, batch: int, capacity: int) -> None:
+        """Empty caches for ``batch`` sequences of up to ``capacity`` tokens."""
+
+    def append(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
+        """Feed tokens to every sequence (same count per sequence, or a prefill of any
+        lengths); return the logits after each sequence's last token, ``[batch, vocab]``."""
+
+    def reorder(self, rows: Sequence[int]) -> None:
+        """Make sequence ``i`` a copy of sequence ``rows[i]`` (beam search)."""
 
 
 # --8<-- [start:generator]
@@ -97,13 +106,13 @@ class Generator:
         if self.is_done():
             raise UsageError("generate_next_token called after the generator is done")
         self._feed_pending()
-        processed = lp.process(
+        processed = reference.process(
             self._logits,
             [s.history for s in self.seqs],
             [len(s.new_tokens) for s in self.seqs],
             self.config,
         )
-        chosen = lp.choose(processed, self.config.sampling_config, self.rng)
+        chosen = reference.choose(processed, self.config.sampling_config, self.rng)
         out: list[int | None] = []
         # a sequence holds at most `capacity` tokens, this new one included (ORT GenAI's
         # max_length rule); every sequence is fed each step, so the longest bounds the batch
@@ -130,17 +139,8 @@ class Generator:
             self._unfed = None
 
     def _finish_reason(self, seq: SequenceState, cache_full: bool) -> str | None:
-        n = len(seq.new_tokens)
-        if seq.new_tokens[-1] in self.config.eos_token_ids:  # banned before min_new_tokens
-            return "eos"
-        if self.config.stop_strings and n >= self.config.min_new_tokens:
-            text = self.decode(seq.new_tokens)
-            if any(s in text for s in self.config.stop_strings):
-                return "stop_string"
         budget = self.config.new_token_budget(seq.prompt_len)
-        if (budget is not None and n >= budget) or cache_full:
-            return "length"
-        return None
+        return finish_reason(seq.new_tokens, self.config, self.decode, budget, cache_full=cache_full)
 
 
 # --8<-- [end:generator]
@@ -175,8 +175,8 @@ def beam_search(runner: Runner, prompt: Sequence[int], config: GenerationConfig)
     for step in range(budget):
         last = step + 1 == budget
         history = [list(prompt) + r for r in running]
-        processed = lp.process(logits, history, [step] * k, config)
-        total = (lp.log_softmax(processed.astype(np.float64)) + scores[:, None]).ravel()
+        processed = reference.process(logits, history, [step] * k, config)
+        total = (reference.log_softmax(processed.astype(np.float64)) + scores[:, None]).ravel()
         top = np.argsort(-total, kind="stable")[:keep]
         cont_rows, cont_tokens, cont_scores = [], [], []
         for rank, index in enumerate(top):
@@ -212,3 +212,17 @@ def _pool_is_final(pool: list[Hypothesis], best_running: float, length: int, bud
     never = beams.stop_criteria is StopCriteria.NEVER and beams.length_penalty > 0
     best_length = budget if never else length
     return best_running / _norm(best_length, beams) <= pool[-1].score
+
+
+class RunnerEngine:
+    """The engine of every runner-based backend: ``Generator`` and ``beam_search`` over one
+    runner (one session, reused by every call)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def generator(self, config: GenerationConfig, decode: Decode, batch_size: int) -> Generator:
+        return Generator(self.runner, config, decode=decode, batch_size=batch_size)
+
+    def beam_search(self, prompt: Sequence[int], config: GenerationConfig) -> list[Hypothesis]:
+        return beam_search(self.runner, prompt, config)

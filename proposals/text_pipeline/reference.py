@@ -1,17 +1,27 @@
-"""Next-token selection in numpy: the logits processors a backend applies to one step.
+"""The pipeline's semantics in numpy: how a next token is chosen and when generation stops.
 
-The order and the arithmetic follow transformers' ``generate`` (repetition penalty,
-min-new-tokens EOS ban, then for sampling temperature, top-k, top-p), so the tests can
-check each step against transformers' own processors on the same logits.
+This is the normative reference every backend uses and the tests check against
+transformers:
+
+- **logits processing**: the order and the arithmetic follow transformers' ``generate``
+  (repetition penalty, min-new-tokens EOS ban, then for sampling temperature, top-k,
+  top-p), checked step by step against transformers' own processors on the same logits;
+- **choosing**: greedy argmax, or one seeded inverse-CDF draw per row;
+- **stopping**: why a sequence finished (``"eos"``, ``"stop_string"``, ``"length"``), what
+  a stop string leaves in the text, and how much context a prompt must leave free;
+- **streaming**: which part of the decoded text may be shown yet (whole characters only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from generator.errors import UsageError
 from proposals.text_pipeline.config import GenerationConfig, SamplingConfig
+
+Decode = Callable[[Sequence[int]], str]
 
 FILTERED = -np.inf  # transformers' filter_value
 
@@ -115,3 +125,59 @@ def choose(logits: np.ndarray, sampling: SamplingConfig, rng: np.random.RandomSt
         # inverse CDF; scaling by the total keeps rounding from picking a filtered last token
         picks.append(np.searchsorted(cdf, u * cdf[-1], side="right"))
     return np.asarray(picks)
+
+
+# --8<-- [start:stopping]
+def finish_reason(
+    new_tokens: Sequence[int],
+    config: GenerationConfig,
+    decode: Decode | None,
+    budget: int | None,
+    *,
+    cache_full: bool = False,
+) -> str | None:
+    """Why a sequence stops after its latest token, or None while it runs on.
+
+    EOS first (it is banned before ``min_new_tokens``, see ``process``), then a stop string
+    in the decoded new text (checked only from ``min_new_tokens`` on), then the length:
+    ``budget`` new tokens (``GenerationConfig.new_token_budget``) or a full cache.
+    """
+    n = len(new_tokens)
+    if new_tokens[-1] in config.eos_token_ids:
+        return "eos"
+    if config.stop_strings and n >= config.min_new_tokens:
+        if decode is None:
+            raise UsageError("stop_strings need a tokenizer to decode the new tokens")
+        text = decode(new_tokens)
+        if any(s in text for s in config.stop_strings):
+            return "stop_string"
+    if (budget is not None and n >= budget) or cache_full:
+        return "length"
+    return None
+
+
+def cut_after_stop(text: str, stops: frozenset[str]) -> str:
+    """The text up to and including the earliest stop string (all of it when none occurs)."""
+    ends = [text.find(s) + len(s) for s in stops if s in text]
+    return text[: min(ends)] if ends else text
+
+
+def check_context(lengths: Sequence[int], max_positions: int) -> None:
+    """Each sequence must leave room for at least one new token in the model's context."""
+    longest = max(lengths)
+    if longest >= max_positions:
+        raise UsageError(
+            f"the prompt has {longest} tokens; the model's context is {max_positions} tokens, "
+            f"so a prompt may have at most {max_positions - 1} (one new token must fit)"
+        )
+
+
+def stream_piece(shown: str, text: str, done: bool) -> str | None:
+    """The new text to show after a step, or None to wait: a decoded text that ends in
+    U+FFFD holds a partial UTF-8 character, held back until more tokens (or the end) come."""
+    if text == shown or (not done and text.endswith("\ufffd")):
+        return None
+    return text[len(shown) :]
+
+
+# --8<-- [end:stopping]

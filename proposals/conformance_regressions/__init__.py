@@ -1,0 +1,1 @@
+"""Conformance regressions: a proposal of the ONNX GenAI working group."""

@@ -1,0 +1,28 @@
+"""The onnxruntime backend: the opset-24 decoder on onnxruntime's CPU provider, its KV cache
+updated in place through IOBinding (``runners.OrtRunner``), under the shared ``Generator``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from proposals.text_pipeline.factory import Device, register_backend
+from proposals.text_pipeline.folder import ModelFolder
+from proposals.text_pipeline.generation import RunnerEngine
+from proposals.text_pipeline.pipeline import Pipeline
+from proposals.text_pipeline.runners import OrtRunner
+from proposals.text_pipeline.tokenizer import load_tokenizer
+
+NAME = "onnxruntime"
+
+
+def create(model_dir: Path, device: Device) -> Pipeline:
+    folder = ModelFolder.read(model_dir)
+    runner = OrtRunner(folder.decoder, inplace=bool(device.config.get("inplace_cache", True)))
+    return Pipeline(RunnerEngine(runner), load_tokenizer(folder.tokenizer_json), folder.config)
+
+
+def devices() -> list[Device]:
+    return [Device("CPU", {"provider": "CPUExecutionProvider", "inplace_cache": True})]
+
+
+register_backend(NAME, create, devices)

@@ -1,0 +1,77 @@
+"""The backend and device factories: ``DeviceFactory`` and ``Text2TextPipelineFactory``.
+
+A backend registers itself by name with a creator (model folder, device -> ``Pipeline``) and
+a device enumerator, like the WG's factories; ``proposals.text_pipeline.backends`` holds the
+built-in ones (onnxruntime, transformers, onnxruntime-genai), each in its own module. This
+module imports none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from generator.errors import UsageError
+from proposals.text_pipeline.pipeline import Pipeline
+
+
+@dataclass(frozen=True)
+class Device:
+    """``onnx::genai::Device``: an identifier and backend-specific settings."""
+
+    identifier: str
+    config: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    create: Callable[[Path, Device], Pipeline]
+    enumerate: Callable[[], list[Device]]
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+# --8<-- [start:factory]
+def register_backend(
+    name: str, create: Callable[[Path, Device], Pipeline], enumerate_: Callable[[], list[Device]]
+) -> None:
+    """``DeviceFactory::Register`` + ``Text2TextPipelineFactory::Register`` in one call."""
+    _BACKENDS[name] = Backend(name, create, enumerate_)
+
+
+def backend_names() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def enumerate_devices(backend: str) -> list[Device]:
+    """``DeviceFactory::Enumerate``: the devices a backend can run on here."""
+    return _backend(backend).enumerate()
+
+
+def create_pipeline(backend: str, model_dir: str | Path, device: str | Device | None = None) -> Pipeline:
+    """``Text2TextPipelineFactory::Create``: a pipeline for a model folder on a device
+    (by identifier; the backend's first device when None)."""
+    entry = _backend(backend)
+    devices = entry.enumerate()
+    if device is None:
+        chosen = devices[0]
+    else:
+        wanted = device.identifier if isinstance(device, Device) else device
+        matches = [d for d in devices if d.identifier == wanted]
+        if not matches:
+            valid = ", ".join(d.identifier for d in devices)
+            raise UsageError(f"backend {backend!r} has no device {wanted!r}; valid: {valid}")
+        chosen = matches[0]
+    return entry.create(Path(model_dir), chosen)
+
+
+# --8<-- [end:factory]
+
+
+def _backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise UsageError(f"unknown backend {name!r}; valid: {', '.join(backend_names())}")
+    return _BACKENDS[name]
