@@ -194,8 +194,7 @@ def test_exported_posts_carry_the_figures(tmp_path: Path) -> None:
     assert exported == f"Max-length allocation wastes {max_length_waste()}.\n"
 
 
-# MoE's bench is being rewritten (issue 14): it moves to the shared shape with that work.
-SHARED_SHAPE_TOPICS = ("kv_cache", "paged_attention", "quantized_attention", "text_pipeline")
+SHARED_SHAPE_TOPICS = ("kv_cache", "moe", "paged_attention", "quantized_attention", "text_pipeline")
 
 
 @pytest.mark.parametrize(

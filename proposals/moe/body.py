@@ -12,16 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import onnx
+import onnx_ir as ir
+import onnxscript
 from onnx import helper
+from onnxscript import OpBuilder, script, values
 from onnxscript import opset21 as op
-from onnxscript import script, values
 
 from generator.onnx_build import PROPOSAL_DOMAIN
 from proposals.moe.schema import ATTRIBUTES, INPUT_NAMES, OPSET, SCHEMA, resolve
 
 GENAI = values.Opset(PROPOSAL_DOMAIN, 1)
 NEG_INF = float("-inf")
+TO_THE_END = np.array([np.iinfo(np.int64).max])  # Slice's end: the end of the axis
 
 
 # --8<-- [start:grouped_matmul]
@@ -159,8 +163,8 @@ def MoESplitConcatenated(h):
 @script(GENAI, default_opset=op)
 def MoESplitInterleaved(h):
     """gate = even columns, up = odd columns (GPT-OSS, ORT CPU swiglu_fusion=1)."""
-    gate = op.Slice(h, [0], [9223372036854775807], [-1], [2])
-    up = op.Slice(h, [1], [9223372036854775807], [-1], [2])
+    gate = op.Slice(h, [0], TO_THE_END, [-1], [2])
+    up = op.Slice(h, [1], TO_THE_END, [-1], [2])
     return gate, up
 
 
@@ -195,174 +199,168 @@ _DEPENDS = {"MoEGroupLimitTop2Sum": ("MoEKeepGroups",), "MoEGroupLimitMax": ("Mo
 _CALLEES = {"MoEKeepGroups"}  # pieces that other pieces call
 
 
-class _Body:
-    """Collects the nodes of one MoE body; names values after what they hold."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.used: set[str] = set()
-        self.present: set[str] = set()
-        self.gmm_bias = False  # whether GroupedMatMul is called with its bias input
-
-    def __call__(
-        self,
-        op_type: str,
-        inputs: Sequence[str],
-        outputs: Sequence[str] | str,
-        refs: Mapping[str, str] = (),
-        **attrs: object,
-    ) -> str | list[str]:
-        outs = [outputs] if isinstance(outputs, str) else list(outputs)
-        domain = PROPOSAL_DOMAIN if op_type in PIECES else ""
-        node = helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs)
-        for name, ref in dict(refs).items():
-            node.attribute.append(_ref(name, ref))
-        self.nodes.append(node)
-        if op_type in PIECES:
-            self.used.update((op_type, *_DEPENDS.get(op_type, ())))
-        return outputs
-
-    def const(self, name: str, ints: Sequence[int]) -> str:
-        return self("Constant", [], name, value_ints=list(ints))
+_KINDS = {"int": ir.AttributeType.INT, "float": ir.AttributeType.FLOAT, "string": ir.AttributeType.STRING}
 
 
-def _ref(name: str, ref: str) -> onnx.AttributeProto:
-    """An attribute of a body node that takes the MoE node's attribute ``ref``."""
-    spec = next(a for a in ATTRIBUTES if a.name == ref)
-    kind = {"int": onnx.AttributeProto.INT, "float": onnx.AttributeProto.FLOAT, "string": onnx.AttributeProto.STRING}[
-        spec.type
-    ]
-    return onnx.AttributeProto(name=name, ref_attr_name=ref, type=kind)
+def ref(name: str, attribute: str) -> ir.RefAttr:
+    """A body node's attribute ``name`` that takes the MoE node's attribute ``attribute``."""
+    spec = next(a for a in ATTRIBUTES if a.name == attribute)
+    return ir.RefAttr(name, attribute, _KINDS[spec.type])
+
+
+def _call(op: OpBuilder, piece: str, *inputs: ir.Value, outputs: Sequence[str], **attrs: object):
+    """A node calling one of the body's pieces (the proposal domain). Both GroupedMatMul
+    bodies are called by the op's own name."""
+    op_type = "GroupedMatMul" if piece.startswith("GroupedMatMul") else piece
+    return getattr(op, op_type)(*inputs, _domain=PROPOSAL_DOMAIN, _outputs=list(outputs), **attrs)
 
 
 # --8<-- [start:builder]
-def _activation(b: _Body, h: str, a: Mapping[str, object], out: str) -> str:
+def _activation(op: OpBuilder, h: ir.Value, a: Mapping[str, object], name: str) -> ir.Value:
     """act of the spec applied to fc1's output ``h``."""
-    f = {"silu": "MoESilu", "gelu": "MoEGelu", "gelu_tanh": "MoEGeluTanh", "relu": "Relu"}[a["activation"]]
-    refs = {"alpha": "activation_alpha"} if f == "MoESilu" else {}
+    piece = {"silu": "MoESilu", "gelu": "MoEGelu", "gelu_tanh": "MoEGeluTanh", "relu": None}[a["activation"]]
+    alpha = {"alpha": ref("alpha", "activation_alpha")} if piece == "MoESilu" else {}
+
+    def act(x: ir.Value, out: str) -> ir.Value:
+        return op.Relu(x, _outputs=[out]) if piece is None else _call(op, piece, x, outputs=[out], **alpha)
+
     if not a["gated"]:
-        return b(f, [h], out, refs)
+        return act(h, name)
     split = "MoESplitConcatenated" if a["gate_up_layout"] == "concatenated" else "MoESplitInterleaved"
-    gate, up = b(split, [h], [f"{out}_gate", f"{out}_up"])
+    gate, up = _call(op, split, h, outputs=[f"{name}_gate", f"{name}_up"])
     if "swiglu_limit" in a:
-        gate, up = b("MoEClampGateUp", [gate, up], [f"{gate}_clamped", f"{up}_clamped"], {"limit": "swiglu_limit"})
-    b("Constant", [], f"{out}_beta", refs={"value_float": "activation_beta"})
-    shifted = b("Add", [up, b("CastLike", [f"{out}_beta", up], f"{out}_beta_t")], f"{up}_shifted")
-    return b("Mul", [b(f, [gate], f"{out}_f", refs), shifted], out)
+        limit = ref("limit", "swiglu_limit")
+        gate, up = _call(
+            op, "MoEClampGateUp", gate, up, outputs=[f"{name}_gate_clamped", f"{name}_up_clamped"], limit=limit
+        )
+    beta = op.Constant(value_float=ref("value_float", "activation_beta"), _outputs=[f"{name}_beta"])
+    shifted = op.Add(up, op.CastLike(beta, up), _outputs=[f"{name}_up_shifted"])
+    return op.Mul(act(gate, f"{name}_f"), shifted, _outputs=[name])
 
 
-def _routing(b: _Body, x: str, a: Mapping[str, object], present: set[str]) -> tuple[str, str]:
+def _routing(op: OpBuilder, x: ir.Value, w: Mapping[str, ir.Value], a: Mapping[str, object]):
     """Selected expert ids [T, k] and routing weights [T, k]."""
-    logits = b("MatMul", [x, "router_weight"], "logits")
-    if "router_bias" in present:
-        logits = b("Add", [logits, "router_bias"], "biased_logits")
+    logits = op.MatMul(x, w["router_weight"], _outputs=["logits"])
+    if "router_bias" in w:
+        logits = op.Add(logits, w["router_bias"], _outputs=["biased_logits"])
     if a["scoring"] == "softmax":
-        scores = b("Softmax", [logits], "scores", axis=-1)
+        scores = op.Softmax(logits, axis=-1, _outputs=["scores"])
     else:
-        scores = b("Sigmoid", [logits], "scores")
+        scores = op.Sigmoid(logits, _outputs=["scores"])
     choice = scores
-    if "selection_bias" in present:
-        choice = b("Add", [scores, "selection_bias"], "choice")
+    if "selection_bias" in w:
+        choice = op.Add(scores, w["selection_bias"], _outputs=["choice"])
     if a["n_group"] > 1:
         limit = "MoEGroupLimitTop2Sum" if a["group_score"] == "top2_sum" else "MoEGroupLimitMax"
-        topk_group = "topk_group" if "topk_group" in a else "n_group"
-        choice = b(limit, [choice], "group_choice", {"n_group": "n_group", "topk_group": topk_group})
-    idx, weights = b("MoESelect", [choice, scores], ["expert_ids", "selected_scores"], {"k": "k"})
+        topk_group = ref("topk_group", "topk_group" if "topk_group" in a else "n_group")
+        choice = _call(
+            op, limit, choice, outputs=["group_choice"], n_group=ref("n_group", "n_group"), topk_group=topk_group
+        )
+    idx, weights = _call(op, "MoESelect", choice, scores, outputs=["expert_ids", "selected_scores"], k=ref("k", "k"))
     if a["normalize_routing_weights"]:
-        total = b("ReduceSum", [weights, b.const("last_axis", [-1])], "weight_sum", keepdims=1)
-        weights = b("Div", [weights, total], "normalized_weights")
-    b("Constant", [], "scale", refs={"value_float": "routed_scaling_factor"})
-    scale = b("CastLike", ["scale", weights], "scale_t")
-    return idx, b("Mul", [weights, scale], "routing_weights")
+        total = op.ReduceSum(weights, op.Constant(value_ints=[-1]), keepdims=1, _outputs=["weight_sum"])
+        weights = op.Div(weights, total, _outputs=["normalized_weights"])
+    scale = op.Constant(value_float=ref("value_float", "routed_scaling_factor"), _outputs=["scale"])
+    return idx, op.Mul(weights, op.CastLike(scale, weights), _outputs=["routing_weights"])
 
 
-def _experts(b: _Body, x: str, idx: str, w: str, a: Mapping[str, object], present: set[str]) -> str:
+def _experts(op: OpBuilder, x: ir.Value, idx: ir.Value, w: Mapping[str, ir.Value], a: Mapping[str, object]):
     """Routed part, [T, H]: GroupedMatMul -> act -> GroupedMatMul -> weighted sum over slots.
 
     The expert biases are GroupedMatMul's optional bias input. A model carries one
     GroupedMatMul body, so when only one of fc1_bias / fc2_bias is given the other
     call gets a zero bias (adding 0 changes no value)."""
-    slot_ids = b("Reshape", [idx, b.const("column", [-1, 1])], "slot_expert_ids")
-    minus_one = b.const("minus_one", [-1])
-    h_dim = b("Shape", [x], "h_dim", start=-1)
-    w_slots = b("Unsqueeze", [w, b.const("axis2", [2])], "w_slots")  # [T, k, 1]
-    biases = {"fc1_bias", "fc2_bias"} & present
-    b.gmm_bias = bool(biases)
-    fc1_bias, fc2_bias = (_bias(b, name, weight) if biases else None for name, weight in _BIASED)
+    routing = w["routing_weights"]
+    slot_ids = op.Reshape(idx, op.Constant(value_ints=[-1, 1]), _outputs=["slot_expert_ids"])
+    minus_one = op.Constant(value_ints=[-1])
+    h_dim = op.Shape(x, start=-1, _outputs=["h_dim"])
+    w_slots = op.Unsqueeze(routing, op.Constant(value_ints=[2]), _outputs=["w_slots"])  # [T, k, 1]
+    biased = bool({"fc1_bias", "fc2_bias"} & set(w))
+    fc1_bias, fc2_bias = ([_bias(op, w, n, weight)] if biased else [] for n, weight in _BIASED)
+    gmm = "GroupedMatMulBias" if biased else "GroupedMatMul"
     if a["apply_weight_on_input"]:
-        scaled = b("Mul", [b("Unsqueeze", [x, b.const("axis1", [1])], "x_slots"), w_slots], "scaled_x")
-        rows_shape = b("Concat", [minus_one, h_dim], "rows_shape", axis=0)
-        rows = b("Reshape", [scaled, rows_shape], "slot_inputs")  # one row per (token, slot)
-        h1 = b("GroupedMatMul", [rows, "fc1_weight", slot_ids, *filter(None, [fc1_bias])], "h1")
+        x_slots = op.Unsqueeze(x, op.Constant(value_ints=[1]), _outputs=["x_slots"])
+        scaled = op.Mul(x_slots, w_slots, _outputs=["scaled_x"])
+        rows_shape = op.Concat(minus_one, h_dim, axis=0, _outputs=["rows_shape"])
+        rows = op.Reshape(scaled, rows_shape, _outputs=["slot_inputs"])  # one row per (token, slot)
+        h1 = _call(op, gmm, rows, w["fc1_weight"], slot_ids, *fc1_bias, outputs=["h1"])
     else:
-        h1 = b("GroupedMatMul", [x, "fc1_weight", idx, *filter(None, [fc1_bias])], "h1")
-    act = _activation(b, h1, a, "act")
-    act_width = b("Shape", [act], "act_width", start=-1)
-    act_rows = b("Reshape", [act, b("Concat", [minus_one, act_width], "act_rows_shape", axis=0)], "act_rows")
-    h2 = b("GroupedMatMul", [act_rows, "fc2_weight", slot_ids, *filter(None, [fc2_bias])], "h2")
-    slots_shape = b("Concat", [b("Shape", [w], "tk"), h_dim], "slots_shape", axis=0)
-    per_slot = b("Reshape", [h2, slots_shape], "expert_out")  # [T, k, H]
+        h1 = _call(op, gmm, x, w["fc1_weight"], idx, *fc1_bias, outputs=["h1"])
+    act = _activation(op, h1, a, "act")
+    act_width = op.Shape(act, start=-1, _outputs=["act_width"])
+    act_rows_shape = op.Concat(minus_one, act_width, axis=0, _outputs=["act_rows_shape"])
+    act_rows = op.Reshape(act, act_rows_shape, _outputs=["act_rows"])
+    h2 = _call(op, gmm, act_rows, w["fc2_weight"], slot_ids, *fc2_bias, outputs=["h2"])
+    slots_shape = op.Concat(op.Shape(routing, _outputs=["tk"]), h_dim, axis=0, _outputs=["slots_shape"])
+    per_slot = op.Reshape(h2, slots_shape, _outputs=["expert_out"])  # [T, k, H]
     if not a["apply_weight_on_input"]:
-        per_slot = b("Mul", [per_slot, w_slots], "weighted_out")
-    return b("ReduceSum", [per_slot, b.const("slot_axis", [1])], "routed", keepdims=0)
+        per_slot = op.Mul(per_slot, w_slots, _outputs=["weighted_out"])
+    return op.ReduceSum(per_slot, op.Constant(value_ints=[1]), keepdims=0, _outputs=["routed"])
 
 
 _BIASED = (("fc1_bias", "fc1_weight"), ("fc2_bias", "fc2_weight"))
 
 
-def _bias(b: _Body, name: str, weight: str) -> str:
+def _bias(op: OpBuilder, w: Mapping[str, ir.Value], name: str, weight: str) -> ir.Value:
     """The bias input ``name``, or zeros [G, N] shaped like ``weight``'s groups and columns."""
-    if name in b.present:
-        return name
-    shape = b(
-        "Concat",
-        [b("Shape", [weight], f"{name}_g", start=0, end=1), b("Shape", [weight], f"{name}_n", start=2)],
-        f"{name}_shape",
-        axis=0,
-    )
-    zeros = b("ConstantOfShape", [shape], f"{name}_zeros_f32")
-    return b("CastLike", [zeros, weight], f"{name}_zeros")
+    if name in w:
+        return w[name]
+    groups = op.Shape(w[weight], start=0, end=1, _outputs=[f"{name}_g"])
+    columns = op.Shape(w[weight], start=2, _outputs=[f"{name}_n"])
+    shape = op.Concat(groups, columns, axis=0, _outputs=[f"{name}_shape"])
+    zeros = op.ConstantOfShape(shape, _outputs=[f"{name}_zeros_f32"])
+    return op.CastLike(zeros, w[weight], _outputs=[f"{name}_zeros"])
 
 
-def _shared(b: _Body, x: str, a: Mapping[str, object], present: set[str]) -> str:
+def _shared(op: OpBuilder, x: ir.Value, w: Mapping[str, ir.Value], a: Mapping[str, object]) -> ir.Value:
     """The shared expert, [T, H]."""
-    act = _activation(b, b("MatMul", [x, "shared_fc1_weight"], "shared_h1"), a, "shared_act")
-    out = b("MatMul", [act, "shared_fc2_weight"], "shared_out")
-    if "shared_gate_weight" in present:
-        gate = b("Sigmoid", [b("MatMul", [x, "shared_gate_weight"], "shared_gate_logit")], "shared_gate")
-        out = b("Mul", [out, gate], "gated_shared_out")
+    h1 = op.MatMul(x, w["shared_fc1_weight"], _outputs=["shared_h1"])
+    out = op.MatMul(_activation(op, h1, a, "shared_act"), w["shared_fc2_weight"], _outputs=["shared_out"])
+    if "shared_gate_weight" in w:
+        logit = op.MatMul(x, w["shared_gate_weight"], _outputs=["shared_gate_logit"])
+        out = op.Mul(out, op.Sigmoid(logit, _outputs=["shared_gate"]), _outputs=["gated_shared_out"])
     return out
+
+
+def _moe(op: OpBuilder, w: dict[str, ir.Value], a: Mapping[str, object]) -> ir.Value:
+    """The whole body: tokens -> routing -> experts (+ shared expert) -> X's shape."""
+    x = op.Flatten(w["X"], axis=-1, _outputs=["tokens"])
+    idx, w["routing_weights"] = _routing(op, x, w, a)
+    y = _experts(op, x, idx, w, a)
+    if "shared_fc1_weight" in w:
+        y = op.Add(y, _shared(op, x, w, a), _outputs=["with_shared"])
+    return op.Reshape(y, op.Shape(w["X"], _outputs=["x_shape"]), _outputs=["Y"])
 
 
 def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[onnx.FunctionProto]:
     """The FunctionProtos of the pieces this attribute set calls (callees first, as
     ReferenceEvaluator needs), then the MoE FunctionProto for these present inputs."""
     a = resolve(attrs)
-    present_set = set(present)
-    _check_present(present_set)
-    b = _Body()
-    b.present = present_set
-    x = b("Flatten", ["X"], "tokens", axis=-1)
-    idx, w = _routing(b, x, a, present_set)
-    y = _experts(b, x, idx, w, a, present_set)
-    if "shared_fc1_weight" in present_set:
-        y = b("Add", [y, _shared(b, x, a, present_set)], "with_shared")
-    b("Reshape", [y, b("Shape", ["X"], "x_shape")], "Y")
-    moe = helper.make_function(
-        PROPOSAL_DOMAIN,
-        SCHEMA.name,
-        list(INPUT_NAMES),
-        ["Y"],
-        b.nodes,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)],
-        attributes=[spec.name for spec in ATTRIBUTES if spec.name in a],
-        doc_string="MoE function body built for one attribute set (see proposals/moe).",
+    _check_present(set(present))
+    formals = [ir.Value(name=name) for name in INPUT_NAMES]  # every formal input; the body reads the present
+    body = onnxscript.build_function(
+        lambda op, *values: _moe(op, {v.name: v for v in values if v.name in present}, a),
+        formals,
+        domain=PROPOSAL_DOMAIN,
+        name=SCHEMA.name,
+        attributes=[ir.Attr(s.name, _KINDS[s.type], None) for s in ATTRIBUTES if s.name in a],
+        opset_imports={"": OPSET, PROPOSAL_DOMAIN: 1},
     )
-    order = sorted(b.used, key=lambda name: (name not in _CALLEES, name))
-    pieces = [piece_proto("GroupedMatMulBias" if name == "GroupedMatMul" and b.gmm_bias else name) for name in order]
-    for p in pieces:
-        del p.opset_import[:]
-        p.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
+    body.outputs[0].name = "Y"  # the schema's output name (the builder prefixes value names)
+    body.doc_string = "MoE function body built for one attribute set (see proposals/moe)."
+    moe = ir.serde.serialize_function(body)
+    del moe.value_info[:]  # the builder's inferred types: the bytes carry the body only
+    for node in moe.node:
+        del node.metadata_props[:]  # and its scope notes
+    used = {n.op_type for n in moe.node if n.domain == PROPOSAL_DOMAIN}
+    if any(n.op_type == "GroupedMatMul" and len(n.input) > 3 for n in moe.node):
+        used = used - {"GroupedMatMul"} | {"GroupedMatMulBias"}
+    used |= {callee for name in used for callee in _DEPENDS.get(name, ())}
+    order = sorted(used, key=lambda name: (name not in _CALLEES, name))
+    pieces = [piece_proto(name) for name in order]
+    for piece in pieces:
+        del piece.opset_import[:]
+        piece.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
     return [*pieces, moe]
 
 

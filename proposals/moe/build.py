@@ -1,4 +1,5 @@
-"""Models holding one MoE node, with its function body as model-local functions."""
+"""Models holding one MoE node, with its function body as model-local functions
+(onnxscript's GraphBuilder, through :func:`generator.onnx_build.graph_builder`)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,11 @@ from collections.abc import Collection, Mapping
 
 import numpy as np
 import onnx
-from onnx import helper
+import onnx_ir as ir
 
-from generator.onnx_build import PROPOSAL_DOMAIN, initializer, make_model, tensor_info
+from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder
 from proposals.moe.body import build_function
 from proposals.moe.schema import INPUT_NAMES, OPSET, SCHEMA, check_shapes, resolve
-
-
-def moe_node(inputs: Mapping[str, str], output: str, attrs: Mapping[str, object], name: str = "moe") -> onnx.NodeProto:
-    """A MoE node; ``inputs`` maps the op's input names to graph value names."""
-    resolved = resolve(attrs)
-    names = [inputs.get(formal, "") for formal in INPUT_NAMES]  # all 11: "" when absent
-    return helper.make_node(SCHEMA.name, names, [output], name=name, domain=PROPOSAL_DOMAIN, **resolved)
 
 
 def moe_model(
@@ -35,20 +29,19 @@ def moe_model(
     present = [n for n in INPUT_NAMES if arrays.get(n) is not None]
     check_shapes(attrs, {n: arrays[n].shape for n in present})
     names = {n: io_names.get(n, n) for n in [*present, "Y"]}
-    x = arrays["X"]
-    x_shape: list = list(x.shape)
+    x_shape: list = list(arrays["X"].shape)
     if dynamic:
         x_shape = [f"d{i}" for i in range(len(x_shape) - 1)] + x_shape[-1:]
-    inputs = [
-        tensor_info(names[n], arrays[n].dtype, x_shape if n == "X" else arrays[n].shape)
-        for n in present
-        if n in graph_inputs
-    ]
-    graph = helper.make_graph(
-        [moe_node(names, names["Y"], attrs)],
-        "moe",
-        inputs,
-        [tensor_info(names["Y"], x.dtype, x_shape)],
-        [initializer(n, arrays[n]) for n in present if n not in graph_inputs],
-    )
-    return make_model(graph, {"": OPSET, PROPOSAL_DOMAIN: 1}, build_function(attrs, present))
+    b = graph_builder("moe", {"": OPSET, PROPOSAL_DOMAIN: 1})
+    values: dict[str, ir.Value] = {}
+    for n in present:
+        if n in graph_inputs:
+            shape = x_shape if n == "X" else list(arrays[n].shape)
+            values[n] = b.input(names[n], ir.DataType.from_numpy(arrays[n].dtype), shape)
+        else:
+            values[n] = b.initializer(ir.tensor(arrays[n]), name=names[n])
+    y = getattr(b.op, SCHEMA.name)(*(values.get(n) for n in INPUT_NAMES), _domain=PROPOSAL_DOMAIN, **resolve(attrs))
+    y.producer().name = "moe"
+    y.type, y.shape = ir.TensorType(ir.DataType.from_numpy(arrays["X"].dtype)), ir.Shape(x_shape)
+    b.add_output(y, names["Y"])
+    return builder_model(b, build_function(attrs, present))

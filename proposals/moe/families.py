@@ -230,6 +230,29 @@ CAUSAL_LM = {
             "norm_topk_prob": True,
         },
     ),
+    "olmoe": (
+        "OlmoeConfig",
+        "OlmoeForCausalLM",
+        {"intermediate_size": 12, "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": False},
+    ),
+    "qwen2_moe": (  # shared expert with its sigmoid gate
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            "intermediate_size": 24,
+            "moe_intermediate_size": 12,
+            "shared_expert_intermediate_size": 12,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+        },
+    ),
+    "gpt_oss": (  # router bias, expert biases, interleaved clamped SwiGLU
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        {"intermediate_size": 12, "num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8},
+    ),
 }
 
 

@@ -10,7 +10,8 @@ rules. They recognise the routed part of an MoE block in four spellings:
   :data:`GROUPED_MATMUL_FROM_IF`);
 - the **gather-per-slot** exporter form, ``Squeeze(MatMul(Unsqueeze(x), Gather(W, idx)))``
   (transformers' ``batched_mm``, the RFC's decomposition), by :data:`GROUPED_MATMUL_FROM_GATHER`;
-- the **dense all-experts** form is *not* fused; :func:`why_missed` says why.
+- the **dense all-experts** form is *not* fused; :func:`why_missed` says why (it is what
+  mobius-onnx emits, see :mod:`proposals.moe.model_builder`).
 
 Match conditions (checked in :func:`_moe_condition`, each miss says which failed):
 TopK over the last axis, largest, of ``Softmax(logits)`` or ``Sigmoid(logits)`` (sigmoid
@@ -37,8 +38,6 @@ from onnxscript.rewriter import pattern, rewrite
 
 from generator.onnx_build import PROPOSAL_DOMAIN
 from proposals.moe.ort_moe import ORT_DOMAIN, ort_attrs, ort_fc1
-
-INT_MAX = 9223372036854775807
 
 
 # --8<-- [start:const]
@@ -365,6 +364,32 @@ GROUPED_MATMUL_BIAS = pattern.RewriteRule(_bias_form, _grouped_matmul_bias, name
 # --8<-- [end:recover]
 
 MOE_RULES = [_moe_rule(kind) for kind in ACTIVATIONS]
+
+
+def why_missed(model: onnx.ModelProto) -> list[str]:
+    """For each TopK router that no rule starts to match (so :func:`fuse` records no
+    near miss), the condition of the rules that the graph fails first."""
+    graph = ir.serde.deserialize_model(model).graph
+    reasons = []
+    for node in graph.all_nodes():
+        if node.op_type != "TopK":
+            continue
+        values, indices = node.outputs
+        index_users = {user.op_type for user, _ in indices.uses()}
+        value_users = {user.op_type for user, _ in values.uses()}
+        scores = node.inputs[0].producer()
+        if "GroupedMatMul" not in index_users:
+            dense = " (every expert runs on every token, masked by Equal(indices, e))" if "Equal" in index_users else ""
+            reasons.append(
+                f"TopK's indices feed no GroupedMatMul{dense}; the rules need GroupedMatMul(tokens, fc1, indices)"
+            )
+        if "Softmax" in value_users:
+            reasons.append(
+                "softmax is taken over the top-k logits; the rules need TopK of Softmax(logits) or Sigmoid(logits)"
+            )
+        elif scores is None or scores.op_type not in ("Softmax", "Sigmoid", "Add"):
+            reasons.append("TopK's input is not Softmax(logits) or Sigmoid(logits)")
+    return reasons
 
 
 # --8<-- [start:fuse]

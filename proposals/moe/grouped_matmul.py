@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import helper
 from onnxscript import opset21 as op
 from onnxscript import script
 
-from generator.onnx_build import PROPOSAL_DOMAIN, make_model, tensor_info
+from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder
 from generator.opspec import OpSchema, Parameter, TypeConstraint, render_spec
 from generator.registry import select
 from proposals.moe.body import GENAI, GroupedMatMul, piece_proto
@@ -162,15 +163,14 @@ def grouped_matmul_model(
     if bias is not None:
         arrays["bias"] = bias
     name = ND_SCHEMA.name if nd else SCHEMA.name
+    b = graph_builder(name, {"": OPSET, PROPOSAL_DOMAIN: 1})
+    inputs = [b.input(n, ir.DataType.from_numpy(a.dtype), list(a.shape)) for n, a in arrays.items()]
+    output = getattr(b.op, name)(*inputs, _domain=PROPOSAL_DOMAIN)
     # the variant's output is group_indices.shape + [N]; the RFC op's is [M, k, N], the same here
-    out_shape = [*group_indices.shape, weights.shape[-1]]
-    graph = helper.make_graph(
-        [helper.make_node(name, list(arrays), ["output"], domain=PROPOSAL_DOMAIN)],
-        name,
-        [tensor_info(n, a.dtype, a.shape) for n, a in arrays.items()],
-        [tensor_info("output", input.dtype, out_shape)],
-    )
-    return make_model(graph, {"": OPSET, PROPOSAL_DOMAIN: 1}, functions(bias=bias is not None, nd=nd))
+    output.type = ir.TensorType(ir.DataType.from_numpy(input.dtype))
+    output.shape = ir.Shape([*group_indices.shape, weights.shape[-1]])
+    b.add_output(output, "output")
+    return builder_model(b, functions(bias=bias is not None, nd=nd))
 
 
 EXAMPLES = ("grouped_matmul_rfc_top2_bias", "grouped_matmul_repeated_groups")

@@ -11,7 +11,7 @@ import torch
 
 from generator.ort import session
 from proposals.moe.export import export, swap_moe_blocks
-from proposals.moe.families import Logits, tiny_causal_lm
+from proposals.moe.families import CAUSAL_LM, Logits, tiny_causal_lm
 from proposals.moe.schema import SCHEMA
 
 
@@ -20,7 +20,7 @@ def _logits(model, ids: np.ndarray) -> np.ndarray:
         return Logits(model)(torch.from_numpy(ids)).numpy()
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+@pytest.mark.parametrize("family", sorted(CAUSAL_LM))
 def test_whole_model_exports_and_matches(family: str) -> None:
     model = tiny_causal_lm(family)
     rng = np.random.RandomState(0)

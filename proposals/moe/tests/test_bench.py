@@ -1,0 +1,34 @@
+"""The bench's models (no timing here): every ONNX variant of the bench block gives the
+numpy reference's output on onnxruntime, and fusing its primitive form yields the
+hand-built com.microsoft.MoE graph node for node, so the page may call their timing
+spread noise."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from generator.onnx_build import seeded
+from generator.ort import session
+from proposals.moe.bench import ATTRS, FUSED, KERNEL, models
+from proposals.moe.docs import fused_is_kernel
+from proposals.moe.reference import moe
+
+
+def test_every_variant_matches_the_reference() -> None:
+    rng = seeded(3)
+    arrays = {
+        "X": rng.randn(9, 16).astype(np.float32),
+        "router_weight": rng.randn(16, 6).astype(np.float32),
+        "fc1_weight": (rng.randn(6, 16, 24) * 0.3).astype(np.float32),
+        "fc2_weight": (rng.randn(6, 12, 16) * 0.3).astype(np.float32),
+    }
+    expected = moe({n: a.astype(np.float64) for n, a in arrays.items()}, **ATTRS)
+    built = models(arrays)
+    assert {FUSED, KERNEL} <= set(built)
+    for name, model in built.items():
+        got = session(model, threads=1).run(None, {"X": arrays["X"]})[0]
+        np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=name)
+
+
+def test_fusion_gives_the_kernel_graph() -> None:
+    assert "the same graph as" in fused_is_kernel() and "not" not in fused_is_kernel()
