@@ -89,6 +89,12 @@ def _query_shape(shape: DecodeShape, layout: str) -> list[int]:
     return [shape.batch, shape.q_heads, 1, shape.head_dim]
 
 
+def _ints(b: GraphBuilder, name: str, values: list[int] | int) -> ir.Value:
+    """A named int64 constant (named, so the graph pictures say what each one is)."""
+    found = b.graph.initializers.get(name)
+    return found if found is not None else b.initializer(ir.tensor(np.array(values, np.int64)), name)
+
+
 def _output(b: GraphBuilder, value: ir.Value, name: str, dims: list[int]) -> None:
     value.type, value.shape = ir.TensorType(FLOAT), ir.Shape(dims)
     b.add_output(value, name)
@@ -100,19 +106,21 @@ def _write(b: GraphBuilder, io: DecodeIO, shape: DecodeShape, layout: str) -> tu
     Returns the written key and value pools.
     """
     op, batch, h, d, bs = b.op, shape.batch, shape.kv_heads, shape.head_dim, shape.block_size
-    block = op.Unsqueeze(op.Div(io.slot_mapping, bs), [-1])  # [B, 1]
-    offset = op.Unsqueeze(op.Mod(io.slot_mapping, bs), [-1])
+    block_size, last = _ints(b, "block_size", bs), _ints(b, "last_axis", [-1])
+    block = op.Unsqueeze(op.Div(io.slot_mapping, block_size), last)  # [B, 1]
+    offset = op.Unsqueeze(op.Mod(io.slot_mapping, block_size), last)
     if layout == "head_major":
         # indices [Hkv, B, 3] = (head, block, offset); updates [Hkv, B, D]
-        grid = [h, batch, 1]
-        heads = op.Expand(b.initializer(ir.tensor(np.arange(h, dtype=np.int64).reshape(h, 1, 1)), "head_ids"), grid)
+        grid, first = _ints(b, "index_grid", [h, batch, 1]), _ints(b, "first_axis", [0])
+        heads = op.Expand(_ints(b, "head_ids", [[[i]] for i in range(h)]), grid)
         index = op.Concat(
-            heads, op.Expand(op.Unsqueeze(block, [0]), grid), op.Expand(op.Unsqueeze(offset, [0]), grid), axis=-1
+            heads, op.Expand(op.Unsqueeze(block, first), grid), op.Expand(op.Unsqueeze(offset, first), grid), axis=-1
         )
-        updates = [op.Transpose(op.Reshape(x, [batch, h, d]), perm=[1, 0, 2]) for x in (io.key, io.value)]
+        rows = _ints(b, "update_rows", [batch, h, d])
+        updates = [op.Transpose(op.Reshape(x, rows), perm=[1, 0, 2]) for x in (io.key, io.value)]
     else:
         index = op.Concat(block, offset, axis=-1)  # [B, 2] = (block, offset)
-        rows = [batch, h, d] if layout == "nhd" else [batch, h * d]
+        rows = _ints(b, "update_rows", [batch, h, d] if layout == "nhd" else [batch, h * d])
         updates = [op.Reshape(x, rows) for x in (io.key, io.value)]
     pools = (io.key_cache, io.value_cache)
     key_out, value_out = (op.ScatterND(pool, index, x) for pool, x in zip(pools, updates, strict=True))
@@ -123,14 +131,14 @@ def _read(b: GraphBuilder, pool: ir.Value, io: DecodeIO, shape: DecodeShape, lay
     """Gather each sequence's blocks by ``block_table`` and lay them out as Attention reads them."""
     op, batch, h, d = b.op, shape.batch, shape.kv_heads, shape.head_dim
     if layout == "head_major":
-        sequence = op.Reshape(op.Gather(pool, io.block_table, axis=1), [h, batch, -1, d])
+        sequence = op.Reshape(op.Gather(pool, io.block_table, axis=1), _ints(b, "sequence_shape", [h, batch, -1, d]))
         if batch == 1:  # moving a size-1 axis: a free Reshape instead of a copy
-            return op.Reshape(sequence, [1, h, -1, d])
+            return op.Reshape(sequence, _ints(b, "bhsd_shape", [1, h, -1, d]))
         return op.Transpose(sequence, perm=[1, 0, 2, 3])
     blocks = op.Gather(pool, io.block_table, axis=0)
     if layout == "nhd":
-        return op.Transpose(op.Reshape(blocks, [batch, -1, h, d]), perm=[0, 2, 1, 3])
-    return op.Reshape(blocks, [batch, -1, h * d])  # flat: 3-D Attention, no Transpose
+        return op.Transpose(op.Reshape(blocks, _ints(b, "sequence_shape", [batch, -1, h, d])), perm=[0, 2, 1, 3])
+    return op.Reshape(blocks, _ints(b, "sequence_shape", [batch, -1, h * d]))  # flat: 3-D Attention, no Transpose
 
 
 def paged_decode_model(shape: DecodeShape, layout: str) -> onnx.ModelProto:
@@ -197,15 +205,16 @@ def _whole_pool_model(shape: DecodeShape) -> onnx.ModelProto:
     op = b.op
     io = _decode_inputs(b, shape, "head_major")
     key_out, value_out = _write(b, io, shape, "head_major")
-    key, value = (op.Reshape(pool, [1, h, slots, d]) for pool in (key_out, value_out))
+    key, value = (op.Reshape(pool, _ints(b, "pool_bhsd", [1, h, slots, d])) for pool in (key_out, value_out))
     # slot of logical position p: block_table[0, p // bs] * bs + p % bs
-    offsets = b.initializer(ir.tensor(np.arange(bs, dtype=np.int64).reshape(1, bs)), "block_offsets")
-    block_base = op.Mul(op.Unsqueeze(op.Squeeze(io.block_table, [0]), [-1]), bs)
-    owned_slots = op.Reshape(op.Add(block_base, offsets), [-1, 1])
-    unowned = b.initializer(ir.tensor(np.full(slots, -1, np.int64)), "unowned")
-    logical = op.ScatterND(unowned, owned_slots, b.initializer(ir.tensor(np.arange(positions, dtype=np.int64)), "positions"))
-    visible = op.And(op.GreaterOrEqual(logical, 0), op.Less(logical, io.seq_lens))
-    y = op.Attention(io.query, key, value, op.Reshape(visible, [1, 1, 1, slots]))
+    offsets = _ints(b, "block_offsets", [list(range(bs))])
+    row = op.Squeeze(io.block_table, _ints(b, "first_axis", [0]))
+    block_base = op.Mul(op.Unsqueeze(row, _ints(b, "last_axis", [-1])), _ints(b, "block_size", bs))
+    owned_slots = op.Reshape(op.Add(block_base, offsets), _ints(b, "slot_column", [-1, 1]))
+    unowned = _ints(b, "unowned", [-1] * slots)
+    logical = op.ScatterND(unowned, owned_slots, _ints(b, "positions", list(range(positions))))
+    visible = op.And(op.GreaterOrEqual(logical, _ints(b, "zero", 0)), op.Less(logical, io.seq_lens))
+    y = op.Attention(io.query, key, value, op.Reshape(visible, _ints(b, "mask_shape", [1, 1, 1, slots])))
     pool = list(shape.pool_shape("whole_pool"))
     _output(b, y, "output", _query_shape(shape, "whole_pool"))
     _output(b, key_out, "key_cache_out", pool)
