@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from onnx import helper
-from onnxscript import OpBuilder
+from onnxscript import OpBuilder, TapeBuilder
 
 from generator.errors import UsageError
 from generator.registry import CaseSpec
@@ -137,12 +137,18 @@ class OpSchema:
         if not min_inputs <= len(inputs) <= max_inputs:
             raise UsageError(f"{self.qualified_name} takes {min_inputs} to {max_inputs} inputs, got {len(inputs)}")
 
-    def call(self, op: OpBuilder, *inputs: ir.Value | None, **attrs: object) -> ir.Value | Sequence[ir.Value]:
-        """This op's node added through an onnxscript builder, attributes checked; defaults
-        are left implicit, as in ONNX. Returns its output value(s), one per declared output."""
+    def call(
+        self, op: OpBuilder | TapeBuilder, *inputs: ir.Value | None, _name: str | None = None, **attrs: object
+    ) -> ir.Value | Sequence[ir.Value]:
+        """This op's node added through an onnxscript builder (or recorded on a TapeBuilder),
+        attributes checked; defaults are left implicit, as in ONNX. Returns its output
+        value(s), one per declared output."""
         self._check_call(inputs, attrs)
         call_op = getattr(op, self.name)
-        return call_op(*inputs, _domain=self.domain, _version=self.since_version, _outputs=len(self.outputs), **attrs)
+        outputs = len(self.outputs)
+        return call_op(
+            *inputs, _domain=self.domain, _version=self.since_version, _outputs=outputs, _name=_name, **attrs
+        )
 
     def make_node(self, inputs: Sequence[str], outputs: Sequence[str], **attrs: object) -> onnx.NodeProto:
         """One node of this op as a proto (for tests and inspection), attributes checked."""
