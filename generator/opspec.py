@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from onnx import helper
+from onnxscript import OpBuilder, TapeBuilder
 
 from generator.errors import UsageError
 from generator.registry import CaseSpec
@@ -128,14 +130,37 @@ class OpSchema:
                 values[attr.name] = attr.default
         return values
 
-    def make_node(self, inputs: Sequence[str], outputs: Sequence[str], **attrs: object) -> onnx.NodeProto:
-        """A node of this op with checked attributes; defaults are left implicit, as in ONNX."""
+    def _check_call(self, inputs: Sequence[object], attrs: Mapping[str, object]) -> None:
         self.resolve(attrs)
         max_inputs = len(self.inputs)
         min_inputs = sum(1 for p in self.inputs if not p.optional)
         if not min_inputs <= len(inputs) <= max_inputs:
             raise UsageError(f"{self.qualified_name} takes {min_inputs} to {max_inputs} inputs, got {len(inputs)}")
-        return helper.make_node(self.name, list(inputs), list(outputs), domain=self.domain, **attrs)
+
+    def call(
+        self, op: OpBuilder | TapeBuilder, *inputs: ir.Value | None, _name: str | None = None, **attrs: object
+    ) -> ir.Value | Sequence[ir.Value]:
+        """This op's node added through an onnxscript builder (or recorded on a TapeBuilder),
+        attributes checked; defaults are left implicit, as in ONNX. Returns its output
+        value(s), one per declared output."""
+        self._check_call(inputs, attrs)
+        call_op = getattr(op, self.name)
+        outputs = len(self.outputs)
+        return call_op(
+            *inputs, _domain=self.domain, _version=self.since_version, _outputs=outputs, _name=_name, **attrs
+        )
+
+    def make_node(self, inputs: Sequence[str], outputs: Sequence[str], **attrs: object) -> onnx.NodeProto:
+        """One node of this op as a proto (for tests and inspection), attributes checked."""
+        self._check_call(inputs, attrs)
+        node = ir.node(
+            self.name,
+            [ir.Value(name=name) if name else None for name in inputs],
+            attrs,
+            domain=self.domain,
+            outputs=[ir.Value(name=name) for name in outputs],
+        )
+        return ir.serde.serialize_node(node)
 
 
 def register_onnx_schema(spec: OpSchema) -> None:

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import onnx_ir as ir
+from onnxscript import GraphBuilder
 
 from generator.errors import UsageError
-from generator.onnx_build import make_model
+from generator.onnx_build import builder_model, graph_builder
 from proposals.paged_attention.function_op import OPSET
 
 LAYOUTS = ("nhd", "flat", "head_major", "whole_pool")
+FLOAT, INT64 = ir.DataType.FLOAT, ir.DataType.INT64
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,91 @@ class DecodeShape:
         return shapes[layout]
 
 
-def _const(name: str, values: list[int]) -> onnx.NodeProto:
-    return helper.make_node(
-        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+@dataclass(frozen=True)
+class DecodeIO:
+    """One decode step's graph inputs (names as in :func:`paged_step_feeds`)."""
+
+    query: ir.Value
+    key: ir.Value
+    value: ir.Value
+    key_cache: ir.Value
+    value_cache: ir.Value
+    seq_lens: ir.Value
+    block_table: ir.Value
+    slot_mapping: ir.Value
+
+
+def _decode_inputs(b: GraphBuilder, shape: DecodeShape, layout: str) -> DecodeIO:
+    batch, kv = shape.batch, shape.kv_heads * shape.head_dim
+    pool = list(shape.pool_shape(layout))
+    return DecodeIO(
+        b.input("query", FLOAT, _query_shape(shape, layout)),
+        b.input("key", FLOAT, [batch, kv]),
+        b.input("value", FLOAT, [batch, kv]),
+        b.input("key_cache", FLOAT, pool),
+        b.input("value_cache", FLOAT, pool),
+        b.input("seq_lens", INT64, [batch]),
+        b.input("block_table", INT64, [batch, shape.blocks_per_seq]),
+        b.input("slot_mapping", INT64, [batch]),
     )
+
+
+def _query_shape(shape: DecodeShape, layout: str) -> list[int]:
+    if layout == "flat":
+        return [shape.batch, 1, shape.q_heads * shape.head_dim]
+    return [shape.batch, shape.q_heads, 1, shape.head_dim]
+
+
+def _ints(b: GraphBuilder, name: str, values: list[int] | int) -> ir.Value:
+    """A named int64 constant (named, so the graph pictures say what each one is)."""
+    found = b.graph.initializers.get(name)
+    return found if found is not None else b.initializer(ir.tensor(np.array(values, np.int64)), name)
+
+
+def _output(b: GraphBuilder, value: ir.Value, name: str, dims: list[int]) -> None:
+    value.type, value.shape = ir.TensorType(FLOAT), ir.Shape(dims)
+    b.add_output(value, name)
+
+
+def _write(b: GraphBuilder, io: DecodeIO, shape: DecodeShape, layout: str) -> tuple[ir.Value, ir.Value]:
+    """ScatterND of each sequence's new key and value through ``slot_mapping``.
+
+    Returns the written key and value pools.
+    """
+    op, batch, h, d, bs = b.op, shape.batch, shape.kv_heads, shape.head_dim, shape.block_size
+    block_size, last = _ints(b, "block_size", bs), _ints(b, "last_axis", [-1])
+    block = op.Unsqueeze(op.Div(io.slot_mapping, block_size), last)  # [B, 1]
+    offset = op.Unsqueeze(op.Mod(io.slot_mapping, block_size), last)
+    if layout == "head_major":
+        # indices [Hkv, B, 3] = (head, block, offset); updates [Hkv, B, D]
+        grid, first = _ints(b, "index_grid", [h, batch, 1]), _ints(b, "first_axis", [0])
+        heads = op.Expand(_ints(b, "head_ids", [[[i]] for i in range(h)]), grid)
+        index = op.Concat(
+            heads, op.Expand(op.Unsqueeze(block, first), grid), op.Expand(op.Unsqueeze(offset, first), grid), axis=-1
+        )
+        rows = _ints(b, "update_rows", [batch, h, d])
+        updates = [op.Transpose(op.Reshape(x, rows), perm=[1, 0, 2]) for x in (io.key, io.value)]
+    else:
+        index = op.Concat(block, offset, axis=-1)  # [B, 2] = (block, offset)
+        rows = _ints(b, "update_rows", [batch, h, d] if layout == "nhd" else [batch, h * d])
+        updates = [op.Reshape(x, rows) for x in (io.key, io.value)]
+    pools = (io.key_cache, io.value_cache)
+    key_out, value_out = (op.ScatterND(pool, index, x) for pool, x in zip(pools, updates, strict=True))
+    return key_out, value_out
+
+
+def _read(b: GraphBuilder, pool: ir.Value, io: DecodeIO, shape: DecodeShape, layout: str) -> ir.Value:
+    """Gather each sequence's blocks by ``block_table`` and lay them out as Attention reads them."""
+    op, batch, h, d = b.op, shape.batch, shape.kv_heads, shape.head_dim
+    if layout == "head_major":
+        sequence = op.Reshape(op.Gather(pool, io.block_table, axis=1), _ints(b, "sequence_shape", [h, batch, -1, d]))
+        if batch == 1:  # moving a size-1 axis: a free Reshape instead of a copy
+            return op.Reshape(sequence, _ints(b, "bhsd_shape", [1, h, -1, d]))
+        return op.Transpose(sequence, perm=[1, 0, 2, 3])
+    blocks = op.Gather(pool, io.block_table, axis=0)
+    if layout == "nhd":
+        return op.Transpose(op.Reshape(blocks, _ints(b, "sequence_shape", [batch, -1, h, d])), perm=[0, 2, 1, 3])
+    return op.Reshape(blocks, _ints(b, "sequence_shape", [batch, -1, h * d]))  # flat: 3-D Attention, no Transpose
 
 
 def paged_decode_model(shape: DecodeShape, layout: str) -> onnx.ModelProto:
@@ -64,103 +147,22 @@ def paged_decode_model(shape: DecodeShape, layout: str) -> onnx.ModelProto:
     * ``nhd`` pool [NB, BS, Hkv, D]: Gather -> Reshape -> Transpose -> 4-D Attention;
     * ``flat`` pool [NB, BS, Hkv*D]: Gather -> Reshape -> 3-D Attention (no Transpose);
     * ``head_major`` pool [Hkv, NB, BS, D]: Gather on axis 1 -> Reshape -> 4-D Attention
-      (no Transpose when batch is 1).
+      (no Transpose when batch is 1);
+    * ``whole_pool``: see :func:`_whole_pool_model`.
     """
-    b, h, hq, d, bs = shape.batch, shape.kv_heads, shape.q_heads, shape.head_dim, shape.block_size
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     pool = list(shape.pool_shape(layout))
-    q_shape = [b, 1, hq * d] if layout == "flat" else [b, hq, 1, d]
-    inputs = [
-        helper.make_tensor_value_info("query", f32, q_shape),
-        helper.make_tensor_value_info("key", f32, [b, h * d]),
-        helper.make_tensor_value_info("value", f32, [b, h * d]),
-        helper.make_tensor_value_info("key_cache", f32, pool),
-        helper.make_tensor_value_info("value_cache", f32, pool),
-        helper.make_tensor_value_info("seq_lens", i64, [b]),
-        helper.make_tensor_value_info("block_table", i64, [b, shape.blocks_per_seq]),
-        helper.make_tensor_value_info("slot_mapping", i64, [b]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info("output", f32, q_shape),
-        helper.make_tensor_value_info("key_cache_out", f32, pool),
-        helper.make_tensor_value_info("value_cache_out", f32, pool),
-    ]
-    nodes = [
-        _const("bs", [bs]),
-        _const("last", [-1]),
-        helper.make_node("Div", ["slot_mapping", "bs"], ["blk"]),
-        helper.make_node("Mod", ["slot_mapping", "bs"], ["off"]),
-        helper.make_node("Unsqueeze", ["blk", "last"], ["blk1"]),
-        helper.make_node("Unsqueeze", ["off", "last"], ["off1"]),
-    ]
     if layout == "whole_pool":
         return _whole_pool_model(shape)
-    if layout == "head_major":
-        # indices [Hkv, T, 3] = (head, block, offset); updates [Hkv, T, D]
-        nodes += [
-            _const("zero", [0]),
-            _const("idx_shape", [h, b, 1]),
-            _const("upd_shape", [b, h, d]),
-            helper.make_node(
-                "Constant",
-                [],
-                ["h_range"],
-                value=helper.make_tensor("h_range", TensorProto.INT64, [h, 1, 1], list(range(h))),
-            ),
-            helper.make_node("Expand", ["h_range", "idx_shape"], ["hh"]),
-            helper.make_node("Unsqueeze", ["blk1", "zero"], ["blk2"]),
-            helper.make_node("Unsqueeze", ["off1", "zero"], ["off2"]),
-            helper.make_node("Expand", ["blk2", "idx_shape"], ["bb"]),
-            helper.make_node("Expand", ["off2", "idx_shape"], ["oo"]),
-            helper.make_node("Concat", ["hh", "bb", "oo"], ["idx"], axis=-1),
-        ]
-        for name in ("key", "value"):
-            nodes += [
-                helper.make_node("Reshape", [name, "upd_shape"], [f"{name}_thd"]),
-                helper.make_node("Transpose", [f"{name}_thd"], [f"{name}_upd"], perm=[1, 0, 2]),
-            ]
-        gather_axis, seq_shape = 1, [h, b, -1, d]
-    else:
-        nodes.append(helper.make_node("Concat", ["blk1", "off1"], ["idx"], axis=-1))
-        upd = [b, h, d] if layout == "nhd" else [b, h * d]
-        nodes.append(_const("upd_shape", upd))
-        for name in ("key", "value"):
-            nodes.append(helper.make_node("Reshape", [name, "upd_shape"], [f"{name}_upd"]))
-        gather_axis = 0
-        seq_shape = [b, -1, h, d] if layout == "nhd" else [b, -1, h * d]
-    nodes.append(_const("seq_shape", seq_shape))
-    for name in ("key", "value"):
-        cache = f"{name}_cache"
-        nodes += [
-            helper.make_node("ScatterND", [cache, "idx", f"{name}_upd"], [f"{cache}_out"]),
-            helper.make_node("Gather", [f"{cache}_out", "block_table"], [f"{name}_blocks"], axis=gather_axis),
-            helper.make_node("Reshape", [f"{name}_blocks", "seq_shape"], [f"{name}_seq"]),
-        ]
-        if layout == "nhd":
-            nodes.append(helper.make_node("Transpose", [f"{name}_seq"], [f"{name}_k"], perm=[0, 2, 1, 3]))
-        elif layout == "head_major":
-            perm = [1, 0, 2, 3]
-            if b == 1:  # moving a size-1 axis: a free Reshape instead of a copy
-                nodes += [
-                    _const(f"{name}_bhsd", [1, h, -1, d]),
-                    helper.make_node("Reshape", [f"{name}_seq", f"{name}_bhsd"], [f"{name}_k"]),
-                ]
-            else:
-                nodes.append(helper.make_node("Transpose", [f"{name}_seq"], [f"{name}_k"], perm=perm))
-        else:
-            nodes.append(helper.make_node("Identity", [f"{name}_seq"], [f"{name}_k"]))
-    heads = {"q_num_heads": hq, "kv_num_heads": h} if layout == "flat" else {}
-    nodes.append(
-        helper.make_node(
-            "Attention",
-            ["query", "key_k", "value_k", "", "", "", "seq_lens"],
-            ["output"],
-            is_causal=1,
-            **heads,
-        )
-    )
-    graph = helper.make_graph(nodes, f"paged_decode_{layout}", inputs, outputs)
-    return make_model(graph, {"": OPSET})
+    b = graph_builder(f"paged_decode_{layout}", {"": OPSET})
+    io = _decode_inputs(b, shape, layout)
+    key_out, value_out = _write(b, io, shape, layout)
+    key, value = (_read(b, written, io, shape, layout) for written in (key_out, value_out))
+    heads = {"q_num_heads": shape.q_heads, "kv_num_heads": shape.kv_heads} if layout == "flat" else {}
+    y = b.op.Attention(io.query, key, value, None, None, None, io.seq_lens, is_causal=1, **heads)
+    _output(b, y, "output", _query_shape(shape, layout))
+    _output(b, key_out, "key_cache_out", pool)
+    _output(b, value_out, "value_cache_out", pool)
+    return builder_model(b)
 
 
 def paged_step_feeds(shape: DecodeShape, layout: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -197,56 +199,27 @@ def _whole_pool_model(shape: DecodeShape) -> onnx.ModelProto:
     """
     if shape.batch != 1:
         raise UsageError(f"the whole-pool arrangement is a batch-1 decode; got batch {shape.batch}")
-    base = paged_decode_model(shape, "head_major")
     h, d, bs = shape.kv_heads, shape.head_dim, shape.block_size
-    slots = shape.num_blocks * bs
-    keep = []
-    for node in base.graph.node:
-        if node.op_type == "Attention":
-            break
-        if node.op_type in ("Gather", "Reshape") and node.output[0].endswith(("_blocks", "_seq", "_k")):
-            continue
-        if node.op_type == "Constant" and node.output[0] in ("seq_shape", "key_bhsd", "value_bhsd"):
-            continue
-        keep.append(node)
-    i64 = TensorProto.INT64
-    nodes = keep + [
-        _const("pool_bhsd", [1, h, slots, d]),
-        helper.make_node("Reshape", ["key_cache_out", "pool_bhsd"], ["key_k"]),
-        helper.make_node("Reshape", ["value_cache_out", "pool_bhsd"], ["value_k"]),
-        # slot of logical position p: block_table[0, p // bs] * bs + p % bs
-        helper.make_node(
-            "Constant", [], ["offsets"], value=helper.make_tensor("offsets", i64, [1, bs], list(range(bs)))
-        ),
-        helper.make_node("Squeeze", ["block_table", "zero_axis"], ["row"]),
-        _const("zero_axis", [0]),
-        helper.make_node("Unsqueeze", ["row", "last"], ["row1"]),
-        helper.make_node("Mul", ["row1", "bs"], ["block_base"]),
-        helper.make_node("Add", ["block_base", "offsets"], ["slot_grid"]),
-        _const("flat_shape", [-1, 1]),
-        helper.make_node("Reshape", ["slot_grid", "flat_shape"], ["owned_slots"]),
-        helper.make_node(
-            "Constant",
-            [],
-            ["positions"],
-            value=helper.make_tensor(
-                "positions", i64, [shape.blocks_per_seq * bs], list(range(shape.blocks_per_seq * bs))
-            ),
-        ),
-        helper.make_node("Constant", [], ["unowned"], value=helper.make_tensor("unowned", i64, [slots], [-1] * slots)),
-        helper.make_node("ScatterND", ["unowned", "owned_slots", "positions"], ["logical"]),
-        helper.make_node("Constant", [], ["zero_i"], value=helper.make_tensor("zero_i", i64, [], [0])),
-        helper.make_node("GreaterOrEqual", ["logical", "zero_i"], ["owned"]),
-        helper.make_node("Less", ["logical", "seq_lens"], ["in_range"]),
-        helper.make_node("And", ["owned", "in_range"], ["visible"]),
-        _const("mask_shape", [1, 1, 1, slots]),
-        helper.make_node("Reshape", ["visible", "mask_shape"], ["mask"]),
-        helper.make_node("Attention", ["query", "key_k", "value_k", "mask"], ["output"]),
-    ]
-    # Constants first so every node's inputs are defined before it (topological order).
-    nodes = [n for n in nodes if n.op_type == "Constant"] + [n for n in nodes if n.op_type != "Constant"]
-    graph = helper.make_graph(nodes, "paged_decode_whole_pool", list(base.graph.input), list(base.graph.output))
-    return make_model(graph, {"": OPSET})
+    slots, positions = shape.num_blocks * bs, shape.blocks_per_seq * bs
+    b = graph_builder("paged_decode_whole_pool", {"": OPSET})
+    op = b.op
+    io = _decode_inputs(b, shape, "head_major")
+    key_out, value_out = _write(b, io, shape, "head_major")
+    key, value = (op.Reshape(pool, _ints(b, "pool_bhsd", [1, h, slots, d])) for pool in (key_out, value_out))
+    # slot of logical position p: block_table[0, p // bs] * bs + p % bs
+    offsets = _ints(b, "block_offsets", [list(range(bs))])
+    row = op.Squeeze(io.block_table, _ints(b, "first_axis", [0]))
+    block_base = op.Mul(op.Unsqueeze(row, _ints(b, "last_axis", [-1])), _ints(b, "block_size", bs))
+    owned_slots = op.Reshape(op.Add(block_base, offsets), _ints(b, "slot_column", [-1, 1]))
+    unowned = _ints(b, "unowned", [-1] * slots)
+    logical = op.ScatterND(unowned, owned_slots, _ints(b, "positions", list(range(positions))))
+    visible = op.And(op.GreaterOrEqual(logical, _ints(b, "zero", 0)), op.Less(logical, io.seq_lens))
+    y = op.Attention(io.query, key, value, op.Reshape(visible, _ints(b, "mask_shape", [1, 1, 1, slots])))
+    pool = list(shape.pool_shape("whole_pool"))
+    _output(b, y, "output", _query_shape(shape, "whole_pool"))
+    _output(b, key_out, "key_cache_out", pool)
+    _output(b, value_out, "value_cache_out", pool)
+    return builder_model(b)
 
 
 def widen_pool(feeds: dict[str, np.ndarray], factor: int, seed: int = 1) -> dict[str, np.ndarray]:

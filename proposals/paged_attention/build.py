@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx.inliner
-from onnx import TensorProto, helper
+import onnx_ir as ir
+from onnx import helper
 
-from generator.onnx_build import PROPOSAL_DOMAIN, make_model, stamp, tensor_info
+from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder, stamp
 from proposals.paged_attention.function_op import OPSET, PagedAttention
 from proposals.paged_attention.spec import SCHEMA
 
@@ -28,6 +29,7 @@ PAGED_INPUTS = (
     "slot_mapping",
 )
 PAGED_OUTPUTS = ("output", "key_cache_out", "value_cache_out")
+FLOAT, INT64 = ir.DataType.FLOAT, ir.DataType.INT64
 
 
 @dataclass(frozen=True)
@@ -50,29 +52,27 @@ class PagedShape:
 
 def paged_model(shape: PagedShape, *, inline: bool = True) -> onnx.ModelProto:
     """One PagedAttention step; ``inline=False`` keeps it a model-local function call."""
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     hq, hkv, d = shape.q_heads, shape.kv_heads, shape.head_dim
+    cache = list(shape.cache_shape)
+    b = graph_builder("paged_attention_step", {"": OPSET, PROPOSAL_DOMAIN: 1})
     inputs = [
-        tensor_info("query", np.float32, ["tokens", hq * d]),
-        tensor_info("key", np.float32, ["tokens", hkv * d]),
-        tensor_info("value", np.float32, ["tokens", hkv * d]),
-        tensor_info("key_cache", np.float32, list(shape.cache_shape)),
-        tensor_info("value_cache", np.float32, list(shape.cache_shape)),
-        helper.make_tensor_value_info("cu_seqlens_q", i64, ["batch_plus_1"]),
-        helper.make_tensor_value_info("seq_lens", i64, ["batch"]),
-        helper.make_tensor_value_info("block_table", i64, ["batch", "max_blocks"]),
-        helper.make_tensor_value_info("slot_mapping", i64, ["tokens"]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info("output", f32, ["tokens", hq * d]),
-        helper.make_tensor_value_info("key_cache_out", f32, list(shape.cache_shape)),
-        helper.make_tensor_value_info("value_cache_out", f32, list(shape.cache_shape)),
+        b.input("query", FLOAT, ["tokens", hq * d]),
+        b.input("key", FLOAT, ["tokens", hkv * d]),
+        b.input("value", FLOAT, ["tokens", hkv * d]),
+        b.input("key_cache", FLOAT, cache),
+        b.input("value_cache", FLOAT, cache),
+        b.input("cu_seqlens_q", INT64, ["batch_plus_1"]),
+        b.input("seq_lens", INT64, ["batch"]),
+        b.input("block_table", INT64, ["batch", "max_blocks"]),
+        b.input("slot_mapping", INT64, ["tokens"]),
     ]
     # Every attribute is spelled out: onnx 1.23.2's inliner drops a function's attribute
     # defaults, and its ReferenceEvaluator fails on an omitted attribute without one.
-    node = SCHEMA.make_node(PAGED_INPUTS, PAGED_OUTPUTS, scale=float(1.0 / np.sqrt(d)), is_causal=1, softcap=0.0)
-    graph = helper.make_graph([node], "paged_attention_step", inputs, outputs)
-    model = make_model(graph, {"": OPSET, PROPOSAL_DOMAIN: 1}, functions=[PagedAttention.to_function_proto()])
+    outputs = SCHEMA.call(b.op, *inputs, scale=float(1.0 / np.sqrt(d)), is_causal=1, softcap=0.0)
+    for out, name, dims in zip(outputs, PAGED_OUTPUTS, (["tokens", hq * d], cache, cache), strict=True):
+        out.type, out.shape = ir.TensorType(FLOAT), ir.Shape(dims)
+        b.add_output(out, name)
+    model = builder_model(b, functions=[PagedAttention.to_function_proto()])
     if not inline:
         return model
     flat = onnx.inliner.inline_local_functions(model)

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
-from onnx_ir.tape import Tape
+from onnxscript import GraphBuilder
 
-from generator.onnx_build import stamp
+from generator.onnx_build import builder_model, graph_builder
 from generator.ort import session
 from generator.verify import first_line
 
@@ -28,27 +28,19 @@ REPRO = Path(__file__).resolve().parent / "repro"
 F32, I64 = ir.DataType.FLOAT, ir.DataType.INT64
 
 
-def _model(tape: Tape, inputs: list[ir.Value], outputs: list[ir.Value], name: str) -> onnx.ModelProto:
-    graph = ir.Graph(
-        inputs, outputs, nodes=tape.nodes, initializers=tape.initializers, opset_imports={"": 24}, name=name
-    )
-    return stamp(ir.serde.serialize_model(ir.Model(graph, ir_version=10)))
-
-
-def _value(name: str, dtype: ir.DataType, shape: list) -> ir.Value:
-    return ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(shape))
+def _output(b: GraphBuilder, value: ir.Value, name: str, dtype: ir.DataType, dims: list[int]) -> None:
+    value.type, value.shape = ir.TensorType(dtype), ir.Shape(dims)
+    b.add_output(value, name)
 
 
 # --8<-- [start:scatter_gap]
 def scatter_codes_model(dtype: ir.DataType) -> onnx.ModelProto:
     """TensorScatter-24 alone on a [1, 1, 4, 2] cache of ``dtype`` codes (int4, float8e4m3fn)."""
-    tape = Tape()
-    past, update = _value("past", dtype, [1, 1, 4, 2]), _value("update", dtype, [1, 1, 1, 2])
-    write = _value("write_indices", I64, [1])
-    present = tape.op(
-        "TensorScatter", [past, update, write], {"axis": 2}, output=_value("present", dtype, [1, 1, 4, 2])
-    )
-    return _model(tape, [past, update, write], [present], f"tensor_scatter_{dtype.name.lower()}")
+    b = graph_builder(f"tensor_scatter_{dtype.name.lower()}", {"": 24})
+    past, update = b.input("past", dtype, [1, 1, 4, 2]), b.input("update", dtype, [1, 1, 1, 2])
+    write = b.input("write_indices", I64, [1])
+    _output(b, b.op.TensorScatter(past, update, write, axis=2), "present", dtype, [1, 1, 4, 2])
+    return builder_model(b)
 
 
 # --8<-- [end:scatter_gap]
@@ -62,11 +54,11 @@ def batch_shared_scale_model() -> onnx.ModelProto:
     shape inference accepts it, but the rule "scale matches the input except on the
     blocked axis" makes runtimes refuse it; an Expand to [2, 1, 1, 2] fixes it.
     """
-    tape = Tape()
-    codes = _value("codes", ir.DataType.INT8, [2, 1, 4, 2])
-    scale = tape.initializer(ir.tensor(np.array([[[[0.5, 0.25]]]], np.float32), name="scale"), name="scale")
-    y = tape.op("DequantizeLinear", [codes, scale], {"axis": 2, "block_size": 4}, output=_value("y", F32, [2, 1, 4, 2]))
-    return _model(tape, [codes], [y], "dequantize_batch_shared_scale")
+    b = graph_builder("dequantize_batch_shared_scale", {"": 24})
+    codes = b.input("codes", ir.DataType.INT8, [2, 1, 4, 2])
+    scale = b.initializer(ir.tensor(np.array([[[[0.5, 0.25]]]], np.float32)), "scale")
+    _output(b, b.op.DequantizeLinear(codes, scale, axis=2, block_size=4), "y", F32, [2, 1, 4, 2])
+    return builder_model(b)
 
 
 # --8<-- [end:batch_scale_gap]

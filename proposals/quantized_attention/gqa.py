@@ -13,14 +13,20 @@ Two differences are explicit here:
   equal on the valid slots (``< nonpad_kv_seqlen``), which are all that Attention reads.
 
 Everything else has a one-line reason in :data:`NO_GQA_FORM`.
+
+:class:`StandardToGqa` is the rewrite, an onnx-ir pass; :func:`from_gqa` goes back by
+rebuilding the standard form from the GQA node's attributes and scales.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx_ir.tape import Tape
+import onnx_ir.passes.common
+from onnxscript import TapeBuilder
 
 from generator.errors import UsageError
 from generator.onnx_build import stamp
@@ -29,6 +35,7 @@ from proposals.quantized_attention.reference import CacheQuant
 
 F32, I32, I64 = ir.DataType.FLOAT, ir.DataType.INT32, ir.DataType.INT64
 GQA_TYPES = {"per_tensor": "PER_TENSOR", "per_channel": "PER_CHANNEL"}
+GQA_SCALE_INPUTS = {"k": 12, "v": 13}  # k_scale, v_scale in com.microsoft.GroupQueryAttention
 
 # --8<-- [start:reasons]
 NO_GQA_FORM = {
@@ -55,117 +62,188 @@ def check_gqa_form(k_quant: CacheQuant, v_quant: CacheQuant, mode: str = "linear
         raise UsageError(NO_GQA_FORM["circular"])
 
 
-def _value(name: str, dtype: ir.DataType, shape: list) -> ir.Value:
-    return ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(shape))
+@dataclass(frozen=True)
+class QuantSite:
+    """One quantized cache feeding Attention: QuantizeLinear -> TensorScatter -> DequantizeLinear."""
+
+    quantize: ir.Node
+    scatter: ir.Node
+    dequantize: ir.Node
+    quant: CacheQuant
+    mode: str
+
+    @property
+    def rows(self) -> ir.Value:  # the new tokens' float rows (B, H, S, D)
+        return self.quantize.inputs[0]
+
+    @property
+    def past(self) -> ir.Value:
+        return self.scatter.inputs[0]
+
+    @property
+    def present(self) -> ir.Value:
+        return self.scatter.outputs[0]
 
 
-def _const(tape: Tape, name: str, array: np.ndarray) -> ir.Value:
-    return tape.initializer(ir.tensor(array, name=name), name=name)
+def _producer(value: ir.Value | None, op_type: str, what: str) -> ir.Node:
+    node = None if value is None else value.producer()
+    if node is None or node.op_type != op_type or node.domain != "":
+        raise UsageError(
+            f"{what} is not a {op_type} output; expected QuantizeLinear -> TensorScatter -> DQ -> Attention"
+        )
+    return node
+
+
+def _static(value: ir.Value | None) -> np.ndarray | None:
+    """A static scale or zero point: an initializer, possibly Expanded to the batch."""
+    if value is None:
+        return None
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Expand":
+        value = producer.inputs[0]
+    if value.const_value is None:
+        raise UsageError(f"scale {value.name!r} is neither a constant nor a scale cache")
+    return value.const_value.numpy()
+
+
+def quant_site(attention: ir.Node, role: str) -> QuantSite:
+    """The quantized cache behind Attention's key (input 1) or value (input 2), and its settings."""
+    dequantize = _producer(attention.inputs[1 if role == "key" else 2], "DequantizeLinear", f"Attention's {role}")
+    scatter = _producer(dequantize.inputs[0], "TensorScatter", f"the dequantized {role} cache")
+    quantize = _producer(scatter.inputs[1], "QuantizeLinear", f"the {role} cache's update")
+    dtype = next(k for k, t in CODE_TYPES.items() if t == scatter.outputs[0].dtype)
+    scale = dequantize.inputs[1]
+    if scale.producer() is not None and scale.producer().op_type == "TensorScatter":  # a scale cache
+        block = quantize.attributes.get_int("block_size", 0)
+        quant = CacheQuant(dtype, "per_token" if block == quantize.inputs[0].shape[3] else "per_token_group")
+    else:
+        array = _static(scale)
+        zero = _static(dequantize.inputs[2] if len(dequantize.inputs) > 2 else None)
+        quant = CacheQuant(dtype, "per_tensor" if array.ndim == 0 else "per_channel", array, zero)
+    return QuantSite(quantize, scatter, dequantize, quant, scatter.attributes.get_string("mode", "linear"))
+
+
+def _attention(graph: ir.Graph) -> ir.Node:
+    found = [n for n in graph if n.op_type == "Attention" and n.domain == ""]
+    if len(found) != 1:
+        raise UsageError(f"expected one Attention node (one quantized step), found {len(found)}")
+    attention = found[0]
+    if set(attention.attributes) != {"is_causal"} or attention.attributes.get_int("is_causal") != 1:
+        raise UsageError(NO_GQA_FORM["attributes"])
+    return attention
 
 
 # --8<-- [start:gqa_step]
-def gqa_step_model(
-    k_quant: CacheQuant, v_quant: CacheQuant, *, q_heads: int, kv_heads: int, max_len: int, head_dim: int
-) -> onnx.ModelProto:
-    """The standard form's step as one GroupQueryAttention, with the same graph I/O.
+def _gqa_nodes(op: TapeBuilder, q: ir.Value, sites: tuple[QuantSite, QuantSite], nonpad: ir.Value, q_heads: int):
+    """Pack q/k/v to (B, S, H*D), derive seqlens_k and total_sequence_length as int32, call
+    GroupQueryAttention on the caches, and unpack y to (B, Hq, S, D).
 
-    q/k/v (B, H, S, D) are packed to GQA's (B, S, H*D), ``seqlens_k = nonpad - 1`` and
-    ``total_sequence_length = max(nonpad)`` as int32; ``write_indices`` stays an input but
-    GQA derives the write position itself. A 4-bit cache is GQA's uint8 (B, H, L, D/2).
+    Returns ``(y, present_key, present_value)``.
     """
-    check_gqa_form(k_quant, v_quant)
-    four_bit = k_quant.dtype == "int4"
-    cache_type, cache_dim = (ir.DataType.UINT8, head_dim // 2) if four_bit else (CODE_TYPES["int8"], head_dim)
-    tape = Tape()
-    q = _value("q", F32, ["batch", q_heads, "seq", head_dim])
-    k = _value("k", F32, ["batch", kv_heads, "seq", head_dim])
-    v = _value("v", F32, ["batch", kv_heads, "seq", head_dim])
-    caches = [_value(f"past_{n}", cache_type, ["batch", kv_heads, max_len, cache_dim]) for n in ("key", "value")]
-    write, nonpad = _value("write_indices", I64, ["batch"]), _value("nonpad_kv_seqlen", I64, ["batch"])
-    packed = _const(tape, "bsd_shape", np.array([0, 0, -1], np.int64))
-    qkv = [tape.op("Reshape", [tape.op("Transpose", [x], {"perm": [0, 2, 1, 3]}), packed]) for x in (q, k, v)]
-    one = _const(tape, "one", np.array(1, np.int64))
-    seqlens_k = tape.op("Cast", [tape.op("Sub", [nonpad, one])], {"to": I32.value})
-    total = tape.op("Cast", [tape.op("ReduceMax", [nonpad], {"keepdims": 0})], {"to": I32.value})
+    head_dim = q.shape[3]
+    packed = op.Constant(value_ints=[0, 0, -1])
+    qkv = [op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), packed) for x in (q, *(s.rows for s in sites))]
+    seqlens_k = op.Cast(op.Sub(nonpad, op.Constant(value_int=1)), to=ir.DataType.INT32)
+    total = op.Cast(op.ReduceMax(nonpad, keepdims=0), to=ir.DataType.INT32)
     scales = []
-    for name, quant in (("k_scale", k_quant), ("v_scale", v_quant)):
-        scale = quant.scale.reshape(1) if quant.granularity == "per_tensor" else quant.scale
-        scales.append(_const(tape, name, scale))
-    y, present_key, present_value = tape.op_multi_out(
-        "GroupQueryAttention",
-        [*qkv, *caches, seqlens_k, total, None, None, None, None, None, *scales],
-        {
-            "num_heads": q_heads,
-            "kv_num_heads": kv_heads,
-            "k_quant_type": GQA_TYPES[k_quant.granularity],
-            "v_quant_type": GQA_TYPES[v_quant.granularity],
-            "kv_cache_bit_width": 4 if four_bit else 8,
-        },
-        domain="com.microsoft",
-        name="group_query_attention",
-        outputs=[
-            ir.Value(name="y_bsd"),
-            _value("present_key", cache_type, ["batch", kv_heads, max_len, cache_dim]),
-            _value("present_value", cache_type, ["batch", kv_heads, max_len, cache_dim]),
-        ],
+    for name, site in zip(("k_scale", "v_scale"), sites, strict=True):
+        scale = site.quant.scale.reshape(1) if site.quant.granularity == "per_tensor" else site.quant.scale
+        scales.append(op.initializer(ir.tensor(scale), name))
+    kv_heads = sites[0].past.shape[1]
+    y, present_key, present_value = op.GroupQueryAttention(
+        *qkv,
+        *(s.past for s in sites),
+        seqlens_k,
+        total,
+        None,  # cos_cache, sin_cache, position_ids, attention_bias, head_sink: unused
+        None,
+        None,
+        None,
+        None,
+        *scales,
+        num_heads=q_heads,
+        kv_num_heads=kv_heads,
+        k_quant_type=GQA_TYPES[sites[0].quant.granularity],
+        v_quant_type=GQA_TYPES[sites[1].quant.granularity],
+        kv_cache_bit_width=4 if sites[0].quant.dtype == "int4" else 8,
+        _domain="com.microsoft",
+        _version=1,
+        _outputs=3,
+        _name="group_query_attention",
     )
-    heads = _const(tape, "bshd_shape", np.array([0, 0, q_heads, head_dim], np.int64))
-    y = tape.op(
-        "Transpose",
-        [tape.op("Reshape", [y, heads])],
-        {"perm": [0, 2, 1, 3]},
-        output=_value("y", F32, ["batch", q_heads, "seq", head_dim]),
-    )
-    graph = ir.Graph(
-        [q, k, v, *caches, write, nonpad],
-        [y, present_key, present_value],
-        nodes=tape.nodes,
-        initializers=tape.initializers,
-        opset_imports={"": 24, "com.microsoft": 1},
-        name="gqa_quantized_step",
-    )
-    return stamp(ir.serde.serialize_model(ir.Model(graph, ir_version=10)))
+    y = op.Transpose(op.Reshape(y, op.Constant(value_ints=[0, 0, q_heads, head_dim])), perm=[0, 2, 1, 3])
+    return y, present_key, present_value
 
 
 # --8<-- [end:gqa_step]
 
 
-def _initializer(graph: ir.Graph, name: str) -> np.ndarray | None:
-    value = graph.initializers.get(name)
-    return None if value is None else value.const_value.numpy()
+# --8<-- [start:rewrites]
+class StandardToGqa(onnx_ir.passes.InPlacePass):
+    """A standard-form quantized step (:func:`build.quant_cache_step_model`) as one GroupQueryAttention.
+
+    Match conditions (a model that breaks one is refused with a one-line UsageError):
+
+    1. the graph has one standard-domain ``Attention``, with ``is_causal=1`` and no other
+       attribute;
+    2. its key and value inputs are each ``DequantizeLinear(TensorScatter(past,
+       QuantizeLinear(rows)))``, the past cache being a graph input and the presents
+       graph outputs;
+    3. the settings read off those nodes have a GQA form (:func:`check_gqa_form`): int8 or
+       int4, symmetric, static per-tensor or per-channel scales, both caches of one dtype,
+       a linear cache.
+
+    The graph keeps its inputs (``write_indices`` stays, unread: GQA derives the write
+    position from ``seqlens_k``); a 4-bit cache becomes GQA's uint8 (B, H, L, D/2).
+    """
+
+    def call(self, model: ir.Model) -> onnx_ir.passes.PassResult:
+        graph = model.graph
+        attention = _attention(graph)
+        sites = (quant_site(attention, "key"), quant_site(attention, "value"))
+        check_gqa_form(
+            sites[0].quant, sites[1].quant, "linear" if {s.mode for s in sites} == {"linear"} else "circular"
+        )
+        q, nonpad = attention.inputs[0], attention.inputs[6]
+        op = TapeBuilder()
+        y, *presents = _gqa_nodes(op, q, sites, nonpad, q_heads=q.shape[1])
+        for value in op.initializers:
+            graph.register_initializer(value)
+        graph.insert_before(attention, op.nodes)
+        y.name, y.type, y.shape = "y", attention.outputs[0].type, attention.outputs[0].shape
+        attention.outputs[0].replace_all_uses_with(y, replace_graph_outputs=True)
+        for site, present in zip(sites, presents, strict=True):
+            if site.quant.dtype == "int4":  # GQA's 4-bit cache: uint8 nibble pairs
+                site.past.type = ir.TensorType(ir.DataType.UINT8)
+                site.past.shape = ir.Shape([*site.past.shape[:3], site.past.shape[3] // 2])
+            present.name, present.type, present.shape = site.present.name, site.past.type, site.past.shape
+            site.present.replace_all_uses_with(present, replace_graph_outputs=True)
+        onnx_ir.passes.common.RemoveUnusedNodesPass()(model)
+        graph.opset_imports["com.microsoft"] = 1
+        graph.name = "gqa_quantized_step"
+        return onnx_ir.passes.PassResult(model, modified=True)
+
+
+def to_gqa(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run :class:`StandardToGqa` on a model proto: the GroupQueryAttention step, stamped."""
+    ir_model = StandardToGqa()(ir.serde.deserialize_model(model)).model  # alone: Sequential wraps UsageError
+    ir_model = onnx_ir.passes.common.NameFixPass()(ir_model).model  # names for the new values
+    return stamp(ir.serde.serialize_model(ir_model))
+
+
+def gqa_step_model(
+    k_quant: CacheQuant, v_quant: CacheQuant, *, q_heads: int, kv_heads: int, max_len: int, head_dim: int
+) -> onnx.ModelProto:
+    """The standard form's step (:func:`build.quant_cache_step_model`) rewritten to one
+    GroupQueryAttention, with the same graph I/O (a 4-bit cache as GQA's uint8 (B, H, L, D/2))."""
+    check_gqa_form(k_quant, v_quant)
+    dims = {"q_heads": q_heads, "kv_heads": kv_heads, "max_len": max_len, "head_dim": head_dim}
+    return to_gqa(quant_cache_step_model(k_quant, v_quant, **dims))
 
 
 def _dims(graph: ir.Graph) -> dict[str, int]:
     q, past = graph.inputs[0], next(v for v in graph.inputs if v.name == "past_key")
     return {"q_heads": q.shape[1], "kv_heads": past.shape[1], "max_len": past.shape[2], "head_dim": q.shape[3]}
-
-
-# --8<-- [start:rewrites]
-def cache_quant_of(model: onnx.ModelProto, role: str) -> tuple[CacheQuant, str]:
-    """The CacheQuant (and cache mode) a standard-form step uses for ``role`` (key or value)."""
-    graph = ir.serde.deserialize_model(model).graph
-    nodes = {n.name: n for n in graph}
-    quantize, scatter = nodes[f"quantize_{role}"], nodes[f"scatter_{role}"]
-    dtype = next(k for k, t in CODE_TYPES.items() if t == scatter.outputs[0].dtype)
-    mode = scatter.attributes.get_string("mode", "linear")
-    if f"past_{role}_scale" in {v.name for v in graph.inputs}:
-        block = quantize.attributes.get_int("block_size", 0)
-        granularity = "per_token" if block == graph.inputs[0].shape[3] else "per_token_group"
-        return CacheQuant(dtype, granularity), mode
-    scale, zero = _initializer(graph, f"{role}_scale"), _initializer(graph, f"{role}_zero_point")
-    granularity = "per_tensor" if scale.ndim == 0 else "per_channel"
-    return CacheQuant(dtype, granularity, scale, zero), mode
-
-
-def to_gqa(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Standard-form step (:func:`build.quant_cache_step_model`) -> GroupQueryAttention step."""
-    graph = ir.serde.deserialize_model(model).graph
-    attention = next(n for n in graph if n.op_type == "Attention")
-    if set(attention.attributes) != {"is_causal"} or attention.attributes.get_int("is_causal") != 1:
-        raise UsageError(NO_GQA_FORM["attributes"])
-    (k_quant, mode), (v_quant, _) = cache_quant_of(model, "key"), cache_quant_of(model, "value")
-    check_gqa_form(k_quant, v_quant, mode)
-    return gqa_step_model(k_quant, v_quant, **_dims(graph))
 
 
 def from_gqa(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -181,7 +259,7 @@ def from_gqa(model: onnx.ModelProto) -> onnx.ModelProto:
             raise UsageError(
                 f"{prefix}_quant_type={kind!r}: only PER_TENSOR and PER_CHANNEL have a quantized standard form"
             )
-        scale = _initializer(graph, f"{prefix}_scale").astype(np.float32)
+        scale = gqa.inputs[GQA_SCALE_INPUTS[prefix]].const_value.numpy().astype(np.float32)
         quants.append(
             CacheQuant(
                 dtype,
