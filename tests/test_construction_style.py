@@ -34,8 +34,6 @@ ALLOWED: dict[str, str] = {
         "being converted: the position_ids adapter is to become an onnx-ir pass (backends helper's module)"
     ),
     "proposals/moe/body.py": "being converted (MoE helper, issue 14)",
-    "proposals/moe/build.py": "being converted (MoE helper, issue 14)",
-    "proposals/moe/grouped_matmul.py": "being converted (MoE helper, issue 14)",
     "conformance/examples.py": "being converted (conformance helper, issue 14)",
     "conformance/repros.py": "being converted (conformance helper, issue 14)",
     "conformance/lowering.py": "being converted (conformance helper): a placeholder node in a FunctionProto body",
