@@ -37,8 +37,25 @@ def make_model(
     return stamp(model)
 
 
+def _sort_attributes(nodes) -> None:
+    """Attributes in name order, in every node and subgraph: builders emit them in an order
+    that can depend on process state (onnxscript follows whatever schema is registered)."""
+    for node in nodes:
+        ordered = sorted(node.attribute, key=lambda a: a.name)
+        del node.attribute[:]
+        node.attribute.extend(ordered)
+        for attribute in node.attribute:
+            for graph in [attribute.g, *attribute.graphs] if attribute.HasField("g") else attribute.graphs:
+                _sort_attributes(graph.node)
+
+
 def stamp(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Pin IR version and producer fields of a model built elsewhere (onnxscript, torch)."""
+    """Pin IR version and producer fields of a model built elsewhere (onnxscript, torch),
+    and put every node's attributes in name order, so the bytes never depend on how the
+    builder happened to order them."""
+    _sort_attributes(model.graph.node)
+    for function in model.functions:
+        _sort_attributes(function.node)
     opsets = {o.domain: o.version for o in model.opset_import}
     model.ir_version = max(ir_version_for(opsets), 10)
     model.producer_name = PRODUCER_NAME
