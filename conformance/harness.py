@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conformance.divergences import Divergence, find
-from conformance.engines import TARGETS, clean
+from conformance.engines import clean
 from conformance.examples import Example
 from generator.runtimes import Runtime, available
 from generator.verify import compare, first_line
@@ -67,8 +67,9 @@ def run_cached(runtime: Runtime, example: Example) -> Outcome:
 
 
 def runtimes() -> list[Runtime]:
-    """The matrix's runtimes, then the extra engines, plugged in exactly as ``--runtime`` does."""
-    return available(TARGETS)
+    """The matrix's runtimes: the built-in ones, then the engines pyproject.toml configures
+    (loaded through the same ``module:Class`` path as ``--runtime``)."""
+    return available()
 
 
 def run_one(runtime: Runtime, example: Example) -> Outcome:

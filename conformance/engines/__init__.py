@@ -17,12 +17,8 @@ from collections.abc import Iterator
 
 import onnx
 
-#: ``--runtime`` targets of the engines in this package, in matrix order.
-TARGETS = (
-    "conformance.engines.tract:TractRuntime",
-    "conformance.engines.iree:IreeRuntime",
-    "conformance.engines.tvm:TvmRuntime",
-)
+# The engines join the matrix through pyproject.toml's [tool.onnx-genai-proposals] runtimes,
+# which generator.runtimes.available() reads; that list is their one registration.
 
 _TEMP_PATH = re.compile(r"(/[\w.\-]+)+/(model\.\w+)")
 
