@@ -66,6 +66,13 @@ def parity_table() -> str:
     return "\n".join(rows)
 
 
+def parity_families() -> str:
+    """'N transformers model families' (inline): the families :func:`parity_table` checks."""
+    from proposals.moe.families import SUPPORTED
+
+    return f"{len(SUPPORTED)} transformers model families"
+
+
 def substitution_table() -> str:
     """Each family: what the com.microsoft.MoE rewrite did, and the output difference."""
     from proposals.moe.families import SUPPORTED, tiny_block

@@ -525,11 +525,9 @@ STACKABLE = {
 }
 
 
-def _only_user(value: ir.Value, op_type: str) -> ir.Node:
+def _only_user(value: ir.Value, op_types: tuple[str, ...]) -> ir.Node | None:
     users = [user for user, _ in value.uses()]
-    if len(users) != 1 or users[0].op_type != op_type:
-        raise Miss(f"an expert's mask is not read by one {op_type}: not the unrolled loop's combine")
-    return users[0]
+    return users[0] if len(users) == 1 and users[0].op_type in op_types else None
 
 
 def _other(node: ir.Node, value: ir.Value) -> ir.Value:
@@ -537,28 +535,31 @@ def _other(node: ir.Node, value: ir.Value) -> ir.Value:
     return second if first is value else first
 
 
+def _contribution(equal: ir.Node, indices: ir.Value) -> tuple[int, ir.Value, ir.Value, ir.Value] | None:
+    """(e, w, y_e * weight_e, y_e) if ``equal`` starts y_e * ReduceSum(w * Cast(Equal(idx, e)), -1)."""
+    e = _ints(_other(equal, indices))
+    cast = _only_user(equal.outputs[0], ("Cast", "CastLike"))
+    masked = cast and _only_user(cast.outputs[0], ("Mul",))
+    summed = masked and _only_user(masked.outputs[0], ("ReduceSum",))
+    scaled = summed and _only_user(summed.outputs[0], ("Mul",))
+    if e is None or len(e) != 1 or scaled is None or len(summed.inputs) < 2:
+        return None
+    if _ints(summed.inputs[1]) not in ([-1], [1]) or _attr(summed.outputs[0], "keepdims", 1) != 1:
+        return None
+    return e[0], _other(masked, cast.outputs[0]), scaled.outputs[0], _other(scaled, summed.outputs[0])
+
+
 def _contributions(indices: ir.Value) -> tuple[ir.Value, dict[int, tuple[ir.Value, ir.Value]]]:
-    """(routing weights, {e: (y_e * weight_e, y_e)}) for y_e * ReduceSum(w * Cast(Equal(idx, e)), -1)."""
-    weights, found = None, {}
-    for equal in [user for user, _ in indices.uses() if user.op_type == "Equal"]:
-        e = _ints(_other(equal, indices))
-        if e is None or len(e) != 1:
-            raise Miss("Equal(indices, e) compares with a non-constant")
-        (cast,) = [user for user, _ in equal.outputs[0].uses()] or [None]
-        if cast is None or cast.op_type not in ("Cast", "CastLike"):
-            raise Miss("an Equal(indices, e) mask is not cast to the routing weights' type")
-        masked = _only_user(cast.outputs[0], "Mul")
-        weights = weights or _other(masked, cast.outputs[0])
-        if _other(masked, cast.outputs[0]) is not weights:
-            raise Miss("the experts' masks weigh different routing weights")
-        summed = _only_user(masked.outputs[0], "ReduceSum")
-        if _ints(summed.inputs[1]) not in ([-1], [1]) or _attr(summed.outputs[0], "keepdims", 1) != 1:
-            raise Miss("an expert's weight is not the masked routing weights summed over the slot axis")
-        scaled = _only_user(summed.outputs[0], "Mul")
-        found[e[0]] = (scaled.outputs[0], _other(scaled, summed.outputs[0]))
-    if sorted(found) != list(range(len(found))):
+    """(routing weights, {e: (y_e * weight_e, y_e)}): the unrolled loop's per-expert terms
+    (empty if the indices feed none)."""
+    found = [c for user, _ in indices.uses() if user.op_type == "Equal" and (c := _contribution(user, indices))]
+    if not found:
+        return None, {}
+    if sorted(e for e, *_ in found) != list(range(len(found))):
         raise Miss("the Equal(indices, e) masks do not cover experts 0..E-1 once each")
-    return weights, found
+    if len({id(w) for _, w, *_ in found}) != 1:
+        raise Miss("the experts' masks weigh different routing weights")
+    return found[0][1], {e: (term, y) for e, _, term, y in found}
 
 
 def _sum_root(contributions: list[ir.Value]) -> ir.Value:
