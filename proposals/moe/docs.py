@@ -73,6 +73,13 @@ def parity_families() -> str:
     return f"{len(SUPPORTED)} transformers model families"
 
 
+def export_families() -> str:
+    """'N families' (inline): the tiny causal LMs the export path checks."""
+    from proposals.moe.families import CAUSAL_LM
+
+    return f"{len(CAUSAL_LM)} families"
+
+
 def substitution_table() -> str:
     """Each family: what the com.microsoft.MoE rewrite did, and the output difference."""
     from proposals.moe.families import SUPPORTED, tiny_block
