@@ -45,7 +45,7 @@ import numpy as np
 import onnx
 import onnx.inliner
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnx_ir.passes.common import NameFixPass, RemoveUnusedNodesPass
 from onnxscript import TapeBuilder
 from onnxscript.rewriter import pattern, rewrite
 
@@ -634,7 +634,7 @@ def _differ(a: ir.Node, b: ir.Node) -> bool:
     return key(a) != key(b)
 
 
-def _experts_stacked(op, experts: list[tuple[list[ir.Node], ir.Value]], tokens: ir.Value) -> ir.Value:
+def _experts_stacked(op, experts: list[tuple[list[ir.Node], ir.Value]], tokens: ir.Value, prefix: str) -> ir.Value:
     """Expert 0's nodes once more, on the [T, H] tokens, with every expert's constants stacked:
     [E, T, out]. The experts must match node for node (ops, attributes, wiring)."""
     first, _ = experts[0]
@@ -656,7 +656,7 @@ def _experts_stacked(op, experts: list[tuple[list[ir.Node], ir.Value]], tokens: 
                 arrays = [constant(nodes[position].inputs[slot]) for nodes, _ in experts]
                 if any(a is None for a in arrays):
                     raise Miss("the experts' MLPs are wired differently")
-                name = f"{node.name or node.op_type}/stacked_{slot}"
+                name = f"{prefix}/stacked_{position}_{slot}"
                 inputs.append(op.initializer(ir.tensor(np.ascontiguousarray(_stack(arrays, node, slot))), name=name))
         attrs = {k: v.value for k, v in node.attributes.items()}
         outs = op.op(node.op_type, *inputs, _domain=node.domain, _outputs=len(node.outputs), **attrs)
@@ -712,7 +712,7 @@ class UnrolledExpertsToDense(ir.passes.InPlacePass):
             raise Miss("k is not a constant")
         slots = op.Constant(value_ints=[-1, *k])
         flat_idx, flat_w = op.Reshape(topk.outputs[1], slots), op.Reshape(weights, slots)  # [T, k]
-        h2 = _experts_stacked(op, experts, tokens)  # [E, T, H]
+        h2 = _experts_stacked(op, experts, tokens, prefix=topk.name or f"topk_{len(graph.initializers)}")  # [E, T, H]
         rows = op.Shape(flat_w, end=1)
         zero = ir.tensor(np.zeros(1, constant(experts[0][0][-1].inputs[1]).dtype))
         mask_shape = op.Concat(rows, op.Constant(value_ints=[len(found)]), axis=0)
@@ -774,6 +774,7 @@ def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, object]]:
     ir_model = rewrite(ir_model, [GROUPED_MATMUL_FROM_GATHER, GROUPED_MATMUL_FROM_IF])
     ir_model = rewrite(ir_model, [GROUPED_MATMUL_BIAS])
     UnrolledExpertsToDense()(ir_model)
+    NameFixPass()(ir_model)  # the fold's values are named per builder: unique across the graph
     RemoveUnusedNodesPass()(ir_model)
     ir_model = rewrite(ir_model, MOE_RULES + DENSE_RULES)
     # onnx_model round trip: a removed If's subgraph nodes still count as users of the
