@@ -104,19 +104,26 @@ def hit_rate() -> str:
 
 
 def fusion_table() -> str:
-    """Each family case x form: fused (max error vs the case's expected outputs) or why not."""
+    """Each family case x form: fused (max error vs the case's expected outputs) or the
+    number of the reason it missed, the reasons listed once below the table."""
     rows = load()
     by_case: dict[str, dict[str, dict]] = {}
+    reasons: dict[str, int] = {}
     for r in rows:
         by_case.setdefault(r["case"], {})[r["form"]] = r
+        if not r["fused"]:
+            reasons.setdefault(r["reason"], len(reasons) + 1)
     lines = ["| case | " + " | ".join(FORMS) + " |", "|---|" + "---|" * len(FORMS)]
     for case_name, forms in by_case.items():
         cells = [
-            f"fused ({forms[f]['max_abs_diff_vs_expected']:.1e})" if forms[f]["fused"] else forms[f]["reason"]
+            f"fused ({forms[f]['max_abs_diff_vs_expected']:.1e})"
+            if forms[f]["fused"]
+            else f"missed ({reasons[forms[f]['reason']]})"
             for f in FORMS
         ]
         lines.append(f"| {case_name} | " + " | ".join(cells) + " |")
-    return f"Hit rate, {hit_rate()}.\n\n" + "\n".join(lines)
+    legend = "\n".join(f"{n}. {reason}" for reason, n in reasons.items())
+    return f"Hit rate, {hit_rate()}.\n\n" + "\n".join(lines) + "\n\nWhy each miss:\n\n" + legend
 
 
 if __name__ == "__main__":
