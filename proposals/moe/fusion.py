@@ -1,7 +1,7 @@
 """Pattern-match fusions onto onnxruntime's ``com.microsoft.MoE``, with onnxscript's rewriter.
 
 A backend that keeps GroupedMatMul (the RFC op) and has an MoE kernel would run these
-rules. They recognise the routed part of an MoE block in four spellings:
+rules. They recognise the routed part of an MoE block in these spellings:
 
 - the **primitive form** a model builder emits (:mod:`proposals.moe.primitive`):
   GroupedMatMul, TopK values, SwiGLU-28 or ``x * Sigmoid(a * x)``, Mul + ReduceSum combine;
@@ -28,9 +28,9 @@ as a column; expert weights and biases are initializers; the activation is gated
 ReLU, tanh-GELU or SiLU with alpha 1; the combine multiplies by the routing weights and
 sums over the slot axis.
 
-The dense rules check the same routing, activation and weights conditions, and: the
-routing weights (optionally reshaped to ``[-1, k]``) are scattered over the experts axis
-into zeros (``ScatterElements`` with no reduction: TopK's indices are distinct per
+The dense rules (:func:`_check_dense`) check the same routing, activation and weights
+conditions, and: the routing weights (optionally reshaped to ``[-1, k]``) are scattered
+over the experts axis into zeros (``ScatterElements`` with no reduction: TopK's indices are distinct per
 token); the tokens are a ``[T, H]`` matrix; fc1 (or separate gate and up projections,
 the concatenated halves of fc1) and fc2 are MatMuls by ``[E, in, out]`` initializers, with
 optional ``[E, 1, out]`` bias Adds; E is the router's width; the combine multiplies by the
