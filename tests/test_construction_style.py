@@ -30,9 +30,6 @@ DTYPE_ARG = {"make_tensor": 1, "make_tensor_value_info": 1}  # positional index 
 # module -> why it may assemble protos by hand
 ALLOWED: dict[str, str] = {
     "generator/graphs.py": "draws a FunctionProto: wraps its nodes in a GraphProto for the renderer, builds nothing",
-    "proposals/text_pipeline/backends/onnxruntime_genai.py": (
-        "being converted: the position_ids adapter is to become an onnx-ir pass (backends helper's module)"
-    ),
     "proposals/moe/body.py": "being converted (MoE helper, issue 14)",
     "conformance/examples.py": "being converted (conformance helper, issue 14)",
     "conformance/repros.py": "being converted (conformance helper, issue 14)",
