@@ -380,7 +380,9 @@ def piece_proto(name: str, opsets: Mapping[str, int] | None = None) -> onnx.Func
     loops = [n for n in ir.traversal.RecursiveGraphIterator(function) if n.op_type == "Loop" and n.inputs[1] is None]
     for loop in loops:
         tape = ir.tape.Tape()
-        forever = tape.op("Constant", [], {"value": ir.tensor(True)}, output=ir.val("loop_forever"))
+        forever = tape.op(
+            "Constant", [], {"value": ir.tensor(True)}, name="loop_forever", output=ir.val("loop_forever")
+        )
         function.insert_before(next(iter(function)), tape.nodes)
         loop.replace_input_with(1, forever)
     return ir.serde.serialize_function(function)
