@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 from generator.errors import UsageError
-from proposals.text_pipeline.config import GenerationInput, SamplingConfig
 from proposals.text_pipeline.cache_formats import cache_format, cache_format_names
+from proposals.text_pipeline.config import GenerationInput, SamplingConfig
 from proposals.text_pipeline.factory import Device, backend_names, create_pipeline, enumerate_devices
 from proposals.text_pipeline.families import ARCHITECTURES
 from proposals.text_pipeline.folder import write_folder, zoo_folder
