@@ -52,6 +52,14 @@ class QuantizeDecoderCache(onnx_ir.passes.InPlacePass):
         scatters = [n for n in graph if n.op_type == "TensorScatter" and n.outputs[0].name.startswith("present_")]
         if not scatters:
             raise UsageError("no present_* TensorScatter in the decoder: not a float32 build_decoder decoder")
+        stored = [v for v in graph.inputs if v.name.startswith("past_") and v.dtype != F32]
+        # Checked before any edit, so a refused model is never left half rewritten.
+        if stored:
+            raise UsageError(f"{stored[0].name} is not a float32 graph input; the cache is already {stored[0].dtype}")
+        if any(node.inputs[0] not in graph.inputs for node in scatters):
+            raise UsageError(
+                "a present_* TensorScatter does not write a graph-input cache: not a build_decoder decoder"
+            )
         for node in scatters:
             self._quantize(graph, node)
         onnx_ir.passes.common.RemoveUnusedNodesPass()(model)
@@ -61,8 +69,6 @@ class QuantizeDecoderCache(onnx_ir.passes.InPlacePass):
         past, rows, write = scatter.inputs
         old = scatter.outputs[0]
         name = old.name.removeprefix("present_")  # key_0, value_0, ...
-        if past.dtype != F32 or past not in graph.inputs:
-            raise UsageError(f"past_{name} is not a float32 graph input; the cache is already {past.dtype}")
         batch, heads, length, head_dim = past.shape
         pasts = [past]
         if self.quant.dynamic:  # the scale cache: one float32 per token and group, beside the codes
