@@ -782,30 +782,33 @@ def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, object]]:
     ir_model = ir.serde.deserialize_model(ir.serde.serialize_model(ir_model))
     RemoveUnusedNodesPass()(ir_model)
     fused = sum(1 for n in ir_model.graph.all_nodes() if (n.domain, n.op_type) == (ORT_DOMAIN, "MoE"))
+    _keep_used_functions(ir_model, model)
     out = ir.serde.serialize_model(ir_model)
-    _keep_used_functions(out, model)
     return out, {"fused": fused, "misses": sorted(set(MISSES))}
 
 
 # --8<-- [end:fuse]
 
 
-def _keep_used_functions(out: onnx.ModelProto, source: onnx.ModelProto) -> None:
-    """Functions: those still called; the GroupedMatMul body if a recovered node stays unfused."""
+def _keep_used_functions(model: ir.Model, source: onnx.ModelProto) -> None:
+    """Functions: those still called; the GroupedMatMul body if a recovered node stays unfused.
+    Opset imports: the domains the graph and those functions use."""
     from proposals.moe.grouped_matmul import functions
 
-    called = {(n.domain, n.op_type) for n in out.graph.node}
+    called = {(n.domain, n.op_type) for n in model.graph}
     kept = [f for f in source.functions if (f.domain, f.name) in called]
     if (PROPOSAL_DOMAIN, "GroupedMatMul") in called and not any(f.name == "GroupedMatMul" for f in kept):
-        with_bias = any(n.op_type == "GroupedMatMul" and len(n.input) > 3 and n.input[3] for n in out.graph.node)
+        calls = [n for n in model.graph if n.op_type == "GroupedMatMul"]
+        with_bias = any(len(n.inputs) > 3 and n.inputs[3] is not None for n in calls)
         kept = functions(bias=with_bias)
-    del out.functions[:]
-    out.functions.extend(kept)
-    domains = {n.domain for n in out.graph.node} | {d.domain for f in kept for d in f.opset_import}
-    opsets = {o.domain: o.version for o in out.opset_import if o.domain in domains or o.domain == ""}
+    model.functions.clear()
+    for function in map(ir.serde.deserialize_function, kept):
+        model.functions[function.identifier()] = function
+    domains = {n.domain for n in model.graph} | {d.domain for f in kept for d in f.opset_import}
+    opsets = {d: v for d, v in model.opset_imports.items() if d in domains or d == ""}
     if ORT_DOMAIN in domains:
         opsets[ORT_DOMAIN] = 1
     if PROPOSAL_DOMAIN in domains:
         opsets[PROPOSAL_DOMAIN] = 1
-    del out.opset_import[:]
-    out.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
+    model.opset_imports.clear()
+    model.opset_imports.update(sorted(opsets.items()))

@@ -130,14 +130,11 @@ def primitive_model(
 
     graph = onnxscript.build_graph(trace, [x], [y], opset_imports={"": opset, PROPOSAL_DOMAIN: 1}, name="moe_primitive")
     bias = "fc1_bias" in arrays or "fc2_bias" in arrays
-    gmm = functions(bias=bias)
     model = ir.Model(graph, ir_version=10)
+    for function in map(ir.serde.deserialize_function, functions(bias=bias)):
+        function.opset_imports[""] = opset  # a function's ai.onnx version must be the model's
+        model.functions[function.identifier()] = function
     proto = ir.serde.serialize_model(model)
-    for f in gmm:
-        for imp in f.opset_import:
-            if imp.domain == "":
-                imp.version = opset  # a function's ai.onnx version must be the model's
-    proto.functions.extend(gmm)
     if bias and not ("fc1_bias" in arrays and "fc2_bias" in arrays):
         raise UsageError("the primitive builder needs both expert biases or neither (one GroupedMatMul body)")
     return stamp(proto)
