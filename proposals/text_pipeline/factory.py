@@ -53,7 +53,8 @@ def enumerate_devices(backend: str) -> list[Device]:
 
 def create_pipeline(backend: str, model_dir: str | Path, device: str | Device | None = None) -> Pipeline:
     """``Text2TextPipelineFactory::Create``: a pipeline for a model folder on a device
-    (by identifier; the backend's first device when None)."""
+    (by identifier; the backend's first device when None). A ``Device`` passed in sets
+    backend-specific settings over the enumerated device's (for example ``{"moe": "substitute"}``)."""
     entry = _backend(backend)
     devices = entry.enumerate()
     if device is None:
@@ -65,6 +66,8 @@ def create_pipeline(backend: str, model_dir: str | Path, device: str | Device | 
             valid = ", ".join(d.identifier for d in devices)
             raise UsageError(f"backend {backend!r} has no device {wanted!r}; valid: {valid}")
         chosen = matches[0]
+        if isinstance(device, Device):
+            chosen = Device(chosen.identifier, {**chosen.config, **device.config})
     return entry.create(Path(model_dir), chosen)
 
 

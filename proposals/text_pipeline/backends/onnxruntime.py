@@ -8,6 +8,7 @@ from pathlib import Path
 from proposals.text_pipeline.factory import Device, register_backend
 from proposals.text_pipeline.folder import ModelFolder
 from proposals.text_pipeline.generation import RunnerEngine
+from proposals.text_pipeline.moe_mlp import for_onnxruntime
 from proposals.text_pipeline.pipeline import Pipeline
 from proposals.text_pipeline.runners import OrtRunner
 from proposals.text_pipeline.tokenizer import load_tokenizer
@@ -17,12 +18,13 @@ NAME = "onnxruntime"
 
 def create(model_dir: Path, device: Device) -> Pipeline:
     folder = ModelFolder.read(model_dir)
-    runner = OrtRunner(folder.decoder, inplace=bool(device.config.get("inplace_cache", True)))
+    decoder = for_onnxruntime(folder.decoder, str(device.config.get("moe", "inline")))  # MoE decoders only
+    runner = OrtRunner(decoder, inplace=bool(device.config.get("inplace_cache", True)))
     return Pipeline(RunnerEngine(runner), load_tokenizer(folder.tokenizer_json), folder.config)
 
 
 def devices() -> list[Device]:
-    return [Device("CPU", {"provider": "CPUExecutionProvider", "inplace_cache": True})]
+    return [Device("CPU", {"provider": "CPUExecutionProvider", "inplace_cache": True, "moe": "inline"})]
 
 
 register_backend(NAME, create, devices)

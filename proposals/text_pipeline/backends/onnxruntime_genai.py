@@ -40,6 +40,12 @@ from proposals.text_pipeline.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, l
 NAME = "onnxruntime-genai"
 
 
+# ORT GenAI 0.18 refuses model types outside its fixed list ("Unsupported model_type in
+# config.json: qwen3_moe"). The graph it runs is the one in model.onnx whatever the type,
+# so an MoE decoder is declared as its dense sibling (token-identical: test_moe_decoders).
+GENAI_MODEL_TYPES = {"qwen3_moe": "qwen3", "mixtral": "mistral"}
+
+
 # --8<-- [start:adapter]
 def position_ids_decoder(model: onnx.ModelProto) -> onnx.ModelProto:
     """The decoder with ``write_indices`` computed as ``position_ids[:, 0]`` from a new
@@ -71,7 +77,7 @@ def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int], tokenizer
     spec = spec_from_model(model)
     return {
         "model": {
-            "type": spec.model_type,
+            "type": GENAI_MODEL_TYPES.get(spec.model_type, spec.model_type),
             "context_length": spec.max_positions,
             "vocab_size": spec.vocab_size,
             "bos_token_id": tokenizer.token_to_id(BOS_TOKEN),
