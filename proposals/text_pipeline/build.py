@@ -265,7 +265,8 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     Llama, Qwen2, Qwen3 or Mistral causal LM, weights stored as initializers.
 
     Each layer's attention is the KV-cache proposal's :func:`attention_block`; this
-    function adds the embedding, the norms, the MLPs and the language-model head."""
+    function adds the embedding, the norms, the MLPs and the language-model head. An MoE
+    block (Qwen3-MoE, Mixtral) becomes the MoE proposal's function op (``moe_mlp.py``)."""
     spec = causal_lm_spec(hf_causal_lm)
     body = hf_causal_lm.model
     b = graph_builder(f"{spec.model_type}_decoder", {"": OPSET})
