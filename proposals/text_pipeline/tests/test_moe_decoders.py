@@ -75,14 +75,16 @@ def test_greedy_64_tokens_are_token_identical(built, moe):
 
 
 def test_backends_take_the_moe_option(built, tmp_path):
-    """The onnxruntime backend's device setting ``moe`` and onnxruntime-genai 0.18 (which
-    runs the model with its functions) give transformers' tokens."""
+    """The onnxruntime backend with either device setting ``moe``, onnxruntime-genai 0.18
+    (which runs the model with its functions) and the transformers backend (the model
+    rebuilt from pipeline.json's recipe) give transformers' tokens."""
     arch, _, _, prompts, expected = built
     folder = write_folder(arch, tmp_path / arch)
     for backend, device in [
         ("onnxruntime", Device("CPU", {"moe": "substitute"})),
         ("onnxruntime", None),
         ("onnxruntime-genai", None),
+        ("transformers", None),
     ]:
         pipeline = create_pipeline(backend, folder, device)
         pipeline.set_generation_config(GenerationConfig(max_new_tokens=NEW_TOKENS))  # no EOS: all 64
