@@ -135,3 +135,16 @@ def test_gpt_oss_is_refused_naming_the_supported():
     with pytest.raises(UsageError, match="unsupported architecture 'gpt_oss'; supported: .*qwen3_moe, mixtral") as err:
         build_decoder(transformers.GptOssForCausalLM(config))
     assert "\n" not in str(err.value)
+
+
+def test_retarget_refuses_an_operator_whose_signature_changed():
+    """Clip-6 takes min/max as attributes, Clip-11 on as inputs: a body using it is not relabelled."""
+    from onnx import helper
+
+    from proposals.text_pipeline.moe_mlp import retarget
+
+    clip = helper.make_node("Clip", ["x"], ["y"], min=0.0, max=1.0)
+    body = helper.make_function("test", "F", ["x"], ["y"], [clip], [helper.make_opsetid("", 6)])
+    assert retarget([body], 6)[0].opset_import[0].version == 6
+    with pytest.raises(NotImplementedError, match="Clip-13 differs from Clip-6"):
+        retarget([body], 24)
