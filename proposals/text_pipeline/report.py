@@ -14,9 +14,10 @@ import onnx
 from proposals.text_pipeline.backends.onnxruntime_genai import write_genai_folder
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
-from proposals.text_pipeline.families import ARCHITECTURES, tiny_model
+from proposals.text_pipeline.families import ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
 from proposals.text_pipeline.folder import ModelFolder, decoder_bytes, write_folder
 from proposals.text_pipeline.generation import Generator
+from proposals.text_pipeline.moe_mlp import for_onnxruntime
 from proposals.text_pipeline.runners import OrtRunner
 from proposals.text_pipeline.tokenizer import PAD_TOKEN, load_tokenizer
 
@@ -67,7 +68,7 @@ def parity_table(new_tokens: int = 32) -> str:
     ]
     for arch in ARCHITECTURES:
         model = tiny_model(arch)
-        decoder = onnx.load_from_string(decoder_bytes(arch))
+        decoder = for_onnxruntime(onnx.load_from_string(decoder_bytes(arch)))  # MoE: the body inlined
         spec = spec_from_model(decoder)
         ours = greedy(OrtRunner(decoder), prompts, new_tokens)
         theirs = hf_greedy(model, prompts, new_tokens)
@@ -190,9 +191,6 @@ def moe_parity_table(new_tokens: int = 64) -> str:
     """Markdown: greedy tokens of the MoE decoders on onnxruntime (the MoE function op
     inlined, and substituted by com.microsoft.MoE) and on onnxruntime-genai, vs
     transformers ``generate``."""
-    from proposals.text_pipeline.families import MOE_ARCHITECTURES
-    from proposals.text_pipeline.moe_mlp import for_onnxruntime
-
     prompts = [load_tokenizer().encode(p).ids for p in PROMPTS]
     rows = [
         f"| model | experts (top-k) | backend | identical tokens (2 × {new_tokens}) | max logit diff |",
@@ -232,8 +230,6 @@ def _genai_greedy(arch: str, prompts: list[list[int]], new: int) -> list[list[in
 def moe_decoder_ops(arch: str = "qwen3_moe") -> str:
     """The MoE decoder's graph as each onnxruntime mode runs it: the op types per domain."""
     from collections import Counter
-
-    from proposals.text_pipeline.moe_mlp import for_onnxruntime
 
     decoder = onnx.load_from_string(decoder_bytes(arch))
     lines = []
