@@ -41,6 +41,12 @@ from proposals.text_pipeline.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, l
 NAME = "onnxruntime-genai"
 
 
+# ORT GenAI 0.18 refuses model types outside its fixed list ("Unsupported model_type in
+# config.json: qwen3_moe"). The graph it runs is the one in model.onnx whatever the type,
+# so an MoE decoder is declared as its dense sibling (token-identical: test_moe_decoders).
+GENAI_MODEL_TYPES = {"qwen3_moe": "qwen3", "mixtral": "mistral"}
+
+
 # --8<-- [start:adapter]
 class PositionIdsInput(onnx_ir.passes.InPlacePass):
     """The ``write_indices [batch]`` input replaced by ``position_ids [batch, seq]`` (what
@@ -74,7 +80,7 @@ def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int], tokenizer
     spec = spec_from_model(model)
     return {
         "model": {
-            "type": spec.model_type,
+            "type": GENAI_MODEL_TYPES.get(spec.model_type, spec.model_type),
             "context_length": spec.max_positions,
             "vocab_size": spec.vocab_size,
             "bos_token_id": tokenizer.token_to_id(BOS_TOKEN),
