@@ -54,7 +54,8 @@ def enumerate_devices(backend: str) -> list[Device]:
 def create_pipeline(backend: str, model_dir: str | Path, device: str | Device | None = None) -> Pipeline:
     """``Text2TextPipelineFactory::Create``: a pipeline for a model folder on a device
     (by identifier; the backend's first device when None). A ``Device`` passed with a
-    config overrides the settings that device declares (e.g. ``{"kv_cache": "int8"}`` or ``{"moe": "substitute"}``)."""
+    config overrides the settings that device declares (e.g. ``{"kv_cache": "int8"}``,
+    ``{"moe": "substitute"}``)."""
     entry = _backend(backend)
     devices = entry.enumerate()
     if device is None:
