@@ -34,11 +34,14 @@ def decoder_case(arch: str) -> Case:
     rows = [tokenizer.encode(p).ids[:n] for p, n in zip(PROMPTS, (4, 6), strict=True)]
     width = max(map(len, rows))
     padded = [r + [tokenizer.token_to_id(PAD_TOKEN)] * (width - len(r)) for r in rows]
-    shape = spec.cache_shape(len(rows), LINEAR_CACHE_LEN)
 
     # prefill: the graph computes every column, padding included, so the reference does too
     prefill = [reference_step(model, r) for r in padded]
-    past = {f"past_{k}_{i}": np.zeros(shape, np.float32) for i in range(spec.num_layers) for k in ("key", "value")}
+    past = {
+        f"past_{k}_{i}": np.zeros(spec.cache_shape(len(rows), LINEAR_CACHE_LEN, i), np.float32)
+        for i in range(spec.num_layers)
+        for k in ("key", "value")
+    }
     present = {name.replace("past", "present"): cache.copy() for name, cache in past.items()}
     for b, (_, _, layers) in enumerate(prefill):
         for i, (k, v) in enumerate(layers):
@@ -103,3 +106,15 @@ def qwen3_decoder() -> Case:
 def mistral_decoder() -> Case:
     """Tiny Mistral decoder (sliding window 16: circular cache), tokenizer and config."""
     return decoder_case("mistral")
+
+
+@case
+def gemma2_decoder() -> Case:
+    """Tiny Gemma 2 decoder (circular cache on the sliding layer, linear on the full one; softcaps)."""
+    return decoder_case("gemma2")
+
+
+@case
+def gemma3_decoder() -> Case:
+    """Tiny Gemma 3 decoder (mixed circular/linear caches, q/k norms, local RoPE base on sliding layers)."""
+    return decoder_case("gemma3")

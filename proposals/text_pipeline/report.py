@@ -72,15 +72,22 @@ def parity_table(new_tokens: int = 32) -> str:
         ours = greedy(OrtRunner(decoder), prompts, new_tokens)
         theirs = hf_greedy(model, prompts, new_tokens)
         same = sum(a == b for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True))
-        cache = f"circular, window {spec.sliding_window}" if spec.circular else "linear"
         rows.append(
-            f"| {arch} | {cache} | {', '.join(str(len(p)) for p in prompts)} | "
+            f"| {arch} | {cache_kinds(spec)} | {', '.join(str(len(p)) for p in prompts)} | "
             f"2 × {new_tokens} | {same}/{2 * new_tokens} | {_logit_gap(model, decoder):.1e} |"
         )
     return "\n".join(rows)
 
 
 # --8<-- [end:parity]
+
+
+def cache_kinds(spec) -> str:
+    """The decoder's cache buffers in words (mixed ones name their linear layers)."""
+    if spec.mixed:
+        full = ", ".join(map(str, spec.full_layers))
+        return f"circular (window {spec.sliding_window}) + linear on layer{'s' * (len(spec.full_layers) > 1)} {full}"
+    return f"circular, window {spec.sliding_window}" if spec.circular else "linear"
 
 
 def _logit_gap(model, decoder) -> float:

@@ -38,12 +38,15 @@ class OrtRunner:
         self.caches: dict[str, np.ndarray] = {}
 
     def start(self, batch: int, capacity: int) -> None:
-        shape = self.spec.cache_shape(batch, min(capacity, self.max_positions))
-        names = [f"{kind}_{i}" for i in range(self.spec.num_layers) for kind in ("key", "value")]
-        self.caches = {name: np.zeros(shape, np.float32) for name in names}
+        length = min(capacity, self.max_positions)
+        self.caches = {
+            f"{kind}_{i}": np.zeros(self.spec.cache_shape(batch, length, i), np.float32)
+            for i in range(self.spec.num_layers)
+            for kind in ("key", "value")
+        }
         self._bindings: dict[tuple, tuple] = {}
         self.lengths = [0] * batch
-        self.capacity = self.max_positions if self.spec.circular else shape[2]
+        self.capacity = length if self.spec.linear else self.max_positions
 
     def append(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
         counts = {len(t) for t in tokens}

@@ -13,6 +13,8 @@ real length, so each row writes at its own slot, as ``write_indices`` does.
 A left-padded array is not read as padding: ORT GenAI feeds an all-ones attention mask
 and continuous positions, so the pads become prompt tokens. And ORT GenAI prefills the
 whole prompt in one run, so a circular cache only takes prompts up to the window.
+ORT GenAI 0.18 allocates one buffer shape for every layer, so a decoder that mixes
+circular and linear caches (Gemma 2/3) is refused before any file is written.
 """
 
 from __future__ import annotations
@@ -105,8 +107,19 @@ def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int], tokenizer
 # --8<-- [end:adapter]
 
 
+def check_one_cache_shape(spec: DecoderSpec) -> None:
+    """ORT GenAI 0.18 binds one ``[batch, kv_heads, L, head_dim]`` shape to every layer."""
+    if spec.mixed:
+        raise UsageError(
+            f"onnxruntime-genai 0.18 gives every layer one cache shape; this {spec.model_type} decoder mixes "
+            f"circular (window {spec.sliding_window}) and linear caches (layers {list(spec.full_layers)}); "
+            "supported: all-linear or all-circular decoders (use onnxruntime or transformers)"
+        )
+
+
 def write_genai_folder(folder: ModelFolder, target: Path) -> None:
     """model.onnx (adapted), tokenizer files and genai_config.json in ``target``."""
+    check_one_cache_shape(spec_from_model(folder.decoder))
     tokenizer = load_tokenizer(folder.tokenizer_json)
     eos = sorted(folder.config.eos_token_ids) or [tokenizer.token_to_id(EOS_TOKEN)]
     onnx.save(position_ids_decoder(folder.decoder), target / "model.onnx")
