@@ -395,10 +395,12 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
             h = _rms_norm(op, x, layer.post_attention_layernorm, "post_attention_layernorm")
         b.push_module("mlp")
         mlp = _mlp(op, h, layer.mlp, act)
-        b.pop_module()
-        if sandwich:
+        if sandwich:  # transformers' layers.i.post_feedforward_layernorm, beside the mlp
+            b.pop_module()
             mlp = _rms_norm(op, mlp, layer.post_feedforward_layernorm, "post_feedforward_layernorm")
-        x = op.Add(x, mlp)
+            b.push_module("mlp")
+        x = op.Add(x, mlp)  # the residual Add stays in the mlp scope (its name is in the zoo's bytes)
+        b.pop_module()
         b.pop_module()
         presents += [(present_key, f"present_key_{i}"), (present_value, f"present_value_{i}")]
     x = _rms_norm(op, x, body.norm, "norm")

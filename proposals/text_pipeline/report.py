@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from generator.errors import UsageError
 from proposals.text_pipeline.backends.onnxruntime_genai import write_genai_folder
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
+from proposals.text_pipeline.factory import create_pipeline
 from proposals.text_pipeline.families import ARCHITECTURES, tiny_model
 from proposals.text_pipeline.folder import ModelFolder, decoder_bytes, write_folder
 from proposals.text_pipeline.generation import Generator
@@ -58,7 +60,7 @@ def hf_greedy(model, prompts: list[list[int]], new: int) -> list[list[int]]:
 
 # --8<-- [start:parity]
 @cache  # shown on the proposal page and in its blog post: computed once per build
-def parity_table(new_tokens: int = 32) -> str:
+def parity_table(new_tokens: int = 64) -> str:
     """Markdown: greedy tokens of the onnxruntime backend vs transformers ``generate``."""
     prompts = [load_tokenizer().encode(p).ids for p in PROMPTS]
     rows = [
@@ -183,6 +185,16 @@ def ortgenai_long_prompt_error() -> str:
             _genai_run(model, [list(range(2, 25))], 4)
         except RuntimeError as err:
             return str(err).strip()
+    return "(no error)"
+
+
+def ortgenai_mixed_cache_error() -> str:
+    """The backend's refusal of Gemma 2's folder (circular and linear caches in one graph)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            create_pipeline("onnxruntime-genai", write_folder("gemma2", Path(scratch) / "gemma2"))
+        except UsageError as err:
+            return f"UsageError: {err}"
     return "(no error)"
 
 

@@ -111,8 +111,8 @@ def check_one_cache_shape(spec: DecoderSpec) -> None:
     """ORT GenAI 0.18 binds one ``[batch, kv_heads, L, head_dim]`` shape to every layer."""
     if spec.mixed:
         raise UsageError(
-            f"onnxruntime-genai 0.18 gives every layer one cache shape; this {spec.model_type} decoder mixes "
-            f"circular (window {spec.sliding_window}) and linear caches (layers {list(spec.full_layers)}); "
+            f"onnxruntime-genai 0.18 gives every layer one cache shape; this {spec.model_type} decoder mixes circular "
+            f"caches (window {spec.sliding_window}) with linear ones on layers {list(spec.full_layers)}; "
             "supported: all-linear or all-circular decoders (use onnxruntime or transformers)"
         )
 
