@@ -238,6 +238,9 @@ def _rope_tables(hf_model, spec: DecoderSpec, layer_type: str | None = None) -> 
     return _weight(cos[0, :, :half]), _weight(sin[0, :, :half])
 
 
+SOFTCAPPED = ("Gemma2Attention",)  # attention modules that apply attn_logit_softcapping
+
+
 def attention_weights(attn) -> AttentionWeights:
     """A transformers attention module's weights in the KV proposal's layer builder's form.
 
@@ -257,7 +260,7 @@ def attention_weights(attn) -> AttentionWeights:
         k_norm=None if k_norm is None else _norm_scale(k_norm),
         norm_epsilon=_epsilon(q_norm) if q_norm is not None else 1e-6,
         scale=float(attn.scaling),
-        softcap=_softcap(attn.config, "attn_logit_softcapping") if type(attn).__name__ == "Gemma2Attention" else None,
+        softcap=_softcap(attn.config, "attn_logit_softcapping") if type(attn).__name__ in SOFTCAPPED else None,
     )
 
 
