@@ -174,6 +174,7 @@ def test_inplace_runner_aliases_past_and_present():
         # Qwen2's max_window_layers: layer 0 full (linear buffer), layer 1 sliding (ring)
         ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
         ("gemma2", {"tie_word_embeddings": True, "query_pre_attn_scalar": 16}),
+        ("gemma2", {"head_dim": 24, "sliding_window": 3}),  # head_dim != hidden / heads, as in Gemma 2 2B
         ("gemma3", {"rope_parameters": {"full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}}}),
         (
             "llama",
