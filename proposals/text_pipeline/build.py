@@ -147,7 +147,10 @@ def decoder_spec(config) -> DecoderSpec:
     """
     model_type = _config_value(config, "model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UsageError(f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        hint = " (Gemma 3 with vision: convert its text model, Gemma3ForCausalLM)" if model_type == "gemma3" else ""
+        raise UsageError(
+            f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}{hint}"
+        )
     act_key = "hidden_act" if _config_value(config, "hidden_act") is not None else "hidden_activation"
     act = _config_value(config, act_key)
     if act not in SUPPORTED_ACTIVATIONS:

@@ -133,6 +133,15 @@ def test_unsupported_architecture_is_named():
         build_decoder(transformers.GPT2LMHeadModel(config))
 
 
+def test_gemma3_with_vision_points_to_its_text_model():
+    import transformers
+
+    vision = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64, "num_attention_heads": 2}
+    config = transformers.Gemma3Config(text_config={"hidden_size": 64, "num_hidden_layers": 1}, vision_config=vision)
+    with pytest.raises(UsageError, match=r"unsupported architecture 'gemma3'; supported: .*gemma3_text \(Gemma 3 with"):
+        decoder_spec(config)
+
+
 @pytest.mark.parametrize("make", [lambda: None, lambda: transformers_model("LlamaModel")], ids=["None", "LlamaModel"])
 def test_not_a_causal_lm_is_named(make):
     """A base model (no lm_head) or any other object: one line naming what is expected."""
