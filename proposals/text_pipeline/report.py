@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from generator.errors import UsageError
-from proposals.text_pipeline.backends.onnxruntime_genai import write_genai_folder
+from proposals.text_pipeline.backends.onnxruntime_genai import position_ids_decoder, write_genai_folder
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
-from proposals.text_pipeline.factory import create_pipeline
 from proposals.text_pipeline.families import ARCHITECTURES, tiny_model
 from proposals.text_pipeline.folder import ModelFolder, decoder_bytes, write_folder
 from proposals.text_pipeline.generation import Generator
@@ -189,13 +187,35 @@ def ortgenai_long_prompt_error() -> str:
 
 
 def ortgenai_mixed_cache_error() -> str:
-    """The backend's refusal of Gemma 2's folder (circular and linear caches in one graph)."""
+    """The error ORT GenAI 0.18 gives on Gemma 2's decoder without the masked-window pass."""
+    import onnxruntime_genai as og
+
     with tempfile.TemporaryDirectory() as scratch:
+        folder = ModelFolder.read(write_folder("gemma2", Path(scratch) / "zoo"))
+        target = Path(scratch) / "genai"
+        target.mkdir()
+        write_genai_folder(folder, target)
+        onnx.save(position_ids_decoder(folder.decoder), target / "model.onnx")  # rings kept
+        _quiet(target)
         try:
-            create_pipeline("onnxruntime-genai", write_folder("gemma2", Path(scratch) / "gemma2"))
-        except UsageError as err:
-            return f"UsageError: {err}"
+            _genai_run(og.Model(str(target)), [[5, 6, 7]], 4)
+        except RuntimeError as err:
+            return " ".join(str(err).split())
     return "(no error)"
+
+
+def ortgenai_mixed_cache_check() -> str:
+    """ORT GenAI on Gemma 2 (8-slot ring + linear cache), a 23-token prompt, vs transformers."""
+    prompt = list(range(2, 25))
+    with tempfile.TemporaryDirectory() as scratch:
+        ours = _genai_run(_genai_model("gemma2", Path(scratch)), [prompt], 16)[0]
+    theirs = hf_greedy(tiny_model("gemma2"), [prompt], 16)[0]
+    return "\n".join(
+        [
+            f"onnxruntime-genai: {ours}",
+            f"transformers:      {theirs}  -> {'same' if ours == theirs else 'DIFFERENT'}",
+        ]
+    )
 
 
 def one_layer_decoder() -> onnx.ModelProto:
