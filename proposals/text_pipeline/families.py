@@ -5,9 +5,9 @@ shrunk so a zoo file stays far under 1 MiB: hidden 64, 2 layers, vocab = the shi
 tokenizer's. Weights are drawn with the project's RNG (never torch's initialisers, which
 move with the CPU's kernels): every matrix and bias ``N(0, initializer_range)``, every
 RMSNorm weight ``1 + N(0, initializer_range)`` (Gemma's norms scale by ``1 + weight``,
-so their weights are ``N(0, initializer_range)``). ``initializer_range`` is raised above the default
-so random logits are peaked enough for greedy parity to be meaningful (no near-ties at
-float32 noise level).
+so their weights are ``N(0, initializer_range)``). ``initializer_range`` is raised above
+the default so random logits are peaked enough for greedy parity to be meaningful (no
+near-ties at float32 noise level).
 """
 
 from __future__ import annotations
