@@ -206,14 +206,16 @@ def ortgenai_mixed_cache_error() -> str:
 
 def ortgenai_mixed_cache_check() -> str:
     """ORT GenAI on Gemma 2 (8-slot ring + linear cache), a 23-token prompt, vs transformers."""
-    prompt = list(range(2, 25))
+    prompt, new = list(range(2, 25)), 10
     with tempfile.TemporaryDirectory() as scratch:
-        ours = _genai_run(_genai_model("gemma2", Path(scratch)), [prompt], 16)[0]
-    theirs = hf_greedy(tiny_model("gemma2"), [prompt], 16)[0]
+        ours = _genai_run(_genai_model("gemma2", Path(scratch)), [prompt], new)[0]
+    theirs = hf_greedy(tiny_model("gemma2"), [prompt], new)[0]
     return "\n".join(
         [
+            f"prompt: {len(prompt)} tokens in one run (window 8), {new} new tokens",
             f"onnxruntime-genai: {ours}",
-            f"transformers:      {theirs}  -> {'same' if ours == theirs else 'DIFFERENT'}",
+            f"transformers:      {theirs}",
+            "identical" if ours == theirs else "DIFFERENT",
         ]
     )
 
