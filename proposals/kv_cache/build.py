@@ -76,14 +76,18 @@ def cache_attention(
     left_window_size: int = -1,
     right_window_size: int = -1,
     scale: float | None = None,
+    softcap: float | None = None,
 ) -> tuple[ir.Value, ir.Value, ir.Value]:
     """2x TensorScatter (write) + Attention (read the whole cache, bottom-right causal).
 
+    ``softcap`` caps the scaled scores as ``softcap * tanh(s / softcap)`` before the mask
+    (Attention-24's attribute; Gemma 2's attention logit softcapping).
     Returns ``(y, present_key, present_value)``.
     """
     present_key = op.TensorScatter(cache.past_key, key, cache.write_indices, axis=2, mode=mode)
     present_value = op.TensorScatter(cache.past_value, value, cache.write_indices, axis=2, mode=mode)
     attrs = _window_attrs(left_window_size, right_window_size) | ({} if scale is None else {"scale": scale})
+    attrs |= {} if softcap is None else {"softcap": softcap}
     y = op.Attention(query, present_key, present_value, None, None, None, cache.nonpad_kv_seqlen, is_causal=1, **attrs)
     return y, present_key, present_value
 
@@ -205,6 +209,7 @@ class AttentionWeights:
     k_norm: np.ndarray | None = None
     norm_epsilon: float = 1e-6
     scale: float | None = None  # None: Attention's default 1/sqrt(head_dim)
+    softcap: float | None = None  # None: no score capping (Gemma 2 caps at attn_logit_softcapping)
 
 
 @dataclass(frozen=True)
@@ -260,7 +265,9 @@ def attention_block(
     v = _split_heads(op, v, kv_heads, head_dim, None, eps, "v")
     q = op.RotaryEmbedding(q, rope.cos_cache, rope.sin_cache, rope.position_ids)
     k = op.RotaryEmbedding(k, rope.cos_cache, rope.sin_cache, rope.position_ids)
-    y, present_key, present_value = cache_attention(op, q, k, v, cache, mode=mode, scale=weights.scale)
+    y, present_key, present_value = cache_attention(
+        op, q, k, v, cache, mode=mode, scale=weights.scale, softcap=weights.softcap
+    )
     y = op.Reshape(op.Transpose(y, perm=BHSD), [0, 0, q_heads * head_dim])
     return _linear(op, y, weights.o_proj, weights.o_bias, "o_proj"), present_key, present_value
 

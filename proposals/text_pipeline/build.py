@@ -5,9 +5,11 @@ buffer per layer, written by TensorScatter-24 at per-sample ``write_indices`` an
 whole by Attention-24 with ``nonpad_kv_seqlen`` and ``is_causal=1`` (bottom-right
 aligned). One graph serves prefill (``write_indices = 0``, many tokens) and decode
 (``write_indices = tokens so far``, one token). Sliding-window configs use a circular
-buffer whose length is the window.
+buffer whose length is the window; configs that alternate sliding and full layers
+(Gemma 2/3) keep both kinds in one graph, a circular buffer per sliding layer and a
+linear one per full layer.
 
-Graph signature (``L`` = cache length, fixed to the window for circular buffers)::
+Graph signature (``L`` = cache length, fixed to the window for circular buffers, per layer)::
 
     input_ids      int64 [batch, seq]
     write_indices  int64 [batch]            tokens already in the cache, per sample
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnxscript import OpBuilder
+from onnxscript import GraphBuilder, OpBuilder
 
 from generator.errors import UsageError
 from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder
@@ -36,9 +38,18 @@ from proposals.kv_cache.build import FLOAT, INT64, AttentionWeights, CacheInputs
 from proposals.text_pipeline.moe_mlp import is_moe_block, moe_mlp, retarget
 
 OPSET = 24
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin independent of length
-CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")
+CAUSAL_LM_CLASSES = (
+    "LlamaForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "MistralForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+)
+SUPPORTED_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # SwiGLU, GeGLU (Gemma)
+LAYER_TYPES = ("full_attention", "sliding_attention")
 # MoE decoders: the MLP of a layer is the MoE proposal's function op (moe_mlp.py)
 MOE_MODEL_TYPES = ("qwen3_moe", "mixtral")
 SUPPORTED_MODEL_TYPES += MOE_MODEL_TYPES
@@ -59,14 +70,34 @@ class DecoderSpec:
     vocab_size: int
     max_positions: int
     sliding_window: int | None  # circular buffer of this length when set
+    full_layers: tuple[int, ...] = ()  # layers keeping a linear buffer although a window is set
 
     @property
     def circular(self) -> bool:
+        """Some layer keeps a circular buffer of ``sliding_window`` slots."""
         return self.sliding_window is not None
 
-    def cache_shape(self, batch: int, length: int) -> tuple[int, int, int, int]:
-        """Shape of one layer's key (or value) buffer."""
-        if self.circular:
+    @property
+    def linear(self) -> bool:
+        """Some layer keeps a linear buffer (whose length then bounds the context)."""
+        return not self.circular or bool(self.full_layers)
+
+    @property
+    def mixed(self) -> bool:
+        """Circular and linear buffers in one graph (Gemma's alternating layers)."""
+        return self.circular and bool(self.full_layers)
+
+    def layer_circular(self, layer: int) -> bool:
+        return self.circular and layer not in self.full_layers
+
+    def cache_shape(self, batch: int, length: int, layer: int | None = None) -> tuple[int, int, int, int]:
+        """Shape of one layer's key (or value) buffer (``layer`` is required when kinds mix)."""
+        if layer is None and self.mixed:
+            raise UsageError(
+                f"decoder mixes circular and linear caches (full layers {list(self.full_layers)}); "
+                "cache_shape needs the layer"
+            )
+        if self.layer_circular(0 if layer is None else layer):
             length = self.sliding_window
         return (batch, self.num_kv_heads, length, self.head_dim)
 
@@ -78,26 +109,40 @@ def _config_value(config, name: str, default=None):
     return getattr(config, name, default)
 
 
-def _sliding_window(config) -> int | None:
-    """The window of a config whose every layer slides, None when no layer does.
-
-    Mixed full/sliding layers (Qwen2 ``max_window_layers``, Gemma-style alternation)
-    would need two cache kinds in one graph; they are rejected by name.
-    """
+def _cache_layout(config) -> tuple[int | None, tuple[int, ...]]:
+    """The window and the layers that keep a linear buffer: ``(None, ())`` when no layer
+    slides, ``(window, ())`` when every layer does, ``(window, full layers)`` when
+    ``layer_types`` mixes them (Gemma's alternation, Qwen2's ``max_window_layers``)."""
     window = _config_value(config, "sliding_window")
     layer_types = _config_value(config, "layer_types")
+    if layer_types is not None and not set(layer_types) <= set(LAYER_TYPES):
+        raise UsageError(
+            f"unsupported config feature: layer_types {sorted(set(layer_types) - set(LAYER_TYPES))}; "
+            f"supported: {', '.join(LAYER_TYPES)}"
+        )
     if window is None:
-        return None
-    if layer_types is not None:
-        kinds = set(layer_types)
-        if kinds == {"full_attention"}:
-            return None
-        if kinds != {"sliding_attention"}:
-            raise UsageError(
-                "unsupported config feature: layer_types mixing full and sliding attention "
-                f"({sorted(kinds)}); supported: all layers full or all sliding"
-            )
-    return int(window)
+        return None, ()
+    if layer_types is None:
+        return int(window), ()
+    full = tuple(i for i, kind in enumerate(layer_types) if kind == "full_attention")
+    return (None, ()) if len(full) == len(layer_types) else (int(window), full)
+
+
+def _rope_per_layer_type(config) -> bool:
+    """Gemma 3 keys ``rope_parameters`` by layer type (a local base for sliding layers)."""
+    rope = _config_value(config, "rope_parameters") or {}
+    return bool(rope) and set(rope) <= set(LAYER_TYPES) and all(isinstance(v, dict) for v in rope.values())
+
+
+def _rope_parameter_sets(config) -> list[dict]:
+    """The rope parameters of every layer kind."""
+    rope = _config_value(config, "rope_parameters") or {}
+    return list(rope.values()) if _rope_per_layer_type(config) else [rope]
+
+
+def _check_gemma_features(config) -> None:
+    if _config_value(config, "use_bidirectional_attention"):
+        raise UsageError("unsupported config feature: use_bidirectional_attention=True; supported: causal (False)")
 
 
 def decoder_spec(config) -> DecoderSpec:
@@ -107,24 +152,32 @@ def decoder_spec(config) -> DecoderSpec:
     """
     model_type = _config_value(config, "model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UsageError(f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    act = _config_value(config, "hidden_act")
-    if act != "silu":
-        raise UsageError(f"unsupported config feature: hidden_act={act!r}; supported: 'silu'")
-    rope = _config_value(config, "rope_parameters") or {}
-    rope_type = rope.get("rope_type", "default")
-    if rope_type not in SUPPORTED_ROPE_TYPES:
+        hint = " (Gemma 3 with vision: convert its text model, Gemma3ForCausalLM)" if model_type == "gemma3" else ""
         raise UsageError(
-            f"unsupported config feature: rope_type={rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+            f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}{hint}"
         )
+    act_key = "hidden_act" if _config_value(config, "hidden_act") is not None else "hidden_activation"
+    act = _config_value(config, act_key)
+    if act not in SUPPORTED_ACTIVATIONS:
+        raise UsageError(
+            f"unsupported config feature: {act_key}={act!r}; supported: {', '.join(map(repr, SUPPORTED_ACTIVATIONS))}"
+        )
+    _check_gemma_features(config)
+    for rope in _rope_parameter_sets(config):
+        rope_type = rope.get("rope_type", "default")
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise UsageError(
+                f"unsupported config feature: rope_type={rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+            )
+        partial = rope.get("partial_rotary_factor", 1.0)
+        if partial != 1.0:
+            raise UsageError(f"unsupported config feature: partial_rotary_factor={partial}; supported: 1.0")
     if (_config_value(config, "pretraining_tp") or 1) != 1:
         raise UsageError("unsupported config feature: pretraining_tp != 1; supported: 1")
     heads = config.num_attention_heads
     kv_heads = _config_value(config, "num_key_value_heads") or heads
     head_dim = _config_value(config, "head_dim") or config.hidden_size // heads
-    partial = rope.get("partial_rotary_factor", 1.0)
-    if partial != 1.0:
-        raise UsageError(f"unsupported config feature: partial_rotary_factor={partial}; supported: 1.0")
+    window, full_layers = _cache_layout(config)
     return DecoderSpec(
         model_type=model_type,
         num_layers=config.num_hidden_layers,
@@ -134,7 +187,8 @@ def decoder_spec(config) -> DecoderSpec:
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
         max_positions=config.max_position_embeddings,
-        sliding_window=_sliding_window(config),
+        sliding_window=window,
+        full_layers=full_layers,
     )
 
 
@@ -155,8 +209,17 @@ def _epsilon(norm) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
 
 
+OFFSET_NORMS = ("Gemma2RMSNorm", "Gemma3RMSNorm")  # scale by (1 + weight), weight zero-centred
+
+
+def _norm_scale(norm) -> np.ndarray:
+    """An RMSNorm's scale; Gemma's is ``1 + weight``, added in float32 as transformers does."""
+    weight = _weight(norm.weight)
+    return weight + np.float32(1) if type(norm).__name__ in OFFSET_NORMS else weight
+
+
 def _rms_norm(op: OpBuilder, x: ir.Value, norm, name: str) -> ir.Value:
-    weight = op.initializer(ir.tensor(_weight(norm.weight)), f"{name}.weight")
+    weight = op.initializer(ir.tensor(_norm_scale(norm)), f"{name}.weight")
     return op.RMSNormalization(x, weight, axis=-1, epsilon=_epsilon(norm))
 
 
@@ -166,24 +229,31 @@ def _linear(op: OpBuilder, x: ir.Value, linear, name: str) -> ir.Value:
     return y if bias is None else op.Add(y, op.initializer(ir.tensor(bias), f"{name}.bias"))
 
 
-def _rope_tables(hf_model, spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
+def _rope_tables(hf_model, spec: DecoderSpec, layer_type: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin caches ``[max_positions, head_dim/2]`` computed by the model's own rotary module,
     so every static rope variant (default, linear, llama3, yarn) matches by construction.
     The module runs in float64 and the tables are cast once: a float32 cos/sin kernel
-    differs per CPU, and these tables are committed zoo bytes."""
+    differs per CPU, and these tables are committed zoo bytes. ``layer_type`` picks the
+    table of one layer kind where the module keeps one per kind (Gemma 3's local base)."""
     import torch
 
     rotary = hf_model.model.rotary_emb
     positions = torch.arange(spec.max_positions)[None, :]
     probe = torch.zeros(1, dtype=torch.float64)
     with float64_mode():
-        cos, sin = rotary(probe, positions)
+        cos, sin = rotary(probe, positions) if layer_type is None else rotary(probe, positions, layer_type)
     half = spec.head_dim // 2
     return _weight(cos[0, :, :half]), _weight(sin[0, :, :half])
 
 
+SOFTCAPPED = ("Gemma2Attention",)  # attention modules that apply attn_logit_softcapping
+
+
 def attention_weights(attn) -> AttentionWeights:
-    """A transformers attention module's weights in the KV proposal's layer builder's form."""
+    """A transformers attention module's weights in the KV proposal's layer builder's form.
+
+    Gemma 2's module passes ``attn_logit_softcapping`` to its attention; Gemma 3's keeps the
+    attribute but never applies it, so only Gemma 2 gets Attention's ``softcap``."""
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
     return AttentionWeights(
         q_proj=_transposed(attn.q_proj),
@@ -194,25 +264,38 @@ def attention_weights(attn) -> AttentionWeights:
         k_bias=_bias(attn.k_proj),
         v_bias=_bias(attn.v_proj),
         o_bias=_bias(attn.o_proj),
-        q_norm=None if q_norm is None else _weight(q_norm.weight),
-        k_norm=None if k_norm is None else _weight(k_norm.weight),
+        q_norm=None if q_norm is None else _norm_scale(q_norm),
+        k_norm=None if k_norm is None else _norm_scale(k_norm),
         norm_epsilon=_epsilon(q_norm) if q_norm is not None else 1e-6,
         scale=float(attn.scaling),
+        softcap=_softcap(attn.config, "attn_logit_softcapping") if type(attn).__name__ in SOFTCAPPED else None,
     )
 
 
-def _mlp(op: OpBuilder, x: ir.Value, mlp) -> ir.Value:
-    """SwiGLU: ``down(silu(gate(x)) * up(x))``, silu as ``g * Sigmoid(g)``."""
+def _softcap(config, name: str) -> float | None:
+    cap = _config_value(config, name)
+    return None if cap is None else float(cap)
+
+
+def _capped(op: OpBuilder, x: ir.Value, cap: float | None) -> ir.Value:
+    """``cap * tanh(x / cap)`` (Gemma's final logit softcapping), or ``x`` without a cap."""
+    return x if cap is None else op.Mul(op.Tanh(op.Div(x, cap)), cap)
+
+
+def _mlp(op: OpBuilder, x: ir.Value, mlp, act: str = "silu") -> ir.Value:
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``, silu as ``g * Sigmoid(g)``; GeGLU (Gemma's
+    ``gelu_pytorch_tanh``) with Gelu-20's tanh approximation instead."""
     gate = _linear(op, x, mlp.gate_proj, "gate_proj")
-    gated = op.Mul(op.Mul(gate, op.Sigmoid(gate)), _linear(op, x, mlp.up_proj, "up_proj"))
+    activated = op.Gelu(gate, approximate="tanh") if act == "gelu_pytorch_tanh" else op.Mul(gate, op.Sigmoid(gate))
+    gated = op.Mul(activated, _linear(op, x, mlp.up_proj, "up_proj"))
     return _linear(op, gated, mlp.down_proj, "down_proj")
 
 
-def _layer_mlp(op: OpBuilder, x: ir.Value, mlp, functions: dict[str, onnx.FunctionProto]) -> ir.Value:
-    """The dense SwiGLU, or for an MoE block one MoE function-op node whose body's
+def _layer_mlp(op: OpBuilder, x: ir.Value, mlp, act: str, functions: dict[str, onnx.FunctionProto]) -> ir.Value:
+    """The dense gated MLP, or for an MoE block one MoE function-op node whose body's
     functions are collected in ``functions`` (one body per model: every layer's must agree)."""
     if not is_moe_block(mlp):
-        return _mlp(op, x, mlp)
+        return _mlp(op, x, mlp, act)
     y, bodies = moe_mlp(op, x, mlp)
     for body in retarget(bodies, OPSET):
         known = functions.setdefault(body.name, body)
@@ -237,14 +320,47 @@ class _Steps:
     nonpad: ir.Value  # (B,) valid cache entries after the write
 
 
-def _steps(op: OpBuilder, input_ids: ir.Value, write_indices: ir.Value, spec: DecoderSpec) -> _Steps:
+def _steps(op: OpBuilder, input_ids: ir.Value, write_indices: ir.Value, spec: DecoderSpec) -> dict[bool, _Steps]:
+    """The steps of each cache kind the decoder uses, keyed by ``circular``."""
     seq = op.Gather(op.Shape(input_ids), 1, axis=0)  # scalar: new tokens per sample
     positions = op.Add(op.Unsqueeze(write_indices, [1]), op.Range(0, seq, 1))
     nonpad = op.Add(write_indices, seq)
-    if not spec.circular:
-        return _Steps(positions, write_indices, nonpad)
-    window = spec.sliding_window
-    return _Steps(positions, op.Mod(write_indices, window), op.Min(nonpad, window))
+    kinds = {spec.layer_circular(i) for i in range(spec.num_layers)}
+    steps = {False: _Steps(positions, write_indices, nonpad)} if False in kinds else {}
+    if True in kinds:
+        window = spec.sliding_window
+        steps[True] = _Steps(positions, op.Mod(write_indices, window), op.Min(nonpad, window))
+    return steps
+
+
+def _ropes(b: GraphBuilder, hf_model, spec: DecoderSpec, positions: ir.Value) -> dict[str, Rope]:
+    """RotaryEmbedding inputs per layer kind: one table for every layer, or (Gemma 3) a
+    table per entry of ``rope_parameters`` keyed by layer type (local base for sliding)."""
+    config = hf_model.config
+    kinds: dict[str | None, str] = {None: "rope"}
+    if _rope_per_layer_type(config):
+        names = {"full_attention": "rope", "sliding_attention": "rope_local"}
+        kinds = {kind: names[kind] for kind in LAYER_TYPES if kind in config.layer_types}
+    ropes = {}
+    for kind, name in kinds.items():
+        cos, sin = (ir.tensor(table) for table in _rope_tables(hf_model, spec, kind))
+        ropes[kind] = Rope(b.initializer(cos, f"{name}.cos_cache"), b.initializer(sin, f"{name}.sin_cache"), positions)
+    return ropes
+
+
+def _layer_rope(ropes: dict[str | None, Rope], config, layer: int) -> Rope:
+    return ropes[None] if None in ropes else ropes[config.layer_types[layer]]
+
+
+def _embedding(op: OpBuilder, embed: ir.Value, input_ids: ir.Value, module) -> ir.Value:
+    """Gather, times Gemma's ``sqrt(hidden)`` embedding scale (a float32 buffer there)."""
+    x = op.Gather(embed, input_ids, axis=0)
+    scale = getattr(module, "embed_scale", None)
+    return x if scale is None else op.Mul(x, float(_weight(scale)))
+
+
+def _activation(config) -> str:
+    return _config_value(config, "hidden_act") or _config_value(config, "hidden_activation")
 
 
 def causal_lm_spec(model) -> DecoderSpec:
@@ -262,50 +378,61 @@ def causal_lm_spec(model) -> DecoderSpec:
 # --8<-- [start:build_decoder]
 def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     """An opset-24 ONNX decoder (TensorScatter-24 cache + Attention-24) for a transformers
-    Llama, Qwen2, Qwen3 or Mistral causal LM, weights stored as initializers.
+    Llama, Qwen2, Qwen3, Mistral, Gemma 2 or Gemma 3 causal LM, weights stored as initializers.
 
     Each layer's attention is the KV-cache proposal's :func:`attention_block`; this
-    function adds the embedding, the norms, the MLPs and the language-model head. An MoE
-    block (Qwen3-MoE, Mixtral) becomes the MoE proposal's function op (``moe_mlp.py``)."""
+    function adds the embedding, the norms, the MLPs and the language-model head.
+    Gemma adds norms after each sublayer too, and caps the final logits. An MoE block
+    (Qwen3-MoE, Mixtral) becomes the MoE proposal's function op (``moe_mlp.py``)."""
     spec = causal_lm_spec(hf_causal_lm)
     body = hf_causal_lm.model
     b = graph_builder(f"{spec.model_type}_decoder", {"": OPSET})
     op = b.op
     input_ids = b.input("input_ids", INT64, ["batch", "seq"])
     write_indices = b.input("write_indices", INT64, ["batch"])
-    length = spec.sliding_window if spec.circular else "cache_len"
-    cache = ["batch", spec.num_kv_heads, length, spec.head_dim]
-    pasts = [
-        (b.input(f"past_key_{i}", FLOAT, cache), b.input(f"past_value_{i}", FLOAT, cache))
-        for i in range(spec.num_layers)
-    ]
+    pasts = []
+    for i in range(spec.num_layers):
+        length = spec.sliding_window if spec.layer_circular(i) else "cache_len"
+        cache = ["batch", spec.num_kv_heads, length, spec.head_dim]
+        pasts.append((b.input(f"past_key_{i}", FLOAT, cache), b.input(f"past_value_{i}", FLOAT, cache)))
     steps = _steps(op, input_ids, write_indices, spec)
-    cos, sin = _rope_tables(hf_causal_lm, spec)
-    cos, sin = b.initializer(ir.tensor(cos), "rope.cos_cache"), b.initializer(ir.tensor(sin), "rope.sin_cache")
-    rope = Rope(cos, sin, steps.positions)
+    ropes = _ropes(b, hf_causal_lm, spec, steps[spec.layer_circular(0)].positions)
     embed = b.initializer(ir.tensor(_weight(body.embed_tokens.weight)), "embed_tokens.weight")
     functions: dict[str, onnx.FunctionProto] = {}  # the MoE function op's body, if any layer is MoE
-    x = op.Gather(embed, input_ids, axis=0)
+    x = _embedding(op, embed, input_ids, body.embed_tokens)
+    act = _activation(hf_causal_lm.config)
     presents = []
     for i, (layer, (past_key, past_value)) in enumerate(zip(body.layers, pasts, strict=True)):
         b.push_module(f"layers.{i}")
+        step = steps[spec.layer_circular(i)]
         h = _rms_norm(op, x, layer.input_layernorm, "input_layernorm")
         b.push_module("self_attn")
         attn, present_key, present_value = attention_block(
             op,
             h,
             attention_weights(layer.self_attn),
-            rope,
-            CacheInputs(past_key, past_value, steps.slots, steps.nonpad),
+            _layer_rope(ropes, hf_causal_lm.config, i),
+            CacheInputs(past_key, past_value, step.slots, step.nonpad),
             q_heads=spec.num_heads,
             kv_heads=spec.num_kv_heads,
-            mode="circular" if spec.circular else "linear",
+            mode="circular" if spec.layer_circular(i) else "linear",
         )
         b.pop_module()
+        sandwich = hasattr(layer, "pre_feedforward_layernorm")  # Gemma: a norm before and after each sublayer
+        if sandwich:
+            attn = _rms_norm(op, attn, layer.post_attention_layernorm, "post_attention_layernorm")
         x = op.Add(x, attn)
-        h = _rms_norm(op, x, layer.post_attention_layernorm, "post_attention_layernorm")
+        if sandwich:
+            h = _rms_norm(op, x, layer.pre_feedforward_layernorm, "pre_feedforward_layernorm")
+        else:
+            h = _rms_norm(op, x, layer.post_attention_layernorm, "post_attention_layernorm")
         b.push_module("mlp")
-        x = op.Add(x, _layer_mlp(op, h, layer.mlp, functions))
+        mlp = _layer_mlp(op, h, layer.mlp, act, functions)
+        if sandwich:  # transformers' layers.i.post_feedforward_layernorm, beside the mlp
+            b.pop_module()
+            mlp = _rms_norm(op, mlp, layer.post_feedforward_layernorm, "post_feedforward_layernorm")
+            b.push_module("mlp")
+        x = op.Add(x, mlp)  # the residual Add stays in the mlp scope (its name is in the zoo's bytes)
         b.pop_module()
         b.pop_module()
         presents += [(present_key, f"present_key_{i}"), (present_value, f"present_value_{i}")]
@@ -314,21 +441,41 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         head = op.Transpose(embed, perm=[1, 0])
     else:
         head = b.initializer(ir.tensor(_transposed(hf_causal_lm.lm_head)), "lm_head.weight")
-    b.add_output(op.MatMul(x, head), "logits")
+    logits = _capped(op, op.MatMul(x, head), _softcap(hf_causal_lm.config, "final_logit_softcapping"))
+    b.add_output(logits, "logits")
     for value, name in presents:
         b.add_output(value, name)
     model = builder_model(b, _with_moe_domain(b, functions))
-    model.metadata_props.extend([onnx.StringStringEntryProto(key=k, value=str(v)) for k, v in vars(spec).items()])
+    model.metadata_props.extend([onnx.StringStringEntryProto(key=k, value=v) for k, v in _metadata(spec).items()])
     return model
 
 
 # --8<-- [end:build_decoder]
 
 
+def _metadata(spec: DecoderSpec) -> dict[str, str]:
+    """The spec as metadata strings; ``full_layers`` only where kinds mix (``"1,3"``)."""
+    meta = {k: str(v) for k, v in vars(spec).items() if k not in _OPTIONAL}
+    if spec.full_layers:
+        meta["full_layers"] = ",".join(map(str, spec.full_layers))
+    return meta
+
+
+def _full_layers(text: str | None, num_layers: int) -> tuple[int, ...]:
+    if text is None:
+        return ()
+    parts = text.split(",")
+    if not all(p.isascii() and p.isdigit() and int(p) < num_layers for p in parts):
+        raise UsageError(
+            f"decoder metadata full_layers={text!r}; expected comma-separated layer indices below {num_layers}"
+        )
+    return tuple(map(int, parts))
+
+
 def spec_from_model(model: onnx.ModelProto) -> DecoderSpec:
     """Read a built decoder's spec back from its metadata."""
     meta = {p.key: p.value for p in model.metadata_props}
-    missing = [f for f in DecoderSpec.__dataclass_fields__ if f not in meta]
+    missing = [f for f in DecoderSpec.__dataclass_fields__ if f not in meta and f not in _OPTIONAL]
     if missing:
         raise UsageError(f"not a text_pipeline decoder: metadata lacks {', '.join(missing)}")
     if meta["model_type"] not in SUPPORTED_MODEL_TYPES:
@@ -340,11 +487,13 @@ def spec_from_model(model: onnx.ModelProto) -> DecoderSpec:
     return DecoderSpec(
         model_type=meta["model_type"],
         sliding_window=None if window == "None" else _positive_int("sliding_window", window),
+        full_layers=_full_layers(meta.get("full_layers"), counts["num_layers"]),
         **counts,
     )
 
 
-_NOT_COUNTS = ("model_type", "sliding_window")
+_OPTIONAL = ("full_layers",)  # absent from the metadata of decoders that do not mix cache kinds
+_NOT_COUNTS = ("model_type", "sliding_window", *_OPTIONAL)
 
 
 def _positive_int(key: str, text: str) -> int:

@@ -34,11 +34,14 @@ def decoder_case(arch: str) -> Case:
     rows = [tokenizer.encode(p).ids[:n] for p, n in zip(PROMPTS, (4, 6), strict=True)]
     width = max(map(len, rows))
     padded = [r + [tokenizer.token_to_id(PAD_TOKEN)] * (width - len(r)) for r in rows]
-    shape = spec.cache_shape(len(rows), LINEAR_CACHE_LEN)
 
     # prefill: the graph computes every column, padding included, so the reference does too
     prefill = [reference_step(model, r) for r in padded]
-    past = {f"past_{k}_{i}": np.zeros(shape, np.float32) for i in range(spec.num_layers) for k in ("key", "value")}
+    past = {
+        f"past_{k}_{i}": np.zeros(spec.cache_shape(len(rows), LINEAR_CACHE_LEN, i), np.float32)
+        for i in range(spec.num_layers)
+        for k in ("key", "value")
+    }
     present = {name.replace("past", "present"): cache.copy() for name, cache in past.items()}
     for b, (_, _, layers) in enumerate(prefill):
         for i, (k, v) in enumerate(layers):
@@ -109,3 +112,15 @@ def mistral_decoder() -> Case:
 def qwen3_moe_decoder() -> Case:
     """Tiny Qwen3-MoE decoder (every MLP the MoE function op: 8 experts, top 2), tokenizer and config."""
     return decoder_case("qwen3_moe")
+
+
+@case
+def gemma2_decoder() -> Case:
+    """Tiny Gemma 2 decoder (circular cache on the sliding layer, linear on the full one; softcaps)."""
+    return decoder_case("gemma2")
+
+
+@case
+def gemma3_decoder() -> Case:
+    """Tiny Gemma 3 decoder (mixed circular/linear caches, q/k norms, local RoPE base on sliding layers)."""
+    return decoder_case("gemma3")

@@ -1,12 +1,13 @@
 """Tiny random-weight transformers causal LMs, built offline from configs and seeded.
 
-Each config is a real architecture (Llama, Qwen2, Qwen3, Mistral) shrunk so a zoo
-file stays far under 1 MiB: hidden 64, 2 layers, vocab = the shipped tokenizer's.
-Weights are drawn with the project's RNG (never torch's initialisers, which move with
-the CPU's kernels): every matrix and bias ``N(0, initializer_range)``, every RMSNorm
-weight ``1 + N(0, initializer_range)``. ``initializer_range`` is raised above the default
-so random logits are peaked enough for greedy parity to be meaningful (no near-ties at
-float32 noise level).
+Each config is a real architecture (Llama, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3)
+shrunk so a zoo file stays far under 1 MiB: hidden 64, 2 layers, vocab = the shipped
+tokenizer's. Weights are drawn with the project's RNG (never torch's initialisers, which
+move with the CPU's kernels): every matrix and bias ``N(0, initializer_range)``, every
+RMSNorm weight ``1 + N(0, initializer_range)`` (Gemma's norms scale by ``1 + weight``,
+so their weights are ``N(0, initializer_range)``). ``initializer_range`` is raised above
+the default so random logits are peaked enough for greedy parity to be meaningful (no
+near-ties at float32 noise level).
 """
 
 from __future__ import annotations
@@ -31,13 +32,36 @@ TINY = {
     "tie_word_embeddings": False,
 }
 
+# Gemma 2/3: sliding layer 0 (circular buffer of 8), full layer 1 (linear buffer); a
+# query_pre_attn_scalar that is not head_dim, so Attention's scale attribute shows.
+# Untied embeddings (the released checkpoints tie them): tied and scaled by sqrt(hidden),
+# a random model's logits peak at its input token and greedy output repeats one token.
+# Gemma 2 softcaps the attention scores and the logits low enough to bite on these small
+# models; Gemma 3 uses a local RoPE base on sliding layers.
+GEMMA = {
+    "sliding_window": 8,
+    "layer_types": ["sliding_attention", "full_attention"],
+    "query_pre_attn_scalar": 24,
+}
+GEMMA3_ROPE = {
+    "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+}
+
 ARCHITECTURES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),  # q/k/v biases
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),  # per-head q/k RMSNorm
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 16}),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        GEMMA | {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 8.0},
+    ),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", GEMMA | {"rope_parameters": GEMMA3_ROPE}),
 }
-SEEDS = {"llama": 1, "qwen2": 2, "qwen3": 3, "mistral": 4}
+SEEDS = {"llama": 1, "qwen2": 2, "qwen3": 3, "mistral": 4, "gemma2": 5, "gemma3": 6}
+CENTRES = {"gemma2": lambda name: 0.0, "gemma3": lambda name: 0.0}  # weights around 0: Gemma's norms add 1
 
 # MoE decoders: every layer's MLP is a block of routed experts (the MoE proposal's op).
 # Experts are small so a zoo file stays under 1 MiB: 8 x 32 (Qwen3-MoE), 4 x 64 (Mixtral).
@@ -76,4 +100,5 @@ def tiny_model(arch: str, **overrides):
     if arch in MOE_ARCHITECTURES:  # the per-expert loop: grouped_mm has no float64 kernel
         config._experts_implementation = "eager"
     model_cls = getattr(transformers, ARCHITECTURES[arch][1])
-    return seeded_model(lambda: model_cls(config), SEEDS[arch], config.initializer_range, centre=norm_centre)
+    centre = CENTRES.get(arch, norm_centre)
+    return seeded_model(lambda: model_cls(config), SEEDS[arch], config.initializer_range, centre=centre)

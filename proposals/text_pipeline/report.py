@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from proposals.text_pipeline.backends.onnxruntime_genai import write_genai_folder
+from proposals.text_pipeline.backends.onnxruntime_genai import position_ids_decoder, write_genai_folder
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.families import ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
@@ -59,7 +59,7 @@ def hf_greedy(model, prompts: list[list[int]], new: int) -> list[list[int]]:
 
 # --8<-- [start:parity]
 @cache  # shown on the proposal page and in its blog post: computed once per build
-def parity_table(new_tokens: int = 32) -> str:
+def parity_table(new_tokens: int = 64) -> str:
     """Markdown: greedy tokens of the onnxruntime backend vs transformers ``generate``."""
     prompts = [load_tokenizer().encode(p).ids for p in PROMPTS]
     rows = [
@@ -73,15 +73,22 @@ def parity_table(new_tokens: int = 32) -> str:
         ours = greedy(OrtRunner(decoder), prompts, new_tokens)
         theirs = hf_greedy(model, prompts, new_tokens)
         same = sum(a == b for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True))
-        cache = f"circular, window {spec.sliding_window}" if spec.circular else "linear"
         rows.append(
-            f"| {arch} | {cache} | {', '.join(str(len(p)) for p in prompts)} | "
+            f"| {arch} | {cache_kinds(spec)} | {', '.join(str(len(p)) for p in prompts)} | "
             f"2 × {new_tokens} | {same}/{2 * new_tokens} | {_logit_gap(model, decoder):.1e} |"
         )
     return "\n".join(rows)
 
 
 # --8<-- [end:parity]
+
+
+def cache_kinds(spec) -> str:
+    """The decoder's cache buffers in words (mixed ones name their linear layers)."""
+    if spec.mixed:
+        full = ", ".join(map(str, spec.full_layers))
+        return f"circular (window {spec.sliding_window}) + linear on layer{'s' * (len(spec.full_layers) > 1)} {full}"
+    return f"circular, window {spec.sliding_window}" if spec.circular else "linear"
 
 
 def _logit_gap(model, decoder) -> float:
@@ -178,6 +185,40 @@ def ortgenai_long_prompt_error() -> str:
         except RuntimeError as err:
             return str(err).strip()
     return "(no error)"
+
+
+def ortgenai_mixed_cache_error() -> str:
+    """The error ORT GenAI 0.18 gives on Gemma 2's decoder without the masked-window pass."""
+    import onnxruntime_genai as og
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = ModelFolder.read(write_folder("gemma2", Path(scratch) / "zoo"))
+        target = Path(scratch) / "genai"
+        target.mkdir()
+        write_genai_folder(folder, target)
+        onnx.save(position_ids_decoder(folder.decoder), target / "model.onnx")  # rings kept
+        _quiet(target)
+        try:
+            _genai_run(og.Model(str(target)), [[5, 6, 7]], 4)
+        except RuntimeError as err:
+            return " ".join(str(err).split())
+    return "(no error)"
+
+
+def ortgenai_mixed_cache_check() -> str:
+    """ORT GenAI on Gemma 2 (8-slot ring + linear cache), a 23-token prompt, vs transformers."""
+    prompt, new = list(range(2, 25)), 10
+    with tempfile.TemporaryDirectory() as scratch:
+        ours = _genai_run(_genai_model("gemma2", Path(scratch)), [prompt], new)[0]
+    theirs = hf_greedy(tiny_model("gemma2"), [prompt], new)[0]
+    return "\n".join(
+        [
+            f"prompt: {len(prompt)} tokens in one run (window 8), {new} new tokens",
+            f"onnxruntime-genai: {ours}",
+            f"transformers:      {theirs}",
+            "identical" if ours == theirs else "DIFFERENT",
+        ]
+    )
 
 
 def one_layer_decoder() -> onnx.ModelProto:

@@ -40,13 +40,14 @@ class OrtRunner:
         self.caches: dict[str, np.ndarray] = {}
 
     def start(self, batch: int, capacity: int) -> None:
-        shape = self.spec.cache_shape(batch, min(capacity, self.max_positions))
-        # One zeroed buffer per cache input, of the graph's element type: float32 as built,
-        # or a KV-cache format's codes and scale caches (cache_formats).
-        self.caches = {b.name: np.zeros(b.shape(batch, shape[2]), b.numpy_dtype) for b in self.buffers}
+        length = min(capacity, self.max_positions)
+        # One zeroed buffer per cache input, of the graph's element type and length: float32 as
+        # built, or a KV-cache format's codes and scale caches (cache_formats); a circular
+        # layer's buffer keeps its window length.
+        self.caches = {b.name: np.zeros(b.shape(batch, length), b.numpy_dtype) for b in self.buffers}
         self._bindings: dict[tuple, tuple] = {}
         self.lengths = [0] * batch
-        self.capacity = self.max_positions if self.spec.circular else shape[2]
+        self.capacity = length if self.spec.linear else self.max_positions
 
     def append(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
         counts = {len(t) for t in tokens}

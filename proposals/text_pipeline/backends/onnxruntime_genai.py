@@ -13,6 +13,10 @@ real length, so each row writes at its own slot, as ``write_indices`` does.
 A left-padded array is not read as padding: ORT GenAI feeds an all-ones attention mask
 and continuous positions, so the pads become prompt tokens. And ORT GenAI prefills the
 whole prompt in one run, so a circular cache only takes prompts up to the window.
+ORT GenAI 0.18 allocates one buffer shape for every layer, so a decoder that mixes
+circular and linear caches (Gemma 2/3) is loaded with its sliding layers as linear buffers
+read through a window mask (``masked_window.masked_linear``); it then takes any prompt in
+one run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.factory import Device, register_backend
 from proposals.text_pipeline.folder import ModelFolder
 from proposals.text_pipeline.generation import SequenceState
+from proposals.text_pipeline.masked_window import masked_linear
 from proposals.text_pipeline.pipeline import Pipeline
 from proposals.text_pipeline.reference import Decode, check_context, finish_reason
 from proposals.text_pipeline.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, load_tokenizer
@@ -118,7 +123,8 @@ def write_genai_folder(folder: ModelFolder, target: Path) -> None:
     """model.onnx (adapted), tokenizer files and genai_config.json in ``target``."""
     tokenizer = load_tokenizer(folder.tokenizer_json)
     eos = sorted(folder.config.eos_token_ids) or [tokenizer.token_to_id(EOS_TOKEN)]
-    onnx.save(position_ids_decoder(folder.decoder), target / "model.onnx")
+    # ORT GenAI 0.18 binds one cache shape to every layer: mixed decoders' rings become masked linear buffers
+    onnx.save(position_ids_decoder(masked_linear(folder.decoder)), target / "model.onnx")
     (target / "tokenizer.json").write_bytes(folder.tokenizer_json)
     (target / "tokenizer_config.json").write_text(
         json.dumps(
@@ -182,7 +188,7 @@ class OrtGenaiGenerator:
         ids = [list(map(int, t)) for t in tokens]
         check_context([len(i) for i in ids], spec.max_positions)
         width = max(map(len, ids))
-        if spec.circular and width > spec.sliding_window:
+        if spec.circular and not spec.mixed and width > spec.sliding_window:
             raise UsageError(
                 f"onnxruntime-genai prefills the whole prompt in one run; {width} tokens do not fit "
                 f"the circular cache of sliding_window={spec.sliding_window} (use onnxruntime)"

@@ -11,7 +11,7 @@ import torch
 from generator.errors import UsageError
 from generator.onnx_build import PROPOSAL_DOMAIN
 from proposals.text_pipeline import build_decoder
-from proposals.text_pipeline.build import spec_from_model
+from proposals.text_pipeline.build import decoder_spec, spec_from_model
 from proposals.text_pipeline.families import ARCHITECTURES, tiny_config, tiny_model
 from proposals.text_pipeline.folder import hf_step
 from proposals.text_pipeline.runners import OrtRunner
@@ -45,14 +45,16 @@ def test_attention_is_causal_gqa_with_nonpad(built):
         # 4-D Q/K/V carry their head counts; q_num_heads/kv_num_heads are for 3-D inputs only
         assert "q_num_heads" not in attrs and "kv_num_heads" not in attrs
         assert node.input[6]  # nonpad_kv_seqlen is always fed
-    modes = {
+    modes = [
         onnx.helper.get_attribute_value(a)
         for n in decoder.graph.node
         if n.op_type == "TensorScatter"
         for a in n.attribute
         if a.name == "mode"
-    }
-    assert modes == ({b"circular"} if spec.circular else {b"linear"})
+    ]
+    # key and value scatter per layer, in layer order; Gemma mixes the two kinds
+    kinds = [b"circular" if spec.layer_circular(i) else b"linear" for i in range(spec.num_layers)]
+    assert modes == [kind for kind in kinds for _ in ("key", "value")]
 
 
 def test_prefill_then_decode_matches_transformers(built):
@@ -68,20 +70,32 @@ def test_prefill_then_decode_matches_transformers(built):
         expected, cache, layers = hf_step(model, [token], cache)
         np.testing.assert_allclose(runner.append([[token]])[0], expected[-1], atol=2e-5)
     n = len(prompt) + 2
-    np.testing.assert_allclose(runner.caches["key_1"][0, :, :n], layers[1][0], atol=2e-5)
-    np.testing.assert_allclose(runner.caches["value_0"][0, :, :n], layers[0][1], atol=2e-5)
+    for name, want in (("key_1", layers[1][0]), ("value_0", layers[0][1])):
+        got = _in_order(runner, name, n)
+        kept = min(got.shape[1], want.shape[1])  # a sliding layer keeps only its last tokens
+        np.testing.assert_allclose(got[:, -kept:], want[:, -kept:], atol=2e-5)
 
 
-def test_circular_buffer_wraps_like_sliding_window():
-    """Mistral's window is 16: 30 tokens wrap the circular buffer; logits still match."""
-    model = tiny_model("mistral")
+def _in_order(runner: OrtRunner, name: str, n: int) -> np.ndarray:
+    """Sample 0's cached rows for the tokens 0..n-1 in token order; a circular buffer holds
+    only the last ``L`` of them, token ``p`` at slot ``p % L``."""
+    cache = runner.caches[name][0]
+    slots = cache.shape[1]
+    return cache[:, :n] if n <= slots else cache[:, [p % slots for p in range(n - slots, n)]]
+
+
+@pytest.mark.parametrize(("arch", "shapes"), [("mistral", (16, 16)), ("gemma2", (8, 64)), ("gemma3", (8, 64))])
+def test_circular_buffer_wraps_like_sliding_window(arch, shapes):
+    """Mistral's window is 16, Gemma's 8 on its sliding layer 0 (layer 1 is full: a linear
+    buffer of the requested 64): 30 tokens wrap the circular buffers; logits still match."""
+    model = tiny_model(arch)
     runner = OrtRunner(build_decoder(model))
     runner.start(1, 64)
     tokens = [(7 * i + 3) % 500 for i in range(30)]
     got = runner.append([tokens])[0]
     with torch.no_grad():
         want = model(torch.tensor([tokens])).logits[0, -1].numpy()
-    assert runner.caches["key_0"].shape[2] == 16
+    assert (runner.caches["key_0"].shape[2], runner.caches["key_1"].shape[2]) == shapes
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
@@ -94,10 +108,12 @@ def test_circular_buffer_wraps_like_sliding_window():
             {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
             "rope_type='dynamic'",
         ),
+        ("gemma2", {"hidden_activation": "gelu"}, "hidden_activation='gelu'"),
+        ("gemma3", {"use_bidirectional_attention": True}, "use_bidirectional_attention=True; supported: causal"),
         (
-            "qwen2",
-            {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
-            "layer_types mixing full and sliding attention",
+            "gemma3",
+            {"rope_parameters": {"full_attention": {"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}}},
+            "rope_type='dynamic'",
         ),
     ],
 )
@@ -117,6 +133,15 @@ def test_unsupported_architecture_is_named():
     config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)
     with pytest.raises(UsageError, match="unsupported architecture 'gpt2'"):
         build_decoder(transformers.GPT2LMHeadModel(config))
+
+
+def test_gemma3_with_vision_points_to_its_text_model():
+    import transformers
+
+    vision = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64, "num_attention_heads": 2}
+    config = transformers.Gemma3Config(text_config={"hidden_size": 64, "num_hidden_layers": 1}, vision_config=vision)
+    with pytest.raises(UsageError, match=r"unsupported architecture 'gemma3'; supported: .*gemma3_text \(Gemma 3 with"):
+        decoder_spec(config)
 
 
 @pytest.mark.parametrize("make", [lambda: None, lambda: transformers_model("LlamaModel")], ids=["None", "LlamaModel"])
@@ -157,6 +182,11 @@ def test_inplace_runner_aliases_past_and_present():
         ("llama", {"num_key_value_heads": 1}),  # MQA
         ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}}),
         ("qwen2", {"num_key_value_heads": 4}),  # plain MHA
+        # Qwen2's max_window_layers: layer 0 full (linear buffer), layer 1 sliding (ring)
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
+        ("gemma2", {"tie_word_embeddings": True, "query_pre_attn_scalar": 16}),
+        ("gemma2", {"head_dim": 24, "sliding_window": 3}),  # head_dim != hidden / heads, as in Gemma 2 2B
+        ("gemma3", {"rope_parameters": {"full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}}}),
         (
             "llama",
             {
@@ -194,3 +224,22 @@ def test_config_variants_match_transformers(arch, overrides):
     with torch.no_grad():
         want = model(torch.tensor([tokens])).logits[0, -1].numpy()
     np.testing.assert_allclose(runner.append([tokens])[0], want, atol=2e-5)
+
+
+def test_mixed_cache_spec_round_trips_and_needs_the_layer():
+    """Gemma 2's spec names its linear layer in the metadata; a reader that asks for one
+    cache shape for every layer is told which layers differ."""
+    model = tiny_model("gemma2")
+    decoder = build_decoder(model)
+    spec = spec_from_model(decoder)
+    assert spec == decoder_spec(model.config)
+    assert (spec.sliding_window, spec.full_layers, spec.mixed) == (8, (1,), True)
+    assert [spec.cache_shape(2, 32, i) for i in range(2)] == [(2, 2, 8, 16), (2, 2, 32, 16)]
+    with pytest.raises(UsageError, match=r"mixes circular and linear caches \(full layers \[1\]\); cache_shape needs"):
+        spec.cache_shape(2, 32)
+    for key, value in (("full_layers", "1,x"), ("full_layers", "5")):
+        broken = onnx.ModelProto()
+        broken.CopyFrom(decoder)
+        next(p for p in broken.metadata_props if p.key == key).value = value
+        with pytest.raises(UsageError, match=f"decoder metadata full_layers='{value}'; expected comma-separated"):
+            spec_from_model(broken)

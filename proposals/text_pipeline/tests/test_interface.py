@@ -149,6 +149,22 @@ def test_ortgenai_refuses_prompts_longer_than_the_circular_window(tmp_path):
         pipeline(GenerationInput("TensorScatter writes the new keys into the static buffer at"))
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_ortgenai_runs_mixed_caches_as_masked_linear_buffers(tmp_path, arch):
+    """Gemma (8-slot ring on layer 0, linear layer 1): onnxruntime-genai loads the sliding
+    layer as a linear buffer read through a window mask, so a 23-token prompt, longer than
+    the window, goes in one run; its tokens are transformers' (and the onnxruntime backend's)."""
+    folder = write_folder(arch, tmp_path / arch)
+    prompts = [GenerationInput("TensorScatter writes the new keys into the static buffer at"), GenerationInput("The")]
+    tokens = {}
+    for backend in backend_names():
+        pipeline = create_pipeline(backend, folder)
+        pipeline.set_generation_config(GenerationConfig(max_new_tokens=24))
+        tokens[backend] = [r.token_ids for r in pipeline.generate(prompts)]
+    assert tokens["onnxruntime-genai"] == tokens["onnxruntime"] == tokens["transformers"]
+    assert [len(t) for t in tokens["onnxruntime"]] == [24, 24]
+
+
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
     return write_folder("llama", tmp_path_factory.mktemp("llama") / "llama")

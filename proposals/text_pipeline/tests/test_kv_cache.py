@@ -72,7 +72,9 @@ def test_bad_kv_cache_values_exit_2_with_one_line(args, message) -> None:
 
 
 def test_create_pipeline_takes_only_settings_the_device_declares(llama) -> None:
-    with pytest.raises(UsageError, match="has no setting 'kv_caches'; its settings: inplace_cache, kv_cache, moe, provider"):
+    with pytest.raises(
+        UsageError, match="has no setting 'kv_caches'; its settings: inplace_cache, kv_cache, moe, provider"
+    ):
         create_pipeline("onnxruntime", llama, Device("CPU", {"kv_caches": "int8"}))
     with pytest.raises(UsageError, match="unknown KV-cache format 'fp4'"):
         create_pipeline("onnxruntime", llama, Device("CPU", {"kv_cache": "fp4"}))

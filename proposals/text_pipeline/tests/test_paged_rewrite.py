@@ -18,9 +18,18 @@ from proposals.text_pipeline.families import tiny_model
 
 PROMPTS = [[5, 9, 30, 41, 77, 100], [3, 250, 12, 8, 60, 61]]  # one length: the graph takes [B, S]
 NEW_TOKENS, MAX_LEN, BLOCK_SIZE, NUM_BLOCKS = 5, 16, 4, 12
-# Mistral's tiny config slides a 16-token window (a circular buffer): the rewrite pages
-# linear buffers only, so its paged form is built without the window.
-OVERRIDES = {"llama": {}, "qwen2": {}, "qwen3": {}, "mistral": {"sliding_window": None}}
+# Mistral's tiny config slides a 16-token window (a circular buffer), Gemma's an 8-token one
+# on layer 0: the rewrite pages linear buffers only, so their paged forms are built
+# without the window (Gemma: every layer full; softcaps, norms and RoPE tables stay).
+ALL_FULL = {"layer_types": ["full_attention", "full_attention"]}
+OVERRIDES = {
+    "llama": {},
+    "qwen2": {},
+    "qwen3": {},
+    "mistral": {"sliding_window": None},
+    "gemma2": ALL_FULL,
+    "gemma3": ALL_FULL,
+}
 OVERRIDES |= {"qwen3_moe": {}, "mixtral": {}}  # MoE decoders: the MoE function op stays as it is
 
 
@@ -94,7 +103,10 @@ def test_paged_decoder_generates_the_same_tokens(arch):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
-def test_sliding_window_decoder_is_refused():
-    """Mistral's own config keeps a circular buffer: the rewrite names why it stops."""
-    with pytest.raises(UsageError, match="circular"):
-        to_paged(build_decoder(tiny_model("mistral")), num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE)
+@pytest.mark.parametrize("arch", ["mistral", "gemma2"])
+def test_sliding_window_decoder_is_refused(arch):
+    """Mistral's own config keeps a circular buffer, Gemma's one on its sliding layer beside
+    a linear one: the rewrite names why it stops, in one line."""
+    with pytest.raises(UsageError, match="circular; only linear buffers can be paged") as err:
+        to_paged(build_decoder(tiny_model(arch)), num_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,42 @@
+"""masked_window: a mixed-cache decoder with its rings as linear buffers plus a window mask
+gives transformers' logits, and prefills a prompt longer than the window in one run."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from proposals.text_pipeline.build import spec_from_model
+from proposals.text_pipeline.families import tiny_model
+from proposals.text_pipeline.folder import decoder_bytes
+from proposals.text_pipeline.masked_window import masked_linear
+from proposals.text_pipeline.runners import OrtRunner
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_rings_become_masked_linear_buffers(arch):
+    decoder = masked_linear(onnx.load_from_string(decoder_bytes(arch)))
+    onnx.checker.check_model(decoder, full_check=True)
+    modes = {a.s for n in decoder.graph.node if n.op_type == "TensorScatter" for a in n.attribute if a.name == "mode"}
+    assert modes == {b"linear"}
+    lengths = {i.type.tensor_type.shape.dim[2].dim_param for i in decoder.graph.input if i.name.startswith("past_")}
+    assert lengths == {"cache_len"}  # one shape for every layer, as onnxruntime-genai binds it
+    masked = [n.input[3] != "" if len(n.input) > 3 else False for n in decoder.graph.node if n.op_type == "Attention"]
+    assert masked == [True, False]  # the sliding layer 0 reads through the window mask
+    spec = spec_from_model(decoder)
+    assert (spec.sliding_window, spec.full_layers) == (None, ())
+    runner = OrtRunner(decoder)
+    runner.start(1, 64)
+    tokens = [(7 * i + 3) % 500 for i in range(30)]  # one run: 30 tokens, window 8
+    got = runner.append([tokens])[0]
+    with torch.no_grad():
+        want = tiny_model(arch)(torch.tensor([tokens])).logits[0, -1].numpy()
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_decoders_with_one_cache_kind_are_left_alone(arch):
+    decoder = onnx.load_from_string(decoder_bytes(arch))
+    assert masked_linear(decoder) is decoder
