@@ -190,7 +190,8 @@ class AttentionWeights:
     """One attention block's weights (``x @ w`` convention); optional parts are None.
 
     Qwen2 biases its q/k/v projections; Qwen3 RMS-normalises each query and key head
-    (``q_norm``/``k_norm``, weights of length head_dim) before RoPE.
+    (``q_norm``/``k_norm``, weights of length head_dim) before RoPE; OLMo-2 normalises the
+    whole projection at once (weights of length heads * head_dim).
     """
 
     q_proj: np.ndarray  # (hidden, q_heads * head_dim)
@@ -224,7 +225,11 @@ def _linear(op: OpBuilder, x: ir.Value, weight: np.ndarray, bias: np.ndarray | N
 def _split_heads(
     op: OpBuilder, x: ir.Value, heads: int, head_dim: int, norm: np.ndarray | None, eps: float, name: str
 ) -> ir.Value:
-    """(B, S, n*D) -> (B, n, S, D), with a per-head RMSNorm before the transpose when given."""
+    """(B, S, n*D) -> (B, n, S, D), with a per-head RMSNorm before the transpose when given
+    (a norm of length n*D normalises the whole projection before the reshape instead)."""
+    if norm is not None and norm.shape[0] != head_dim:  # OLMo-2: one norm over all heads
+        x = op.RMSNormalization(x, op.initializer(ir.tensor(norm), f"{name}.weight"), axis=-1, epsilon=eps)
+        norm = None
     y = op.Reshape(x, [0, 0, heads, head_dim])
     if norm is not None:
         y = op.RMSNormalization(y, op.initializer(ir.tensor(norm), f"{name}.weight"), axis=-1, epsilon=eps)
@@ -236,7 +241,7 @@ def attention_block(
     op: OpBuilder,
     x: ir.Value,
     weights: AttentionWeights,
-    rope: Rope,
+    rope: Rope | None,
     cache: CacheInputs,
     *,
     q_heads: int,
@@ -249,6 +254,7 @@ def attention_block(
     the scatter: the cache stores rotated keys) -> :func:`cache_attention` (TensorScatter x2
     + Attention-24 GQA) -> Transpose/Reshape to merge heads -> output MatMul.
     ``x`` is (B, S, hidden); returns ``(output, present_key, present_value)``.
+    ``rope=None`` is a layer without position encoding (SmolLM3's NoPE layers).
     """
     head_dim = weights.q_proj.shape[1] // q_heads
     eps = weights.norm_epsilon
@@ -258,8 +264,9 @@ def attention_block(
     q = _split_heads(op, q, q_heads, head_dim, weights.q_norm, eps, "q_norm")
     k = _split_heads(op, k, kv_heads, head_dim, weights.k_norm, eps, "k_norm")
     v = _split_heads(op, v, kv_heads, head_dim, None, eps, "v")
-    q = op.RotaryEmbedding(q, rope.cos_cache, rope.sin_cache, rope.position_ids)
-    k = op.RotaryEmbedding(k, rope.cos_cache, rope.sin_cache, rope.position_ids)
+    if rope is not None:
+        q = op.RotaryEmbedding(q, rope.cos_cache, rope.sin_cache, rope.position_ids)
+        k = op.RotaryEmbedding(k, rope.cos_cache, rope.sin_cache, rope.position_ids)
     y, present_key, present_value = cache_attention(op, q, k, v, cache, mode=mode, scale=weights.scale)
     y = op.Reshape(op.Transpose(y, perm=BHSD), [0, 0, q_heads * head_dim])
     return _linear(op, y, weights.o_proj, weights.o_bias, "o_proj"), present_key, present_value

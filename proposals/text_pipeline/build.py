@@ -35,9 +35,18 @@ from generator.torch_reference import float64_mode
 from proposals.kv_cache.build import FLOAT, INT64, AttentionWeights, CacheInputs, Rope, attention_block
 
 OPSET = 24
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "olmo2", "granite", "smollm3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin independent of length
-CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")
+CAUSAL_LM_CLASSES = (
+    "LlamaForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "MistralForCausalLM",
+    "Phi3ForCausalLM",
+    "Olmo2ForCausalLM",
+    "GraniteForCausalLM",
+    "SmolLM3ForCausalLM",
+)
 
 
 # --8<-- [start:spec]
@@ -120,6 +129,7 @@ def decoder_spec(config) -> DecoderSpec:
     partial = rope.get("partial_rotary_factor", 1.0)
     if partial != 1.0:
         raise UsageError(f"unsupported config feature: partial_rotary_factor={partial}; supported: 1.0")
+    _check_rope_layers(config)
     return DecoderSpec(
         model_type=model_type,
         num_layers=config.num_hidden_layers,
@@ -131,6 +141,24 @@ def decoder_spec(config) -> DecoderSpec:
         max_positions=config.max_position_embeddings,
         sliding_window=_sliding_window(config),
     )
+
+
+def _check_rope_layers(config) -> None:
+    """SmolLM3's ``no_rope_layers``: one 0/1 flag per layer (1: the layer applies RoPE)."""
+    flags = _config_value(config, "no_rope_layers")
+    if flags is None:
+        return
+    if len(flags) != config.num_hidden_layers or not set(flags) <= {0, 1}:
+        raise UsageError(
+            f"unsupported config feature: no_rope_layers={list(flags)}; "
+            f"supported: one 0/1 flag per layer ({config.num_hidden_layers} layers)"
+        )
+
+
+def _uses_rope(config, layer: int) -> bool:
+    """Whether ``layer`` rotates its queries and keys (SmolLM3 leaves some layers without RoPE)."""
+    flags = _config_value(config, "no_rope_layers")
+    return flags is None or bool(flags[layer])
 
 
 def _weight(tensor) -> np.ndarray:
@@ -177,17 +205,33 @@ def _rope_tables(hf_model, spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
     return _weight(cos[0, :, :half]), _weight(sin[0, :, :half])
 
 
+def _columns(weight: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """A fused ``x @ w`` weight cut into consecutive column blocks of ``sizes``."""
+    assert sum(sizes) == weight.shape[1], (sizes, weight.shape)
+    return [np.ascontiguousarray(w) for w in np.split(weight, np.cumsum(sizes)[:-1], axis=1)]
+
+
+def _qkv(attn) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(weight, bias) of the q, k and v projections; Phi-3's fused ``qkv_proj`` (no bias) is
+    cut at conversion, so the graph is the same three MatMuls as Llama's."""
+    if hasattr(attn, "qkv_proj"):
+        q, kv = attn.config.num_attention_heads * attn.head_dim, attn.num_key_value_heads * attn.head_dim
+        return [(w, None) for w in _columns(_transposed(attn.qkv_proj), [q, kv, kv])]
+    return [(_transposed(p), _bias(p)) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+
+
 def attention_weights(attn) -> AttentionWeights:
     """A transformers attention module's weights in the KV proposal's layer builder's form."""
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+    (q_proj, q_bias), (k_proj, k_bias), (v_proj, v_bias) = _qkv(attn)
     return AttentionWeights(
-        q_proj=_transposed(attn.q_proj),
-        k_proj=_transposed(attn.k_proj),
-        v_proj=_transposed(attn.v_proj),
+        q_proj=q_proj,
+        k_proj=k_proj,
+        v_proj=v_proj,
         o_proj=_transposed(attn.o_proj),
-        q_bias=_bias(attn.q_proj),
-        k_bias=_bias(attn.k_proj),
-        v_bias=_bias(attn.v_proj),
+        q_bias=q_bias,
+        k_bias=k_bias,
+        v_bias=v_bias,
         o_bias=_bias(attn.o_proj),
         q_norm=None if q_norm is None else _weight(q_norm.weight),
         k_norm=None if k_norm is None else _weight(k_norm.weight),
@@ -196,11 +240,57 @@ def attention_weights(attn) -> AttentionWeights:
     )
 
 
+def _gate_up(op: OpBuilder, x: ir.Value, mlp) -> tuple[ir.Value, ir.Value]:
+    """The gate and up projections; Phi-3's fused ``gate_up_proj`` ([gate | up], no bias) is
+    cut at conversion into the same two MatMuls as Llama's."""
+    if not hasattr(mlp, "gate_up_proj"):
+        return _linear(op, x, mlp.gate_proj, "gate_proj"), _linear(op, x, mlp.up_proj, "up_proj")
+    gate, up = _columns(_transposed(mlp.gate_up_proj), [mlp.gate_up_proj.out_features // 2] * 2)
+    return (
+        op.MatMul(x, op.initializer(ir.tensor(gate), "gate_proj.weight")),
+        op.MatMul(x, op.initializer(ir.tensor(up), "up_proj.weight")),
+    )
+
+
 def _mlp(op: OpBuilder, x: ir.Value, mlp) -> ir.Value:
     """SwiGLU: ``down(silu(gate(x)) * up(x))``, silu as ``g * Sigmoid(g)``."""
-    gate = _linear(op, x, mlp.gate_proj, "gate_proj")
-    gated = op.Mul(op.Mul(gate, op.Sigmoid(gate)), _linear(op, x, mlp.up_proj, "up_proj"))
+    gate, up = _gate_up(op, x, mlp)
+    gated = op.Mul(op.Mul(gate, op.Sigmoid(gate)), up)
     return _linear(op, gated, mlp.down_proj, "down_proj")
+
+
+@dataclass(frozen=True)
+class LayerNorms:
+    """Which RMSNorm module (by attribute name) a decoder layer applies to the input or the
+    output of its attention and MLP blocks; None where there is none."""
+
+    attn_in: str | None
+    attn_out: str | None
+    mlp_in: str | None
+    mlp_out: str | None
+
+
+PRE_NORMS = LayerNorms("input_layernorm", None, "post_attention_layernorm", None)  # Llama and most others
+LAYER_NORMS = {"olmo2": LayerNorms(None, "post_attention_layernorm", None, "post_feedforward_layernorm")}
+
+
+def _maybe_norm(op: OpBuilder, x: ir.Value, layer, name: str | None) -> ir.Value:
+    return x if name is None else _rms_norm(op, x, getattr(layer, name), name)
+
+
+def _residual(op: OpBuilder, x: ir.Value, y: ir.Value, multiplier: float) -> ir.Value:
+    """``x + y * multiplier`` (Granite's residual_multiplier; the Mul is left out at 1)."""
+    return op.Add(x, y if multiplier == 1.0 else op.Mul(y, op.Constant(value_float=multiplier)))
+
+
+def _scaled(op: OpBuilder, x: ir.Value, config, name: str, divide: bool = False) -> ir.Value:
+    """``x`` times (or divided by) the config's scalar ``name`` when it is not 1 (Granite's
+    embedding_multiplier and logits_scaling), as transformers computes it."""
+    factor = float(_config_value(config, name, 1.0))
+    if factor == 1.0:
+        return x
+    constant = op.Constant(value_float=factor)
+    return op.Div(x, constant) if divide else op.Mul(x, constant)
 
 
 @dataclass(frozen=True)
@@ -237,7 +327,8 @@ def causal_lm_spec(model) -> DecoderSpec:
 # --8<-- [start:build_decoder]
 def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     """An opset-24 ONNX decoder (TensorScatter-24 cache + Attention-24) for a transformers
-    Llama, Qwen2, Qwen3 or Mistral causal LM, weights stored as initializers.
+    Llama, Qwen2, Qwen3, Mistral, Phi-3, OLMo-2, Granite or SmolLM3 causal LM, weights
+    stored as initializers.
 
     Each layer's attention is the KV-cache proposal's :func:`attention_block`; this
     function adds the embedding, the norms, the MLPs and the language-model head."""
@@ -258,28 +349,32 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     cos, sin = b.initializer(ir.tensor(cos), "rope.cos_cache"), b.initializer(ir.tensor(sin), "rope.sin_cache")
     rope = Rope(cos, sin, steps.positions)
     embed = b.initializer(ir.tensor(_weight(body.embed_tokens.weight)), "embed_tokens.weight")
-    x = op.Gather(embed, input_ids, axis=0)
+    config = hf_causal_lm.config
+    x = _scaled(op, op.Gather(embed, input_ids, axis=0), config, "embedding_multiplier")
+    norms = LAYER_NORMS.get(spec.model_type, PRE_NORMS)
+    residual = float(_config_value(config, "residual_multiplier", 1.0))
     presents = []
     for i, (layer, (past_key, past_value)) in enumerate(zip(body.layers, pasts, strict=True)):
         b.push_module(f"layers.{i}")
-        h = _rms_norm(op, x, layer.input_layernorm, "input_layernorm")
+        h = _maybe_norm(op, x, layer, norms.attn_in)
         b.push_module("self_attn")
         attn, present_key, present_value = attention_block(
             op,
             h,
             attention_weights(layer.self_attn),
-            rope,
+            rope if _uses_rope(config, i) else None,
             CacheInputs(past_key, past_value, steps.slots, steps.nonpad),
             q_heads=spec.num_heads,
             kv_heads=spec.num_kv_heads,
             mode="circular" if spec.circular else "linear",
         )
         b.pop_module()
-        x = op.Add(x, attn)
-        h = _rms_norm(op, x, layer.post_attention_layernorm, "post_attention_layernorm")
+        x = _residual(op, x, _maybe_norm(op, attn, layer, norms.attn_out), residual)
+        h = _maybe_norm(op, x, layer, norms.mlp_in)
         b.push_module("mlp")
-        x = op.Add(x, _mlp(op, h, layer.mlp))
+        y = _mlp(op, h, layer.mlp)
         b.pop_module()
+        x = _residual(op, x, _maybe_norm(op, y, layer, norms.mlp_out), residual)
         b.pop_module()
         presents += [(present_key, f"present_key_{i}"), (present_value, f"present_value_{i}")]
     x = _rms_norm(op, x, body.norm, "norm")
@@ -287,7 +382,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         head = op.Transpose(embed, perm=[1, 0])
     else:
         head = b.initializer(ir.tensor(_transposed(hf_causal_lm.lm_head)), "lm_head.weight")
-    b.add_output(op.MatMul(x, head), "logits")
+    b.add_output(_scaled(op, op.MatMul(x, head), config, "logits_scaling", divide=True), "logits")
     for value, name in presents:
         b.add_output(value, name)
     model = builder_model(b)

@@ -1,6 +1,7 @@
 """Tiny random-weight transformers causal LMs, built offline from configs and seeded.
 
-Each config is a real architecture (Llama, Qwen2, Qwen3, Mistral) shrunk so a zoo
+Each config is a real architecture (Llama, Qwen2, Qwen3, Mistral, Phi-3, OLMo-2, Granite,
+SmolLM3) shrunk so a zoo
 file stays far under 1 MiB: hidden 64, 2 layers, vocab = the shipped tokenizer's.
 Weights are drawn with the project's RNG (never torch's initialisers, which move with
 the CPU's kernels): every matrix and bias ``N(0, initializer_range)``, every RMSNorm
@@ -31,13 +32,26 @@ TINY = {
     "tie_word_embeddings": False,
 }
 
+# Granite's four scalars, of the size its released configs use (embedding x12, residual
+# x0.22, logits / 8); the attention scale replaces 1/sqrt(head_dim)
+GRANITE = {
+    "embedding_multiplier": 12.0,
+    "residual_multiplier": 0.22,
+    "attention_multiplier": 0.125,
+    "logits_scaling": 8.0,
+}
+
 ARCHITECTURES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),  # q/k/v biases
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),  # per-head q/k RMSNorm
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 16}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),  # fused qkv_proj and gate_up_proj
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),  # q/k RMSNorm over the projection, post-norms
+    "granite": ("GraniteConfig", "GraniteForCausalLM", GRANITE),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layer_interval": 2}),  # layer 1 has no RoPE
 }
-SEEDS = {"llama": 1, "qwen2": 2, "qwen3": 3, "mistral": 4}
+SEEDS = {"llama": 1, "qwen2": 2, "qwen3": 3, "mistral": 4, "phi3": 11, "olmo2": 12, "granite": 13, "smollm3": 14}
 
 
 def tiny_config(arch: str, **overrides):
