@@ -65,13 +65,18 @@ def position_ids_decoder(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+# ORT GenAI 0.18 refuses a model_type it does not list ("olmo2"); the type only picks its
+# generic decoder loop, everything else is in the graph, so OLMo-2 runs under "olmo".
+GENAI_MODEL_TYPES = {"olmo2": "olmo"}
+
+
 def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int], tokenizer) -> dict:
     """``genai_config.json`` for the adapted decoder (shared past/present buffers); the BOS
     and pad ids are the tokenizer's own."""
     spec = spec_from_model(model)
     return {
         "model": {
-            "type": spec.model_type,
+            "type": GENAI_MODEL_TYPES.get(spec.model_type, spec.model_type),
             "context_length": spec.max_positions,
             "vocab_size": spec.vocab_size,
             "bos_token_id": tokenizer.token_to_id(BOS_TOKEN),

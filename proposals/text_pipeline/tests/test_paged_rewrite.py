@@ -20,7 +20,16 @@ PROMPTS = [[5, 9, 30, 41, 77, 100], [3, 250, 12, 8, 60, 61]]  # one length: the 
 NEW_TOKENS, MAX_LEN, BLOCK_SIZE, NUM_BLOCKS = 5, 16, 4, 12
 # Mistral's tiny config slides a 16-token window (a circular buffer): the rewrite pages
 # linear buffers only, so its paged form is built without the window.
-OVERRIDES = {"llama": {}, "qwen2": {}, "qwen3": {}, "mistral": {"sliding_window": None}}
+OVERRIDES = {
+    "llama": {},
+    "qwen2": {},
+    "qwen3": {},
+    "mistral": {"sliding_window": None},
+    "phi3": {},
+    "olmo2": {},
+    "granite": {},
+    "smollm3": {},
+}
 
 
 def _contiguous_greedy(decoder: onnx.ModelProto) -> tuple[list[list[int]], list[np.ndarray]]:
