@@ -215,6 +215,7 @@ class Rope:
     cos_cache: ir.Value
     sin_cache: ir.Value
     position_ids: ir.Value
+    rotary_dim: int = 0  # partial rotation: only the first rotary_dim features of a head (0: all)
 
 
 def _linear(op: OpBuilder, x: ir.Value, weight: np.ndarray, bias: np.ndarray | None, name: str) -> ir.Value:
@@ -265,8 +266,9 @@ def attention_block(
     k = _split_heads(op, k, kv_heads, head_dim, weights.k_norm, eps, "k_norm")
     v = _split_heads(op, v, kv_heads, head_dim, None, eps, "v")
     if rope is not None:
-        q = op.RotaryEmbedding(q, rope.cos_cache, rope.sin_cache, rope.position_ids)
-        k = op.RotaryEmbedding(k, rope.cos_cache, rope.sin_cache, rope.position_ids)
+        partial = {"rotary_embedding_dim": rope.rotary_dim} if rope.rotary_dim else {}
+        q = op.RotaryEmbedding(q, rope.cos_cache, rope.sin_cache, rope.position_ids, **partial)
+        k = op.RotaryEmbedding(k, rope.cos_cache, rope.sin_cache, rope.position_ids, **partial)
     y, present_key, present_value = cache_attention(op, q, k, v, cache, mode=mode, scale=weights.scale)
     y = op.Reshape(op.Transpose(y, perm=BHSD), [0, 0, q_heads * head_dim])
     return _linear(op, y, weights.o_proj, weights.o_bias, "o_proj"), present_key, present_value

@@ -127,8 +127,12 @@ def decoder_spec(config) -> DecoderSpec:
     kv_heads = _config_value(config, "num_key_value_heads") or heads
     head_dim = _config_value(config, "head_dim") or config.hidden_size // heads
     partial = rope.get("partial_rotary_factor", 1.0)
-    if partial != 1.0:
-        raise UsageError(f"unsupported config feature: partial_rotary_factor={partial}; supported: 1.0")
+    rotary_dim = int(head_dim * partial) if 0 < partial <= 1 else 0  # transformers' rounding
+    if rotary_dim < 2 or rotary_dim % 2:
+        raise UsageError(
+            f"unsupported config feature: partial_rotary_factor={partial}; supported: a factor in (0, 1] "
+            f"giving an even rotary dimension of at least 2 (head_dim {head_dim})"
+        )
     _check_rope_layers(config)
     return DecoderSpec(
         model_type=model_type,
@@ -201,7 +205,7 @@ def _rope_tables(hf_model, spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
     probe = torch.zeros(1, dtype=torch.float64)
     with float64_mode():
         cos, sin = rotary(probe, positions)
-    half = spec.head_dim // 2
+    half = cos.shape[-1] // 2  # rotary_dim / 2 under partial_rotary_factor
     return _weight(cos[0, :, :half]), _weight(sin[0, :, :half])
 
 
@@ -346,8 +350,9 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     ]
     steps = _steps(op, input_ids, write_indices, spec)
     cos, sin = _rope_tables(hf_causal_lm, spec)
+    rotary_dim = 2 * cos.shape[1]  # the head's first rotary_dim features rotate (all by default)
     cos, sin = b.initializer(ir.tensor(cos), "rope.cos_cache"), b.initializer(ir.tensor(sin), "rope.sin_cache")
-    rope = Rope(cos, sin, steps.positions)
+    rope = Rope(cos, sin, steps.positions, 0 if rotary_dim == spec.head_dim else rotary_dim)
     embed = b.initializer(ir.tensor(_weight(body.embed_tokens.weight)), "embed_tokens.weight")
     config = hf_causal_lm.config
     x = _scaled(op, op.Gather(embed, input_ids, axis=0), config, "embedding_multiplier")

@@ -97,6 +97,29 @@ def test_circular_buffer_wraps_like_sliding_window():
             {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
             "layer_types mixing full and sliding attention",
         ),
+        (  # Phi-3's long-context RoPE switches tables past original_max_position_embeddings
+            "phi3",
+            {
+                "rope_parameters": {
+                    "rope_type": "longrope",
+                    "rope_theta": 1e4,
+                    "short_factor": [1.0] * 8,
+                    "long_factor": [2.0] * 8,
+                },
+                "original_max_position_embeddings": 64,
+            },
+            "rope_type='longrope'; supported: default, linear, llama3, yarn",
+        ),
+        (
+            "llama",
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.3125}},
+            "partial_rotary_factor=0.3125; supported: a factor in (0, 1] giving an even rotary dimension",
+        ),
+        (  # SmolLM3 slides its window on the NoPE layers only: two cache kinds
+            "smollm3",
+            {"use_sliding_window": True, "sliding_window": 8},
+            "layer_types mixing full and sliding attention",
+        ),
     ],
 )
 def test_unsupported_config_features_are_named(arch, overrides, feature):
@@ -105,7 +128,16 @@ def test_unsupported_config_features_are_named(arch, overrides, feature):
     torch.manual_seed(0)
     config = tiny_config(arch, **overrides)
     model = getattr(transformers, ARCHITECTURES[arch][1])(config)
-    with pytest.raises(UsageError, match=feature.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(UsageError, match=feature.replace("(", r"\(").replace("[", r"\[")) as err:
+        build_decoder(model)
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_no_rope_layers_are_named():
+    """One 0/1 flag per layer; transformers itself does not check the list (set after init)."""
+    model = tiny_model("smollm3")
+    model.config.no_rope_layers = [1, 0, 1]
+    with pytest.raises(UsageError, match=r"no_rope_layers=\[1, 0, 1\]; supported: one 0/1 flag per layer \(2 layers\)"):
         build_decoder(model)
 
 
@@ -155,6 +187,12 @@ def test_inplace_runner_aliases_past_and_present():
         ("llama", {"num_key_value_heads": 1}),  # MQA
         ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}}),
         ("qwen2", {"num_key_value_heads": 4}),  # plain MHA
+        ("phi3", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}}),
+        ("phi3", {"sliding_window": 4}),  # every layer slides: the circular cache
+        ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}}),
+        ("olmo2", {"num_key_value_heads": 1}),  # MQA: the projection-wide k_norm spans one head
+        ("granite", {"tie_word_embeddings": True}),  # the multiplier scales the gathered rows only
+        ("smollm3", {"no_rope_layers": [0, 1]}),  # the first layer without RoPE
         (
             "llama",
             {
