@@ -244,22 +244,19 @@ def attention_weights(attn) -> AttentionWeights:
     )
 
 
-def _gate_up(op: OpBuilder, x: ir.Value, mlp) -> tuple[ir.Value, ir.Value]:
-    """The gate and up projections; Phi-3's fused ``gate_up_proj`` ([gate | up], no bias) is
-    cut at conversion into the same two MatMuls as Llama's."""
+def _gate_or_up(op: OpBuilder, x: ir.Value, mlp, part: str) -> ir.Value:
+    """The MLP's ``part`` ("gate" or "up") projection; Phi-3's fused ``gate_up_proj``
+    ([gate | up], no bias) is cut at conversion into the same two MatMuls as Llama's."""
     if not hasattr(mlp, "gate_up_proj"):
-        return _linear(op, x, mlp.gate_proj, "gate_proj"), _linear(op, x, mlp.up_proj, "up_proj")
+        return _linear(op, x, getattr(mlp, f"{part}_proj"), f"{part}_proj")
     gate, up = _columns(_transposed(mlp.gate_up_proj), [mlp.gate_up_proj.out_features // 2] * 2)
-    return (
-        op.MatMul(x, op.initializer(ir.tensor(gate), "gate_proj.weight")),
-        op.MatMul(x, op.initializer(ir.tensor(up), "up_proj.weight")),
-    )
+    return op.MatMul(x, op.initializer(ir.tensor(gate if part == "gate" else up), f"{part}_proj.weight"))
 
 
 def _mlp(op: OpBuilder, x: ir.Value, mlp) -> ir.Value:
     """SwiGLU: ``down(silu(gate(x)) * up(x))``, silu as ``g * Sigmoid(g)``."""
-    gate, up = _gate_up(op, x, mlp)
-    gated = op.Mul(op.Mul(gate, op.Sigmoid(gate)), up)
+    gate = _gate_or_up(op, x, mlp, "gate")
+    gated = op.Mul(op.Mul(gate, op.Sigmoid(gate)), _gate_or_up(op, x, mlp, "up"))
     return _linear(op, gated, mlp.down_proj, "down_proj")
 
 
@@ -378,8 +375,12 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         h = _maybe_norm(op, x, layer, norms.mlp_in)
         b.push_module("mlp")
         y = _mlp(op, h, layer.mlp)
+        if norms.mlp_out is not None:  # OLMo-2: the norm is the layer's module, not the MLP's
+            b.pop_module()
+            y = _maybe_norm(op, y, layer, norms.mlp_out)
+            b.push_module("mlp")
+        x = _residual(op, x, y, residual)
         b.pop_module()
-        x = _residual(op, x, _maybe_norm(op, y, layer, norms.mlp_out), residual)
         b.pop_module()
         presents += [(present_key, f"present_key_{i}"), (present_value, f"present_value_{i}")]
     x = _rms_norm(op, x, body.norm, "norm")

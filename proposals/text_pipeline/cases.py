@@ -103,3 +103,15 @@ def qwen3_decoder() -> Case:
 def mistral_decoder() -> Case:
     """Tiny Mistral decoder (sliding window 16: circular cache), tokenizer and config."""
     return decoder_case("mistral")
+
+
+@case
+def olmo2_decoder() -> Case:
+    """Tiny OLMo-2 decoder (q/k RMSNorm over the whole projection, norms after each block)."""
+    return decoder_case("olmo2")
+
+
+@case
+def smollm3_decoder() -> Case:
+    """Tiny SmolLM3 decoder (layer 1 without RoPE: its keys enter the cache unrotated)."""
+    return decoder_case("smollm3")
