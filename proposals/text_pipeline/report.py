@@ -58,7 +58,7 @@ def hf_greedy(model, prompts: list[list[int]], new: int) -> list[list[int]]:
 
 # --8<-- [start:parity]
 @cache  # shown on the proposal page and in its blog post: computed once per build
-def parity_table(new_tokens: int = 32) -> str:
+def parity_table(new_tokens: int = 64) -> str:
     """Markdown: greedy tokens of the onnxruntime backend vs transformers ``generate``."""
     prompts = [load_tokenizer().encode(p).ids for p in PROMPTS]
     rows = [
