@@ -37,6 +37,12 @@ from proposals.kv_cache.build import FLOAT, INT64, AttentionWeights, CacheInputs
 OPSET = 24
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "olmo2", "granite", "smollm3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin independent of length
+# why the length-dependent ones are refused (named in the error)
+ROPE_REFUSALS = {
+    "dynamic": "its tables are recomputed as the sequence grows",
+    "longrope": "its table follows the batch's longest position, and Phi-3's generate re-prefills the cache "
+    "when it switches",
+}
 CAUSAL_LM_CLASSES = (
     "LlamaForCausalLM",
     "Qwen2ForCausalLM",
@@ -118,8 +124,9 @@ def decoder_spec(config) -> DecoderSpec:
     rope = _config_value(config, "rope_parameters") or {}
     rope_type = rope.get("rope_type", "default")
     if rope_type not in SUPPORTED_ROPE_TYPES:
+        why = f" ({ROPE_REFUSALS[rope_type]})" if rope_type in ROPE_REFUSALS else ""
         raise UsageError(
-            f"unsupported config feature: rope_type={rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+            f"unsupported config feature: rope_type={rope_type!r}{why}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
         )
     if (_config_value(config, "pretraining_tp") or 1) != 1:
         raise UsageError("unsupported config feature: pretraining_tp != 1; supported: 1")

@@ -108,7 +108,7 @@ def test_circular_buffer_wraps_like_sliding_window():
                 },
                 "original_max_position_embeddings": 64,
             },
-            "rope_type='longrope'; supported: default, linear, llama3, yarn",
+            "rope_type='longrope' (its table follows the batch's longest position",
         ),
         (
             "llama",
