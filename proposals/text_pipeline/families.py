@@ -1,8 +1,8 @@
 """Tiny random-weight transformers causal LMs, built offline from configs and seeded.
 
 Each config is a real architecture (Llama, Qwen2, Qwen3, Mistral, Phi-3, OLMo-2, Granite,
-SmolLM3) shrunk so a zoo
-file stays far under 1 MiB: hidden 64, 2 layers, vocab = the shipped tokenizer's.
+SmolLM3) shrunk so a zoo file stays far under 1 MiB: hidden 64, 2 layers, vocab = the
+shipped tokenizer's.
 Weights are drawn with the project's RNG (never torch's initialisers, which move with
 the CPU's kernels): every matrix and bias ``N(0, initializer_range)``, every RMSNorm
 weight ``1 + N(0, initializer_range)``. ``initializer_range`` is raised above the default
@@ -32,8 +32,8 @@ TINY = {
     "tie_word_embeddings": False,
 }
 
-# Granite's four scalars, of the size its released configs use (embedding x12, residual
-# x0.22, logits / 8); the attention scale replaces 1/sqrt(head_dim)
+# Granite's four scalars: embedding x12, residual x0.22 and logits / 8 are the magnitudes of
+# Granite 3 configs; attention_multiplier replaces 1/sqrt(head_dim) (0.25 here) as the scale
 GRANITE = {
     "embedding_multiplier": 12.0,
     "residual_multiplier": 0.22,
