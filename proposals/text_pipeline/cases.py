@@ -106,6 +106,12 @@ def mistral_decoder() -> Case:
 
 
 @case
+def phi3_partial_decoder() -> Case:
+    """Tiny Phi-3 decoder rotating 12 of each head's 16 features (RotaryEmbedding rotary_embedding_dim)."""
+    return decoder_case("phi3_partial")
+
+
+@case
 def olmo2_decoder() -> Case:
     """Tiny OLMo-2 decoder (q/k RMSNorm over the whole projection, norms after each block)."""
     return decoder_case("olmo2")

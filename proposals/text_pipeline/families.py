@@ -47,11 +47,23 @@ ARCHITECTURES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),  # per-head q/k RMSNorm
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 16}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),  # fused qkv_proj and gate_up_proj
+    # Phi-3 with 3/4 of each head rotated (partial_rotary_factor, as in Phi-4-mini's config)
+    "phi3_partial": ("Phi3Config", "Phi3ForCausalLM", {"partial_rotary_factor": 0.75}),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),  # q/k RMSNorm over the projection, post-norms
     "granite": ("GraniteConfig", "GraniteForCausalLM", GRANITE),
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layer_interval": 2}),  # layer 1 has no RoPE
 }
-SEEDS = {"llama": 1, "qwen2": 2, "qwen3": 3, "mistral": 4, "phi3": 11, "olmo2": 12, "granite": 13, "smollm3": 14}
+SEEDS = {
+    "llama": 1,
+    "qwen2": 2,
+    "qwen3": 3,
+    "mistral": 4,
+    "phi3": 11,
+    "phi3_partial": 15,
+    "olmo2": 12,
+    "granite": 13,
+    "smollm3": 14,
+}
 
 
 def tiny_config(arch: str, **overrides):

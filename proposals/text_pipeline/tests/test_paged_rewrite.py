@@ -26,6 +26,7 @@ OVERRIDES = {
     "qwen3": {},
     "mistral": {"sliding_window": None},
     "phi3": {},
+    "phi3_partial": {},
     "olmo2": {},
     "granite": {},
     "smollm3": {},
