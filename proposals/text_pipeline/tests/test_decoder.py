@@ -187,7 +187,6 @@ def test_inplace_runner_aliases_past_and_present():
         ("llama", {"num_key_value_heads": 1}),  # MQA
         ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}}),
         ("qwen2", {"num_key_value_heads": 4}),  # plain MHA
-        ("phi3", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}}),
         ("phi3", {"sliding_window": 4}),  # every layer slides: the circular cache
         ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}}),
         ("olmo2", {"num_key_value_heads": 1}),  # MQA: the projection-wide k_norm spans one head
