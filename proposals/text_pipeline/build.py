@@ -30,9 +30,10 @@ import onnx_ir as ir
 from onnxscript import OpBuilder
 
 from generator.errors import UsageError
-from generator.onnx_build import builder_model, graph_builder
+from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder
 from generator.torch_reference import float64_mode
 from proposals.kv_cache.build import FLOAT, INT64, AttentionWeights, CacheInputs, Rope, attention_block
+from proposals.text_pipeline.moe_mlp import is_moe_block, moe_mlp, retarget
 
 OPSET = 24
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "olmo2", "granite", "smollm3")
@@ -53,6 +54,10 @@ CAUSAL_LM_CLASSES = (
     "GraniteForCausalLM",
     "SmolLM3ForCausalLM",
 )
+# MoE decoders: the MLP of a layer is the MoE proposal's function op (moe_mlp.py)
+MOE_MODEL_TYPES = ("qwen3_moe", "mixtral")
+SUPPORTED_MODEL_TYPES += MOE_MODEL_TYPES
+CAUSAL_LM_CLASSES += ("Qwen3MoeForCausalLM", "MixtralForCausalLM")
 
 
 # --8<-- [start:spec]
@@ -267,6 +272,26 @@ def _mlp(op: OpBuilder, x: ir.Value, mlp) -> ir.Value:
     return _linear(op, gated, mlp.down_proj, "down_proj")
 
 
+def _layer_mlp(op: OpBuilder, x: ir.Value, mlp, functions: dict[str, onnx.FunctionProto]) -> ir.Value:
+    """The dense SwiGLU, or for an MoE block one MoE function-op node whose body's
+    functions are collected in ``functions`` (one body per model: every layer's must agree)."""
+    if not is_moe_block(mlp):
+        return _mlp(op, x, mlp)
+    y, bodies = moe_mlp(op, x, mlp)
+    for body in retarget(bodies, OPSET):
+        known = functions.setdefault(body.name, body)
+        if known.SerializeToString() != body.SerializeToString():
+            raise UsageError(f"MoE layers of different structure (the {body.name} bodies differ); supported: one kind")
+    return y
+
+
+def _with_moe_domain(b, functions: dict[str, onnx.FunctionProto]) -> list[onnx.FunctionProto]:
+    """The collected MoE functions; the graph then imports their domain too."""
+    if functions:
+        b.graph.opset_imports[PROPOSAL_DOMAIN] = 1
+    return list(functions.values())
+
+
 @dataclass(frozen=True)
 class LayerNorms:
     """Which RMSNorm module (by attribute name) a decoder layer applies to the input or the
@@ -339,7 +364,8 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     stored as initializers.
 
     Each layer's attention is the KV-cache proposal's :func:`attention_block`; this
-    function adds the embedding, the norms, the MLPs and the language-model head."""
+    function adds the embedding, the norms, the MLPs and the language-model head. An MoE
+    block (Qwen3-MoE, Mixtral) becomes the MoE proposal's function op (``moe_mlp.py``)."""
     spec = causal_lm_spec(hf_causal_lm)
     body = hf_causal_lm.model
     b = graph_builder(f"{spec.model_type}_decoder", {"": OPSET})
@@ -358,6 +384,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     cos, sin = b.initializer(ir.tensor(cos), "rope.cos_cache"), b.initializer(ir.tensor(sin), "rope.sin_cache")
     rope = Rope(cos, sin, steps.positions, 0 if rotary_dim == spec.head_dim else rotary_dim)
     embed = b.initializer(ir.tensor(_weight(body.embed_tokens.weight)), "embed_tokens.weight")
+    functions: dict[str, onnx.FunctionProto] = {}  # the MoE function op's body, if any layer is MoE
     config = hf_causal_lm.config
     x = _scaled(op, op.Gather(embed, input_ids, axis=0), config, "embedding_multiplier")
     norms = LAYER_NORMS.get(spec.model_type, PRE_NORMS)
@@ -381,7 +408,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         x = _residual(op, x, _maybe_norm(op, attn, layer, norms.attn_out), residual)
         h = _maybe_norm(op, x, layer, norms.mlp_in)
         b.push_module("mlp")
-        y = _mlp(op, h, layer.mlp)
+        y = _layer_mlp(op, h, layer.mlp, functions)
         if norms.mlp_out is not None:  # OLMo-2: the norm is the layer's module, not the MLP's
             b.pop_module()
             y = _maybe_norm(op, y, layer, norms.mlp_out)
@@ -398,7 +425,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     b.add_output(_scaled(op, op.MatMul(x, head), config, "logits_scaling", divide=True), "logits")
     for value, name in presents:
         b.add_output(value, name)
-    model = builder_model(b)
+    model = builder_model(b, _with_moe_domain(b, functions))
     model.metadata_props.extend([onnx.StringStringEntryProto(key=k, value=str(v)) for k, v in vars(spec).items()])
     return model
 

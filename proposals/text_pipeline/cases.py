@@ -121,3 +121,9 @@ def olmo2_decoder() -> Case:
 def smollm3_decoder() -> Case:
     """Tiny SmolLM3 decoder (layer 1 without RoPE: its keys enter the cache unrotated)."""
     return decoder_case("smollm3")
+
+
+@case
+def qwen3_moe_decoder() -> Case:
+    """Tiny Qwen3-MoE decoder (every MLP the MoE function op: 8 experts, top 2), tokenizer and config."""
+    return decoder_case("qwen3_moe")

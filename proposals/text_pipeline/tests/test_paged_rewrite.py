@@ -31,6 +31,7 @@ OVERRIDES = {
     "granite": {},
     "smollm3": {},
 }
+OVERRIDES |= {"qwen3_moe": {}, "mixtral": {}}  # MoE decoders: the MoE function op stays as it is
 
 
 def _contiguous_greedy(decoder: onnx.ModelProto) -> tuple[list[list[int]], list[np.ndarray]]:
