@@ -194,7 +194,8 @@ class AttentionWeights:
     """One attention block's weights (``x @ w`` convention); optional parts are None.
 
     Qwen2 biases its q/k/v projections; Qwen3 RMS-normalises each query and key head
-    (``q_norm``/``k_norm``, weights of length head_dim) before RoPE.
+    (``q_norm``/``k_norm``, weights of length head_dim) before RoPE; OLMo-2 normalises the
+    whole projection at once (weights of length heads * head_dim).
     """
 
     q_proj: np.ndarray  # (hidden, q_heads * head_dim)
@@ -219,6 +220,7 @@ class Rope:
     cos_cache: ir.Value
     sin_cache: ir.Value
     position_ids: ir.Value
+    rotary_dim: int = 0  # partial rotation: only the first rotary_dim features of a head (0: all)
 
 
 def _linear(op: OpBuilder, x: ir.Value, weight: np.ndarray, bias: np.ndarray | None, name: str) -> ir.Value:
@@ -229,7 +231,11 @@ def _linear(op: OpBuilder, x: ir.Value, weight: np.ndarray, bias: np.ndarray | N
 def _split_heads(
     op: OpBuilder, x: ir.Value, heads: int, head_dim: int, norm: np.ndarray | None, eps: float, name: str
 ) -> ir.Value:
-    """(B, S, n*D) -> (B, n, S, D), with a per-head RMSNorm before the transpose when given."""
+    """(B, S, n*D) -> (B, n, S, D), with a per-head RMSNorm before the transpose when given
+    (a norm of length n*D normalises the whole projection before the reshape instead)."""
+    if norm is not None and norm.shape[0] != head_dim:  # OLMo-2: one norm over all heads
+        x = op.RMSNormalization(x, op.initializer(ir.tensor(norm), f"{name}.weight"), axis=-1, epsilon=eps)
+        norm = None
     y = op.Reshape(x, [0, 0, heads, head_dim])
     if norm is not None:
         y = op.RMSNormalization(y, op.initializer(ir.tensor(norm), f"{name}.weight"), axis=-1, epsilon=eps)
@@ -241,7 +247,7 @@ def attention_block(
     op: OpBuilder,
     x: ir.Value,
     weights: AttentionWeights,
-    rope: Rope,
+    rope: Rope | None,
     cache: CacheInputs,
     *,
     q_heads: int,
@@ -254,6 +260,7 @@ def attention_block(
     the scatter: the cache stores rotated keys) -> :func:`cache_attention` (TensorScatter x2
     + Attention-24 GQA) -> Transpose/Reshape to merge heads -> output MatMul.
     ``x`` is (B, S, hidden); returns ``(output, present_key, present_value)``.
+    ``rope=None`` is a layer without position encoding (SmolLM3's NoPE layers).
     """
     head_dim = weights.q_proj.shape[1] // q_heads
     eps = weights.norm_epsilon
@@ -263,8 +270,10 @@ def attention_block(
     q = _split_heads(op, q, q_heads, head_dim, weights.q_norm, eps, "q_norm")
     k = _split_heads(op, k, kv_heads, head_dim, weights.k_norm, eps, "k_norm")
     v = _split_heads(op, v, kv_heads, head_dim, None, eps, "v")
-    q = op.RotaryEmbedding(q, rope.cos_cache, rope.sin_cache, rope.position_ids)
-    k = op.RotaryEmbedding(k, rope.cos_cache, rope.sin_cache, rope.position_ids)
+    if rope is not None:
+        partial = {"rotary_embedding_dim": rope.rotary_dim} if rope.rotary_dim else {}
+        q = op.RotaryEmbedding(q, rope.cos_cache, rope.sin_cache, rope.position_ids, **partial)
+        k = op.RotaryEmbedding(k, rope.cos_cache, rope.sin_cache, rope.position_ids, **partial)
     y, present_key, present_value = cache_attention(
         op, q, k, v, cache, mode=mode, scale=weights.scale, softcap=weights.softcap
     )

@@ -38,8 +38,25 @@ from proposals.kv_cache.build import FLOAT, INT64, AttentionWeights, CacheInputs
 from proposals.text_pipeline.moe_mlp import is_moe_block, moe_mlp, retarget
 
 OPSET = 24
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text")
+SUPPORTED_MODEL_TYPES = (
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo2",
+    "granite",
+    "smollm3",
+)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin independent of length
+# why the length-dependent ones are refused (named in the error)
+ROPE_REFUSALS = {
+    "dynamic": "its tables are recomputed as the sequence grows",
+    "longrope": "its table follows the batch's longest position, and Phi-3's generate re-prefills the cache "
+    "when it switches",
+}
 CAUSAL_LM_CLASSES = (
     "LlamaForCausalLM",
     "Qwen2ForCausalLM",
@@ -47,6 +64,10 @@ CAUSAL_LM_CLASSES = (
     "MistralForCausalLM",
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
+    "Phi3ForCausalLM",
+    "Olmo2ForCausalLM",
+    "GraniteForCausalLM",
+    "SmolLM3ForCausalLM",
 )
 SUPPORTED_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # SwiGLU, GeGLU (Gemma)
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -163,21 +184,15 @@ def decoder_spec(config) -> DecoderSpec:
             f"unsupported config feature: {act_key}={act!r}; supported: {', '.join(map(repr, SUPPORTED_ACTIVATIONS))}"
         )
     _check_gemma_features(config)
-    for rope in _rope_parameter_sets(config):
-        rope_type = rope.get("rope_type", "default")
-        if rope_type not in SUPPORTED_ROPE_TYPES:
-            raise UsageError(
-                f"unsupported config feature: rope_type={rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
-            )
-        partial = rope.get("partial_rotary_factor", 1.0)
-        if partial != 1.0:
-            raise UsageError(f"unsupported config feature: partial_rotary_factor={partial}; supported: 1.0")
     if (_config_value(config, "pretraining_tp") or 1) != 1:
         raise UsageError("unsupported config feature: pretraining_tp != 1; supported: 1")
     heads = config.num_attention_heads
     kv_heads = _config_value(config, "num_key_value_heads") or heads
     head_dim = _config_value(config, "head_dim") or config.hidden_size // heads
+    for rope in _rope_parameter_sets(config):
+        _check_rope(rope, head_dim)
     window, full_layers = _cache_layout(config)
+    _check_rope_layers(config)
     return DecoderSpec(
         model_type=model_type,
         num_layers=config.num_hidden_layers,
@@ -190,6 +205,41 @@ def decoder_spec(config) -> DecoderSpec:
         sliding_window=window,
         full_layers=full_layers,
     )
+
+
+def _check_rope(rope: dict, head_dim: int) -> None:
+    """One set of rope parameters: a length-independent table, an even rotary dimension."""
+    rope_type = rope.get("rope_type", "default")
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        why = f" ({ROPE_REFUSALS[rope_type]})" if rope_type in ROPE_REFUSALS else ""
+        raise UsageError(
+            f"unsupported config feature: rope_type={rope_type!r}{why}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+        )
+    partial = rope.get("partial_rotary_factor", 1.0)
+    rotary_dim = int(head_dim * partial) if 0 < partial <= 1 else 0  # transformers' rounding
+    if rotary_dim < 2 or rotary_dim % 2:
+        raise UsageError(
+            f"unsupported config feature: partial_rotary_factor={partial}; supported: a factor in (0, 1] "
+            f"giving an even rotary dimension of at least 2 (head_dim {head_dim})"
+        )
+
+
+def _check_rope_layers(config) -> None:
+    """SmolLM3's ``no_rope_layers``: one 0/1 flag per layer (1: the layer applies RoPE)."""
+    flags = _config_value(config, "no_rope_layers")
+    if flags is None:
+        return
+    if len(flags) != config.num_hidden_layers or not set(flags) <= {0, 1}:
+        raise UsageError(
+            f"unsupported config feature: no_rope_layers={list(flags)}; "
+            f"supported: one 0/1 flag per layer ({config.num_hidden_layers} layers)"
+        )
+
+
+def _uses_rope(config, layer: int) -> bool:
+    """Whether ``layer`` rotates its queries and keys (SmolLM3 leaves some layers without RoPE)."""
+    flags = _config_value(config, "no_rope_layers")
+    return flags is None or bool(flags[layer])
 
 
 def _weight(tensor) -> np.ndarray:
@@ -242,11 +292,26 @@ def _rope_tables(hf_model, spec: DecoderSpec, layer_type: str | None = None) -> 
     probe = torch.zeros(1, dtype=torch.float64)
     with float64_mode():
         cos, sin = rotary(probe, positions) if layer_type is None else rotary(probe, positions, layer_type)
-    half = spec.head_dim // 2
+    half = cos.shape[-1] // 2  # rotary_dim / 2 under partial_rotary_factor
     return _weight(cos[0, :, :half]), _weight(sin[0, :, :half])
 
 
 SOFTCAPPED = ("Gemma2Attention",)  # attention modules that apply attn_logit_softcapping
+
+
+def _columns(weight: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """A fused ``x @ w`` weight cut into consecutive column blocks of ``sizes``."""
+    assert sum(sizes) == weight.shape[1], (sizes, weight.shape)
+    return [np.ascontiguousarray(w) for w in np.split(weight, np.cumsum(sizes)[:-1], axis=1)]
+
+
+def _qkv(attn) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(weight, bias) of the q, k and v projections; Phi-3's fused ``qkv_proj`` (no bias) is
+    cut at conversion, so the graph is the same three MatMuls as Llama's."""
+    if hasattr(attn, "qkv_proj"):
+        q, kv = attn.config.num_attention_heads * attn.head_dim, attn.num_key_value_heads * attn.head_dim
+        return [(w, None) for w in _columns(_transposed(attn.qkv_proj), [q, kv, kv])]
+    return [(_transposed(p), _bias(p)) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
 
 
 def attention_weights(attn) -> AttentionWeights:
@@ -255,14 +320,15 @@ def attention_weights(attn) -> AttentionWeights:
     Gemma 2's module passes ``attn_logit_softcapping`` to its attention; Gemma 3's keeps the
     attribute but never applies it, so only Gemma 2 gets Attention's ``softcap``."""
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+    (q_proj, q_bias), (k_proj, k_bias), (v_proj, v_bias) = _qkv(attn)
     return AttentionWeights(
-        q_proj=_transposed(attn.q_proj),
-        k_proj=_transposed(attn.k_proj),
-        v_proj=_transposed(attn.v_proj),
+        q_proj=q_proj,
+        k_proj=k_proj,
+        v_proj=v_proj,
         o_proj=_transposed(attn.o_proj),
-        q_bias=_bias(attn.q_proj),
-        k_bias=_bias(attn.k_proj),
-        v_bias=_bias(attn.v_proj),
+        q_bias=q_bias,
+        k_bias=k_bias,
+        v_bias=v_bias,
         o_bias=_bias(attn.o_proj),
         q_norm=None if q_norm is None else _norm_scale(q_norm),
         k_norm=None if k_norm is None else _norm_scale(k_norm),
@@ -282,12 +348,21 @@ def _capped(op: OpBuilder, x: ir.Value, cap: float | None) -> ir.Value:
     return x if cap is None else op.Mul(op.Tanh(op.Div(x, cap)), cap)
 
 
+def _gate_or_up(op: OpBuilder, x: ir.Value, mlp, part: str) -> ir.Value:
+    """The MLP's ``part`` ("gate" or "up") projection; Phi-3's fused ``gate_up_proj``
+    ([gate | up], no bias) is cut at conversion into the same two MatMuls as Llama's."""
+    if not hasattr(mlp, "gate_up_proj"):
+        return _linear(op, x, getattr(mlp, f"{part}_proj"), f"{part}_proj")
+    gate, up = _columns(_transposed(mlp.gate_up_proj), [mlp.gate_up_proj.out_features // 2] * 2)
+    return op.MatMul(x, op.initializer(ir.tensor(gate if part == "gate" else up), f"{part}_proj.weight"))
+
+
 def _mlp(op: OpBuilder, x: ir.Value, mlp, act: str = "silu") -> ir.Value:
     """SwiGLU: ``down(silu(gate(x)) * up(x))``, silu as ``g * Sigmoid(g)``; GeGLU (Gemma's
     ``gelu_pytorch_tanh``) with Gelu-20's tanh approximation instead."""
-    gate = _linear(op, x, mlp.gate_proj, "gate_proj")
+    gate = _gate_or_up(op, x, mlp, "gate")
     activated = op.Gelu(gate, approximate="tanh") if act == "gelu_pytorch_tanh" else op.Mul(gate, op.Sigmoid(gate))
-    gated = op.Mul(activated, _linear(op, x, mlp.up_proj, "up_proj"))
+    gated = op.Mul(activated, _gate_or_up(op, x, mlp, "up"))
     return _linear(op, gated, mlp.down_proj, "down_proj")
 
 
@@ -309,6 +384,48 @@ def _with_moe_domain(b, functions: dict[str, onnx.FunctionProto]) -> list[onnx.F
     if functions:
         b.graph.opset_imports[PROPOSAL_DOMAIN] = 1
     return list(functions.values())
+
+
+@dataclass(frozen=True)
+class LayerNorms:
+    """Which RMSNorm module (by attribute name) a decoder layer applies to the input or the
+    output of its attention and MLP blocks; None where there is none."""
+
+    attn_in: str | None
+    attn_out: str | None
+    mlp_in: str | None
+    mlp_out: str | None
+
+
+PRE_NORMS = LayerNorms("input_layernorm", None, "post_attention_layernorm", None)  # Llama and most others
+# OLMo-2 norms the blocks' outputs only; Gemma 2/3 norm inputs and outputs (sandwich norms)
+SANDWICH_NORMS = LayerNorms(
+    "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"
+)
+LAYER_NORMS = {
+    "olmo2": LayerNorms(None, "post_attention_layernorm", None, "post_feedforward_layernorm"),
+    "gemma2": SANDWICH_NORMS,
+    "gemma3_text": SANDWICH_NORMS,
+}
+
+
+def _maybe_norm(op: OpBuilder, x: ir.Value, layer, name: str | None) -> ir.Value:
+    return x if name is None else _rms_norm(op, x, getattr(layer, name), name)
+
+
+def _residual(op: OpBuilder, x: ir.Value, y: ir.Value, multiplier: float) -> ir.Value:
+    """``x + y * multiplier`` (Granite's residual_multiplier; the Mul is left out at 1)."""
+    return op.Add(x, y if multiplier == 1.0 else op.Mul(y, op.Constant(value_float=multiplier)))
+
+
+def _scaled(op: OpBuilder, x: ir.Value, config, name: str, divide: bool = False) -> ir.Value:
+    """``x`` times (or divided by) the config's scalar ``name`` when it is not 1 (Granite's
+    embedding_multiplier and logits_scaling), as transformers computes it."""
+    factor = float(_config_value(config, name, 1.0))
+    if factor == 1.0:
+        return x
+    constant = op.Constant(value_float=factor)
+    return op.Div(x, constant) if divide else op.Mul(x, constant)
 
 
 @dataclass(frozen=True)
@@ -343,8 +460,13 @@ def _ropes(b: GraphBuilder, hf_model, spec: DecoderSpec, positions: ir.Value) ->
         kinds = {kind: names[kind] for kind in LAYER_TYPES if kind in config.layer_types}
     ropes = {}
     for kind, name in kinds.items():
-        cos, sin = (ir.tensor(table) for table in _rope_tables(hf_model, spec, kind))
-        ropes[kind] = Rope(b.initializer(cos, f"{name}.cos_cache"), b.initializer(sin, f"{name}.sin_cache"), positions)
+        cos, sin = _rope_tables(hf_model, spec, kind)
+        rotary_dim = 2 * cos.shape[1]  # the head's first rotary_dim features rotate (all by default)
+        cos, sin = (
+            b.initializer(ir.tensor(cos), f"{name}.cos_cache"),
+            b.initializer(ir.tensor(sin), f"{name}.sin_cache"),
+        )
+        ropes[kind] = Rope(cos, sin, positions, 0 if rotary_dim == spec.head_dim else rotary_dim)
     return ropes
 
 
@@ -378,7 +500,8 @@ def causal_lm_spec(model) -> DecoderSpec:
 # --8<-- [start:build_decoder]
 def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     """An opset-24 ONNX decoder (TensorScatter-24 cache + Attention-24) for a transformers
-    Llama, Qwen2, Qwen3, Mistral, Gemma 2 or Gemma 3 causal LM, weights stored as initializers.
+    Llama, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3, Phi-3, OLMo-2, Granite or SmolLM3 causal
+    LM, weights stored as initializers.
 
     Each layer's attention is the KV-cache proposal's :func:`attention_block`; this
     function adds the embedding, the norms, the MLPs and the language-model head.
@@ -399,40 +522,37 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     ropes = _ropes(b, hf_causal_lm, spec, steps[spec.layer_circular(0)].positions)
     embed = b.initializer(ir.tensor(_weight(body.embed_tokens.weight)), "embed_tokens.weight")
     functions: dict[str, onnx.FunctionProto] = {}  # the MoE function op's body, if any layer is MoE
-    x = _embedding(op, embed, input_ids, body.embed_tokens)
-    act = _activation(hf_causal_lm.config)
+    config = hf_causal_lm.config
+    x = _scaled(op, _embedding(op, embed, input_ids, body.embed_tokens), config, "embedding_multiplier")
+    act = _activation(config)
+    norms = LAYER_NORMS.get(spec.model_type, PRE_NORMS)
+    residual = float(_config_value(config, "residual_multiplier", 1.0))
     presents = []
     for i, (layer, (past_key, past_value)) in enumerate(zip(body.layers, pasts, strict=True)):
         b.push_module(f"layers.{i}")
         step = steps[spec.layer_circular(i)]
-        h = _rms_norm(op, x, layer.input_layernorm, "input_layernorm")
+        h = _maybe_norm(op, x, layer, norms.attn_in)
         b.push_module("self_attn")
         attn, present_key, present_value = attention_block(
             op,
             h,
             attention_weights(layer.self_attn),
-            _layer_rope(ropes, hf_causal_lm.config, i),
+            _layer_rope(ropes, config, i) if _uses_rope(config, i) else None,
             CacheInputs(past_key, past_value, step.slots, step.nonpad),
             q_heads=spec.num_heads,
             kv_heads=spec.num_kv_heads,
             mode="circular" if spec.layer_circular(i) else "linear",
         )
         b.pop_module()
-        sandwich = hasattr(layer, "pre_feedforward_layernorm")  # Gemma: a norm before and after each sublayer
-        if sandwich:
-            attn = _rms_norm(op, attn, layer.post_attention_layernorm, "post_attention_layernorm")
-        x = op.Add(x, attn)
-        if sandwich:
-            h = _rms_norm(op, x, layer.pre_feedforward_layernorm, "pre_feedforward_layernorm")
-        else:
-            h = _rms_norm(op, x, layer.post_attention_layernorm, "post_attention_layernorm")
+        x = _residual(op, x, _maybe_norm(op, attn, layer, norms.attn_out), residual)
+        h = _maybe_norm(op, x, layer, norms.mlp_in)
         b.push_module("mlp")
-        mlp = _layer_mlp(op, h, layer.mlp, act, functions)
-        if sandwich:  # transformers' layers.i.post_feedforward_layernorm, beside the mlp
+        y = _layer_mlp(op, h, layer.mlp, act, functions)
+        if norms.mlp_out is not None:  # OLMo-2, Gemma: the norm is the layer's module, not the MLP's
             b.pop_module()
-            mlp = _rms_norm(op, mlp, layer.post_feedforward_layernorm, "post_feedforward_layernorm")
+            y = _maybe_norm(op, y, layer, norms.mlp_out)
             b.push_module("mlp")
-        x = op.Add(x, mlp)  # the residual Add stays in the mlp scope (its name is in the zoo's bytes)
+        x = _residual(op, x, y, residual)
         b.pop_module()
         b.pop_module()
         presents += [(present_key, f"present_key_{i}"), (present_value, f"present_value_{i}")]
@@ -441,8 +561,8 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         head = op.Transpose(embed, perm=[1, 0])
     else:
         head = b.initializer(ir.tensor(_transposed(hf_causal_lm.lm_head)), "lm_head.weight")
-    logits = _capped(op, op.MatMul(x, head), _softcap(hf_causal_lm.config, "final_logit_softcapping"))
-    b.add_output(logits, "logits")
+    logits = _scaled(op, op.MatMul(x, head), config, "logits_scaling", divide=True)
+    b.add_output(_capped(op, logits, _softcap(config, "final_logit_softcapping")), "logits")
     for value, name in presents:
         b.add_output(value, name)
     model = builder_model(b, _with_moe_domain(b, functions))

@@ -109,6 +109,24 @@ def mistral_decoder() -> Case:
 
 
 @case
+def phi3_partial_decoder() -> Case:
+    """Tiny Phi-3 decoder rotating 12 of each head's 16 features (RotaryEmbedding rotary_embedding_dim)."""
+    return decoder_case("phi3_partial")
+
+
+@case
+def olmo2_decoder() -> Case:
+    """Tiny OLMo-2 decoder (q/k RMSNorm over the whole projection, norms after each block)."""
+    return decoder_case("olmo2")
+
+
+@case
+def smollm3_decoder() -> Case:
+    """Tiny SmolLM3 decoder (layer 1 without RoPE: its keys enter the cache unrotated)."""
+    return decoder_case("smollm3")
+
+
+@case
 def qwen3_moe_decoder() -> Case:
     """Tiny Qwen3-MoE decoder (every MLP the MoE function op: 8 experts, top 2), tokenizer and config."""
     return decoder_case("qwen3_moe")

@@ -1,12 +1,13 @@
 """Tiny random-weight transformers causal LMs, built offline from configs and seeded.
 
-Each config is a real architecture (Llama, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3)
-shrunk so a zoo file stays far under 1 MiB: hidden 64, 2 layers, vocab = the shipped
-tokenizer's. Weights are drawn with the project's RNG (never torch's initialisers, which
-move with the CPU's kernels): every matrix and bias ``N(0, initializer_range)``, every
-RMSNorm weight ``1 + N(0, initializer_range)`` (Gemma's norms scale by ``1 + weight``,
-so their weights are ``N(0, initializer_range)``). ``initializer_range`` is raised above
-the default so random logits are peaked enough for greedy parity to be meaningful (no
+Each config is a real architecture (Llama, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3,
+Phi-3, OLMo-2, Granite, SmolLM3, and the MoE decoders Qwen3-MoE and Mixtral) shrunk so a
+zoo file stays far under 1 MiB: hidden 64, 2 layers, vocab = the shipped tokenizer's.
+Weights are drawn with the project's RNG (never torch's initialisers, which move with
+the CPU's kernels): every matrix and bias ``N(0, initializer_range)``, every RMSNorm
+weight ``1 + N(0, initializer_range)`` (Gemma's norms scale by ``1 + weight``, so their
+weights are ``N(0, initializer_range)``). ``initializer_range`` is raised above the
+default so random logits are peaked enough for greedy parity to be meaningful (no
 near-ties at float32 noise level).
 """
 
@@ -47,6 +48,14 @@ GEMMA3_ROPE = {
     "full_attention": {"rope_type": "default", "rope_theta": 1e6},
     "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
 }
+# Granite's four scalars: embedding x12, residual x0.22 and logits / 8 are the magnitudes of
+# Granite 3 configs; attention_multiplier replaces 1/sqrt(head_dim) (0.25 here) as the scale
+GRANITE = {
+    "embedding_multiplier": 12.0,
+    "residual_multiplier": 0.22,
+    "attention_multiplier": 0.125,
+    "logits_scaling": 8.0,
+}
 
 ARCHITECTURES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
@@ -59,8 +68,26 @@ ARCHITECTURES = {
         GEMMA | {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 8.0},
     ),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", GEMMA | {"rope_parameters": GEMMA3_ROPE}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),  # fused qkv_proj and gate_up_proj
+    # Phi-3 with 3/4 of each head rotated (partial_rotary_factor, as in Phi-4-mini's config)
+    "phi3_partial": ("Phi3Config", "Phi3ForCausalLM", {"partial_rotary_factor": 0.75}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),  # q/k RMSNorm over the projection, post-norms
+    "granite": ("GraniteConfig", "GraniteForCausalLM", GRANITE),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layer_interval": 2}),  # layer 1 has no RoPE
 }
-SEEDS = {"llama": 1, "qwen2": 2, "qwen3": 3, "mistral": 4, "gemma2": 5, "gemma3": 6}
+SEEDS = {
+    "llama": 1,
+    "qwen2": 2,
+    "qwen3": 3,
+    "mistral": 4,
+    "phi3": 11,
+    "phi3_partial": 15,
+    "olmo2": 12,
+    "granite": 13,
+    "smollm3": 14,
+    "gemma2": 5,
+    "gemma3": 6,
+}
 CENTRES = {"gemma2": lambda name: 0.0, "gemma3": lambda name: 0.0}  # weights around 0: Gemma's norms add 1
 
 # MoE decoders: every layer's MLP is a block of routed experts (the MoE proposal's op).

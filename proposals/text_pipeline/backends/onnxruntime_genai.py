@@ -48,8 +48,9 @@ NAME = "onnxruntime-genai"
 
 # ORT GenAI 0.18 refuses model types outside its fixed list ("Unsupported model_type in
 # config.json: qwen3_moe"). The graph it runs is the one in model.onnx whatever the type,
-# so an MoE decoder is declared as its dense sibling (token-identical: test_moe_decoders).
-GENAI_MODEL_TYPES = {"qwen3_moe": "qwen3", "mixtral": "mistral"}
+# so an MoE decoder is declared as its dense sibling (token-identical: test_moe_decoders),
+# and OLMo-2 as OLMo (test_interface).
+GENAI_MODEL_TYPES = {"qwen3_moe": "qwen3", "mixtral": "mistral", "olmo2": "olmo"}
 
 
 # --8<-- [start:adapter]

@@ -115,6 +115,29 @@ def test_circular_buffer_wraps_like_sliding_window(arch, shapes):
             {"rope_parameters": {"full_attention": {"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}}},
             "rope_type='dynamic'",
         ),
+        (  # Phi-3's long-context RoPE switches tables past original_max_position_embeddings
+            "phi3",
+            {
+                "rope_parameters": {
+                    "rope_type": "longrope",
+                    "rope_theta": 1e4,
+                    "short_factor": [1.0] * 8,
+                    "long_factor": [2.0] * 8,
+                },
+                "original_max_position_embeddings": 64,
+            },
+            "rope_type='longrope' (its table follows the batch's longest position",
+        ),
+        (
+            "llama",
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.3125}},
+            "partial_rotary_factor=0.3125; supported: a factor in (0, 1] giving an even rotary dimension",
+        ),
+        (  # SmolLM3 slides its window on the NoPE layers only: two cache kinds
+            "smollm3",
+            {"use_sliding_window": True, "sliding_window": 8},
+            "layer_types mixing full and sliding attention",
+        ),
     ],
 )
 def test_unsupported_config_features_are_named(arch, overrides, feature):
@@ -123,7 +146,16 @@ def test_unsupported_config_features_are_named(arch, overrides, feature):
     torch.manual_seed(0)
     config = tiny_config(arch, **overrides)
     model = getattr(transformers, ARCHITECTURES[arch][1])(config)
-    with pytest.raises(UsageError, match=feature.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(UsageError, match=feature.replace("(", r"\(").replace("[", r"\[")) as err:
+        build_decoder(model)
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_no_rope_layers_are_named():
+    """One 0/1 flag per layer; transformers itself does not check the list (set after init)."""
+    model = tiny_model("smollm3")
+    model.config.no_rope_layers = [1, 0, 1]
+    with pytest.raises(UsageError, match=r"no_rope_layers=\[1, 0, 1\]; supported: one 0/1 flag per layer \(2 layers\)"):
         build_decoder(model)
 
 
@@ -140,7 +172,7 @@ def test_gemma3_with_vision_points_to_its_text_model():
 
     vision = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64, "num_attention_heads": 2}
     config = transformers.Gemma3Config(text_config={"hidden_size": 64, "num_hidden_layers": 1}, vision_config=vision)
-    with pytest.raises(UsageError, match=r"unsupported architecture 'gemma3'; supported: .*gemma3_text \(Gemma 3 with"):
+    with pytest.raises(UsageError, match=r"unsupported architecture 'gemma3'; supported: .*gemma3_text.*\(Gemma 3 with vision"):
         decoder_spec(config)
 
 
@@ -187,6 +219,11 @@ def test_inplace_runner_aliases_past_and_present():
         ("gemma2", {"tie_word_embeddings": True, "query_pre_attn_scalar": 16}),
         ("gemma2", {"head_dim": 24, "sliding_window": 3}),  # head_dim != hidden / heads, as in Gemma 2 2B
         ("gemma3", {"rope_parameters": {"full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}}}),
+        ("phi3", {"sliding_window": 4}),  # every layer slides: the circular cache
+        ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}}),
+        ("olmo2", {"num_key_value_heads": 1}),  # MQA: the projection-wide k_norm spans one head
+        ("granite", {"tie_word_embeddings": True}),  # the multiplier scales the gathered rows only
+        ("smollm3", {"no_rope_layers": [0, 1]}),  # the first layer without RoPE
         (
             "llama",
             {

@@ -79,7 +79,7 @@ def test_factories_and_devices(tmp_path):
         create_pipeline("onnxruntime", tmp_path)
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "phi3", "olmo2", "granite"])
 def test_three_backends_give_the_same_tokens(tmp_path, arch):
     """onnxruntime (in-place cache), onnxruntime-genai (its own generator, right-padded
     batch) and transformers, on a batch of two prompts of different lengths."""
@@ -92,6 +92,21 @@ def test_three_backends_give_the_same_tokens(tmp_path, arch):
         tokens[backend] = [r.token_ids for r in pipeline.generate(prompts)]
     assert tokens["onnxruntime-genai"] == tokens["onnxruntime"] == tokens["transformers"]
     assert [len(t) for t in tokens["onnxruntime"]] == [24, 24]
+
+
+def test_three_backends_agree_on_a_decoder_with_a_nope_layer(tmp_path):
+    """SmolLM3 (layer 1 without RoPE) on the same batch. Its short prompt's row reaches
+    token 0 at its 5th token; onnxruntime-genai stops a row at the folder's EOS (0) whatever
+    the pipeline's config says, so the config names that EOS for all three."""
+    folder = write_folder("smollm3", tmp_path / "smollm3")
+    prompts = [GenerationInput("Attention reads the whole cache"), GenerationInput("The")]
+    tokens = {}
+    for backend in backend_names():
+        pipeline = create_pipeline(backend, folder)
+        pipeline.set_generation_config(GenerationConfig(max_new_tokens=24, eos_token_ids={0}))
+        tokens[backend] = [r.token_ids for r in pipeline.generate(prompts)]
+    assert tokens["onnxruntime-genai"] == tokens["onnxruntime"] == tokens["transformers"]
+    assert [len(t) for t in tokens["onnxruntime"]] == [24, 5]
 
 
 @pytest.mark.parametrize("eos_at", [0, 1])

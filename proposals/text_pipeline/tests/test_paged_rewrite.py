@@ -29,6 +29,11 @@ OVERRIDES = {
     "mistral": {"sliding_window": None},
     "gemma2": ALL_FULL,
     "gemma3": ALL_FULL,
+    "phi3": {},
+    "phi3_partial": {},
+    "olmo2": {},
+    "granite": {},
+    "smollm3": {},
 }
 OVERRIDES |= {"qwen3_moe": {}, "mixtral": {}}  # MoE decoders: the MoE function op stays as it is
 

@@ -15,7 +15,22 @@ from proposals.text_pipeline.tokenizer import load_tokenizer
 NEW_TOKENS = 64
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"])
+ARCHS = [
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "phi3",
+    "phi3_partial",
+    "olmo2",
+    "granite",
+    "smollm3",
+    "gemma2",
+    "gemma3",
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_batch_is_token_identical(arch):
     """Prompts of 5 and 23 tokens; the longer one overflows Mistral's 16-token window, and
     both outgrow Gemma's 8-token window on its sliding layers (its full layers stay linear)."""
