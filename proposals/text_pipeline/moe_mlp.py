@@ -81,12 +81,10 @@ def retarget(functions: Sequence[onnx.FunctionProto], opset: int) -> list[onnx.F
         (written,) = [o.version for o in function.opset_import if o.domain in ("", "ai.onnx")]
         for op_type in sorted(set(_onnx_ops(function.node))):
             _same_meaning(op_type, written, opset)
-        copy = onnx.FunctionProto()
-        copy.CopyFrom(function)
-        for entry in copy.opset_import:
-            if entry.domain in ("", "ai.onnx"):
-                entry.version = opset
-        out.append(copy)
+        retargeted = ir.serde.deserialize_function(function)
+        retargeted.opset_imports.pop("ai.onnx", None)
+        retargeted.opset_imports[""] = opset
+        out.append(ir.serde.serialize_function(retargeted))
     return out
 
 

@@ -133,11 +133,6 @@ def test_circular_buffer_wraps_like_sliding_window(arch, shapes):
             {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.3125}},
             "partial_rotary_factor=0.3125; supported: a factor in (0, 1] giving an even rotary dimension",
         ),
-        (  # SmolLM3 slides its window on the NoPE layers only: two cache kinds
-            "smollm3",
-            {"use_sliding_window": True, "sliding_window": 8},
-            "layer_types mixing full and sliding attention",
-        ),
     ],
 )
 def test_unsupported_config_features_are_named(arch, overrides, feature):
@@ -172,7 +167,9 @@ def test_gemma3_with_vision_points_to_its_text_model():
 
     vision = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64, "num_attention_heads": 2}
     config = transformers.Gemma3Config(text_config={"hidden_size": 64, "num_hidden_layers": 1}, vision_config=vision)
-    with pytest.raises(UsageError, match=r"unsupported architecture 'gemma3'; supported: .*gemma3_text.*\(Gemma 3 with vision"):
+    with pytest.raises(
+        UsageError, match=r"unsupported architecture 'gemma3'; supported: .*gemma3_text.*\(Gemma 3 with vision"
+    ):
         decoder_spec(config)
 
 
@@ -224,6 +221,8 @@ def test_inplace_runner_aliases_past_and_present():
         ("olmo2", {"num_key_value_heads": 1}),  # MQA: the projection-wide k_norm spans one head
         ("granite", {"tie_word_embeddings": True}),  # the multiplier scales the gathered rows only
         ("smollm3", {"no_rope_layers": [0, 1]}),  # the first layer without RoPE
+        # SmolLM3 slides its window on the NoPE layers only: circular and linear caches in one graph
+        ("smollm3", {"use_sliding_window": True, "sliding_window": 4}),
         (
             "llama",
             {
