@@ -270,7 +270,9 @@ class PagedServer:
         token = int(reference.choose(processed, request.config.sampling_config, request.rng)[0])
         request.tokens.append(token)
         full = len(request.tokens) >= self.cache.spec.max_positions
-        reason = reference.finish_reason(request.new_tokens, request.config, self.decode, request.budget, cache_full=full)
+        reason = reference.finish_reason(
+            request.new_tokens, request.config, self.decode, request.budget, cache_full=full
+        )
         if reason is not None:
             self._finish(request, reason)
         return reason
@@ -332,7 +334,9 @@ class PagedRunner:
             if not new:
                 raise UsageError("append_input_tokens got an empty token list for a sequence")
             if len(self.histories[seq]) + len(new) > self.capacity:
-                raise UsageError(f"{len(self.histories[seq]) + len(new)} tokens exceed the cache capacity {self.capacity}")
+                raise UsageError(
+                    f"{len(self.histories[seq]) + len(new)} tokens exceed the cache capacity {self.capacity}"
+                )
         if {len(t) for t in tokens} == {1} and all(self.histories):
             return self._feed([(seq, 1) for seq in range(len(tokens))], tokens)
         # prefills one sequence at a time, so a later one can share the blocks an earlier one filled

@@ -40,7 +40,9 @@ def create(model_dir: Path, device: Device) -> Pipeline:
     return Pipeline(RunnerEngine(PagedRunner(cache)), load_tokenizer(folder.tokenizer_json), folder.config)
 
 
-def create_server(model_dir: str | Path, *, num_blocks: int | None = None, block_size: int | None = None) -> PagedServer:
+def create_server(
+    model_dir: str | Path, *, num_blocks: int | None = None, block_size: int | None = None
+) -> PagedServer:
     """The serving loop on a model folder's decoder (stop strings decoded by its tokenizer)."""
     folder = ModelFolder.read(Path(model_dir))
     tokenizer = load_tokenizer(folder.tokenizer_json)
