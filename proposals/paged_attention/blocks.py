@@ -116,10 +116,11 @@ class BlockManager:
     A block whose count drops to zero goes back to the free list and leaves the prefix table.
     """
 
-    def __init__(self, num_blocks: int, block_size: int, *, seed: int | None = 0) -> None:
+    def __init__(self, num_blocks: int, block_size: int, *, seed: int | None = 0, share_prefixes: bool = True) -> None:
         if num_blocks < 1 or block_size < 1:
             raise UsageError(f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}")
         self.num_blocks, self.block_size = num_blocks, block_size
+        self.share_prefixes = share_prefixes  # off: a baseline where every sequence owns all its blocks
         # seeded shuffle (as BlockAllocator), so no test sees contiguous blocks by accident
         order = range(num_blocks) if seed is None else seeded(seed).permutation(num_blocks)
         self.free: list[int] = [int(b) for b in order]
@@ -175,6 +176,8 @@ class BlockManager:
     def register_full(self, seq: int, tokens: Sequence[int]) -> None:
         """Record each full block of ``seq`` (whose K/V for ``tokens`` is now written) under
         its prefix, so later sequences with the same prefix can share it."""
+        if not self.share_prefixes:
+            return
         row = self.tables[seq]
         for index in range(len(tokens) // self.block_size):
             block = row[index]

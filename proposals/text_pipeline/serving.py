@@ -53,7 +53,13 @@ class PagedCache:
     """The paged decoder on onnxruntime CPU with its block pools updated in place."""
 
     def __init__(
-        self, decoder: onnx.ModelProto, num_blocks: int, block_size: int = DEFAULT_BLOCK_SIZE, *, threads: int = 2
+        self,
+        decoder: onnx.ModelProto,
+        num_blocks: int,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        *,
+        threads: int = 2,
+        share_prefixes: bool = True,
     ) -> None:
         self.spec: DecoderSpec = spec_from_model(decoder)
         if self.spec.circular:
@@ -61,7 +67,7 @@ class PagedCache:
                 f"the paged backend needs a linear cache; this {self.spec.model_type} decoder slides a "
                 f"{self.spec.sliding_window}-token window (circular buffer)"
             )
-        self.manager = BlockManager(num_blocks, block_size)
+        self.manager = BlockManager(num_blocks, block_size, share_prefixes=share_prefixes)
         paged = to_paged(decoder, num_blocks=num_blocks, block_size=block_size)
         self.session = session(paged, threads=threads)
         shape = (num_blocks, block_size, self.spec.num_kv_heads, self.spec.head_dim)
