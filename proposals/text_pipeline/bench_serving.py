@@ -121,17 +121,18 @@ def paged(decoder: onnx.ModelProto, jobs: list[Job], share_prefixes: bool) -> tu
     ids = [server.submit(list(j.prompt), GenerationConfig(max_new_tokens=j.output)) for j in jobs]
     done = {f.id: f for f in server.run()}
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    # while the queue waits, memory bounds concurrency (every step when nothing ever waited)
+    # while requests wait, memory bounds concurrency: every figure is over those steps
+    # (over every step when nothing ever waited)
     full = [s for s in server.stats if s.waiting] or server.stats
-    used = sum(s.blocks_used for s in server.stats) * BLOCK_SIZE
+    used = sum(s.blocks_used for s in full) * BLOCK_SIZE
     stats = {
         "policy": f"paged, block {BLOCK_SIZE}" + (", prefix sharing" if share_prefixes else ""),
         "sequences_mean": float(np.mean([s.running for s in full])),
         "sequences_max": max(s.running for s in server.stats),
-        "slots_in_use_mean": used / len(server.stats),
+        "slots_in_use_mean": used / len(full),
         # what max-length contiguous buffers would reserve for the same running sequences
-        "contiguous_reservation_mean": CONTEXT * float(np.mean([s.running for s in server.stats])),
-        "waste_share": 1 - sum(s.tokens_cached for s in server.stats) / used,
+        "contiguous_reservation_mean": CONTEXT * float(np.mean([s.running for s in full])),
+        "waste_share": 1 - sum(s.tokens_cached for s in full) / used,
         "steps": len(server.stats),
         "preemptions": sum(f.preemptions for f in done.values()),
         "wall_s": wall,
