@@ -22,7 +22,7 @@ PROPOSAL_IMPORTS: dict[str, frozenset[str]] = {
     "kv_cache": frozenset(),
     "moe": frozenset(),
     "paged_attention": frozenset({"kv_cache"}),
-    # kv_cache's decoder layer; paged_attention's rewrite, applied to every decoder in a test
+    # kv_cache's decoder layer; paged_attention's rewrite and block manager (the paged serving backend)
     "text_pipeline": frozenset({"kv_cache", "paged_attention"}),
     # kv_cache's cache step, text_pipeline's decoders, moe's bandwidth probe (bench only)
     "quantized_attention": frozenset({"kv_cache", "text_pipeline", "moe"}),

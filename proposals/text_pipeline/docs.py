@@ -105,28 +105,24 @@ def serving_table() -> str:
         rows.append(
             [
                 r["policy"],
-                f"{r['sequences_mean']:.1f}",
-                r["sequences_max"],
+                f"{r['sequences_mean']:.1f} ({r['sequences_max']})",
                 f"{r['slots_in_use_mean']:,.0f}",
                 f"{r['contiguous_reservation_mean']:,.0f}",
                 percent(r["waste_share"], 1),
                 r["preemptions"],
-                f"{r['tokens_per_s']:,.0f}",
-                f"{r['tokens_per_cpu_s']:,.0f}",
+                f"{r['tokens_per_s']:,.0f} ({r['tokens_per_cpu_s']:,.0f})",
                 times(r["cpu_speedup_over_contiguous"]),
             ]
         )
     header = [
         "policy",
-        "sequences at once (mean)",
-        "(max)",
-        "KV slots in use (mean)",
-        "contiguous reservation for them",
+        "sequences at once: mean (max)",
+        "KV slots in use",
+        "max-length reservation for them",
         "wasted",
-        "preemptions",
-        "tok/s",
-        "tok per CPU s",
-        "ratio (CPU)",
+        "preempted",
+        "tok/s (per CPU s)",
+        "ratio, CPU",
     ]
     return markdown_table(header, rows, align="l" + "r" * (len(header) - 1))
 
@@ -156,9 +152,9 @@ def serving_contiguous_waste() -> str:
 
 
 def serving_reservation_ratio() -> str:
-    """What max-length buffers would reserve for the sequences the paged runs held, over the budget."""
-    budget = _serving()["setup"]["budget_slots"]
-    return times_range((r["contiguous_reservation_mean"] / budget for r in _served("paged")), 1)
+    """What max-length buffers would reserve for the sequences the paged runs held, over the
+    slots those runs had in use."""
+    return times_range((r["contiguous_reservation_mean"] / r["slots_in_use_mean"] for r in _served("paged")), 1)
 
 
 def serving_cpu_speedup() -> str:
