@@ -178,3 +178,44 @@ def test_paged_backend_refuses_bad_input(tmp_path):
     # the WG Generator cannot wait for blocks: a full pool is a one-line error
     with pytest.raises(UsageError, match="needs 1 more blocks, 0 are free"):
         greedy(PagedRunner(PagedCache(_decoder("llama"), num_blocks=2, block_size=4)), [[5, 6, 7]], 8)
+
+
+def _alone(decoder: onnx.ModelProto, prompt: list[int], config: GenerationConfig):
+    """The WG Generator on the contiguous runner, one request: its sequence state."""
+    from proposals.text_pipeline.generation import Generator
+
+    gen = Generator(OrtRunner(decoder), config)
+    gen.append_input_tokens([prompt])
+    while not gen.is_done():
+        gen.generate_next_token()
+    return gen.seqs[0]
+
+
+def test_sampled_requests_with_eos_match_each_request_alone():
+    """Sampling (a seeded RNG per request), min_new_tokens and an EOS that ends two requests
+    early: served together, each as the WG Generator on the contiguous runner gives alone."""
+    from proposals.text_pipeline.config import SamplingConfig
+
+    decoder = _decoder("qwen2")
+    prompts = [SYSTEM + [11, 12], SYSTEM + [40], [9, 8, 7, 6]]
+    sampling = [SamplingConfig(do_sample=True, rng_seed=seed, temperature=0.8, top_k=20) for seed in (1, 2, 3)]
+    free = [
+        _alone(decoder, p, GenerationConfig(max_new_tokens=16, sampling_config=s))
+        for p, s in zip(prompts, sampling, strict=True)
+    ]
+    # EOS: the 6th sampled token of the first two requests (the third never meets its EOS)
+    eos = [free[0].new_tokens[5], free[1].new_tokens[5], 501]
+    configs = [
+        GenerationConfig(max_new_tokens=16, min_new_tokens=2, eos_token_ids={e}, sampling_config=s)
+        for e, s in zip(eos, sampling, strict=True)
+    ]
+    server = PagedServer(PagedCache(decoder, num_blocks=24, block_size=4))
+    ids = [server.submit(p, c) for p, c in zip(prompts, configs, strict=True)]
+    done = {f.id: f for f in server.run()}
+    reasons = []
+    for rid, prompt, config in zip(ids, prompts, configs, strict=True):
+        alone = _alone(decoder, prompt, config)
+        assert list(done[rid].new_tokens) == alone.new_tokens
+        reasons.append((done[rid].finish_reason, alone.finish_reason))
+    assert [r for r, _ in reasons] == [r for _, r in reasons]
+    assert [r for r, _ in reasons][:2] == ["eos", "eos"] and len(done[ids[0]].new_tokens) <= 6
