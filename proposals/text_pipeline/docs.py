@@ -175,3 +175,10 @@ def simulated_fit() -> str:
     sim = {r["policy"]: r["sequences_fit"] for r in _serving()["setup"]["simulated"]}
     paged = [v for k, v in sim.items() if k.startswith("paged")]
     return f"{sim['contiguous, max length']} vs {' and '.join(map(str, paged))}"
+
+
+def serving_session_shares() -> str:
+    """Share of wall time inside onnxruntime, contiguous then paged."""
+    base = percent(_served("contiguous")[0]["session_share"])
+    paged = percent_range((r["session_share"] for r in _served("paged")), 0)
+    return f"{base} for the contiguous baseline and {paged} for the paged runs"
