@@ -109,20 +109,18 @@ def serving_table() -> str:
                 f"{r['slots_in_use_mean']:,.0f}",
                 f"{r['contiguous_reservation_mean']:,.0f}",
                 percent(r["waste_share"], 1),
-                r["preemptions"],
                 f"{r['tokens_per_s']:,.0f} ({r['tokens_per_cpu_s']:,.0f})",
                 times(r["cpu_speedup_over_contiguous"]),
             ]
         )
     header = [
         "policy",
-        "sequences at once: mean (max)",
-        "KV slots in use",
-        "max-length reservation for them",
+        "at once: mean (max)",
+        "slots in use",
+        "max-length reservation",
         "wasted",
-        "preempted",
         "tok/s (per CPU s)",
-        "ratio, CPU",
+        "ratio (CPU)",
     ]
     return markdown_table(header, rows, align="l" + "r" * (len(header) - 1))
 
