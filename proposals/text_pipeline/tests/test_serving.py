@@ -219,3 +219,18 @@ def test_sampled_requests_with_eos_match_each_request_alone():
         reasons.append((done[rid].finish_reason, alone.finish_reason))
     assert [r for r, _ in reasons] == [r for _, r in reasons]
     assert [r for r, _ in reasons][:2] == ["eos", "eos"] and len(done[ids[0]].new_tokens) <= 6
+
+
+def test_scatternd_writes_the_pool_input_straight_into_the_output():
+    """What lets one bound buffer be updated in place: each pool input feeds a ScatterND
+    directly, and that ScatterND's output is the pool output (no Reshape in between, which
+    would make onnxruntime copy the pool every run)."""
+    from proposals.paged_attention.rewrite import to_paged
+
+    paged = to_paged(_decoder("llama"), num_blocks=8, block_size=4)
+    pools = [i.name for i in paged.graph.input if "_cache." in i.name]
+    outputs = {o.name for o in paged.graph.output}
+    scatters = {n.input[0]: n.output[0] for n in paged.graph.node if n.op_type == "ScatterND"}
+    assert len(pools) == 4
+    for name in pools:
+        assert scatters[name] == name.replace("_cache.", "_cache_out.") and scatters[name] in outputs
