@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import ml_dtypes
 import numpy as np
 import onnx
+import onnx_ir as ir
 from hypothesis import strategies as st
-from onnx import helper
 
 from conformance import reference
-from generator.onnx_build import make_model, seeded, tensor_info
+from generator.onnx_build import builder_model, graph_builder, seeded
 
 
 @dataclass(frozen=True)
@@ -46,20 +46,26 @@ def single_node_model(
     **attrs,
 ) -> onnx.ModelProto:
     """One node of ``op``; ``None`` values are skipped optional inputs/outputs ("")."""
-    in_names = [name if array is not None else "" for name, array in inputs.items()]
-    out_names = [name if array is not None else "" for name, array in outputs.items()]
-    while in_names and not in_names[-1]:
-        in_names.pop()
-    while out_names and not out_names[-1]:
-        out_names.pop()
-    node = helper.make_node(op, in_names, out_names, name=op.lower(), **attrs)
-    graph = helper.make_graph(
-        [node],
-        op.lower(),
-        [tensor_info(n, a) for n, a in inputs.items() if a is not None],
-        [tensor_info(n, a) for n, a in outputs.items() if a is not None],
-    )
-    return make_model(graph, {"": opset})
+    b = graph_builder(op.lower(), {"": opset})
+    args = [None if a is None else b.input(n, _dtype(a), list(a.shape)) for n, a in inputs.items()]
+    while args and args[-1] is None:
+        args.pop()
+    names = [name if array is not None else "" for name, array in outputs.items()]
+    while names and not names[-1]:
+        names.pop()
+    results = getattr(b.op, op)(*args, _outputs=names, _name=op.lower(), **attrs)
+    results = [results] if isinstance(results, ir.Value) else results
+    for value, name in zip(results, names, strict=True):
+        if not name:
+            value.name = ""  # an output the node does not compute
+            continue
+        value.type, value.shape = ir.TensorType(_dtype(outputs[name])), ir.Shape(outputs[name].shape)
+        b.add_output(value, name)
+    return builder_model(b)
+
+
+def _dtype(array: np.ndarray) -> ir.DataType:
+    return ir.DataType.from_numpy(array.dtype)
 
 
 def _randn(rng: np.random.RandomState, shape, dtype=np.float32, scale: float = 1.0) -> np.ndarray:

@@ -118,15 +118,24 @@ def _attention_to_call(model: ir.Model, node: ir.Node, types: dict, opset: int, 
     schema = defs.get_schema("Attention", opset)
     body = onnx.FunctionProto()
     body.ParseFromString(schema.get_context_dependent_function(proto.SerializeToString(), input_types))
-    body.domain, body.name = _BODIES, f"Attention_{index}"
-    del body.attribute[:]  # the body has the node's attribute values built in
-    del body.output[len(proto.output) :]  # a call has as many outputs as the node
-    produced = {out for n in body.node for out in n.output}
-    for name in body.output:  # an output the node does not ask for is not computed: a placeholder
-        if name not in produced:
-            body.node.append(onnx.helper.make_node("Constant", [], [name], value_float=0.0))
+    _readable_by_onnx_ir(body, len(node.outputs))
     function = ir.serde.deserialize_function(body)
+    function.domain, function.name = _BODIES, f"Attention_{index}"
+    function.attributes.clear()  # the body has the node's attribute values built in
     model.functions[function.identifier()] = function
     model.opset_imports[_BODIES] = 1
-    node.domain, node.op_type = _BODIES, body.name
+    node.domain, node.op_type = _BODIES, function.name
     node.attributes.clear()
+
+
+def _readable_by_onnx_ir(body: onnx.FunctionProto, outputs: int) -> None:
+    """onnx's body lists every output of the schema but computes only those the node asks
+    for; onnx-ir reads a function only when each output has a producer. So, on the proto
+    onnx returns, before onnx-ir reads it: as many outputs as the call has, and a Constant
+    placeholder for each one the node skips (inlining then drops it)."""
+    del body.output[outputs:]
+    produced = {out for n in body.node for out in n.output}
+    for name in body.output:
+        if name not in produced:
+            placeholder = ir.node("Constant", [], {"value_float": 0.0}, outputs=[ir.Value(name=name)])
+            body.node.append(ir.serde.serialize_node(placeholder))

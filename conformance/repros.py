@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
+import onnx_ir as ir
+import onnxscript
 
 from conformance import reference
 from conformance.examples import single_node_model
-from generator.onnx_build import make_model, seeded, tensor_info
+from generator.onnx_build import builder_model, function_proto, graph_builder, seeded
+
+INT64, FLOAT, BOOL = ir.DataType.INT64, ir.DataType.FLOAT, ir.DataType.BOOL
 
 REPROS = Path(__file__).resolve().parent.parent / "repros"
 
@@ -138,25 +141,25 @@ def _window_actual(feeds):
 
 
 def _loop_model():
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
-        ],
-        "body",
-        [tensor_info("i", np.int64, []), tensor_info("cond_in", np.bool_, []), tensor_info("acc_in", np.float32, [1])],
-        [tensor_info("cond_out", np.bool_, []), tensor_info("acc_out", np.float32, [1])],
-        [onnx.numpy_helper.from_array(np.ones(1, np.float32), "one")],
+    b = graph_builder("loop_empty_condition", {"": 21})
+    trip_count = b.input("trip_count", INT64, [])
+    start = b.input("start", FLOAT, [1])
+
+    def step(op, i, cond_in, acc_in):
+        one = op.initializer(ir.tensor(np.ones(1, np.float32), name="one"))
+        return op.Identity(cond_in, _outputs=["cond_out"]), op.Add(acc_in, one, _outputs=["acc_out"])
+
+    body = b.subgraph(
+        step,
+        inputs=[ir.val("i", INT64, []), ir.val("cond_in", BOOL, []), ir.val("acc_in", FLOAT, [1])],
+        outputs=[ir.val("cond_out", BOOL, []), ir.val("acc_out", FLOAT, [1])],
+        name="body",
     )
-    loop = helper.make_node("Loop", ["trip_count", "", "start"], ["total"], body=body)  # empty condition
-    graph = helper.make_graph(
-        [loop],
-        "loop_empty_condition",
-        [tensor_info("trip_count", np.int64, []), tensor_info("start", np.float32, [1])],
-        [tensor_info("total", np.float32, [1])],
-    )
+    total = b.op.Loop(trip_count, None, start, body=body)  # None: the empty condition input
+    total.type, total.shape = ir.TensorType(FLOAT), ir.Shape([1])
+    b.add_output(total, "total")
     feeds = {"trip_count": np.array(3, np.int64), "start": np.zeros(1, np.float32)}
-    return make_model(graph, {"": 21}), feeds, {"total": np.array([3.0], np.float32)}
+    return builder_model(b), feeds, {"total": np.array([3.0], np.float32)}
 
 
 def _gather_model():
@@ -169,33 +172,23 @@ def _gather_model():
 
 def _inliner_model():
     # A model-local function whose attribute `alpha` has a default (2.0); the call omits it.
-    fn = helper.make_function(
-        "local",
-        "ScaledLeakyRelu",
-        ["X"],
-        ["Y"],
-        [_leaky_ref()],
-        [helper.make_opsetid("", 21)],
-        attributes=[],
-        attribute_protos=[helper.make_attribute("alpha", 2.0)],
+    alpha = ir.RefAttr("alpha", "alpha", ir.AttributeType.FLOAT)
+    function = onnxscript.build_function(
+        lambda op, x: op.LeakyRelu(x, alpha=alpha),
+        [ir.Value(name="X")],
+        domain="local",
+        name="ScaledLeakyRelu",
+        attributes=[ir.Attr("alpha", ir.AttributeType.FLOAT, 2.0)],
+        opset_imports={"": 21},
     )
+    function.outputs[0].name = "Y"
     x = np.array([-1.0, -0.5, 0.5, 1.0], np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("ScaledLeakyRelu", ["X"], ["Y"], domain="local")],
-        "inliner_defaults",
-        [tensor_info("X", x)],
-        [tensor_info("Y", x)],
-    )
-    model = make_model(graph, {"": 21, "local": 1}, [fn])
+    b = graph_builder("inliner_defaults", {"": 21, "local": 1})
+    y = b.op.ScaledLeakyRelu(b.input("X", FLOAT, x.shape), _domain="local")
+    y.type, y.shape = ir.TensorType(FLOAT), ir.Shape(x.shape)
+    b.add_output(y, "Y")
+    model = builder_model(b, [function_proto(function)])
     return model, {"X": x}, {"Y": np.where(x < 0, 2.0 * x, x).astype(np.float32)}
-
-
-def _leaky_ref() -> onnx.NodeProto:
-    node = helper.make_node("LeakyRelu", ["X"], ["Y"])
-    attr = onnx.AttributeProto()
-    attr.name, attr.ref_attr_name, attr.type = "alpha", "alpha", onnx.AttributeProto.FLOAT
-    node.attribute.append(attr)
-    return node
 
 
 def _swiglu_model():

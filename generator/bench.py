@@ -62,6 +62,24 @@ def ratios(times: Mapping[str, float], baseline: str) -> dict[str, float]:
     return {name: t / times[baseline] for name, t in times.items()}
 
 
+def memory_bandwidth_gbs(mib: int = 256) -> float:
+    """DRAM read bandwidth in GB/s: the best of 10 torch sums over a ``mib`` MiB buffer (far
+    larger than the caches), on 2 threads; the roofline the benches report shares of."""
+    import torch
+
+    torch.set_num_threads(2)
+    buf = torch.ones(mib * (1 << 20) // 4)
+    buf.sum()
+    best = min(_seconds(buf.sum) for _ in range(10))  # the best of 10: other jobs share the cores
+    return mib * (1 << 20) / best / 1e9
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def cpu_model() -> str:
     """The CPU's model name as the kernel reports it (``platform.processor()`` is empty on
     most Linux machines)."""

@@ -110,3 +110,13 @@ def builder_model(builder: GraphBuilder, functions: Sequence[onnx.FunctionProto]
 def value(name: str, dtype: ir.DataType, shape: Sequence[int | str | None]) -> ir.Value:
     """A typed value with a (partly symbolic) shape: a graph input or a named output."""
     return ir.val(name, dtype, shape)
+
+
+def function_proto(function: ir.Function) -> onnx.FunctionProto:
+    """The FunctionProto of an onnx-ir function (``onnxscript.build_function``'s result),
+    without the builder's inferred types and scope notes, as :func:`builder_model` does."""
+    proto = ir.serde.serialize_function(function)
+    del proto.value_info[:]
+    for node in proto.node:
+        del node.metadata_props[:]
+    return proto

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from generator.errors import UsageError
+from generator.project import PYPROJECT, setting_list
 
 ENTRY_POINT_GROUP = "onnx_genai_proposals.runtimes"
 _RUNTIME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # a matrix column and a baseline key
@@ -191,23 +192,12 @@ def check_class(cls: type[Runtime], target: str) -> None:
         raise UsageError(f"runtime {target!r}: shares_divergences_with must be a tuple of runtime names")
 
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
-
-
 def configured(pyproject: Path = PYPROJECT) -> list[str]:
     """The ``module:Class`` plug-ins this project's own matrix includes, from
     ``[tool.onnx-genai-proposals] runtimes`` in pyproject.toml: engines wrapped through the
     same public interface an outside team uses, which an uninstalled source tree cannot
     register as entry points."""
-    import tomllib
-
-    if not pyproject.is_file():
-        return []
-    settings = tomllib.loads(pyproject.read_text()).get("tool", {}).get("onnx-genai-proposals", {})
-    targets = settings.get("runtimes", [])
-    if not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
-        raise UsageError(f"{pyproject}: [tool.onnx-genai-proposals] runtimes must be a list of 'module:Class' strings")
-    return targets
+    return setting_list("runtimes", pyproject)
 
 
 def available(extra: Sequence[str] = ()) -> list[Runtime]:

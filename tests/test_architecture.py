@@ -22,10 +22,11 @@ PROPOSAL_IMPORTS: dict[str, frozenset[str]] = {
     "kv_cache": frozenset(),
     "moe": frozenset(),
     "paged_attention": frozenset({"kv_cache"}),
-    # kv_cache's decoder layer; paged_attention's rewrite and block manager (the paged serving backend)
-    "text_pipeline": frozenset({"kv_cache", "paged_attention"}),
-    # kv_cache's cache step, text_pipeline's decoders, moe's bandwidth probe (bench only)
-    "quantized_attention": frozenset({"kv_cache", "text_pipeline", "moe"}),
+    # kv_cache's decoder layer; paged_attention's rewrite (every decoder in a test) and block manager (paged serving);
+    # moe's conversion of transformers MoE blocks, function op and substitution (MoE decoders)
+    "text_pipeline": frozenset({"kv_cache", "paged_attention", "moe"}),
+    # kv_cache's cache step, text_pipeline's decoders (accuracy study, the pipeline's KV-cache format)
+    "quantized_attention": frozenset({"kv_cache", "text_pipeline"}),
 }
 
 # Zoo topics that belong to the conformance layer: their cases are built from its repros and

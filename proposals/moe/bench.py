@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,7 +25,7 @@ import onnx
 import onnx.inliner
 import onnx_ir as ir
 
-from generator.bench import plot_ratios, time_interleaved, write_json
+from generator.bench import memory_bandwidth_gbs, plot_ratios, time_interleaved, write_json
 from generator.onnx_build import builder_model, graph_builder, seeded
 from generator.ort import session
 from proposals.moe.build import moe_model
@@ -45,23 +44,6 @@ GATHER = "gather-per-slot body"
 EAGER = "transformers eager (1 thread)"
 GOALS = {FUSED: 1 / 0.95, BODY: 1.5}  # the most time / kernel time each may take
 ROOFLINE_MAX_TOKENS = 16  # above this the expert GEMMs are compute-bound
-
-
-def memory_bandwidth_gbs(mib: int = 256) -> float:
-    """DRAM read bandwidth: torch sum over a buffer far larger than the caches."""
-    import torch
-
-    torch.set_num_threads(2)
-    buf = torch.ones(mib * (1 << 20) // 4)
-    buf.sum()
-    best = min(_timed(buf.sum) for _ in range(10))  # the best of 10: other jobs share the cores
-    return mib * (1 << 20) / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # --8<-- [start:kernel]

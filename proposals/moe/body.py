@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxscript
-from onnx import helper
 from onnxscript import OpBuilder, script, values
 from onnxscript import opset21 as op
 
@@ -26,6 +25,7 @@ from proposals.moe.schema import ATTRIBUTES, INPUT_NAMES, OPSET, SCHEMA, resolve
 GENAI = values.Opset(PROPOSAL_DOMAIN, 1)
 NEG_INF = float("-inf")
 TO_THE_END = np.array([np.iinfo(np.int64).max])  # Slice's end: the end of the axis
+BODY_OPSETS = {"": OPSET, PROPOSAL_DOMAIN: 1}  # what every body function imports inside a model
 
 
 # --8<-- [start:grouped_matmul]
@@ -357,47 +357,35 @@ def build_function(attrs: Mapping[str, object], present: Sequence[str]) -> list[
         used = used - {"GroupedMatMul"} | {"GroupedMatMulBias"}
     used |= {callee for name in used for callee in _DEPENDS.get(name, ())}
     order = sorted(used, key=lambda name: (name not in _CALLEES, name))
-    pieces = [piece_proto(name) for name in order]
-    for piece in pieces:
-        del piece.opset_import[:]
-        piece.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
+    pieces = [piece_proto(name, BODY_OPSETS) for name in order]
     return [*pieces, moe]
 
 
 # --8<-- [end:builder]
 
 
-def piece_proto(name: str) -> onnx.FunctionProto:
-    """A piece's FunctionProto, with an explicit true condition on each Loop.
+def piece_proto(name: str, opsets: Mapping[str, int] | None = None) -> onnx.FunctionProto:
+    """A piece's FunctionProto, with an explicit true condition on each Loop, and the
+    given opset imports (``BODY_OPSETS`` inside a model) instead of onnxscript's.
 
     onnxscript leaves a ``for`` loop's condition input empty, which the spec allows,
     but onnx 1.23's ReferenceEvaluator then runs no iteration at all.
     """
-    proto = PIECES[name].to_function_proto()
+    function = ir.serde.deserialize_function(PIECES[name].to_function_proto())
+    if opsets is not None:
+        function.opset_imports.clear()
+        function.opset_imports.update(opsets)
     if name == "GroupedMatMulBias":  # the RFC's with-bias body carries the op's own name
-        proto.name = "GroupedMatMul"
-    for graph_owner in _loops(proto.node):
-        if graph_owner.input[1] == "":
-            graph_owner.input[1] = "loop_forever"
-            proto.node.insert(
-                0,
-                helper.make_node(
-                    "Constant",
-                    [],
-                    ["loop_forever"],
-                    value=helper.make_tensor("loop_forever", onnx.TensorProto.BOOL, [], [True]),
-                ),
-            )
-    return proto
-
-
-def _loops(nodes: Sequence[onnx.NodeProto]):
-    for node in nodes:
-        if node.op_type == "Loop":
-            yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _loops(attr.g.node)
+        function.name = "GroupedMatMul"
+    loops = [n for n in ir.traversal.RecursiveGraphIterator(function) if n.op_type == "Loop" and n.inputs[1] is None]
+    for loop in loops:
+        tape = ir.tape.Tape()
+        forever = tape.op(
+            "Constant", [], {"value": ir.tensor(True)}, name="loop_forever", output=ir.val("loop_forever")
+        )
+        function.insert_before(next(iter(function)), tape.nodes)
+        loop.replace_input_with(1, forever)
+    return ir.serde.serialize_function(function)
 
 
 def _check_present(present: set[str]) -> None:

@@ -66,6 +66,20 @@ def parity_table() -> str:
     return "\n".join(rows)
 
 
+def parity_families() -> str:
+    """'N transformers model families' (inline): the families :func:`parity_table` checks."""
+    from proposals.moe.families import SUPPORTED
+
+    return f"{len(SUPPORTED)} transformers model families"
+
+
+def export_families() -> str:
+    """'N families' (inline): the tiny causal LMs the export path checks."""
+    from proposals.moe.families import CAUSAL_LM
+
+    return f"{len(CAUSAL_LM)} families"
+
+
 def substitution_table() -> str:
     """Each family: what the com.microsoft.MoE rewrite did, and the output difference."""
     from proposals.moe.families import SUPPORTED, tiny_block

@@ -15,6 +15,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
 from onnxscript import values
 
@@ -175,10 +176,11 @@ def attach_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
             "one FunctionProto per (domain, name) needs a single configuration"
         )
     ((attrs, present),) = configs
-    proto.functions.extend(build_function(dict(attrs), present))
-    if not any(o.domain == PROPOSAL_DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(onnx.helper.make_opsetid(PROPOSAL_DOMAIN, 1))
-    return stamp(proto)
+    model = ir.from_proto(proto)
+    for function in map(ir.serde.deserialize_function, build_function(dict(attrs), present)):
+        model.functions[function.identifier()] = function
+    model.opset_imports.setdefault(PROPOSAL_DOMAIN, 1)
+    return stamp(ir.to_proto(model))
 
 
 def _attrs_key(node: onnx.NodeProto) -> tuple:

@@ -253,6 +253,30 @@ CAUSAL_LM = {
         "GptOssForCausalLM",
         {"intermediate_size": 12, "num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8},
     ),
+    "deepseek_v3": (  # MLA attention; sigmoid scores, selection-only bias, group-limited top-k, shared expert
+        "DeepseekV3Config",
+        "DeepseekV3ForCausalLM",
+        {
+            "intermediate_size": 24,
+            "moe_intermediate_size": 12,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_group": 4,
+            "topk_group": 2,
+            "n_shared_experts": 1,
+            "routed_scaling_factor": 2.5,
+            "norm_topk_prob": True,
+            "first_k_dense_replace": 0,
+            "q_lora_rank": 8,
+            "kv_lora_rank": 8,
+            "qk_rope_head_dim": 4,
+            "qk_nope_head_dim": 4,
+            "v_head_dim": 8,
+            # MLA expands its latent keys to every head; with fewer KV heads, transformers'
+            # SDPA path under torch.export repeats them again (query 2 heads, key 4)
+            "num_key_value_heads": 2,
+        },
+    ),
 }
 
 
@@ -264,15 +288,15 @@ def tiny_causal_lm(family: str, seed: int = 0):
     if family not in CAUSAL_LM:
         raise UsageError(f"no tiny causal LM for {family!r}; valid: {sorted(CAUSAL_LM)}")
     config_cls, model_cls, fields = CAUSAL_LM[family]
-    config = getattr(transformers, config_cls)(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-        **fields,
-    )
+    base = {
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 32,
+    }
+    config = getattr(transformers, config_cls)(**(base | fields))
     build = getattr(transformers, model_cls)
     return seeded_model(lambda: build(config), seed, config.initializer_range, centre=norm_centre)
 

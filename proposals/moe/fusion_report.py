@@ -1,9 +1,10 @@
-"""Fusion hit rate over every family zoo case, in four forms, written to
+"""Fusion hit rate over every family zoo case, in six forms, written to
 ``proposals/moe/bench/fusion.json`` by ``make bench`` and rendered on the MoE page.
 
 Forms: the MoE function op (its body inlined, GroupedMatMul kept), the fully inlined
 body (GroupedMatMul's If too), the gather-per-slot body (GroupedMatMul as the RFC's
-Gather + MatMul, inlined), and the primitive form a model builder emits. A hit must
+Gather + MatMul, inlined), the primitive form a model builder emits, and the dense
+all-experts form, batched and as a per-expert loop (mobius-onnx's spelling). A hit must
 also give the case's expected outputs on onnxruntime; a miss records why.
 """
 
@@ -22,7 +23,8 @@ from proposals.moe.fusion import fuse
 from proposals.moe.ort_moe import node_attrs, why_not
 from proposals.moe.schema import INPUT_NAMES, SCHEMA
 
-FORMS = ("function op", "inlined body", "gather-per-slot", "primitive")
+FORMS = ("function op", "inlined body", "gather-per-slot", "primitive", "dense all-experts", "dense, per-expert loop")
+BUILT = ("primitive", "dense all-experts", "dense, per-expert loop")  # from the case's arrays, X as [T, H]
 
 
 def family_cases(names: tuple[str, ...] | None = None) -> list:
@@ -38,7 +40,7 @@ def _moe_node(model: onnx.ModelProto) -> onnx.NodeProto:
 
 def _form(model: onnx.ModelProto, form: str) -> onnx.ModelProto:
     from proposals.moe.grouped_matmul import with_gather_per_slot_body
-    from proposals.moe.primitive import primitive_model
+    from proposals.moe.primitive import dense_model, primitive_model
 
     if form == "function op":
         return model
@@ -50,7 +52,9 @@ def _form(model: onnx.ModelProto, form: str) -> onnx.ModelProto:
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     arrays = {f: inits[v] for f, v in zip(INPUT_NAMES, node.input, strict=False) if v in inits}
     arrays["X"] = np.zeros((1, arrays["router_weight"].shape[0]), np.float32)
-    return primitive_model(arrays, node_attrs(node))
+    if form == "primitive":
+        return primitive_model(arrays, node_attrs(node))
+    return dense_model(arrays, node_attrs(node), unrolled=form == "dense, per-expert loop")
 
 
 def _row(name: str, case, form: str) -> dict:
@@ -60,7 +64,8 @@ def _row(name: str, case, form: str) -> dict:
     try:
         source = _form(case.model, form)
     except UsageError as err:
-        return {"case": name, "form": form, "fused": False, "reason": f"not built: {err}"}
+        reason = f"{semantic}; not built: {err}" if semantic else f"not built: {err}"
+        return {"case": name, "form": form, "fused": False, "reason": reason}
     fused, report = fuse(source)
     if not report["fused"]:
         reason = "; ".join(report["misses"]) or f"no rule matches ({semantic or 'unexpected: the kernel could'})"
@@ -68,7 +73,7 @@ def _row(name: str, case, form: str) -> dict:
     err = 0.0
     for data in case.datasets:
         x = data.inputs["hidden_states"]
-        feed = {fused.graph.input[0].name: x.reshape(-1, x.shape[-1]) if form == "primitive" else x}
+        feed = {fused.graph.input[0].name: x.reshape(-1, x.shape[-1]) if form in BUILT else x}
         got = session(fused, threads=1).run(None, feed)[0].reshape(data.outputs["output"].shape)
         err = max(err, float(np.abs(got - data.outputs["output"]).max()))
     return {"case": name, "form": form, "fused": True, "max_abs_diff_vs_expected": err}
@@ -99,19 +104,26 @@ def hit_rate() -> str:
 
 
 def fusion_table() -> str:
-    """Each family case x form: fused (max error vs the case's expected outputs) or why not."""
+    """Each family case x form: fused (max error vs the case's expected outputs) or the
+    number of the reason it missed, the reasons listed once below the table."""
     rows = load()
     by_case: dict[str, dict[str, dict]] = {}
+    reasons: dict[str, int] = {}
     for r in rows:
         by_case.setdefault(r["case"], {})[r["form"]] = r
+        if not r["fused"]:
+            reasons.setdefault(r["reason"], len(reasons) + 1)
     lines = ["| case | " + " | ".join(FORMS) + " |", "|---|" + "---|" * len(FORMS)]
     for case_name, forms in by_case.items():
         cells = [
-            f"fused ({forms[f]['max_abs_diff_vs_expected']:.1e})" if forms[f]["fused"] else forms[f]["reason"]
+            f"fused ({forms[f]['max_abs_diff_vs_expected']:.1e})"
+            if forms[f]["fused"]
+            else f"missed ({reasons[forms[f]['reason']]})"
             for f in FORMS
         ]
         lines.append(f"| {case_name} | " + " | ".join(cells) + " |")
-    return f"Hit rate, {hit_rate()}.\n\n" + "\n".join(lines)
+    legend = "\n".join(f"{n}. {reason}" for reason, n in reasons.items())
+    return f"Hit rate, {hit_rate()}.\n\n" + "\n".join(lines) + "\n\nWhy each miss:\n\n" + legend
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import helper
 from onnxscript import opset21 as op
 from onnxscript import script
 
 from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder
 from generator.opspec import OpSchema, Parameter, TypeConstraint, render_spec
 from generator.registry import select
-from proposals.moe.body import GENAI, GroupedMatMul, piece_proto
+from proposals.moe.body import BODY_OPSETS, GENAI, GroupedMatMul, piece_proto
 from proposals.moe.schema import OPSET
 
 FLOATS = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
@@ -130,23 +129,19 @@ def GroupedMatMulND(input, weights, group_indices):
 def functions(*, bias: bool, nd: bool = False) -> list[onnx.FunctionProto]:
     """The model-local functions a GroupedMatMul (or GroupedMatMulND) node needs: the
     context-dependent body for this bias presence, then the variant's wrapper."""
-    core = piece_proto("GroupedMatMulBias" if bias else "GroupedMatMul")
-    _fix_opsets(core)
+    core = piece_proto("GroupedMatMulBias" if bias else "GroupedMatMul", BODY_OPSETS)
     if not nd:
         return [core]
-    wrapper = GroupedMatMulND.to_function_proto()
+    wrapper = ir.serde.deserialize_function(GroupedMatMulND.to_function_proto())
     if bias:  # the wrapper forwards the optional bias: one more formal input and call input
-        wrapper.input.append("bias")
-        for node in wrapper.node:
-            if node.op_type == "GroupedMatMul":
-                node.input.append("bias")
-    _fix_opsets(wrapper)
-    return [core, wrapper]
-
-
-def _fix_opsets(proto: onnx.FunctionProto) -> None:
-    del proto.opset_import[:]
-    proto.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(PROPOSAL_DOMAIN, 1)])
+        forwarded = ir.Value(name="bias")
+        wrapper.inputs.append(forwarded)
+        call = next(n for n in wrapper if n.op_type == "GroupedMatMul")
+        call.resize_inputs(4)
+        call.replace_input_with(3, forwarded)
+    wrapper.opset_imports.clear()
+    wrapper.opset_imports.update(BODY_OPSETS)
+    return [core, ir.serde.serialize_function(wrapper)]
 
 
 def grouped_matmul_model(
@@ -205,13 +200,13 @@ def GatherPerSlotBias(input, weights, group_indices, bias):
 
 def with_gather_per_slot_body(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with GroupedMatMul's body replaced by the RFC's gather-per-slot decomposition."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for i, f in enumerate(out.functions):
-        if f.name == "GroupedMatMul":
-            replacement = (GatherPerSlotBias if len(f.input) > 3 else GatherPerSlot).to_function_proto()
+    out = ir.serde.deserialize_model(model)
+    for key, body in out.functions.items():
+        if body.name == "GroupedMatMul":
+            form = GatherPerSlotBias if len(body.inputs) > 3 else GatherPerSlot
+            replacement = ir.serde.deserialize_function(form.to_function_proto())
             replacement.name = "GroupedMatMul"
-            replacement.ClearField("opset_import")
-            replacement.opset_import.extend(f.opset_import)
-            out.functions[i].CopyFrom(replacement)
-    return out
+            replacement.opset_imports.clear()
+            replacement.opset_imports.update(body.opset_imports)
+            out.functions[key] = replacement
+    return ir.serde.serialize_model(out)

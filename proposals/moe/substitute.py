@@ -12,6 +12,8 @@ the (constant) expert weights once.
 
 from __future__ import annotations
 
+import copy
+
 import onnx
 
 from generator.onnx_build import stamp
@@ -35,9 +37,7 @@ def substitute(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]
             reason = why_not(node_attrs(node), set(names), {f for f, v in names.items() if v in constants})
             report[node.name or node.output[0]] = reason or "com.microsoft.MoE"
     if not any(r == "com.microsoft.MoE" for r in report.values()):
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        return out, report
+        return copy.deepcopy(model), report
     if any(r != "com.microsoft.MoE" for r in report.values()):
         raise NotImplementedError("a model mixing expressible and other MoE nodes")  # one body per model
     fused, fusion_report = fuse(model)

@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import onnx.inliner
 import onnx_ir as ir
-from onnx import helper
 
 from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder, stamp
 from proposals.paged_attention.function_op import OPSET, PagedAttention
@@ -75,7 +74,6 @@ def paged_model(shape: PagedShape, *, inline: bool = True) -> onnx.ModelProto:
     model = builder_model(b, functions=[PagedAttention.to_function_proto()])
     if not inline:
         return model
-    flat = onnx.inliner.inline_local_functions(model)
-    del flat.opset_import[:]
-    flat.opset_import.append(helper.make_opsetid("", OPSET))
-    return stamp(flat)
+    flat = ir.from_proto(onnx.inliner.inline_local_functions(model))
+    flat.opset_imports.pop(PROPOSAL_DOMAIN)  # inlined: nothing calls the proposal's domain
+    return stamp(ir.to_proto(flat))

@@ -24,7 +24,6 @@ from generator import bench
 from generator.ort import session
 from proposals.kv_cache import inplace
 from proposals.kv_cache.build import cache_step_model
-from proposals.moe.bench import memory_bandwidth_gbs
 from proposals.quantized_attention import build, gqa
 from proposals.quantized_attention.reference import CacheQuant, calibrate
 
@@ -88,7 +87,7 @@ def measure(lengths, bandwidth_gbs: float, **timing) -> list[dict]:
 def main(quick: bool = False) -> None:
     """Measure; ``quick`` is a seconds-long smoke run that writes nothing."""
     timing = {"batches": 3, "min_batch_s": 0.002} if quick else {"batches": 9, "min_batch_s": 0.05}
-    bandwidth = memory_bandwidth_gbs(32 if quick else 256)
+    bandwidth = bench.memory_bandwidth_gbs(32 if quick else 256)
     print(f"DRAM read bandwidth: {bandwidth:.1f} GB/s")
     print("Decode step (B=1, 32 q heads, 8 kv heads, head_dim 128, in place):")
     rows = measure(QUICK_LENGTHS if quick else FULL_LENGTHS, bandwidth, **timing)

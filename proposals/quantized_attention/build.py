@@ -91,7 +91,7 @@ def _scale_inputs(b: GraphBuilder, prefix: str, quant: CacheQuant, dims: tuple) 
     return [b.input(f"past_{prefix}_scale", F32, ["batch", kv_heads, max_len, groups])]
 
 
-def _cache_io(
+def cache_io(
     op: OpBuilder, prefix: str, rows: ir.Value, quant: CacheQuant, pasts: list[ir.Value], batch, write, dims, mode
 ) -> tuple[list[ir.Value], ir.Value]:
     """Quantize ``rows``, scatter them (and their scales) into the caches, dequantize the cache.
@@ -149,8 +149,8 @@ def quant_cache_step_model(
     v_past += _scale_inputs(b, "value", v_quant, dims)
     write, nonpad = b.input("write_indices", I64, ["batch"]), b.input("nonpad_kv_seqlen", I64, ["batch"])
     batch = op.Shape(k, start=0, end=1, _name="batch_size")
-    k_out, key = _cache_io(op, "key", k, k_quant, k_past, batch, write, dims, mode)
-    v_out, value = _cache_io(op, "value", v, v_quant, v_past, batch, write, dims, mode)
+    k_out, key = cache_io(op, "key", k, k_quant, k_past, batch, write, dims, mode)
+    v_out, value = cache_io(op, "value", v, v_quant, v_past, batch, write, dims, mode)
     window = {} if left_window_size < 0 else {"left_window_size": left_window_size, "right_window_size": 0}
     y = op.Attention(q, key, value, None, None, None, nonpad, is_causal=1, **window, _name="attention")
     b.add_output(y, "y")

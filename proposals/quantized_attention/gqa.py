@@ -46,7 +46,13 @@ NO_GQA_FORM = {
     "circular": "GQA writes at seqlens_k, a linear position; a circular cache has no GQA form",
     "mixed": "GQA's kv_cache_bit_width is shared by K and V, so both caches must have the same dtype",
     "attributes": "this rewrite maps is_causal=1 only; GQA's local_window_size, softcap and scale are not mapped yet",
+    "gqa_attributes": (
+        "from_gqa maps num_heads, kv_num_heads, k/v_quant_type and kv_cache_bit_width only: the standard step "
+        "it rebuilds (quant_cache_step_model) has no window, softcap, scale or rotary setting"
+    ),
 }
+# GroupQueryAttention attributes from_gqa reads; any other one it refuses (NO_GQA_FORM["gqa_attributes"]).
+MAPPED_GQA_ATTRIBUTES = frozenset({"num_heads", "kv_num_heads", "k_quant_type", "v_quant_type", "kv_cache_bit_width"})
 # --8<-- [end:reasons]
 
 
@@ -250,6 +256,9 @@ def from_gqa(model: onnx.ModelProto) -> onnx.ModelProto:
     """GroupQueryAttention step (:func:`gqa_step_model`) -> the standard form that computes the same."""
     graph = ir.serde.deserialize_model(model).graph
     gqa = next(n for n in graph if n.op_type == "GroupQueryAttention")
+    unmapped = sorted(set(gqa.attributes) - MAPPED_GQA_ATTRIBUTES)
+    if unmapped:  # e.g. local_window_size, softcap, scale: refused, never silently dropped
+        raise UsageError(f"GroupQueryAttention sets {', '.join(unmapped)}; {NO_GQA_FORM['gqa_attributes']}")
     bits = gqa.attributes.get_int("kv_cache_bit_width", 8)
     dtype = {8: "int8", 4: "int4"}[bits]
     quants = []

@@ -1,4 +1,4 @@
-"""``python -m proposals.text_pipeline "prompt" --backend onnxruntime --max-new-tokens 32``
+"""``python -m proposals.text_pipeline "prompt" --backend onnxruntime --max-new-tokens 32 [--kv-cache int8]``
 
 Streams the generated text as tokens are produced. The model folder defaults to the
 zoo's (``zoo/text_pipeline/<arch>_decoder``); when the zoo is not written yet the same
@@ -13,8 +13,9 @@ import tempfile
 from pathlib import Path
 
 from generator.errors import UsageError
+from proposals.text_pipeline.cache_formats import cache_format, cache_format_names
 from proposals.text_pipeline.config import GenerationInput, SamplingConfig
-from proposals.text_pipeline.factory import backend_names, create_pipeline, enumerate_devices
+from proposals.text_pipeline.factory import Device, backend_names, create_pipeline, enumerate_devices
 from proposals.text_pipeline.families import ARCHITECTURES
 from proposals.text_pipeline.folder import write_folder, zoo_folder
 
@@ -31,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="llama", help=f"zoo model: {', '.join(ARCHITECTURES)}")
     p.add_argument("--model-dir", type=Path, help="a pipeline model folder (overrides --arch)")
     p.add_argument("--device", default=None, help="device identifier (default: the backend's first)")
+    p.add_argument(
+        "--kv-cache",
+        default=None,
+        metavar="FORMAT",
+        help=f"KV-cache format, the device's kv_cache setting: {', '.join(cache_format_names())} (default: float32)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--min-new-tokens", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
@@ -55,9 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         prompt = GenerationInput(args.prompt)  # a prompt that is not UTF-8 fails first
-        enumerate_devices(args.backend)  # an unknown backend fails before any model is built
+        devices = enumerate_devices(args.backend)  # an unknown backend fails before any model is built
+        device = args.device
+        if args.kv_cache is not None:
+            cache_format(args.kv_cache)  # an unknown format too
+            device = Device(args.device or devices[0].identifier, {"kv_cache": args.kv_cache})
         with tempfile.TemporaryDirectory() as scratch:
-            pipeline = create_pipeline(args.backend, _model_dir(args, Path(scratch)), args.device)
+            pipeline = create_pipeline(args.backend, _model_dir(args, Path(scratch)), device)
             base = pipeline.get_generation_config()
             pipeline.set_generation_config(
                 base.with_(

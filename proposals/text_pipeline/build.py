@@ -30,14 +30,19 @@ import onnx_ir as ir
 from onnxscript import OpBuilder
 
 from generator.errors import UsageError
-from generator.onnx_build import builder_model, graph_builder
+from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder
 from generator.torch_reference import float64_mode
 from proposals.kv_cache.build import FLOAT, INT64, AttentionWeights, CacheInputs, Rope, attention_block
+from proposals.text_pipeline.moe_mlp import is_moe_block, moe_mlp, retarget
 
 OPSET = 24
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin independent of length
 CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")
+# MoE decoders: the MLP of a layer is the MoE proposal's function op (moe_mlp.py)
+MOE_MODEL_TYPES = ("qwen3_moe", "mixtral")
+SUPPORTED_MODEL_TYPES += MOE_MODEL_TYPES
+CAUSAL_LM_CLASSES += ("Qwen3MoeForCausalLM", "MixtralForCausalLM")
 
 
 # --8<-- [start:spec]
@@ -203,6 +208,26 @@ def _mlp(op: OpBuilder, x: ir.Value, mlp) -> ir.Value:
     return _linear(op, gated, mlp.down_proj, "down_proj")
 
 
+def _layer_mlp(op: OpBuilder, x: ir.Value, mlp, functions: dict[str, onnx.FunctionProto]) -> ir.Value:
+    """The dense SwiGLU, or for an MoE block one MoE function-op node whose body's
+    functions are collected in ``functions`` (one body per model: every layer's must agree)."""
+    if not is_moe_block(mlp):
+        return _mlp(op, x, mlp)
+    y, bodies = moe_mlp(op, x, mlp)
+    for body in retarget(bodies, OPSET):
+        known = functions.setdefault(body.name, body)
+        if known.SerializeToString() != body.SerializeToString():
+            raise UsageError(f"MoE layers of different structure (the {body.name} bodies differ); supported: one kind")
+    return y
+
+
+def _with_moe_domain(b, functions: dict[str, onnx.FunctionProto]) -> list[onnx.FunctionProto]:
+    """The collected MoE functions; the graph then imports their domain too."""
+    if functions:
+        b.graph.opset_imports[PROPOSAL_DOMAIN] = 1
+    return list(functions.values())
+
+
 @dataclass(frozen=True)
 class _Steps:
     """What every layer's cache step shares, all derived from ``write_indices``."""
@@ -240,7 +265,8 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     Llama, Qwen2, Qwen3 or Mistral causal LM, weights stored as initializers.
 
     Each layer's attention is the KV-cache proposal's :func:`attention_block`; this
-    function adds the embedding, the norms, the MLPs and the language-model head."""
+    function adds the embedding, the norms, the MLPs and the language-model head. An MoE
+    block (Qwen3-MoE, Mixtral) becomes the MoE proposal's function op (``moe_mlp.py``)."""
     spec = causal_lm_spec(hf_causal_lm)
     body = hf_causal_lm.model
     b = graph_builder(f"{spec.model_type}_decoder", {"": OPSET})
@@ -258,6 +284,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     cos, sin = b.initializer(ir.tensor(cos), "rope.cos_cache"), b.initializer(ir.tensor(sin), "rope.sin_cache")
     rope = Rope(cos, sin, steps.positions)
     embed = b.initializer(ir.tensor(_weight(body.embed_tokens.weight)), "embed_tokens.weight")
+    functions: dict[str, onnx.FunctionProto] = {}  # the MoE function op's body, if any layer is MoE
     x = op.Gather(embed, input_ids, axis=0)
     presents = []
     for i, (layer, (past_key, past_value)) in enumerate(zip(body.layers, pasts, strict=True)):
@@ -278,7 +305,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         x = op.Add(x, attn)
         h = _rms_norm(op, x, layer.post_attention_layernorm, "post_attention_layernorm")
         b.push_module("mlp")
-        x = op.Add(x, _mlp(op, h, layer.mlp))
+        x = op.Add(x, _layer_mlp(op, h, layer.mlp, functions))
         b.pop_module()
         b.pop_module()
         presents += [(present_key, f"present_key_{i}"), (present_value, f"present_value_{i}")]
@@ -290,7 +317,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     b.add_output(op.MatMul(x, head), "logits")
     for value, name in presents:
         b.add_output(value, name)
-    model = builder_model(b)
+    model = builder_model(b, _with_moe_domain(b, functions))
     model.metadata_props.extend([onnx.StringStringEntryProto(key=k, value=str(v)) for k, v in vars(spec).items()])
     return model
 

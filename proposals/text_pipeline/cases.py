@@ -103,3 +103,9 @@ def qwen3_decoder() -> Case:
 def mistral_decoder() -> Case:
     """Tiny Mistral decoder (sliding window 16: circular cache), tokenizer and config."""
     return decoder_case("mistral")
+
+
+@case
+def qwen3_moe_decoder() -> Case:
+    """Tiny Qwen3-MoE decoder (every MLP the MoE function op: 8 experts, top 2), tokenizer and config."""
+    return decoder_case("qwen3_moe")

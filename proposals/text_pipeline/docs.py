@@ -180,3 +180,82 @@ def serving_session_shares() -> str:
     base = percent(_served("contiguous")[0]["session_share"])
     paged = percent_range((r["session_share"] for r in _served("paged")), 0)
     return f"{base} for the contiguous baseline and {paged} for the paged runs"
+
+
+def _kv_rows() -> list[dict]:
+    return load_results(TOPIC, "kv_cache")["rows"]
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1024:g} KiB" if n >= 1024 else f"{n:g} B"
+
+
+def _slots(row: dict) -> int:
+    """Token slots one full-context sequence allocates (a circular cache: its window)."""
+    return round(row["cache_bytes_at_context"] / row["cache_bytes_per_token"])
+
+
+def kv_cache_table() -> str:
+    """Each KV-cache format on each seeded decoder: greedy agreement with the float32 cache
+    and the cache memory read off the graph (``bench/kv_cache.json``)."""
+    rows = []
+    for r in _kv_rows():
+        rows.append(
+            [
+                r["arch"],
+                f"`{r['kv_cache']}`",
+                f"{r['equal_tokens']}/{r['tokens']} ({percent(r['token_agreement'])})",
+                r["identical_prefix_tokens"],
+                _bytes(r["cache_bytes_per_token"]),
+                f"{_bytes(r['cache_bytes_at_context'])} ({_slots(r)} slots)",
+                percent(r["bytes_ratio_to_float32"], 1),
+            ]
+        )
+    header = [
+        "decoder",
+        "KV cache",
+        "greedy tokens equal to float32's",
+        "identical prefix (tokens)",
+        "cache / token",
+        "cache / full-context sequence",
+        "of float32",
+    ]
+    return markdown_table(header, rows, align="llrrrrr")
+
+
+def kv_cache_setup() -> str:
+    """How the agreement was measured, from the committed run's setup."""
+    setup = load_results(TOPIC, "kv_cache")["setup"]
+    return (
+        f"{setup['new_tokens']} {setup['decoding']} tokens for each of {len(setup['prompts'])} prompts on the "
+        f"{setup['backend']} backend"
+    )
+
+
+def kv_cache_summary() -> str:
+    """One sentence: what each non-float32 format saves and how often it agrees."""
+    parts = []
+    formats = sorted({r["kv_cache"] for r in _kv_rows()} - {"float32"})
+    for name in formats:
+        rows = [r for r in _kv_rows() if r["kv_cache"] == name]
+        agreement = ", ".join(f"{r['arch']} {percent(r['token_agreement'])}" for r in rows)
+        parts.append(
+            f"`{name}` stores the cache in {percent_range(r['bytes_ratio_to_float32'] for r in rows)} of "
+            f"float32's bytes and agrees with float32's greedy tokens on {agreement}"
+        )
+    return "; ".join(parts) + "."
+
+
+def kv_cache_near_ties() -> str:
+    """Where the quantized runs leave float32's tokens: float32's top-two logit gap there,
+    against its median gap over every step."""
+    rows = [r for r in _kv_rows() if r["kv_cache"] != "float32"]
+    at = [m for r in rows for m in r["float32_margin_at_divergence"]]
+    medians = sorted(r["float32_median_margin"] for r in rows)
+    if not at:
+        return "No quantized run diverges from float32"
+    return (
+        f"Each of the {len(at)} prompt runs that diverge does so at a step where float32's top two logits are "
+        f"{min(at):.3f} to {max(at):.3f} apart, while the median gap over all steps is "
+        f"{medians[0]:.2f} to {medians[-1]:.2f}: near-ties that the int8 rounding tips over"
+    )

@@ -53,18 +53,21 @@ def enumerate_devices(backend: str) -> list[Device]:
 
 def create_pipeline(backend: str, model_dir: str | Path, device: str | Device | None = None) -> Pipeline:
     """``Text2TextPipelineFactory::Create``: a pipeline for a model folder on a device
-    (by identifier; the backend's first device when None)."""
+    (by identifier; the backend's first device when None). A ``Device`` passed with a
+    config overrides the settings that device declares (e.g. ``{"kv_cache": "int8"}``,
+    ``{"moe": "substitute"}``)."""
     entry = _backend(backend)
     devices = entry.enumerate()
     if device is None:
-        chosen = devices[0]
-    else:
-        wanted = device.identifier if isinstance(device, Device) else device
-        matches = [d for d in devices if d.identifier == wanted]
-        if not matches:
-            valid = ", ".join(d.identifier for d in devices)
-            raise UsageError(f"backend {backend!r} has no device {wanted!r}; valid: {valid}")
-        chosen = matches[0]
+        return entry.create(Path(model_dir), devices[0])
+    wanted = device.identifier if isinstance(device, Device) else device
+    matches = [d for d in devices if d.identifier == wanted]
+    if not matches:
+        valid = ", ".join(d.identifier for d in devices)
+        raise UsageError(f"backend {backend!r} has no device {wanted!r}; valid: {valid}")
+    chosen = matches[0]
+    if isinstance(device, Device) and device.config:
+        chosen = Device(chosen.identifier, {**chosen.config, **_settings(backend, chosen, device.config)})
     return entry.create(Path(model_dir), chosen)
 
 
@@ -75,3 +78,15 @@ def _backend(name: str) -> Backend:
     if name not in _BACKENDS:
         raise UsageError(f"unknown backend {name!r}; valid: {', '.join(backend_names())}")
     return _BACKENDS[name]
+
+
+def _settings(backend: str, device: Device, wanted: Mapping[str, object]) -> Mapping[str, object]:
+    """The settings a caller asks for, each one the device declares (a backend that does not
+    declare ``kv_cache`` has no cache format to choose)."""
+    unknown = sorted(set(wanted) - set(device.config))
+    if unknown:
+        valid = ", ".join(sorted(device.config)) or "none"
+        raise UsageError(
+            f"backend {backend!r} device {device.identifier!r} has no setting {unknown[0]!r}; its settings: {valid}"
+        )
+    return wanted

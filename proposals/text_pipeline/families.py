@@ -39,6 +39,23 @@ ARCHITECTURES = {
 }
 SEEDS = {"llama": 1, "qwen2": 2, "qwen3": 3, "mistral": 4}
 
+# MoE decoders: every layer's MLP is a block of routed experts (the MoE proposal's op).
+# Experts are small so a zoo file stays under 1 MiB: 8 x 32 (Qwen3-MoE), 4 x 64 (Mixtral).
+MOE_ARCHITECTURES = {
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {"moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": True},
+    ),
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {"intermediate_size": 64, "num_local_experts": 4, "num_experts_per_tok": 2},
+    ),
+}
+ARCHITECTURES.update(MOE_ARCHITECTURES)
+SEEDS.update({"qwen3_moe": 21, "mixtral": 22})
+
 
 def tiny_config(arch: str, **overrides):
     """The transformers config of a tiny ``arch`` model (overrides win)."""
@@ -56,5 +73,7 @@ def tiny_model(arch: str, **overrides):
 
     config = tiny_config(arch, **overrides)
     config._attn_implementation = "eager"
+    if arch in MOE_ARCHITECTURES:  # the per-expert loop: grouped_mm has no float64 kernel
+        config._experts_implementation = "eager"
     model_cls = getattr(transformers, ARCHITECTURES[arch][1])
     return seeded_model(lambda: model_cls(config), SEEDS[arch], config.initializer_range, centre=norm_centre)

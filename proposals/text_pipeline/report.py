@@ -14,9 +14,10 @@ import onnx
 from proposals.text_pipeline.backends.onnxruntime_genai import write_genai_folder
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
-from proposals.text_pipeline.families import ARCHITECTURES, tiny_model
+from proposals.text_pipeline.families import ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
 from proposals.text_pipeline.folder import ModelFolder, decoder_bytes, write_folder
 from proposals.text_pipeline.generation import Generator
+from proposals.text_pipeline.moe_mlp import for_onnxruntime
 from proposals.text_pipeline.runners import OrtRunner
 from proposals.text_pipeline.tokenizer import PAD_TOKEN, load_tokenizer
 
@@ -67,7 +68,7 @@ def parity_table(new_tokens: int = 32) -> str:
     ]
     for arch in ARCHITECTURES:
         model = tiny_model(arch)
-        decoder = onnx.load_from_string(decoder_bytes(arch))
+        decoder = for_onnxruntime(onnx.load_from_string(decoder_bytes(arch)))  # MoE: the body inlined
         spec = spec_from_model(decoder)
         ours = greedy(OrtRunner(decoder), prompts, new_tokens)
         theirs = hf_greedy(model, prompts, new_tokens)
@@ -182,3 +183,62 @@ def ortgenai_long_prompt_error() -> str:
 def one_layer_decoder() -> onnx.ModelProto:
     """A one-layer Qwen3 decoder, small enough to draw (q/k norms show too)."""
     return build_decoder(tiny_model("qwen3", num_hidden_layers=1))
+
+
+# --8<-- [start:moe_parity]
+@cache
+def moe_parity_table(new_tokens: int = 64) -> str:
+    """Markdown: greedy tokens of the MoE decoders on onnxruntime (the MoE function op
+    inlined, and substituted by com.microsoft.MoE) and on onnxruntime-genai, vs
+    transformers ``generate``."""
+    prompts = [load_tokenizer().encode(p).ids for p in PROMPTS]
+    rows = [
+        f"| model | experts (top-k) | backend | identical tokens (2 × {new_tokens}) | max logit diff |",
+        "|---|---|---|---|---|",
+    ]
+    for arch in MOE_ARCHITECTURES:
+        model = tiny_model(arch)
+        decoder = onnx.load_from_string(decoder_bytes(arch))
+        theirs = hf_greedy(model, prompts, new_tokens)
+        config = model.config
+        experts = f"{getattr(config, 'num_experts', None) or config.num_local_experts} ({config.num_experts_per_tok})"
+        runs = {
+            f"onnxruntime `moe={moe}`": (greedy(OrtRunner(prepared), prompts, new_tokens), _logit_gap(model, prepared))
+            for moe in ("inline", "substitute")
+            for prepared in [for_onnxruntime(decoder, moe)]
+        }
+        runs["onnxruntime-genai 0.18"] = (_genai_greedy(arch, prompts, new_tokens), None)
+        for label, (ours, gap) in runs.items():
+            same = sum(a == b for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True))
+            rows.append(
+                f"| {arch} | {experts} | {label} | {same}/{2 * new_tokens} | {'—' if gap is None else f'{gap:.1e}'} |"
+            )
+    return "\n".join(rows)
+
+
+# --8<-- [end:moe_parity]
+
+
+def _genai_greedy(arch: str, prompts: list[list[int]], new: int) -> list[list[int]]:
+    """onnxruntime-genai on the right-padded batch (how it reads a ragged batch)."""
+    width = max(map(len, prompts))
+    with tempfile.TemporaryDirectory() as scratch:
+        model = _genai_model(arch, Path(scratch))
+        return _genai_run(model, [p + [pad_id()] * (width - len(p)) for p in prompts], new)
+
+
+def moe_decoder_ops(arch: str = "qwen3_moe") -> str:
+    """The MoE decoder's graph as each onnxruntime mode runs it: the op types per domain."""
+    from collections import Counter
+
+    decoder = onnx.load_from_string(decoder_bytes(arch))
+    lines = []
+    for label, model in [
+        ("as built", decoder),
+        ("moe=inline", for_onnxruntime(decoder, "inline")),
+        ("moe=substitute", for_onnxruntime(decoder, "substitute")),
+    ]:
+        custom = Counter(f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain)
+        ops = ", ".join(f"{name} × {count}" for name, count in custom.items()) or "standard ops only"
+        lines.append(f"{label:15} {len(model.graph.node):3} nodes, {len(model.functions)} functions; {ops}")
+    return "\n".join(lines)

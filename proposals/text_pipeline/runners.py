@@ -20,6 +20,7 @@ import onnxruntime as ort
 from generator.errors import UsageError
 from generator.ort import ERROR, WARNING, session
 from proposals.text_pipeline.build import DecoderSpec, spec_from_model
+from proposals.text_pipeline.cache_formats import cache_buffers
 
 
 # --8<-- [start:ort_runner]
@@ -28,6 +29,7 @@ class OrtRunner:
 
     def __init__(self, model: onnx.ModelProto, *, inplace: bool = True, threads: int = 2) -> None:
         self.spec: DecoderSpec = spec_from_model(model)
+        self.buffers = cache_buffers(model)  # past_* inputs: names, element types, dims
         # The copying runner is the bench's baseline: it copies the cache on purpose, so
         # onnxruntime's TensorScatter copy warning would repeat at every step.
         self.session = session(model, threads=threads, log_severity=WARNING if inplace else ERROR)
@@ -39,8 +41,9 @@ class OrtRunner:
 
     def start(self, batch: int, capacity: int) -> None:
         shape = self.spec.cache_shape(batch, min(capacity, self.max_positions))
-        names = [f"{kind}_{i}" for i in range(self.spec.num_layers) for kind in ("key", "value")]
-        self.caches = {name: np.zeros(shape, np.float32) for name in names}
+        # One zeroed buffer per cache input, of the graph's element type: float32 as built,
+        # or a KV-cache format's codes and scale caches (cache_formats).
+        self.caches = {b.name: np.zeros(b.shape(batch, shape[2]), b.numpy_dtype) for b in self.buffers}
         self._bindings: dict[tuple, tuple] = {}
         self.lengths = [0] * batch
         self.capacity = self.max_positions if self.spec.circular else shape[2]

@@ -1,5 +1,6 @@
 """The fusion rules: the primitive form (SwiGLU-28 and spelled-out SiLU), the inlined body,
-the gather-per-slot body, each fused into com.microsoft.MoE with equal outputs on ORT;
+the gather-per-slot body, the dense all-experts form (batched and unrolled per expert),
+each fused into com.microsoft.MoE with equal outputs on ORT;
 the committed hit-rate JSON agrees with a recomputation of two of its cases."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from generator.ort import session
 from proposals.moe.fusion import fuse
 from proposals.moe.fusion_report import compute, load
 from proposals.moe.grouped_matmul import with_gather_per_slot_body
-from proposals.moe.primitive import primitive_model
+from proposals.moe.primitive import dense_model, primitive_model
 from proposals.moe.reference import moe
 
 
@@ -55,6 +56,29 @@ def test_primitive_form_fuses(attrs) -> None:
     expected = moe(arrays, **attrs)
     for m in (model, fused):
         np.testing.assert_allclose(session(m).run(None, {"X": arrays["X"]})[0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["batched", "unrolled"])
+@pytest.mark.parametrize("attrs", ATTRS, ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()))
+def test_dense_form_fuses(attrs, unrolled: bool) -> None:
+    arrays = _arrays(biases=True)
+    if not attrs.get("gated", 1):
+        arrays |= {n: arrays[n][..., :3].copy() for n in ("fc1_weight", "fc1_bias", "shared_fc1_weight")}
+    model = dense_model(arrays, attrs, unrolled=unrolled)
+    onnx.checker.check_model(model, full_check=True)
+    assert not any(n.op_type == "GroupedMatMul" for n in model.graph.node)
+    fused, report = fuse(model)
+    assert report == {"fused": 1, "misses": []}
+    assert not any(n.op_type in ("TopK", "ScatterElements", "Equal") for n in fused.graph.node)
+    expected = moe(arrays, **attrs)
+    for m in (model, fused):
+        np.testing.assert_allclose(session(m).run(None, {"X": arrays["X"]})[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_dense_near_match_says_why() -> None:
+    arrays = {n: v for n, v in _arrays(biases=False).items() if not n.startswith("shared")}
+    _, report = fuse(dense_model(arrays, {"k": 2, "scoring": "sigmoid"}, unrolled=True))
+    assert report == {"fused": 0, "misses": ["sigmoid scores without renormalization: MoE always applies softmax"]}
 
 
 def test_swiglu28_primitive_form_fuses() -> None:

@@ -80,3 +80,14 @@ def test_steps_without_a_gqa_form_say_why_in_one_line(build, reason: str) -> Non
     with pytest.raises(UsageError, match=reason) as err:
         gqa.to_gqa(build().model)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("attribute", [{"local_window_size": 8}, {"softcap": 30.0}, {"scale": 0.5}])
+def test_from_gqa_refuses_attributes_it_does_not_map(attribute: dict) -> None:
+    """A GQA node with a window, softcap or scale is refused in one line, not rebuilt without it."""
+    model = gqa.to_gqa(cases.int8_per_tensor().model)
+    node = next(n for n in model.graph.node if n.op_type == "GroupQueryAttention")
+    node.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in attribute.items())
+    with pytest.raises(UsageError, match=f"sets {next(iter(attribute))};") as err:
+        gqa.from_gqa(model)
+    assert "\n" not in str(err.value)

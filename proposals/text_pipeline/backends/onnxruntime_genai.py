@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import onnx_ir as ir
+import onnx_ir.passes
+from onnxscript import TapeBuilder
 
 from generator.errors import UsageError
-from generator.onnx_build import initializer
 from proposals.text_pipeline.build import DecoderSpec, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.factory import Device, register_backend
@@ -40,29 +41,37 @@ from proposals.text_pipeline.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, l
 NAME = "onnxruntime-genai"
 
 
+# ORT GenAI 0.18 refuses model types outside its fixed list ("Unsupported model_type in
+# config.json: qwen3_moe"). The graph it runs is the one in model.onnx whatever the type,
+# so an MoE decoder is declared as its dense sibling (token-identical: test_moe_decoders).
+GENAI_MODEL_TYPES = {"qwen3_moe": "qwen3", "mixtral": "mistral"}
+
+
 # --8<-- [start:adapter]
+class PositionIdsInput(onnx_ir.passes.InPlacePass):
+    """The ``write_indices [batch]`` input replaced by ``position_ids [batch, seq]`` (what
+    ORT GenAI feeds), with ``write_indices = position_ids[:, 0]`` computed in the graph."""
+
+    def call(self, model: ir.Model) -> onnx_ir.passes.PassResult:
+        graph = model.graph
+        write_indices = next(v for v in graph.inputs if v.name == "write_indices")
+        position_ids = ir.val("position_ids", ir.DataType.INT64, ["batch", "seq"])
+        op = TapeBuilder()
+        first_position = op.initializer(ir.tensor(0, dtype=ir.DataType.INT64), "first_position")
+        first_column = op.Gather(position_ids, first_position, axis=1, _name="write_indices_node")
+        graph.insert_before(graph.node(0), op.nodes)
+        graph.register_initializer(first_position)
+        write_indices.replace_all_uses_with(first_column)
+        graph.inputs.remove(write_indices)
+        graph.inputs.insert(1, position_ids)  # after input_ids, as ORT GenAI lists them
+        first_column.name = "write_indices"
+        return onnx_ir.passes.PassResult(model, modified=True)
+
+
 def position_ids_decoder(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The decoder with ``write_indices`` computed as ``position_ids[:, 0]`` from a new
-    ``position_ids [batch, seq]`` input (what ORT GenAI feeds)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    kept = [i for i in graph.input if i.name != "write_indices"]
-    del graph.input[:]
-    positions = helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])
-    graph.input.extend([kept[0], positions, *kept[1:]])
-    graph.initializer.append(initializer("first_position", np.array(0, np.int64)))
-    graph.node.insert(
-        0,
-        helper.make_node(
-            "Gather",
-            ["position_ids", "first_position"],
-            ["write_indices"],
-            axis=1,
-            name="write_indices_node",
-        ),
-    )
-    return out
+    """Run :class:`PositionIdsInput` on a copy of the decoder."""
+    adapted = PositionIdsInput()(ir.serde.deserialize_model(model)).model
+    return ir.serde.serialize_model(adapted)
 
 
 def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int], tokenizer) -> dict:
@@ -71,7 +80,7 @@ def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int], tokenizer
     spec = spec_from_model(model)
     return {
         "model": {
-            "type": spec.model_type,
+            "type": GENAI_MODEL_TYPES.get(spec.model_type, spec.model_type),
             "context_length": spec.max_positions,
             "vocab_size": spec.vocab_size,
             "bos_token_id": tokenizer.token_to_id(BOS_TOKEN),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from generator.errors import UsageError
+from generator.onnx_build import PROPOSAL_DOMAIN
 from proposals.text_pipeline import build_decoder
 from proposals.text_pipeline.build import spec_from_model
 from proposals.text_pipeline.families import ARCHITECTURES, tiny_config, tiny_model
@@ -26,10 +27,11 @@ def built(request):
 
 def test_standard_ops_at_opset_24(built):
     _, decoder = built
-    assert {o.domain: o.version for o in decoder.opset_import} == {"": 24}
+    moe = {PROPOSAL_DOMAIN: 1} if decoder.functions else {}  # MoE decoders: the MoE function op
+    assert {o.domain: o.version for o in decoder.opset_import} == {"": 24, **moe}
     ops = {n.op_type for n in decoder.graph.node}
     assert {"RMSNormalization", "RotaryEmbedding", "TensorScatter", "Attention"} <= ops
-    assert all(n.domain == "" for n in decoder.graph.node)
+    assert all(n.domain == "" or (n.domain, n.op_type) == (PROPOSAL_DOMAIN, "MoE") for n in decoder.graph.node)
     onnx.checker.check_model(decoder, full_check=True)
     assert len(decoder.SerializeToString()) < 1 << 20
 

@@ -21,6 +21,7 @@ NEW_TOKENS, MAX_LEN, BLOCK_SIZE, NUM_BLOCKS = 5, 16, 4, 12
 # Mistral's tiny config slides a 16-token window (a circular buffer): the rewrite pages
 # linear buffers only, so its paged form is built without the window.
 OVERRIDES = {"llama": {}, "qwen2": {}, "qwen3": {}, "mistral": {"sliding_window": None}}
+OVERRIDES |= {"qwen3_moe": {}, "mixtral": {}}  # MoE decoders: the MoE function op stays as it is
 
 
 def _contiguous_greedy(decoder: onnx.ModelProto) -> tuple[list[list[int]], list[np.ndarray]]:

@@ -1,0 +1,27 @@
+"""The project's own settings in pyproject.toml's ``[tool.onnx-genai-proposals]`` table.
+
+The source tree runs in place (PYTHONPATH, not installed), so it cannot declare entry
+points for itself; lists of plug-in names it wires up by name live in that table instead
+(the matrix's extra runtimes, the text pipeline's KV-cache formats).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from generator.errors import UsageError
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+TABLE = "onnx-genai-proposals"
+
+
+def setting_list(key: str, pyproject: Path = PYPROJECT) -> list[str]:
+    """``[tool.onnx-genai-proposals] <key>`` as a list of strings ([] when absent or no
+    pyproject.toml, as in an installed wheel); anything else is a one-line UsageError."""
+    if not pyproject.is_file():
+        return []
+    values = tomllib.loads(pyproject.read_text()).get("tool", {}).get(TABLE, {}).get(key, [])
+    if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+        raise UsageError(f"{pyproject}: [tool.{TABLE}] {key} must be a list of strings")
+    return values
