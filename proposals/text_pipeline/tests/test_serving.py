@@ -63,7 +63,7 @@ def _serve(server: PagedServer, requests=REQUESTS) -> dict[int, tuple]:
     return {index: done[rid] for index, rid in ids.items()}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "qwen3_moe", "mixtral"])
 def test_served_requests_match_each_request_alone(arch):
     """Continuous batching with late joiners and shared prefixes, blocks of 4, shuffled."""
     decoder = _decoder(arch)
