@@ -22,7 +22,7 @@ PROPOSAL_IMPORTS: dict[str, frozenset[str]] = {
     "kv_cache": frozenset(),
     "moe": frozenset(),
     "paged_attention": frozenset({"kv_cache"}),
-    # kv_cache's decoder layer; paged_attention's rewrite, applied to every decoder in a test;
+    # kv_cache's decoder layer; paged_attention's rewrite (every decoder in a test) and block manager (paged serving);
     # moe's conversion of transformers MoE blocks, function op and substitution (MoE decoders)
     "text_pipeline": frozenset({"kv_cache", "paged_attention", "moe"}),
     # kv_cache's cache step, text_pipeline's decoders (accuracy study, the pipeline's KV-cache format)

@@ -27,9 +27,10 @@ naming it:
 4. the TensorScatter's output is read by nothing but that Attention and the graph
    outputs (where it is the ``present_*`` cache).
 
-Each matched TensorScatter becomes ScatterND (write through slot_mapping) -> Gather
-(read by block_table) -> Reshape, with Transposes where the cache's sequence axis is not
-axis 1.
+Each matched TensorScatter becomes ScatterND (write through slot_mapping, split into
+(block, offset) pairs, straight into the pool, so the pool can be updated in place) ->
+Gather (read by block_table) -> Reshape, with Transposes where the cache's sequence axis
+is not axis 1.
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ def _ints(op: TapeBuilder, values: list[int]) -> ir.Value:
 def _paged_read(op: TapeBuilder, site: CacheSite, pool: ir.Value, slots: ir.Value, block_table: ir.Value):
     """ScatterND write through slot_mapping, then Gather read by block_table.
 
+    ``slots`` holds (block, offset) pairs [T, 2], so ScatterND writes the pool itself and
+    its output is the updated pool: nothing sits between the pool input and ScatterND, and
+    an IOBinding that binds the pool input and output to one buffer updates it in place
+    (a Reshape there would make onnxruntime copy the whole pool every run).
     Returns (updated pool, the cache Attention reads in the TensorScatter output's layout).
     """
     rank = len(site.cache.shape)
@@ -139,9 +144,7 @@ def _paged_read(op: TapeBuilder, site: CacheSite, pool: ir.Value, slots: ir.Valu
     update = site.scatter.inputs[1]
     if perm != list(range(rank)):
         update = op.Transpose(update, perm=perm)
-    rows = _ints(op, [-1, *site.head_dims])
-    written = op.ScatterND(op.Reshape(pool, rows), slots, op.Reshape(update, rows))
-    pool_out = op.Reshape(written, _ints(op, list(pool.shape)))
+    pool_out = op.ScatterND(pool, slots, op.Reshape(update, _ints(op, [-1, *site.head_dims])))
     blocks = op.Gather(pool_out, block_table, axis=0)  # [B, max_blocks, block_size, ...]
     sequence = op.Reshape(blocks, _ints(op, [0, -1, *site.head_dims]))
     if perm != list(range(rank)):
@@ -171,7 +174,9 @@ class LinearToPaged(onnx_ir.passes.InPlacePass):
         block_table = ir.val(BLOCK_TABLE, INT64, [batch, "max_blocks"])
         slot_mapping = ir.val(SLOT_MAPPING, INT64, [batch, q_len])
         op = TapeBuilder()
-        slots = op.Unsqueeze(op.Reshape(slot_mapping, _ints(op, [-1])), _ints(op, [-1]))  # [T, 1]
+        flat = op.Unsqueeze(op.Reshape(slot_mapping, _ints(op, [-1])), _ints(op, [-1]))  # [T, 1]
+        size = _ints(op, [self.block_size])
+        slots = op.Concat(op.Div(flat, size), op.Mod(flat, size), axis=-1)  # [T, 2]: block, offset
         graph.insert_before(first.scatter, op.nodes)
         for site in sites:
             shape = [self.num_blocks, self.block_size, *site.head_dims]

@@ -34,10 +34,11 @@ class Request:
     prompt: int  # whole prompt, shared part included
     output: int  # tokens it will generate
     current: int  # tokens in its cache at the snapshot
+    system_prompts: tuple[int, ...] = SYSTEM_PROMPTS  # lengths ``prefix`` indexes
 
     @property
     def shared(self) -> int:
-        return SYSTEM_PROMPTS[self.prefix] if self.prefix >= 0 else 0
+        return self.system_prompts[self.prefix] if self.prefix >= 0 else 0
 
 
 @dataclass(frozen=True)
@@ -64,19 +65,23 @@ def _blocks(tokens: int, block_size: int) -> int:
     return -(-tokens // block_size)
 
 
-def contiguous(requests: Sequence[Request], reserve: str) -> PolicyResult:
+def contiguous(
+    requests: Sequence[Request], reserve: str, *, max_len: int = MAX_LEN, budget: int = BUDGET_SLOTS
+) -> PolicyResult:
     """One contiguous buffer per sequence, sized at ``max`` length or at the ``actual`` final
     length (an oracle that knows the output length in advance)."""
     used = allocated = fit = 0
     for r in requests:
-        size = MAX_LEN if reserve == "max" else r.prompt + r.output
-        if allocated + size > BUDGET_SLOTS:
+        size = max_len if reserve == "max" else r.prompt + r.output
+        if allocated + size > budget:
             break
         used, allocated, fit = used + r.current, allocated + size, fit + 1
     return PolicyResult(f"contiguous, {reserve} length", fit, 1 - used / allocated, allocated / fit)
 
 
-def paged(requests: Sequence[Request], block_size: int, share_prefix: bool = False) -> PolicyResult:
+def paged(
+    requests: Sequence[Request], block_size: int, share_prefix: bool = False, *, budget: int = BUDGET_SLOTS
+) -> PolicyResult:
     """Blocks allocated as tokens arrive; with ``share_prefix`` the full blocks of a shared
     system prompt are stored once (vLLM prefix caching caches full blocks only)."""
     stored = allocated = fit = 0
@@ -86,7 +91,7 @@ def paged(requests: Sequence[Request], block_size: int, share_prefix: bool = Fal
         new_prefix = shared_blocks if r.prefix not in cached else 0
         own = _blocks(r.current - shared_blocks * block_size, block_size)
         size = (own + new_prefix) * block_size
-        if allocated + size > BUDGET_SLOTS:
+        if allocated + size > budget:
             break
         if shared_blocks:
             cached.add(r.prefix)

@@ -11,7 +11,7 @@ negligible), side by side in one process.
 from __future__ import annotations
 
 from generator.bench import plot_ratios, time_interleaved, write_json
-from proposals.text_pipeline import kv_cache_report
+from proposals.text_pipeline import bench_serving, kv_cache_report
 from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.runners import OrtRunner
@@ -78,6 +78,7 @@ def measure(context: int, decoder, *, batches: int, min_batch_s: float) -> dict:
 
 
 def main(quick: bool = False) -> None:
+    bench_serving.main(quick)  # the paged serving loop (bench/serving.json)
     kv_cache_report.main(quick)  # agreement and memory of each KV-cache format: bench/kv_cache.json
     contexts = [64, 256] if quick else [512, 4096]
     decoder = build_decoder(tiny_model("llama", **BENCH_MODEL))

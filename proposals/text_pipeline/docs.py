@@ -73,6 +73,115 @@ def zoo_pass_summary(matrix: Mapping | None = None) -> str:
     )
 
 
+# The paged serving loop (proposals/text_pipeline/bench/serving.json, bench_serving.py)
+
+
+def _serving() -> dict:
+    return load_results(TOPIC, "serving")
+
+
+def _served(policy_start: str) -> list[dict]:
+    return [r for r in _serving()["rows"] if r["policy"].startswith(policy_start)]
+
+
+def serving_setup() -> str:
+    """The committed workload and where it ran, in one clause."""
+    data = _serving()
+    s = data["setup"]
+    prompts, outputs = s["prompt_tokens"], s["output_tokens"]
+    return (
+        f"{s['requests']} requests ({s['shared_prefix_requests']} of them after a shared system prompt), "
+        f"prompts of {min(prompts)}–{max(prompts)} tokens, outputs of {min(outputs)}–{max(outputs)} tokens, "
+        f"a budget of {s['budget_slots']:,} KV slots per layer (blocks of {s['block_size']}); "
+        f"onnxruntime CPU with {s['threads']} thread on {machine_text(data['machine'])}, "
+        f"median of {data['rows'][0]['repeats']} interleaved runs"
+    )
+
+
+def serving_table() -> str:
+    """The served policies side by side: concurrency, memory, waste, speed."""
+    rows = []
+    for r in _serving()["rows"]:
+        rows.append(
+            [
+                r["policy"],
+                f"{r['sequences_mean']:.1f} ({r['sequences_max']})",
+                f"{r['slots_in_use_mean']:,.0f}",
+                f"{r['contiguous_reservation_mean']:,.0f}",
+                percent(r["waste_share"], 1),
+                f"{r['tokens_per_s']:,.0f} ({r['tokens_per_cpu_s']:,.0f})",
+                times(r["cpu_speedup_over_contiguous"]),
+            ]
+        )
+    header = [
+        "policy",
+        "at once: mean (max)",
+        "slots in use",
+        "max-length reservation",
+        "wasted",
+        "tok/s (per CPU s)",
+        "ratio (CPU)",
+    ]
+    return markdown_table(header, rows, align="l" + "r" * (len(header) - 1))
+
+
+def simulated_serving_table() -> str:
+    """The same workload through the paged-attention memory simulator."""
+    rows = [
+        [r["policy"], r["sequences_fit"], percent(r["waste_share"], 1), f"{r['slots_per_sequence']:.0f}"]
+        for r in _serving()["setup"]["simulated"]
+    ]
+    return markdown_table(["policy", "sequences that fit", "wasted", "slots per sequence"], rows, align="lrrr")
+
+
+def serving_concurrency_gain() -> str:
+    """Mean sequences served at once while requests waited, paged over contiguous."""
+    base = _served("contiguous")[0]["sequences_mean"]
+    return times_range((r["sequences_mean"] / base for r in _served("paged")), 1)
+
+
+def serving_paged_waste() -> str:
+    """Share of allocated KV slots holding no token, paged runs."""
+    return percent_range(r["waste_share"] for r in _served("paged"))
+
+
+def serving_contiguous_waste() -> str:
+    return percent(_served("contiguous")[0]["waste_share"])
+
+
+def serving_reservation_ratio() -> str:
+    """What max-length buffers would reserve for the sequences the paged runs held, over the
+    slots those runs had in use."""
+    return times_range((r["contiguous_reservation_mean"] / r["slots_in_use_mean"] for r in _served("paged")), 1)
+
+
+def serving_cpu_speedup() -> str:
+    return times_range((r["cpu_speedup_over_contiguous"] for r in _served("paged")), 2)
+
+
+def serving_wall_speedup() -> str:
+    return times_range((r["speedup_over_contiguous"] for r in _served("paged")), 2)
+
+
+def serving_preemptions() -> str:
+    """Preemptions per paged run, as ``39 and 57``."""
+    return " and ".join(str(r["preemptions"]) for r in _served("paged"))
+
+
+def simulated_fit() -> str:
+    """Sequences that fit in the simulator: contiguous max length, then the paged policies."""
+    sim = {r["policy"]: r["sequences_fit"] for r in _serving()["setup"]["simulated"]}
+    paged = [v for k, v in sim.items() if k.startswith("paged")]
+    return f"{sim['contiguous, max length']} vs {' and '.join(map(str, paged))}"
+
+
+def serving_session_shares() -> str:
+    """Share of wall time inside onnxruntime, contiguous then paged."""
+    base = percent(_served("contiguous")[0]["session_share"])
+    paged = percent_range((r["session_share"] for r in _served("paged")), 0)
+    return f"{base} for the contiguous baseline and {paged} for the paged runs"
+
+
 def _kv_rows() -> list[dict]:
     return load_results(TOPIC, "kv_cache")["rows"]
 
