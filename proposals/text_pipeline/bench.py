@@ -11,6 +11,7 @@ negligible), side by side in one process.
 from __future__ import annotations
 
 from generator.bench import plot_ratios, time_interleaved, write_json
+from proposals.text_pipeline import throughput
 from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.runners import OrtRunner
@@ -77,6 +78,11 @@ def measure(context: int, decoder, *, batches: int, min_batch_s: float) -> dict:
 
 
 def main(quick: bool = False) -> None:
+    cache_bench(quick)
+    throughput.main(quick)  # every engine side by side on a larger model
+
+
+def cache_bench(quick: bool) -> None:
     contexts = [64, 256] if quick else [512, 4096]
     decoder = build_decoder(tiny_model("llama", **BENCH_MODEL))
     rows = [measure(c, decoder, batches=3 if quick else 9, min_batch_s=0.01 if quick else 0.05) for c in contexts]

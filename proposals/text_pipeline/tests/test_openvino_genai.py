@@ -16,7 +16,8 @@ PROMPTS = [GenerationInput("Attention reads the whole cache"), GenerationInput("
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_llmpipeline_is_token_identical(tmp_path, arch):
-    """A batch of prompts of two lengths (each length runs as its own LLMPipeline batch)."""
+    """A batch of prompts of two lengths (ContinuousBatchingPipeline), and one prompt alone
+    (LLMPipeline)."""
     folder = write_folder(arch, tmp_path / arch)
     config = GenerationConfig(max_new_tokens=24)
     tokens = {}
@@ -35,7 +36,7 @@ def test_llmpipeline_is_token_identical(tmp_path, arch):
     assert [len(t) for t in expected] == [24, 24]
 
 
-def test_equal_length_batch_runs_as_one_llmpipeline_batch(tmp_path):
+def test_equal_length_batch_and_a_single_prompt(tmp_path):
     folder = write_folder("llama", tmp_path / "llama")
     prompts = [GenerationInput("KV cache"), GenerationInput("The cache")]  # 3 tokens each
     config = GenerationConfig(max_new_tokens=12)
@@ -44,8 +45,9 @@ def test_equal_length_batch_runs_as_one_llmpipeline_batch(tmp_path):
         pipeline = create_pipeline(backend, folder)
         pipeline.set_generation_config(config)
         assert len({len(pipeline.encode(p)) for p in prompts}) == 1
-        results[backend] = [r.token_ids for r in pipeline.generate(prompts)]
+        results[backend] = [r.token_ids for r in pipeline.generate(prompts)] + [pipeline(prompts[1]).token_ids]
     assert results["openvino-genai"] == results["onnxruntime"]
+    assert results["onnxruntime"][1] == results["onnxruntime"][2]
 
 
 def test_sliding_window_models_are_refused(tmp_path):
