@@ -147,7 +147,7 @@ def bench_folder(hf_model, decoder: onnx.ModelProto, target: Path) -> ModelFolde
     return ModelFolder(target, decoder, tokenizer_json(), DEFAULT_CONFIG, manifest)
 
 
-def measure(cells: list[tuple[int, int]], new_tokens: dict[int, int], rounds: dict[int, int]) -> list[dict]:
+def measure(cells: list[tuple[int, int]], new_tokens: int, rounds: dict[tuple[int, int], int]) -> list[dict]:
     """Every engine on every (context, batch) cell, interleaved per round; medians."""
     import torch
 
@@ -159,7 +159,7 @@ def measure(cells: list[tuple[int, int]], new_tokens: dict[int, int], rounds: di
     with tempfile.TemporaryDirectory(prefix="tp-throughput-") as scratch:
         folder = bench_folder(hf_model, decoder, Path(scratch))
         for context, batch in cells:
-            n = new_tokens[context]
+            n = new_tokens
             runs: dict[str, Run] = {
                 "onnxruntime": ort_run(decoder, n, inplace=True),
                 "onnxruntime (copying)": ort_run(decoder, n, inplace=False),
@@ -173,7 +173,7 @@ def measure(cells: list[tuple[int, int]], new_tokens: dict[int, int], rounds: di
                 run(prompts(8, batch))
             ids = prompts(context, batch)
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
-            for _ in range(rounds[context]):
+            for _ in range(rounds[context, batch]):
                 for name, run in runs.items():
                     samples[name].append(run(ids))
             rows.append(_row(context, batch, n, samples))
@@ -237,8 +237,8 @@ def _label(key: tuple[str, int, str]) -> str:
 
 
 CELLS = [(512, 1), (512, 8), (4096, 1), (4096, 8)]
-NEW_TOKENS = {512: 16, 4096: 8}  # decode tokens per run (fewer at 4096: the prefill dominates)
-ROUNDS = {512: 3, 4096: 1}
+NEW_TOKENS = 32  # per run: enough steps that a preempted one does not decide the cell
+ROUNDS = {(512, 1): 5, (512, 8): 5, (4096, 1): 3, (4096, 8): 1}  # a 4096 x 8 prefill is minutes
 
 
 def main(quick: bool = False) -> None:
@@ -247,7 +247,7 @@ def main(quick: bool = False) -> None:
     from generator.bench import write_json
 
     if quick:
-        rows = measure([(32, 1), (32, 2)], {32: 4}, {32: 1})
+        measure([(32, 1), (32, 2)], 4, {(32, 1): 1, (32, 2): 1})
         profile_decode(32, 4)
         return
     rows = measure(CELLS, NEW_TOKENS, ROUNDS)
@@ -255,8 +255,8 @@ def main(quick: bool = False) -> None:
         "model": MODEL,
         "threads": THREADS,
         "engines": list(ENGINES),
-        "new_tokens": {str(k): v for k, v in NEW_TOKENS.items()},
-        "rounds": {str(k): v for k, v in ROUNDS.items()},
+        "new_tokens": NEW_TOKENS,
+        "rounds": {f"{c}x{b}": n for (c, b), n in ROUNDS.items()},
         "versions": _versions(),
     }
     write_json(TOPIC, "throughput", rows, setup)
