@@ -13,7 +13,8 @@ bench's time on two cores) is drawn with the project's RNG
 - ``transformers``: ``model.generate`` (SDPA attention, its dynamic cache).
 
 Each cell (context x batch) runs every engine once per round, rounds interleaved so noise
-hits all engines alike; the medians are reported. Time to first token is the prefill of
+hits all engines alike (each round starts at the next engine, each run after a pause); the
+medians are reported. Time to first token is the prefill of
 the whole batch plus the first token; tokens/s counts the batch's tokens after the first.
 Every engine gets 2 threads and greedy decoding of a fixed number of new tokens (EOS off).
 """
@@ -46,6 +47,7 @@ MODEL = {
     "max_position_embeddings": 4160,
 }
 THREADS = 2
+PAUSE_S = 0.5  # idle time before each run (see measure)
 ENGINES = ("onnxruntime", "onnxruntime (copying)", "onnxruntime-genai", "openvino-genai", "transformers")
 
 # One generation: (prompts) -> (time to first token s, seconds for the tokens after it).
@@ -173,9 +175,14 @@ def measure(cells: list[tuple[int, int]], new_tokens: int, rounds: dict[tuple[in
                 run(prompts(8, batch))
             ids = prompts(context, batch)
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
-            for _ in range(rounds[context, batch]):
-                for name, run in runs.items():
-                    samples[name].append(run(ids))
+            names = list(runs)
+            for round_ in range(rounds[context, batch]):
+                # Each round starts at another engine, and each run after a pause: torch's and
+                # onnxruntime's worker threads spin for a while after their work, which would
+                # slow whichever engine always ran next.
+                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                    time.sleep(PAUSE_S)
+                    samples[name].append(runs[name](ids))
             rows.append(_row(context, batch, n, samples))
             print(_summary(rows[-1]), flush=True)
     return rows
