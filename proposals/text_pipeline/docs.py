@@ -150,9 +150,31 @@ def profile_table() -> str:
 def profile_summary() -> str:
     """How much of a decode step is onnxruntime's graph run, and how much the Python loop."""
     data = load_results(TOPIC, "throughput_profile")
+    setup = data["setup"]
     graph = sum(r["share"] for r in data["rows"] if "run_with_iobinding" in r["function"])
     return (
-        f"over {data['setup']['decode_steps']} decode steps at context {data['setup']['context']}, onnxruntime's "
-        f"`run_with_iobinding` (the graph) takes {percent(graph, 1)} of the loop's time; "
+        f"over {setup['decode_steps']} decode steps at context {setup['context']}, batch {setup['batch']}, "
+        f"onnxruntime's `run_with_iobinding` (the graph) takes {percent(graph, 1)} of the loop's time; "
         f"everything in Python (logits processing, choosing, binding) the remaining {percent(1 - graph, 1)}"
+    )
+
+
+def ort_ops_table() -> str:
+    """onnxruntime's own profile of the same decode runs: kernel time per op type."""
+    rows = [
+        [f"`{r['op']}`", duration(r["s_per_step"]), percent(r["share"], 1)]
+        for r in load_results(TOPIC, "throughput_ort_ops")["rows"]
+        if r["share"] >= 0.005
+    ]
+    return markdown_table(["op type", "kernel time per step", "share"], rows, align="lrr")
+
+
+def ort_ops_summary() -> str:
+    """The op types that take most of a decode step's kernel time."""
+    rows = load_results(TOPIC, "throughput_ort_ops")["rows"]
+    share = {r["op"]: r["share"] for r in rows}
+    return (
+        f"`Attention` takes {percent(share.get('Attention', 0.0), 1)} of the kernel time and `MatMul` "
+        f"{percent(share.get('MatMul', 0.0), 1)}; `TensorScatter`, the in-place cache write, "
+        f"{percent(share.get('TensorScatter', 0.0), 1)}"
     )

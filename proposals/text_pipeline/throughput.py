@@ -211,16 +211,17 @@ def _summary(row: dict) -> str:
     return f"context {row['context']} batch {row['batch']}: decode tok/s {parts}"
 
 
-def profile_decode(context: int, new_tokens: int) -> list[dict]:
-    """cProfile of this pipeline's decode loop (batch 1, after a ``context``-token prompt):
+def profile_decode(context: int, new_tokens: int, batch: int = 1) -> list[dict]:
+    """cProfile of this pipeline's decode loop (``batch`` prompts of ``context`` tokens):
     the functions with the most own time and their share of the loop's time, so the page
     can say where a decode step goes (onnxruntime's ``run_with_iobinding`` is the graph)."""
     import cProfile
     import pstats
 
     decoder = build_decoder(tiny_model("llama", **MODEL))
-    gen = Generator(OrtRunner(decoder, threads=THREADS), GenerationConfig(max_new_tokens=new_tokens + 1))
-    gen.append_input_tokens(prompts(context, 1))
+    config = GenerationConfig(max_new_tokens=new_tokens + 1)
+    gen = Generator(OrtRunner(decoder, threads=THREADS), config, batch_size=batch)
+    gen.append_input_tokens(prompts(context, batch))
     gen.generate_next_token()  # the prefill's token; the first decode step below plans
     profiler = cProfile.Profile()
     profiler.enable()
@@ -234,6 +235,40 @@ def profile_decode(context: int, new_tokens: int) -> list[dict]:
         for key, entry in stats.items()
     ]
     return sorted(rows, key=lambda r: -r["own_s"])[:10]
+
+
+def ort_op_profile(context: int, new_tokens: int, batch: int = 1) -> list[dict]:
+    """onnxruntime's own profiler on the same decode loop: each op type's share of the
+    kernel time of the decode runs (the prefill and the first decode run left out)."""
+    import json
+
+    import onnxruntime as ort
+
+    decoder = build_decoder(tiny_model("llama", **MODEL))
+    runner = OrtRunner(decoder, threads=THREADS)
+    with tempfile.TemporaryDirectory(prefix="tp-ortprof-") as scratch:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(scratch) / "decode")
+        runner.session = ort.InferenceSession(decoder.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        gen = Generator(runner, GenerationConfig(max_new_tokens=new_tokens + 2), batch_size=batch)
+        gen.append_input_tokens(prompts(context, batch))
+        for _ in range(new_tokens + 1):
+            gen.generate_next_token()
+        events = json.loads(Path(runner.session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("name") == "model_run"]
+    cutoff = runs[1]["ts"] + runs[1]["dur"]  # after the prefill and the first decode run
+    kernels: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= cutoff:
+            op = e["args"]["op_name"]
+            kernels[op] = kernels.get(op, 0.0) + e["dur"] * 1e-6
+    steps = len([r for r in runs if r["ts"] >= cutoff])
+    total = sum(kernels.values())
+    rows = [{"op": op, "s_per_step": t / steps, "share": t / total} for op, t in kernels.items()]
+    return sorted(rows, key=lambda r: -r["share"])
 
 
 def _label(key: tuple[str, int, str]) -> str:
@@ -256,6 +291,7 @@ def main(quick: bool = False) -> None:
     if quick:
         measure([(32, 1), (32, 2)], 4, {(32, 1): 1, (32, 2): 1})
         profile_decode(32, 4)
+        ort_op_profile(32, 4)
         return
     rows = measure(CELLS, NEW_TOKENS, ROUNDS)
     setup = {
@@ -267,8 +303,20 @@ def main(quick: bool = False) -> None:
         "versions": _versions(),
     }
     write_json(TOPIC, "throughput", rows, setup)
-    profile = profile_decode(4096, 16)
-    write_json(TOPIC, "throughput_profile", profile, {"model": MODEL, "context": 4096, "decode_steps": 16})
+    write_profiles()
+
+
+PROFILED = {"context": 4096, "batch": 8, "decode_steps": 16}  # the cell furthest from its goal
+
+
+def write_profiles() -> None:
+    """The decode loop's cProfile and onnxruntime's op profile, on the profiled cell."""
+    from generator.bench import write_json
+
+    context, batch, steps = PROFILED["context"], PROFILED["batch"], PROFILED["decode_steps"]
+    setup = {"model": MODEL, **PROFILED}
+    write_json(TOPIC, "throughput_profile", profile_decode(context, steps, batch), setup)
+    write_json(TOPIC, "throughput_ort_ops", ort_op_profile(context, steps, batch), setup)
 
 
 TOPIC = "text_pipeline"
