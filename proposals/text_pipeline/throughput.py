@@ -239,7 +239,8 @@ def profile_decode(context: int, new_tokens: int, batch: int = 1) -> list[dict]:
 
 def ort_op_profile(context: int, new_tokens: int, batch: int = 1) -> list[dict]:
     """onnxruntime's own profiler on the same decode loop: each op type's share of the
-    kernel time of the decode runs (the prefill and the first decode run left out)."""
+    kernel time of the decode runs (the prefill runs, one per sequence, and the first decode
+    run left out)."""
     import json
 
     import onnxruntime as ort
@@ -259,7 +260,8 @@ def ort_op_profile(context: int, new_tokens: int, batch: int = 1) -> list[dict]:
             gen.generate_next_token()
         events = json.loads(Path(runner.session.end_profiling()).read_text())
     runs = [e for e in events if e.get("name") == "model_run"]
-    cutoff = runs[1]["ts"] + runs[1]["dur"]  # after the prefill and the first decode run
+    first_decode = runs[batch]  # the prefill is one run per sequence
+    cutoff = first_decode["ts"] + first_decode["dur"]
     kernels: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= cutoff:

@@ -164,8 +164,16 @@ class OpenVinoGenaiEngine:
         self.spec = spec_from_model(folder.decoder)
         with tempfile.TemporaryDirectory(prefix="ovgenai-") as scratch:  # read only while loading
             write_openvino_folder(folder, Path(scratch), hf_model)
-            self.pipe = ovg.LLMPipeline(scratch, "CPU", **properties)
-            self.batched = ovg.ContinuousBatchingPipeline(scratch, ovg.SchedulerConfig(), "CPU", properties)
+            self.pipe = ovg.LLMPipeline(scratch, "CPU", scheduler_config=self.scheduler(), **properties)
+            self.batched = ovg.ContinuousBatchingPipeline(scratch, self.scheduler(), "CPU", properties)
+
+    def scheduler(self):
+        """No prefix caching (a repeated prompt costs what it costs the first time, as on
+        every other backend) and the whole prefill in one step, up to the context."""
+        config = self.ovg.SchedulerConfig()
+        config.enable_prefix_caching = False
+        config.max_num_batched_tokens = max(config.max_num_batched_tokens, 8 * self.spec.max_positions)
+        return config
 
     def generator(self, config: GenerationConfig, decode: Decode, batch_size: int) -> OpenVinoGenaiGenerator:
         return OpenVinoGenaiGenerator(self, config, decode, batch_size)
