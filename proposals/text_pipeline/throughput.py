@@ -44,7 +44,7 @@ MODEL = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "head_dim": 64,
-    "max_position_embeddings": 4160,
+    "max_position_embeddings": 4352,  # 4096 + the new tokens
 }
 THREADS = 2
 PAUSE_S = 0.5  # idle time before each run (see measure)
@@ -281,7 +281,7 @@ def _label(key: tuple[str, int, str]) -> str:
 
 
 CELLS = [(512, 1), (512, 8), (4096, 1), (4096, 8)]
-NEW_TOKENS = 32  # per run: enough steps that a preempted one does not decide the cell
+NEW_TOKENS = 128  # per run: enough steps that one preempted step does not decide the cell
 ROUNDS = {(512, 1): 5, (512, 8): 5, (4096, 1): 3, (4096, 8): 1}  # a 4096 x 8 prefill is minutes
 
 
