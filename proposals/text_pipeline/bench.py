@@ -101,6 +101,9 @@ def cache_bench(quick: bool) -> None:
             title="ORT CPU, TensorScatter cache bound in place vs copied each run",
             logy=False,
         )
+    if not quick:  # where an in-place decode step goes on this model (see the page)
+        ops = throughput.ort_op_profile(4096, 16, model=BENCH_MODEL)
+        write_json(TOPIC, "cache_ort_ops", ops, {"model": BENCH_MODEL, "context": 4096, "batch": 1, "decode_steps": 16})
     for r in rows:
         print(
             f"context {r['context']}: decode {r['decode_tokens_per_s']['in-place']:.0f} vs "

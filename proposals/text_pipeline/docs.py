@@ -161,19 +161,24 @@ def profile_summary() -> str:
     )
 
 
-def ort_ops_table() -> str:
+def ort_ops_table(name: str = "throughput_ort_ops") -> str:
     """onnxruntime's own profile of the same decode runs: kernel time per op type."""
     rows = [
         [f"`{r['op']}`", duration(r["s_per_step"]), percent(r["share"], 1)]
-        for r in load_results(TOPIC, "throughput_ort_ops")["rows"]
+        for r in load_results(TOPIC, name)["rows"]
         if r["share"] >= 0.005
     ]
     return markdown_table(["op type", "kernel time per step", "share"], rows, align="lrr")
 
 
-def ort_ops_summary() -> str:
+def cache_ort_ops_summary() -> str:
+    """The same op shares for an in-place decode step of the cache bench's model at 4096."""
+    return ort_ops_summary("cache_ort_ops")
+
+
+def ort_ops_summary(name: str = "throughput_ort_ops") -> str:
     """The op types that take most of a decode step's kernel time."""
-    rows = load_results(TOPIC, "throughput_ort_ops")["rows"]
+    rows = load_results(TOPIC, name)["rows"]
     share = {r["op"]: r["share"] for r in rows}
     return (
         f"`Attention` takes {percent(share.get('Attention', 0.0), 1)} of the kernel time and `MatMul` "

@@ -237,7 +237,7 @@ def profile_decode(context: int, new_tokens: int, batch: int = 1) -> list[dict]:
     return sorted(rows, key=lambda r: -r["own_s"])[:10]
 
 
-def ort_op_profile(context: int, new_tokens: int, batch: int = 1) -> list[dict]:
+def ort_op_profile(context: int, new_tokens: int, batch: int = 1, model: dict | None = None) -> list[dict]:
     """onnxruntime's own profiler on the same decode loop: each op type's share of the
     kernel time of the decode runs (the prefill runs, one per sequence, and the first decode
     run left out)."""
@@ -245,7 +245,7 @@ def ort_op_profile(context: int, new_tokens: int, batch: int = 1) -> list[dict]:
 
     import onnxruntime as ort
 
-    decoder = build_decoder(tiny_model("llama", **MODEL))
+    decoder = build_decoder(tiny_model("llama", **(MODEL if model is None else model)))
     runner = OrtRunner(decoder, threads=THREADS)
     with tempfile.TemporaryDirectory(prefix="tp-ortprof-") as scratch:
         options = ort.SessionOptions()
