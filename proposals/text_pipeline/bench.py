@@ -11,7 +11,7 @@ negligible), side by side in one process.
 from __future__ import annotations
 
 from generator.bench import plot_ratios, time_interleaved, write_json
-from proposals.text_pipeline import bench_serving, kv_cache_report
+from proposals.text_pipeline import bench_serving, kv_cache_report, throughput
 from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.runners import OrtRunner
@@ -78,8 +78,13 @@ def measure(context: int, decoder, *, batches: int, min_batch_s: float) -> dict:
 
 
 def main(quick: bool = False) -> None:
+    cache_bench(quick)
+    throughput.main(quick)  # every engine side by side on a larger model
     bench_serving.main(quick)  # the paged serving loop (bench/serving.json)
     kv_cache_report.main(quick)  # agreement and memory of each KV-cache format: bench/kv_cache.json
+
+
+def cache_bench(quick: bool) -> None:
     contexts = [64, 256] if quick else [512, 4096]
     decoder = build_decoder(tiny_model("llama", **BENCH_MODEL))
     rows = [measure(c, decoder, batches=3 if quick else 9, min_batch_s=0.01 if quick else 0.05) for c in contexts]
@@ -98,6 +103,9 @@ def main(quick: bool = False) -> None:
             title="ORT CPU, TensorScatter cache bound in place vs copied each run",
             logy=False,
         )
+    if not quick:  # where an in-place decode step goes on this model (see the page)
+        ops = throughput.ort_op_profile(4096, 16, model=BENCH_MODEL)
+        write_json(TOPIC, "cache_ort_ops", ops, {"model": BENCH_MODEL, "context": 4096, "batch": 1, "decode_steps": 16})
     for r in rows:
         print(
             f"context {r['context']}: decode {r['decode_tokens_per_s']['in-place']:.0f} vs "

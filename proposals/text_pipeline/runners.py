@@ -82,6 +82,8 @@ class OrtRunner:
         return logits[:, -1, :]
 
     def _run_inplace(self, ids: np.ndarray, starts: np.ndarray, rows: slice) -> np.ndarray:
+        if ids.shape[1] == 1:
+            return self._decode_inplace(ids, starts, rows)
         binding = self._binding(rows)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("write_indices", starts)
@@ -105,6 +107,35 @@ class OrtRunner:
                 values.append(value)
             self._bindings[key] = (binding, values)
         return self._bindings[key][0]
+
+    def _decode_inplace(self, ids: np.ndarray, starts: np.ndarray, rows: slice) -> np.ndarray:
+        """One token per sequence: the ids, the write indices and the logits are numpy
+        buffers bound once per row range (beside the caches), so a step writes two small
+        arrays and runs; nothing is allocated or rebound per step."""
+        key = ("decode", rows.start, rows.stop)
+        if key not in self._bindings:
+            batch = len(range(*rows.indices(len(self.lengths))))
+            buffers = (
+                np.zeros((batch, 1), np.int64),
+                np.zeros(batch, np.int64),
+                np.zeros((batch, 1, self.vocab_size), np.float32),
+            )
+            binding = self.session.io_binding()
+            values = [ort.OrtValue.ortvalue_from_numpy(a) for a in buffers]  # views of the buffers
+            binding.bind_ortvalue_input("input_ids", values[0])
+            binding.bind_ortvalue_input("write_indices", values[1])
+            binding.bind_ortvalue_output("logits", values[2])
+            for name, cache in self.caches.items():
+                value = ort.OrtValue.ortvalue_from_numpy(cache[rows])
+                binding.bind_ortvalue_input(f"past_{name}", value)
+                binding.bind_ortvalue_output(f"present_{name}", value)
+                values.append(value)
+            self._bindings[key] = (binding, values, buffers)
+        binding, _, (ids_buffer, starts_buffer, logits) = self._bindings[key]
+        ids_buffer[...] = ids
+        starts_buffer[...] = starts
+        self.session.run_with_iobinding(binding)
+        return logits.copy()  # the next step overwrites the buffer
 
     def _run_copy(self, ids: np.ndarray, starts: np.ndarray, rows: slice) -> np.ndarray:
         """Plain ``session.run``: ORT allocates each present buffer and copies the past into it
