@@ -77,6 +77,10 @@ def test_new_proposal_passes_the_checks_in_a_copy(tmp_path: Path) -> None:
         ],
         copy,
     )
+    # The posts link to no proposal page and `make docs` builds them: left out here, so this
+    # build re-executes only what the scaffold can affect (about half a minute less).
+    for post in (copy / "docs/blog/posts").glob("*.md"):
+        post.unlink()
     _run([str(Path(py).parent / "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")], copy)
     assert (tmp_path / "site/proposals/demo_idea/index.html").exists()
 

@@ -382,3 +382,18 @@ def ort_ops_summary(name: str = "throughput_ort_ops") -> str:
         f"{percent(share.get('MatMul', 0.0), 1)}; `TensorScatter`, the in-place cache write, "
         f"{percent(share.get('TensorScatter', 0.0), 1)}"
     )
+
+
+# The architectures the decoder builder converts (families.py), for prose.
+
+
+def architecture_names() -> str:
+    """The tiny seeded architectures the pipeline builds and checks, dense then MoE, by their
+    transformers class names (``LlamaForCausalLM`` -> Llama)."""
+    from proposals.text_pipeline.families import ARCHITECTURES, MOE_ARCHITECTURES
+
+    def names(archs) -> list[str]:
+        return list(dict.fromkeys(cls.removesuffix("ForCausalLM") for _, cls, _ in archs.values()))
+
+    dense = names({k: v for k, v in ARCHITECTURES.items() if k not in MOE_ARCHITECTURES})
+    return f"{', '.join(dense)} (dense) and {', '.join(names(MOE_ARCHITECTURES))} (MoE)"
