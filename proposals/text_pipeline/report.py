@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -110,13 +111,7 @@ def ortgenai_unadapted_error() -> str:
     import onnxruntime_genai as og
 
     with tempfile.TemporaryDirectory() as scratch:
-        folder = ModelFolder.read(write_folder("llama", Path(scratch) / "zoo"))
-        target = Path(scratch) / "genai"
-        target.mkdir()
-        write_genai_folder(folder, target)
-        onnx.save(folder.decoder, target / "model.onnx")  # the unadapted graph
-        _quiet(target)
-        model = og.Model(str(target))
+        model = _genai_model("llama", Path(scratch), decoder=lambda built: built)  # the unadapted graph
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=16)
         generator = og.Generator(model, params)
@@ -127,13 +122,17 @@ def ortgenai_unadapted_error() -> str:
     return "(no error)"
 
 
-def _genai_model(arch: str, scratch: Path):
+def _genai_model(arch: str, scratch: Path, decoder: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None):
+    """ORT GenAI on the backend's folder for ``arch``; ``decoder`` (of the zoo's decoder)
+    replaces the model the folder writer adapted, to show what that adaptation avoids."""
     import onnxruntime_genai as og
 
     folder = ModelFolder.read(write_folder(arch, scratch / "zoo"))
     target = scratch / "genai"
     target.mkdir()
     write_genai_folder(folder, target)
+    if decoder is not None:
+        onnx.save(decoder(folder.decoder), target / "model.onnx")
     _quiet(target)
     return og.Model(str(target))
 
@@ -189,17 +188,10 @@ def ortgenai_long_prompt_error() -> str:
 
 def ortgenai_mixed_cache_error() -> str:
     """The error ORT GenAI 0.18 gives on Gemma 2's decoder without the masked-window pass."""
-    import onnxruntime_genai as og
-
     with tempfile.TemporaryDirectory() as scratch:
-        folder = ModelFolder.read(write_folder("gemma2", Path(scratch) / "zoo"))
-        target = Path(scratch) / "genai"
-        target.mkdir()
-        write_genai_folder(folder, target)
-        onnx.save(position_ids_decoder(folder.decoder), target / "model.onnx")  # rings kept
-        _quiet(target)
+        model = _genai_model("gemma2", Path(scratch), decoder=position_ids_decoder)  # rings kept
         try:
-            _genai_run(og.Model(str(target)), [[5, 6, 7]], 4)
+            _genai_run(model, [[5, 6, 7]], 4)
         except RuntimeError as err:
             return " ".join(str(err).split())
     return "(no error)"
