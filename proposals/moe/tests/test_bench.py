@@ -27,7 +27,9 @@ def test_every_variant_matches_the_reference() -> None:
     assert {FUSED, KERNEL} <= set(built)
     for name, model in built.items():
         got = session(model, threads=1).run(None, {"X": arrays["X"]})[0]
-        np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(
+            got, expected, rtol=1e-5, atol=1e-4, err_msg=name
+        )  # float32 sums: error scales with size
 
 
 def test_fusion_gives_the_kernel_graph() -> None:

@@ -13,7 +13,7 @@ import pytest
 from generator.onnx_build import seeded
 from generator.ort import session
 from proposals.moe.fusion import fuse
-from proposals.moe.fusion_report import compute, load
+from proposals.moe.fusion_report import compute, family_cases, load
 from proposals.moe.grouped_matmul import with_gather_per_slot_body
 from proposals.moe.primitive import dense_model, primitive_model
 from proposals.moe.reference import moe
@@ -122,4 +122,8 @@ def test_committed_hit_rate_matches_a_recomputation() -> None:
     again = compute(names)
     strip = [{k: v for k, v in r.items() if k != "max_abs_diff_vs_expected"} for r in again]
     assert strip == [{k: v for k, v in r.items() if k != "max_abs_diff_vs_expected"} for r in committed]
-    assert all(r["max_abs_diff_vs_expected"] < 1e-4 for r in again if r["fused"])
+    # the case's own rtol + atol against its largest output: float32 error grows with the values
+    bound = {
+        n: c.atol + c.rtol * max(np.abs(d.outputs["output"]).max() for d in c.datasets) for n, c in family_cases(names)
+    }
+    assert all(r["max_abs_diff_vs_expected"] <= bound[r["case"]] for r in again if r["fused"])

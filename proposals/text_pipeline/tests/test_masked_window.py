@@ -33,7 +33,7 @@ def test_rings_become_masked_linear_buffers(arch):
     got = runner.append([tokens])[0]
     with torch.no_grad():
         want = tiny_model(arch)(torch.tensor([tokens])).logits[0, -1].numpy()
-    np.testing.assert_allclose(got, want, atol=2e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)  # float32 logits: error scales with size
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])

@@ -109,7 +109,9 @@ def test_dense_layers_beside_moe_layers():
     for moe in ("inline", "substitute"):
         runner = OrtRunner(for_onnxruntime(decoder, moe))
         runner.start(1, 16)
-        np.testing.assert_allclose(runner.append([tokens])[0], want, atol=2e-5)
+        np.testing.assert_allclose(
+            runner.append([tokens])[0], want, rtol=1e-5, atol=2e-5
+        )  # float32 logits: error scales with size
 
 
 def test_moe_block_the_op_cannot_express_is_named():

@@ -105,7 +105,9 @@ def test_paged_decoder_generates_the_same_tokens(arch):
     got_tokens, got_logits = _paged_greedy(paged)
     assert got_tokens == want_tokens
     for got, want in zip(got_logits, want_logits, strict=True):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(
+            got, want, rtol=1e-5, atol=1e-5
+        )  # float32 logits of two graphs: error scales with size
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma2"])
