@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+from generator.bench import ROOT
 from proposals.text_pipeline.tokenizer import (
     EOS_TOKEN,
     VOCAB_SIZE,
@@ -13,6 +18,21 @@ from proposals.text_pipeline.tokenizer import (
 
 def test_training_twice_gives_identical_bytes():
     assert train_tokenizer().to_str(pretty=True) == train_tokenizer().to_str(pretty=True)
+
+
+def test_training_leaves_the_environment_alone(monkeypatch):
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    before = dict(os.environ)
+    train_tokenizer()
+    assert dict(os.environ) == before
+
+
+def test_bytes_do_not_depend_on_rayon_threads():
+    """rayon sizes its pool once per process, so the 8-thread training runs in a child."""
+    code = "import sys; from proposals.text_pipeline.tokenizer import tokenizer_json as t; sys.stdout.buffer.write(t())"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAYON_NUM_THREADS": "8"}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True).stdout
+    assert child == train_tokenizer().to_str(pretty=True).encode("utf-8")
 
 
 def test_trained_on_the_shipped_corpus():
