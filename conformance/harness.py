@@ -57,7 +57,7 @@ def run_cached(runtime: Runtime, example: Example) -> Outcome:
     refused = _REFUSED.get((runtime.name, example.label))
     if refused is not None:
         return Outcome("unsupported", refused)
-    key = (runtime.name, _digest(example))
+    key = (runtime.name, example_digest(example))
     if key not in _OUTCOMES:
         outcome = run_one(runtime, example)
         if outcome.status == "unsupported" and whole_op_refusal(runtime, example.op, outcome.detail):
@@ -102,7 +102,7 @@ class Results:
         self.probed: dict[str, dict[str, str]] = defaultdict(dict)  # "Op-opset" -> runtime -> whole-op refusal
 
     def record(self, example: Example, outcomes: dict[str, Outcome]) -> None:
-        key = _digest(example)
+        key = example_digest(example)
         if key in self.seen:
             return
         self.seen.add(key)
@@ -145,7 +145,7 @@ def check(example: Example, matrix: Sequence[Runtime], results: Results | None =
     return [f"{example.label} on {name}: {o.status}: {o.detail}" for name, o in outcomes.items() if o.failed]
 
 
-def _digest(example: Example) -> str:
+def example_digest(example: Example) -> str:
     h = hashlib.sha256(example.model.SerializeToString())
     for name in sorted(example.inputs):
         h.update(name.encode())

@@ -58,7 +58,7 @@ def collect(examples: int, matrix: list[Runtime]) -> dict:
         )
         @given(STRATEGIES[op]())
         def run(example: Example) -> None:
-            key = harness._digest(example)
+            key = harness.example_digest(example)
             if key in seen:
                 return
             seen.add(key)

@@ -7,6 +7,8 @@ function-level import is how an import cycle hides).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +169,26 @@ def test_no_private_name_is_imported_from_another_module() -> None:
     assert not unexpected, [f"{where}: {module}.{name}" for (_, module, name), where in unexpected.items()]
     stale = set(KNOWN_PRIVATE_IMPORTS) - set(bad)
     assert not stale, f"no longer imported, drop from KNOWN_PRIVATE_IMPORTS: {sorted(stale)}"
+
+
+def _private_member_reads(paths: list[str], stdin: str | None = None) -> list[str]:
+    """ruff's flake8-self rule (SLF001, as configured in pyproject.toml) over ``paths``."""
+    command = [sys.executable, "-m", "ruff", "check", "--select", "SLF001", "--output-format", "concise", "--quiet"]
+    result = subprocess.run([*command, *paths], cwd=ROOT, input=stdin, capture_output=True, text=True)
+    assert result.returncode in (0, 1), result.stderr
+    return result.stdout.splitlines()
+
+
+def test_no_private_member_is_read_from_another_module() -> None:
+    """The other spelling, ``module._name`` or ``obj._name`` outside its class."""
+    found = _private_member_reads(list(LAYERS))
+    assert not found, found
+
+
+def test_the_private_member_rule_sees_attribute_access() -> None:
+    source = "from proposals.quantized_attention import build\n\nbuild._dynamic_scale()\ncalib._empty(3)\n"
+    found = _private_member_reads(["--stdin-filename", "proposals/quantized_attention/x.py", "-"], source)
+    assert [line.rsplit(" ", 1)[-1] for line in found] == ["`_dynamic_scale`", "`_empty`"]
 
 
 def _graph() -> dict[str, set[str]]:

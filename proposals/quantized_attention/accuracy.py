@@ -97,10 +97,10 @@ def _fake_quant_rows(
 ) -> ir.Value:
     """DQ(Q(rows)) with the builder's scale handling (static Expanded, or dynamic per row)."""
     if quant.dynamic:
-        scale, zero = build._dynamic_scale(op, prefix, rows, quant, dim), None
-        attrs = {"axis": 3, "block_size": build._group(quant, dim)}
+        scale, zero = build.dynamic_scale(op, prefix, rows, quant, dim), None
+        attrs = {"axis": 3, "block_size": build.group_size(quant, dim)}
     else:
-        scale, zero = build._static_scale(op, prefix, quant, batch)
+        scale, zero = build.static_scale(op, prefix, quant, batch)
         attrs = {} if quant.granularity == "per_tensor" else {"axis": 2, "block_size": HUGE_BLOCK}
     extra = [] if zero is None else [zero]
     out_type = {} if zero is not None else {"output_dtype": build.CODE_TYPES[quant.dtype]}
@@ -147,7 +147,7 @@ class Decoder:
         self.spec, self.session = spec, session(model, threads=1)
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def _empty(self, length: int) -> dict[str, np.ndarray]:
+    def empty_caches(self, length: int) -> dict[str, np.ndarray]:
         shape = (1, self.spec.num_kv_heads, length, self.spec.head_dim)
         return {
             f"past_{k}_{i}": np.zeros(shape, np.float32) for i in range(self.spec.num_layers) for k in ("key", "value")
@@ -160,7 +160,7 @@ class Decoder:
         return out["logits"][0], presents
 
     def greedy(self, prompt: list[int], steps: int) -> list[int]:
-        caches = self._empty(len(prompt) + steps)
+        caches = self.empty_caches(len(prompt) + steps)
         logits, caches = self.run(prompt, caches, 0)
         tokens = [int(logits[-1].argmax())]
         for t in range(steps - 1):
@@ -170,7 +170,7 @@ class Decoder:
 
     def next_token_logits(self, sequence: list[int]) -> np.ndarray:
         """Teacher-forced logits at every position (one prefill; rows are quantized as written)."""
-        return self.run(sequence, self._empty(len(sequence)), 0)[0]
+        return self.run(sequence, self.empty_caches(len(sequence)), 0)[0]
 
 
 def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
@@ -198,7 +198,7 @@ def decoder_study(arch: str) -> list[dict]:
     feeds = {
         "input_ids": np.array([PROMPT], np.int64),
         "write_indices": np.array([0], np.int64),
-        **calib._empty(len(PROMPT)),
+        **calib.empty_caches(len(PROMPT)),
     }
     sample = dict(zip(calib.outputs, calib.session.run(None, feeds), strict=True))
     rows = []

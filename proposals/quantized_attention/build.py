@@ -37,12 +37,12 @@ def _const(op: Op, name: str, array: np.ndarray) -> ir.Value:
     return op.initializer(ir.tensor(array, name=name), name)
 
 
-def _group(quant: CacheQuant, head_dim: int) -> int:
+def group_size(quant: CacheQuant, head_dim: int) -> int:
     return head_dim if quant.granularity == "per_token" else GROUP
 
 
 # --8<-- [start:read_scale]
-def _static_scale(op: Op, prefix: str, quant: CacheQuant, batch: ir.Value) -> tuple[ir.Value, ir.Value | None]:
+def static_scale(op: Op, prefix: str, quant: CacheQuant, batch: ir.Value) -> tuple[ir.Value, ir.Value | None]:
     """The static scale (and zero point) as Q/DQ take it; per_channel Expanded to [B, H, 1, D]."""
     scale = _const(op, f"{prefix}_scale", quant.scale)
     zero = None if quant.zero_point is None else _const(op, f"{prefix}_zero_point", quant.zero_point)
@@ -65,13 +65,13 @@ def _block_attrs(quant: CacheQuant, max_len: int, head_dim: int) -> dict:
         return {}
     if quant.granularity == "per_channel":
         return {"axis": 2, "block_size": max_len}  # one block spans every token of the cache
-    return {"axis": 3, "block_size": _group(quant, head_dim)}
+    return {"axis": 3, "block_size": group_size(quant, head_dim)}
 
 
 # --8<-- [start:dynamic_scale]
-def _dynamic_scale(op: Op, prefix: str, rows: ir.Value, quant: CacheQuant, head_dim: int) -> ir.Value:
+def dynamic_scale(op: Op, prefix: str, rows: ir.Value, quant: CacheQuant, head_dim: int) -> ir.Value:
     """max(amax / qmax, tiny) over each token's group of G channels: [B, H, S, D/G]."""
-    group = _group(quant, head_dim)
+    group = group_size(quant, head_dim)
     grouped = op.Reshape(rows, _const(op, f"{prefix}_groups", np.array([0, 0, 0, -1, group], np.int64)))
     amax = op.ReduceMax(op.Abs(grouped), _const(op, f"{prefix}_last", np.array([-1], np.int64)), keepdims=0)
     qmax = _const(op, f"{prefix}_qmax", np.array(quant.format.qmax, np.float32))
@@ -87,7 +87,7 @@ def _scale_inputs(b: GraphBuilder, prefix: str, quant: CacheQuant, dims: tuple) 
     if not quant.dynamic:
         return []
     kv_heads, max_len, head_dim = dims
-    groups = head_dim // _group(quant, head_dim)
+    groups = head_dim // group_size(quant, head_dim)
     return [b.input(f"past_{prefix}_scale", F32, ["batch", kv_heads, max_len, groups])]
 
 
@@ -102,12 +102,12 @@ def cache_io(
     code_type = CODE_TYPES[quant.dtype]
     attrs = _block_attrs(quant, max_len, head_dim)
     if quant.dynamic:
-        new_scale = _dynamic_scale(op, prefix, rows, quant, head_dim)
+        new_scale = dynamic_scale(op, prefix, rows, quant, head_dim)
         read_scale = op.TensorScatter(pasts[1], new_scale, write, axis=2, mode=mode, _name=f"scatter_{prefix}_scale")
         codes = op.QuantizeLinear(rows, new_scale, **attrs, output_dtype=code_type, _name=f"quantize_{prefix}")
         zero, scales = [], [read_scale]
     else:
-        read_scale, zero_point = _static_scale(op, prefix, quant, batch)
+        read_scale, zero_point = static_scale(op, prefix, quant, batch)
         zero, scales = ([] if zero_point is None else [zero_point]), []
         out_type = {} if zero else {"output_dtype": code_type}
         codes = op.QuantizeLinear(rows, read_scale, *zero, **attrs, **out_type, _name=f"quantize_{prefix}")
