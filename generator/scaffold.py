@@ -70,15 +70,19 @@ def new_proposal(name: str, root: Path = ROOT) -> list[Path]:
     """Create ``proposals/NAME/``, register its page, write its example case to the zoo and
     record that case's conformance baseline.
 
-    All or nothing: if a step fails, the folder, the nav entry and the baseline are restored.
+    All or nothing: if a step fails, every file it wrote is removed and every file it changed
+    (the nav, the zoo manifest, the baseline) is restored.
     """
     from generator import baseline
+    from generator.zoo import manifest_path
 
     check_name(name, root)
-    nav = root / "mkdocs.yml"
-    nav_before = nav.read_text()
+    zoo_topic = root / "zoo" / name
+    if zoo_topic.exists():
+        raise UsageError(f"zoo/{name} already exists; remove it (`make zoo` prunes it) or choose another name")
     baseline_path = root / baseline.BASELINE.relative_to(ROOT)
-    baseline_before = baseline_path.read_text() if baseline_path.exists() else None
+    changed = [root / "mkdocs.yml", manifest_path(root / "zoo"), baseline_path]
+    before = {path: path.read_bytes() if path.exists() else None for path in changed}
     try:
         written = render(name, root)
         add_to_nav(name, root)
@@ -92,9 +96,12 @@ def new_proposal(name: str, root: Path = ROOT) -> list[Path]:
         record_baseline(name, root / "zoo", baseline_path)
     except BaseException:
         shutil.rmtree(root / "proposals" / name, ignore_errors=True)
-        nav.write_text(nav_before)
-        if baseline_before is not None:
-            baseline_path.write_text(baseline_before)
+        shutil.rmtree(zoo_topic, ignore_errors=True)
+        for path, data in before.items():
+            if data is not None:
+                path.write_bytes(data)
+            else:
+                path.unlink(missing_ok=True)
         raise
     return written
 

@@ -191,6 +191,37 @@ def test_the_private_member_rule_sees_attribute_access() -> None:
     assert [line.rsplit(" ", 1)[-1] for line in found] == ["`_dynamic_scale`", "`_empty`"]
 
 
+def environment_writes(source: str) -> list[int]:
+    """Lines that change the process environment: ``os.environ[k] = v``, ``del os.environ[k]``,
+    ``os.environ.update/setdefault/pop/clear(...)``, ``os.putenv``, ``os.unsetenv``."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign | ast.Delete) else []
+        if isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        subscripts = [t.value for t in targets if isinstance(t, ast.Subscript)]
+        if any(ast.unparse(v) == "os.environ" for v in subscripts):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner, name = ast.unparse(node.func.value), node.func.attr
+            mutators = ("update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__")
+            if (owner == "os.environ" and name in mutators) or (owner == "os" and name in ("putenv", "unsetenv")):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_no_module_changes_the_process_environment() -> None:
+    """A setting a module writes into ``os.environ`` leaks into every later test and every
+    child process: tests scope theirs with ``monkeypatch``, children get ``env=``."""
+    found = [f"{name} line {line}" for name, path in MODULES.items() for line in environment_writes(path.read_text())]
+    assert not found, found
+
+
+def test_environment_writes_are_seen() -> None:
+    source = 'import os\nos.environ["A"] = "0"\nos.environ.update(B="1")\nos.putenv("C", "2")\nenv = dict(os.environ)\n'
+    assert environment_writes(source) == [2, 3, 4]
+
+
 def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
     for i in IMPORTS:

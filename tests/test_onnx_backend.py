@@ -4,16 +4,12 @@ its Runner runs every case on onnxruntime's backend within the case's own tolera
 
 from __future__ import annotations
 
-import os
 import warnings
 
-# Proposed ops live in the unreleased domain org.onnx.genai.proposals; onnxruntime's backend
-# skips such models unless its own switch, read when it is imported, says otherwise.
-os.environ["ALLOW_RELEASED_ONNX_OPSET_ONLY"] = "0"
-
-import onnx.backend.test.case.node  # noqa: E402
-import onnx.backend.test.loader  # noqa: E402
-from onnx.backend.test.case.utils import import_recursive  # noqa: E402
+import onnx.backend.test.case.node
+import onnx.backend.test.loader
+import pytest
+from onnx.backend.test.case.utils import import_recursive
 
 with warnings.catch_warnings():
     # onnxruntime 1.32's backend module still imports onnx.version, which onnx 1.23 deprecates.
@@ -30,6 +26,14 @@ from generator.backend_test import zoo_runner, zoo_test_classes  # noqa: E402
 from generator.zoo import ZOO, case_dir, load_manifest, split_id  # noqa: E402
 
 MANIFEST = load_manifest()
+
+
+@pytest.fixture(autouse=True)
+def _unreleased_opsets_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proposed ops live in the unreleased domain org.onnx.genai.proposals; onnxruntime's
+    backend skips such models unless its switch (read from ALLOW_RELEASED_ONNX_OPSET_ONLY
+    when it is imported) is off. Off for these tests only, not for the process or its children."""
+    monkeypatch.setattr(onnxruntime.backend.backend.OnnxRuntimeBackend, "allowReleasedOpsetsOnly", False)
 
 
 def test_the_loader_reads_every_case_with_its_tolerances() -> None:

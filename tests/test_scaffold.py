@@ -85,6 +85,44 @@ def test_new_proposal_passes_the_checks_in_a_copy(tmp_path: Path) -> None:
     assert (tmp_path / "site/proposals/demo_idea/index.html").exists()
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def test_a_failed_new_proposal_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The last step (the baseline) fails after the zoo case and its manifest entry were
+    written: the rollback removes every file the command wrote and restores every file it
+    changed. It runs in a child on a copy of what the command reads, since the child imports
+    the new proposal's modules from the copy."""
+    listed = subprocess.run(["git", "ls-files", "-z", "generator"], cwd=ROOT, capture_output=True, check=True).stdout
+    needed = ["mkdocs.yml", "pyproject.toml", "zoo/manifest.json", "conformance/baseline.json", "proposals/__init__.py"]
+    copy = tmp_path / "repo"
+    for rel in [*filter(None, listed.decode().split("\0")), *needed]:
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, copy / rel)
+    before = _tree(copy)
+    code = (
+        "from generator import scaffold\n"
+        "def fail(name, zoo, path):\n"
+        "    written = (zoo / name / 'test_example').is_dir() and name in (zoo / 'manifest.json').read_text()\n"
+        "    raise RuntimeError('baseline failed' + (' after the zoo was written' if written else ''))\n"
+        "scaffold.record_baseline = fail\n"
+        "scaffold.new_proposal('demo_idea')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(copy))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=copy, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert "RuntimeError: baseline failed after the zoo was written" in result.stderr, result.stderr[-3000:]
+    after = _tree(copy)
+    assert sorted(after.keys() - before.keys()) == []
+    assert [rel for rel in before if after.get(rel) != before[rel]] == []
+
+
 def test_no_snippet_include_is_mangled() -> None:
     from generator.lint import mangled_includes, markdown_pages
 
