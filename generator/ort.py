@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
+from generator.errors import UsageError
+
 # onnxruntime's log severities (SessionOptions.log_severity_level).
 WARNING = 2
 ERROR = 3
+
+# Overrides every session's intra-op thread count. .ci/run's any-CPU pass sets it to 1, so
+# onnxruntime sums in one order whatever the machine's core count.
+THREADS_VARIABLE = "ONNX_GENAI_ORT_THREADS"
+
+
+def intra_op_threads(default: int) -> int:
+    """``default``, unless ``ONNX_GENAI_ORT_THREADS`` names another count."""
+    value = os.environ.get(THREADS_VARIABLE, "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"{THREADS_VARIABLE}={value!r}; valid: a positive number of threads, or unset")
+    return int(value)
 
 
 def session(
     model: onnx.ModelProto | bytes | Path | str, *, threads: int = 2, log_severity: int = WARNING
 ) -> ort.InferenceSession:
-    """A CPU session with thread-pool spinning off.
+    """A CPU session with thread-pool spinning off, on ``threads`` intra-op threads (or
+    ``ONNX_GENAI_ORT_THREADS``).
 
     On a 2-core machine an idle spinning pool steals the second core from whatever
     runs next, so side-by-side timings would be meaningless with it on.
@@ -26,7 +44,7 @@ def session(
     (a copying baseline, a check of values only) passes ``log_severity=ERROR`` and says why.
     """
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = intra_op_threads(threads)
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
