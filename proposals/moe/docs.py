@@ -223,11 +223,19 @@ def bench_profile(name: str = "moe", top: int = 4) -> str:
     return markdown_table(["E", "T", "variant", "share of the node time, by operator type"], rows, align="rr")
 
 
-def fused_is_kernel() -> str:
-    """Whether fusing the bench's primitive form gives the kernel graph node for node
-    (same operators, same attributes), checked on a small block when the page is built."""
+def node_signature(model) -> list[tuple]:
+    """Each node's (domain, operator, sorted attributes): what "the same graph" compares."""
     import onnx
 
+    return [
+        (n.domain, n.op_type, sorted((a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute))
+        for n in model.graph.node
+    ]
+
+
+def fused_and_kernel_nodes() -> tuple[list[tuple], list[tuple]]:
+    """The node signatures of the bench's fused primitive form and of its kernel model, built
+    on a small block."""
     from proposals.moe.bench import FUSED, KERNEL, models
 
     rng = seeded(0)
@@ -238,16 +246,15 @@ def fused_is_kernel() -> str:
         "fc2_weight": rng.randn(4, 16, 16).astype(np.float32),
     }
     built = models(arrays)
+    return node_signature(built[FUSED]), node_signature(built[KERNEL])
 
-    def nodes(model: onnx.ModelProto) -> list:
-        return [
-            (n.domain, n.op_type, sorted((a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute))
-            for n in model.graph.node
-        ]
 
-    same = nodes(built[FUSED]) == nodes(built[KERNEL])
-    listed = " + ".join(f"`{op}`" for _, op, _ in nodes(built[FUSED]))
-    verdict = "the same graph as" if same else "**not** the same graph as"
+def fused_is_kernel() -> str:
+    """Whether fusing the bench's primitive form gives the kernel graph node for node
+    (same operators, same attributes), checked on a small block when the page is built."""
+    fused, kernel = fused_and_kernel_nodes()
+    listed = " + ".join(f"`{op}`" for _, op, _ in fused)
+    verdict = "the same graph as" if fused == kernel else "**not** the same graph as"
     return f"After fusion the primitive form is {listed}, {verdict} the hand-built kernel model"
 
 

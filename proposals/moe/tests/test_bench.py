@@ -9,8 +9,9 @@ import numpy as np
 
 from generator.onnx_build import seeded
 from generator.ort import session
+from proposals.moe import docs
 from proposals.moe.bench import ATTRS, FUSED, KERNEL, models
-from proposals.moe.docs import fused_is_kernel
+from proposals.moe.docs import fused_and_kernel_nodes
 from proposals.moe.reference import moe
 
 
@@ -33,4 +34,14 @@ def test_every_variant_matches_the_reference() -> None:
 
 
 def test_fusion_gives_the_kernel_graph() -> None:
-    assert "the same graph as" in fused_is_kernel() and "not" not in fused_is_kernel()
+    fused, kernel = fused_and_kernel_nodes()
+    assert fused == kernel
+    assert [(domain, op) for domain, op, _ in fused] == [("", "MatMul"), ("com.microsoft", "MoE")]  # router, kernel
+
+
+def test_a_differing_attribute_is_not_the_same_graph(monkeypatch) -> None:
+    fused, kernel = fused_and_kernel_nodes()
+    changed = [(d, op, [(n, 3 if (op, n) == ("MoE", "k") else v) for n, v in attrs]) for d, op, attrs in fused]
+    assert changed != kernel
+    monkeypatch.setattr(docs, "fused_and_kernel_nodes", lambda: (changed, kernel))
+    assert "**not** the same graph" in docs.fused_is_kernel()
