@@ -2,9 +2,12 @@
 
 - ``tensor_scatter``: TensorScatter-24 (onnx 1.23.2 schema text; circular mode wraps
   only the sequence index).
-- ``attention``: Attention-24/25 for 4-D Q/K/V, with the errata of onnx#7297, #7867
-  and #8068 (softcap before the mask, bottom-right causal offset, zero output for a
-  fully-masked row) and the opset-25 ``left/right_window_size`` of onnx#8108.
+- ``attention_outputs``: Attention-23/24/25 (3-D or 4-D Q/K/V, past and present, every
+  ``qk_matmul_output_mode``), with the errata of onnx#7297, #7867 and #8068 (softcap
+  before the mask, bottom-right causal offset, zero output for a fully-masked row) and
+  the opset-25 ``left/right_window_size`` of onnx#8108; ``attention`` returns its ``Y``.
+  The project's one Attention reference: conformance/ fuzzes runtimes against it, and
+  its tests check it against the loop reference ``proposals.paged_attention.reference.attend``.
 - ``rotary_embedding``: RotaryEmbedding-23.
 - Drivers: one decode step on a linear or a circular buffer, exactly as the graphs
   in :mod:`proposals.kv_cache.build` wire the ops, and loops over several steps.
@@ -59,8 +62,19 @@ def tensor_scatter(
 # --8<-- [end:tensor_scatter]
 
 
+@dataclass(frozen=True)
+class AttentionResult:
+    """Every output of one Attention node."""
+
+    y: np.ndarray
+    present_key: np.ndarray
+    present_value: np.ndarray
+    qk: np.ndarray  # qk_matmul_output for the requested mode
+    fully_masked: bool = False  # some query row attends no key
+
+
 # --8<-- [start:attention]
-def attention(
+def attention_outputs(
     q: np.ndarray,
     k: np.ndarray,
     v: np.ndarray,
@@ -69,34 +83,43 @@ def attention(
     past_value: np.ndarray | None = None,
     nonpad_kv_seqlen: np.ndarray | None = None,
     *,
-    is_causal: bool = False,
+    q_num_heads: int = 0,
+    kv_num_heads: int = 0,
+    is_causal: bool | int = False,
     scale: float | None = None,
     softcap: float = 0.0,
+    qk_matmul_output_mode: int = 0,
     left_window_size: int = -1,
     right_window_size: int = -1,
-) -> np.ndarray:
-    """Attention-24/25 output ``Y`` for 4-D ``q (B,Hq,Sq,D)``, ``k/v (B,Hkv,Skv,D)``.
+) -> AttentionResult:
+    """Attention-23/24/25 with the errata (onnx#7297, #7867, #8068) and windows (#8108).
 
-    The allowed key set of query ``i`` in sample ``b`` is the intersection of: keys
-    below ``nonpad_kv_seqlen[b]``, ``j <= i + offset`` when causal, the window around
-    ``p = i + offset``, and a boolean mask. ``offset`` is the past length with
-    ``past_key``, ``nonpad_kv_seqlen[b] - Sq`` with an external cache, else 0.
+    Q is ``(B, Hq, Sq, D)`` or ``(B, Sq, Hq*D)`` (then ``q_num_heads``), K and V likewise
+    with ``kv_num_heads``. Scores are ``scale * Q K^T`` (mode 0), then
+    ``softcap*tanh(x/softcap)`` before any mask (mode 1), then the bias: the float mask
+    plus ``-inf`` wherever a key is not allowed (mode 2), then softmax, a fully-masked row
+    being all zeros (mode 3). Key ``j`` is allowed for query ``i`` of sample ``b`` if it is
+    below ``nonpad_kv_seqlen[b]``, if ``j <= p`` when causal, if ``p - left <= j <= p + right``
+    for the bounded window sides (``p = i + offset``), and where a bool mask is True.
+    ``offset`` is the past length with ``past_key``, ``nonpad_kv_seqlen[b] - Sq`` with an
+    external cache, else 0. Query head ``h`` reads kv head ``h // (Hq / Hkv)``.
     """
+    three_d = q.ndim == 3
+    q4, k4, v4 = _to_4d(q, q_num_heads), _to_4d(k, kv_num_heads), _to_4d(v, kv_num_heads)
     if past_key is not None:
-        k = np.concatenate([past_key, k], axis=2)
-        v = np.concatenate([past_value, v], axis=2)
-    batch, q_heads, q_len, head = q.shape
-    kv_heads, total = k.shape[1], k.shape[2]
+        k4 = np.concatenate([past_key, k4], axis=2)
+        v4 = np.concatenate([past_value, v4], axis=2)
+    batch, q_heads, q_len, head = q4.shape
+    kv_heads, total = k4.shape[1], k4.shape[2]
     if q_heads % kv_heads:
         raise ValueError(f"q heads ({q_heads}) must be a multiple of kv heads ({kv_heads})")
     group = q_heads // kv_heads
-    k = np.repeat(k, group, axis=1).astype(np.float64)  # GQA: q head h reads kv head h // group
-    v = np.repeat(v, group, axis=1).astype(np.float64)
+    kk = np.repeat(k4.astype(np.float64), group, axis=1)  # GQA: q head h reads kv head h // group
+    vv = np.repeat(v4.astype(np.float64), group, axis=1)
     scale = 1.0 / np.sqrt(head) if scale is None else scale
 
-    scores = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k) * scale
-    if softcap > 0:  # before any mask (onnx#7867)
-        scores = softcap * np.tanh(scores / softcap)
+    raw = np.einsum("bhqd,bhkd->bhqk", q4.astype(np.float64), kk) * scale
+    capped = softcap * np.tanh(raw / softcap) if softcap > 0 else raw  # before any mask (onnx#7867)
 
     if past_key is not None:
         offset = np.full(batch, past_key.shape[2])
@@ -104,33 +127,58 @@ def attention(
         offset = np.asarray(nonpad_kv_seqlen) - q_len
     else:
         offset = np.zeros(batch, np.int64)
-    pos = offset[:, None] + np.arange(q_len)[None, :]  # absolute query position [B, Sq]
-    key = np.arange(total)[None, None, :]  # [1, 1, T]
-    allowed = np.ones((batch, q_len, total), bool)
+    pos = (offset[:, None] + np.arange(q_len)[None, :])[:, None, :, None]  # absolute query position [B, 1, Sq, 1]
+    key = np.arange(total)[None, None, None, :]
+    allowed = np.ones((batch, q_heads, q_len, total), bool)
     if nonpad_kv_seqlen is not None:
-        allowed &= key < np.asarray(nonpad_kv_seqlen)[:, None, None]
+        allowed &= key < np.asarray(nonpad_kv_seqlen)[:, None, None, None]
     if is_causal:
-        allowed &= key <= pos[:, :, None]
+        allowed &= key <= pos
     if left_window_size >= 0:
-        allowed &= key >= pos[:, :, None] - left_window_size
+        allowed &= key >= pos - left_window_size
     if right_window_size >= 0:
-        allowed &= key <= pos[:, :, None] + right_window_size
-    allowed = np.broadcast_to(allowed[:, None], scores.shape).copy()
-
+        allowed &= key <= pos + right_window_size
+    bias = np.zeros_like(capped)
     if attn_mask is not None:
         mask = _pad_mask(attn_mask, total)
         if mask.dtype == bool:
-            allowed &= np.broadcast_to(mask, scores.shape)
+            allowed &= np.broadcast_to(mask, allowed.shape)
         else:
-            scores = scores + np.broadcast_to(mask.astype(np.float64), scores.shape)
-    scores = np.where(allowed, scores, -np.inf)
+            bias = bias + np.broadcast_to(mask.astype(np.float64), bias.shape)
+    biased = np.where(allowed, capped + bias, -np.inf)
 
-    row_max = scores.max(axis=-1, keepdims=True)
-    empty = ~np.isfinite(row_max)  # fully-masked row: output zeros, not NaN (onnx#8068)
-    weights = np.exp(scores - np.where(empty, 0.0, row_max))
-    weights = weights / np.where(empty, 1.0, weights.sum(axis=-1, keepdims=True))
-    weights = np.where(empty, 0.0, weights)
-    return np.einsum("bhqk,bhkd->bhqd", weights, v).astype(q.dtype)
+    row_max = biased.max(axis=-1, keepdims=True)
+    empty = ~np.isfinite(row_max)  # a fully-masked row gives zeros, not NaN (onnx#8068)
+    weights = np.exp(biased - np.where(empty, 0.0, row_max))
+    weights = np.where(empty, 0.0, weights / np.where(empty, 1.0, weights.sum(axis=-1, keepdims=True)))
+    y = np.einsum("bhqk,bhkd->bhqd", weights, vv)
+    if three_d:
+        y = y.transpose(0, 2, 1, 3).reshape(batch, q_len, -1)
+    qk = (raw, capped, biased, weights)[qk_matmul_output_mode]
+    dtype = q.dtype
+    return AttentionResult(y.astype(dtype), k4.astype(dtype), v4.astype(dtype), qk.astype(dtype), bool(empty.any()))
+
+
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    attn_mask: np.ndarray | None = None,
+    past_key: np.ndarray | None = None,
+    past_value: np.ndarray | None = None,
+    nonpad_kv_seqlen: np.ndarray | None = None,
+    **attributes: Any,
+) -> np.ndarray:
+    """Attention's output ``Y`` alone (:func:`attention_outputs` has every output)."""
+    return attention_outputs(q, k, v, attn_mask, past_key, past_value, nonpad_kv_seqlen, **attributes).y
+
+
+def _to_4d(x: np.ndarray, heads: int) -> np.ndarray:
+    """(B, S, H*D) -> (B, H, S, D); 4-D inputs pass through."""
+    if x.ndim == 4:
+        return x
+    batch, seq, hidden = x.shape
+    return x.reshape(batch, seq, heads, hidden // heads).transpose(0, 2, 1, 3)
 
 
 def _pad_mask(mask: np.ndarray, total: int) -> np.ndarray:
