@@ -35,6 +35,7 @@ import onnx
 
 from generator.errors import UsageError
 from generator.onnx_build import seeded
+from generator.torch_reference import float64_mode
 from proposals.moe import reference
 from proposals.moe.build import moe_model
 from proposals.moe.schema import resolve
@@ -241,7 +242,7 @@ def _record(block, x: np.ndarray):
         experts.register_forward_hook(post),
     ]
     try:
-        with torch.no_grad():
+        with float64_mode():  # a block that asks for float32 (Inkling2's router) still runs in float64
             out = block(torch.from_numpy(x))
     finally:
         for h in handles:

@@ -2,7 +2,10 @@
 tiny seeded block built offline from its config: the coverage survey of ``from_transformers``.
 
 The model types and block classes are discovered from transformers itself (a module
-class of ``modeling_<type>.py`` that assigns ``self.experts``); the tiny config shrinks
+class of the causal-LM class's modeling module that assigns ``self.experts``) and
+committed in ``survey.json`` with every model type whose class did not import and why
+(``python -m proposals.moe.survey`` rewrites it; a test compares it with a fresh survey).
+The tiny config shrinks
 whichever of the usual size fields the config class has. Nothing here names a family's
 semantics: :func:`proposals.moe.hf.block_arrays` reads those from the block.
 """
@@ -11,8 +14,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import re
+from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from generator.errors import UsageError
 from generator.torch_reference import float64_copy, float64_mode, load_seeded
@@ -79,22 +85,44 @@ EXPECTED_REFUSALS = {
     "nemotron_h": "'relu2'",
     "phimoe": "sparsemixer",
     "zaya": "the router is an MLP",
+    # surveyed once the survey followed each causal-LM class to its module (they were skipped):
+    "inkling_text": "no single [E=8, H=16] router matrix",  # its gate has a row more than the experts (9 for 8)
+    "inkling2_text": "matches no activation of the op",  # Inkling2SoftcappedSwiGLU
+    "inkling2_loop_text": "matches no activation of the op",  # the same experts as inkling2
+    "minimax_m3_vl_text": "matches no activation of the op",  # its config sets swiglu_alpha and swiglu_limit
 }
 
 
+SURVEY_JSON = Path(__file__).resolve().parent / "survey.json"
+
+
+@dataclass(frozen=True)
+class Survey:
+    transformers: str  # the version surveyed
+    blocks: dict[str, dict[str, object]]  # model type -> {"module": modeling module, "classes": MoE blocks}
+    not_imported: dict[str, str]  # model type -> why its causal-LM class did not import
+
+    def as_json(self) -> dict:
+        return {"transformers": self.transformers, "blocks": self.blocks, "not_imported": self.not_imported}
+
+
 @cache
-def moe_model_types() -> dict[str, tuple[str, ...]]:
-    """Causal-LM model type -> the MoE block classes of its modeling module."""
+def survey() -> Survey:
+    """Every causal-LM model type's modeling module (the one holding its causal-LM class),
+    scanned for MoE blocks; the model types whose class did not import, each with the error."""
     import torch
+    import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    found = {}
-    for model_type in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+    blocks: dict[str, dict[str, object]] = {}
+    not_imported = {}
+    for model_type, class_name in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items()):
         try:
-            mod = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
-        except (ImportError, AttributeError):
+            mod = importlib.import_module(getattr(transformers, class_name).__module__)
+        except Exception as err:  # noqa: BLE001 (reported, with the error, not skipped)
+            not_imported[model_type] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             continue
-        blocks = []
+        found = []
         for name, obj in vars(mod).items():
             if inspect.isclass(obj) and issubclass(obj, torch.nn.Module) and obj.__module__ == mod.__name__:
                 try:
@@ -102,10 +130,22 @@ def moe_model_types() -> dict[str, tuple[str, ...]]:
                 except (OSError, TypeError):
                     continue
                 if re.search(r"self\.experts\s*=", src) and "DecoderLayer" not in name and "Vision" not in name:
-                    blocks.append(name)
-        if blocks:
-            found[model_type] = tuple(blocks)
-    return found
+                    found.append(name)
+        if found:
+            blocks[model_type] = {"module": mod.__name__, "classes": found}
+    return Survey(transformers.__version__, blocks, not_imported)
+
+
+def committed() -> Survey:
+    """The survey as committed in ``survey.json`` (``python -m proposals.moe.survey`` rewrites it)."""
+    data = json.loads(SURVEY_JSON.read_text())
+    return Survey(data["transformers"], data["blocks"], data["not_imported"])
+
+
+def moe_model_types() -> dict[str, tuple[str, ...]]:
+    """Causal-LM model type -> the MoE block classes of its modeling module (the committed
+    survey: a test checks it against a fresh one)."""
+    return {t: tuple(entry["classes"]) for t, entry in committed().blocks.items()}
 
 
 def tiny_config(model_type: str):
@@ -140,8 +180,7 @@ def tiny_block(model_type: str, seed: int = 0):
     blocks = moe_model_types().get(model_type)
     if not blocks:
         raise UsageError(f"{model_type!r} has no MoE block; valid: {sorted(moe_model_types())}")
-    mod = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
-    cls = getattr(mod, blocks[0])
+    cls = getattr(importlib.import_module(committed().blocks[model_type]["module"]), blocks[0])
     config = tiny_config(model_type)
     errors = []
     for args in ((config,), (config, 1)):  # some blocks also take their layer index
@@ -164,3 +203,15 @@ def block_output64(block, hidden_states):
         out = block64(torch.from_numpy(hidden_states).double())
     out = out[0] if isinstance(out, tuple) else out
     return out.numpy().reshape(hidden_states.shape)
+
+
+def main() -> None:
+    found = survey()
+    SURVEY_JSON.write_text(json.dumps(found.as_json(), indent=2, sort_keys=True) + "\n")
+    print(f"{len(found.blocks)} model types with an MoE block, {len(found.not_imported)} not imported -> {SURVEY_JSON}")
+    for model_type, why in found.not_imported.items():
+        print(f"  not imported: {model_type}: {why}")
+
+
+if __name__ == "__main__":
+    main()
