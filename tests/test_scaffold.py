@@ -73,7 +73,9 @@ def test_new_proposal_passes_the_checks_in_a_copy(tmp_path: Path) -> None:
             "no:cacheprovider",
             "proposals/demo_idea",
             "tests/test_scaffold.py::test_every_proposal_page_has_the_sections",
-            "tests/test_spine.py::test_committed_zoo_matches_the_case_functions",
+            "tests/test_spine.py::test_committed_zoo_lists_every_registered_case",
+            # the other topics are this checkout's, which test_spine checks here
+            "tests/test_spine.py::test_committed_zoo_matches_the_case_functions[demo_idea]",
         ],
         copy,
     )
