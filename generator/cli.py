@@ -81,8 +81,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verify.check_output(Path(args.json), zoo_dir)
     # The project's own zoo reuses cells whose runtime, adapter and bytes have not changed.
     own_zoo = zoo_dir.resolve() == verify.ZOO.resolve()
-    cells = verify.CellCache() if own_zoo and not args.no_cache else None
-    matrix = verify.verify(chosen, args.cases, zoo_dir, progress, cells)
+    cache = verify.CellCache() if own_zoo and not args.no_cache else None
+    matrix = verify.verify(chosen, args.cases, zoo_dir, progress, cache=cache)
     path = verify.write_matrix(matrix, Path(args.json), zoo_dir)
     full = not args.cases
     if args.record:

@@ -151,8 +151,8 @@ def load_matrix(path: Path = MATRIX_JSON, zoo: Path = ZOO) -> dict:
         same_cases = set(matrix["cases"]) == set(load_manifest(zoo)["cases"])
         if same_cases and [rt["name"] for rt in matrix["runtimes"]] == [rt.name for rt in runtimes]:
             return matrix
-    cells = CellCache() if zoo.resolve() == ZOO.resolve() else None
-    return json.loads(write_matrix(verify(runtimes, zoo=zoo, cells=cells), path, zoo).read_text())
+    cache = CellCache() if zoo.resolve() == ZOO.resolve() else None
+    return json.loads(write_matrix(verify(runtimes, zoo=zoo, cache=cache), path, zoo).read_text())
 
 
 def _reason(cell: Mapping) -> str:

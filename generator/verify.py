@@ -222,17 +222,15 @@ class CellCache:
         os.replace(tmp, self.folder / f"{key}.json")
 
 
-def cached_cell(
-    runtime: Runtime, version: str, case_id: str, entry: Mapping, zoo: Path, cells: CellCache | None
-) -> Cell:
+def cached_cell(runtime: Runtime, case_id: str, entry: Mapping, zoo: Path, cache: CellCache | None) -> Cell:
     """:func:`run_cell`, or its earlier result for the same runtime, adapter and bytes."""
-    if cells is None:
+    if cache is None:
         return run_cell(runtime, case_id, entry, zoo)
-    key = cells.key(runtime, version, entry)
-    cell = cells.get(key)
+    key = cache.key(runtime, runtime_version(runtime), entry)
+    cell = cache.get(key)
     if cell is None:
         cell = run_cell(runtime, case_id, entry, zoo)
-        cells.put(key, cell)
+        cache.put(key, cell)
     return cell
 
 
@@ -265,30 +263,30 @@ def verify(
     patterns: Sequence[str] = (),
     zoo: Path = ZOO,
     progress: Callable[[str, str, Cell], None] = lambda case_id, runtime, cell: None,
-    cells: CellCache | None = None,
+    *,
+    cache: CellCache | None = None,
 ) -> dict:
-    """Run the matrix and return it as a JSON-ready dict; with ``cells``, a cell whose
+    """Run the matrix and return it as a JSON-ready dict; with ``cache``, a cell whose
     runtime, adapter and case bytes are unchanged since it last ran is read from there."""
     manifest = load_manifest(zoo)
     ids = match_ids(manifest["cases"], patterns)
     check_integrity(ids, manifest, zoo)
-    versions = [runtime_version(rt) for rt in runtimes]
     matrix: dict = {
-        "runtimes": [{"name": rt.name, "version": v} for rt, v in zip(runtimes, versions, strict=True)],
+        "runtimes": [{"name": rt.name, "version": runtime_version(rt)} for rt in runtimes],
         "cases": {},
     }
     for cid in ids:
         entry = manifest["cases"][cid]
         checker = static_checks(case_dir(cid, zoo) / "model.onnx")
-        results = {}
-        for rt, version in zip(runtimes, versions, strict=True):
-            cell = cached_cell(rt, version, cid, entry, zoo, cells)
-            results[rt.name] = asdict(cell)
+        cells = {}
+        for rt in runtimes:
+            cell = cached_cell(rt, cid, entry, zoo, cache)
+            cells[rt.name] = asdict(cell)
             progress(cid, rt.name, cell)
         matrix["cases"][cid] = {
             "description": entry["description"],
             "checker": checker or "ok",
-            "results": results,
+            "results": cells,
         }
     return matrix
 

@@ -39,20 +39,20 @@ def tiny(tmp_path: Path) -> Path:
 
 def test_an_unchanged_cell_is_read_not_run(tiny: Path, tmp_path: Path) -> None:
     runtime, cells = _Counting(), CellCache(tmp_path / "cache")
-    first = verify([runtime], zoo=tiny, cells=cells)
-    assert verify([runtime], zoo=tiny, cells=cells) == first
+    first = verify([runtime], zoo=tiny, cache=cells)
+    assert verify([runtime], zoo=tiny, cache=cells) == first
     assert runtime.loads == 1
     assert first["cases"]["spine/affine"]["results"]["counting"]["status"] == "pass"
 
 
 def test_a_new_version_or_new_bytes_run_again(tiny: Path, tmp_path: Path) -> None:
     runtime, cells = _Counting(), CellCache(tmp_path / "cache")
-    verify([runtime], zoo=tiny, cells=cells)
+    verify([runtime], zoo=tiny, cache=cells)
     runtime.release = "2"
-    verify([runtime], zoo=tiny, cells=cells)
+    verify([runtime], zoo=tiny, cache=cells)
     assert runtime.loads == 2
     zoo.write([_spec(lambda: _add_case(scale=3.0))], tiny, prune=True)  # other model and data bytes
-    matrix = verify([runtime], zoo=tiny, cells=cells)
+    matrix = verify([runtime], zoo=tiny, cache=cells)
     assert runtime.loads == 3
     # the case's expectation is x * 2 + bias whatever the scale: the new model's cell fails
     assert matrix["cases"]["spine/affine"]["results"]["counting"]["status"] == "mismatch"
