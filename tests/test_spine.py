@@ -277,7 +277,6 @@ def test_committed_zoo_lists_every_registered_case() -> None:
     assert sorted(zoo.load_manifest()["cases"]) == sorted(discover()), "run `make zoo` and commit"
 
 
-@pytest.mark.xdist_group("fresh_zoo")
 @pytest.mark.parametrize("topic", topics())
 def test_committed_zoo_matches_the_case_functions(fresh_zoo, topic: str) -> None:
     """Regenerating from the committed code gives the committed bytes (make zoo is a no-op).

@@ -17,8 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from generator.bench import ROOT
 from generator.zoo import ZOO
 
@@ -47,7 +45,6 @@ def _differences(committed: dict[str, bytes], fresh: dict[str, bytes]) -> list[s
     ]
 
 
-@pytest.mark.xdist_group("fresh_zoo")
 def test_zoo_regenerates_byte_identical_with_other_kernels_and_threads(fresh_zoo, tmp_path: Path) -> None:
     plain = subprocess.Popen(
         [sys.executable, "-m", "generator", "zoo", "--out", str(tmp_path / PLAIN)],
