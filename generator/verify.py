@@ -173,11 +173,11 @@ def _package_digest(module_name: str) -> str:
     """sha256 over the Python sources of the top-level package (or lone module) that
     ``module_name`` belongs to: an edit anywhere in an adapter's package is a new adapter."""
     top = sys.modules.get(module_name.partition(".")[0])
-    roots = [Path(p) for p in getattr(top, "__path__", [])]
-    files = sorted(f for root in roots for f in root.rglob("*.py")) if roots else [Path(top.__file__)]
+    roots = [Path(p) for p in getattr(top, "__path__", [])] or [Path(top.__file__)]
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for root in roots:  # paths relative to the package: a copy of the checkout shares the cache
+        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            digest.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
