@@ -79,7 +79,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     zoo_dir, baseline_path = Path(args.zoo), Path(args.baseline)
     expected = baseline.load(baseline_path)
     verify.check_output(Path(args.json), zoo_dir)
-    matrix = verify.verify(chosen, args.cases, zoo_dir, progress)
+    # The project's own zoo reuses cells whose runtime, adapter and bytes have not changed.
+    own_zoo = zoo_dir.resolve() == verify.ZOO.resolve()
+    cache = verify.CellCache() if own_zoo and not args.no_cache else None
+    matrix = verify.verify(chosen, args.cases, zoo_dir, progress, cache=cache)
     path = verify.write_matrix(matrix, Path(args.json), zoo_dir)
     full = not args.cases
     if args.record:
@@ -165,6 +168,12 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--baseline", default=str(BASELINE), help="committed cell statuses (conformance/baseline.json)")
     v.add_argument(
         "--record", action="store_true", help="record the statuses of the cells run as the new baseline, on purpose"
+    )
+    v.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run every cell again, even one whose runtime version, adapter and case bytes "
+        "are unchanged since it last ran (build/verify-cache/)",
     )
     v.set_defaults(run=cmd_verify)
 

@@ -17,7 +17,7 @@ from onnx import helper
 
 from generator.graphs import function_svg, graph_svg
 from generator.registry import discover
-from generator.verify import MATRIX_JSON, verify, write_matrix
+from generator.verify import MATRIX_JSON, CellCache, verify, write_matrix
 from generator.zoo import ZOO, case_dir, load_manifest, manifest_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +151,8 @@ def load_matrix(path: Path = MATRIX_JSON, zoo: Path = ZOO) -> dict:
         same_cases = set(matrix["cases"]) == set(load_manifest(zoo)["cases"])
         if same_cases and [rt["name"] for rt in matrix["runtimes"]] == [rt.name for rt in runtimes]:
             return matrix
-    return json.loads(write_matrix(verify(runtimes, zoo=zoo), path, zoo).read_text())
+    cache = CellCache() if zoo.resolve() == ZOO.resolve() else None
+    return json.loads(write_matrix(verify(runtimes, zoo=zoo, cache=cache), path, zoo).read_text())
 
 
 def _reason(cell: Mapping) -> str:

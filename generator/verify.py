@@ -20,10 +20,15 @@ plug-in being tried out) fails only on ``mismatch`` and ``error`` without a reas
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +49,7 @@ from generator.zoo import (
 )
 
 MATRIX_JSON = ZOO.parent / "build" / "conformance.json"
+CELL_CACHE = ZOO.parent / "build" / "verify-cache"
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,72 @@ def run_cell(runtime: Runtime, case_id: str, entry: Mapping, zoo: Path) -> Cell:
     return Cell("pass", worst, known_divergence=known)
 
 
+@cache
+def _package_digest(module_name: str) -> str:
+    """sha256 over the Python sources of the top-level package (or lone module) that
+    ``module_name`` belongs to: an edit anywhere in an adapter's package is a new adapter."""
+    top = sys.modules.get(module_name.partition(".")[0])
+    roots = [Path(p) for p in getattr(top, "__path__", [])] or [Path(top.__file__)]
+    digest = hashlib.sha256()
+    for root in roots:  # paths relative to the package: a copy of the checkout shares the cache
+        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            digest.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+class CellCache:
+    """Cells already run, one JSON file each under ``build/verify-cache/``.
+
+    A cell's key is everything its result depends on: the runtime's name and version, the
+    sources of its adapter's package and of this package (the comparison), numpy's and
+    onnx's versions, and the case's manifest entry, which holds the sha256 of every file
+    (model and data) with the tolerances and the recorded divergences. The files are
+    hashed against the manifest on every run (:func:`check_integrity`) before any cell is
+    looked up, so a cached cell always belongs to the bytes on disk.
+    """
+
+    def __init__(self, folder: Path = CELL_CACHE) -> None:
+        self.folder = folder
+
+    def key(self, runtime: Runtime, version: str, entry: Mapping) -> str:
+        cls = type(runtime)
+        identity = {
+            "runtime": [runtime.name, f"{cls.__module__}:{cls.__qualname__}", version],
+            "adapter": _package_digest(cls.__module__),
+            "verifier": _package_digest(__name__),
+            "versions": [np.__version__, onnx.__version__],
+            "entry": entry,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> Cell | None:
+        path = self.folder / f"{key}.json"
+        try:
+            return Cell(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # absent or unreadable: run the cell
+            return None
+
+    def put(self, key: str, cell: Cell) -> None:
+        """Write atomically: concurrent runs (two `make` jobs) never read half a file."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(cell), f, sort_keys=True)
+        os.replace(tmp, self.folder / f"{key}.json")
+
+
+def cached_cell(runtime: Runtime, case_id: str, entry: Mapping, zoo: Path, cache: CellCache | None) -> Cell:
+    """:func:`run_cell`, or its earlier result for the same runtime, adapter and bytes."""
+    if cache is None:
+        return run_cell(runtime, case_id, entry, zoo)
+    key = cache.key(runtime, runtime_version(runtime), entry)
+    cell = cache.get(key)
+    if cell is None:
+        cell = run_cell(runtime, case_id, entry, zoo)
+        cache.put(key, cell)
+    return cell
+
+
 def check_integrity(case_ids: Sequence[str], manifest: Mapping, zoo: Path) -> None:
     """Raise one clear error naming every tampered, missing, unlisted or unparsable file."""
     problems = unlisted_folders(manifest, zoo)
@@ -191,8 +263,11 @@ def verify(
     patterns: Sequence[str] = (),
     zoo: Path = ZOO,
     progress: Callable[[str, str, Cell], None] = lambda case_id, runtime, cell: None,
+    *,
+    cache: CellCache | None = None,
 ) -> dict:
-    """Run the matrix and return it as a JSON-ready dict."""
+    """Run the matrix and return it as a JSON-ready dict; with ``cache``, a cell whose
+    runtime, adapter and case bytes are unchanged since it last ran is read from there."""
     manifest = load_manifest(zoo)
     ids = match_ids(manifest["cases"], patterns)
     check_integrity(ids, manifest, zoo)
@@ -205,7 +280,7 @@ def verify(
         checker = static_checks(case_dir(cid, zoo) / "model.onnx")
         cells = {}
         for rt in runtimes:
-            cell = run_cell(rt, cid, entry, zoo)
+            cell = cached_cell(rt, cid, entry, zoo, cache)
             cells[rt.name] = asdict(cell)
             progress(cid, rt.name, cell)
         matrix["cases"][cid] = {

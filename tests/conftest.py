@@ -1,7 +1,11 @@
-"""Shared fixtures: the built site (made once if `make docs` has not made it)."""
+"""Shared fixtures: the built site, and the zoo rebuilt from the case functions once per run
+(shared by the workers of ``pytest -n``)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -9,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from generator import zoo
+from generator.registry import select
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "site"
+BUILD_THREADS = 2  # torch's intra-op threads while fresh_zoo builds (test_zoo_portable)
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +29,64 @@ def site_dir() -> Path:
         mkdocs = Path(sys.executable).parent / "mkdocs"
         subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(SITE)], cwd=ROOT, env=env, check=True)
     return SITE
+
+
+class FreshZoo:
+    """The zoo written from the case functions into a temporary folder, topic by topic as
+    tests ask for them, each topic once per run, with this process's best kernels and torch
+    at :data:`BUILD_THREADS` threads. Under ``pytest -n`` the workers share the folder: a
+    lock file lets one build a topic while the others wait for it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def entries(self, topic: str) -> dict[str, dict]:
+        """The manifest entries of ``topic``'s cases, freshly built and written."""
+        self._write([topic])
+        return {cid: e for cid, e in self._manifest()["cases"].items() if e["topic"] == topic}
+
+    def complete(self) -> Path:
+        """The folder, holding every registered case and the manifest of them all."""
+        from generator.registry import topics
+
+        self._write(topics())
+        return self.path
+
+    def _manifest(self) -> dict:
+        return json.loads(zoo.manifest_path(self.path).read_text())
+
+    def _write(self, topics: list[str]) -> None:
+        import torch
+
+        with self._lock():
+            missing = [t for t in topics if not self._done(t).exists()]
+            if not missing:
+                return
+            specs = [spec for spec in select() if spec.topic in missing]
+            threads = torch.get_num_threads()
+            torch.set_num_threads(BUILD_THREADS)
+            try:
+                zoo.write(specs, self.path, prune=False, prune_topics=missing)
+            finally:
+                torch.set_num_threads(threads)
+            for topic in missing:
+                self._done(topic).touch()
+
+    def _done(self, topic: str) -> Path:
+        return self.path.parent / f"{topic}.written"
+
+    @contextlib.contextmanager
+    def _lock(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / "lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+
+@pytest.fixture(scope="session")
+def fresh_zoo(tmp_path_factory: pytest.TempPathFactory) -> FreshZoo:
+    """The zoo as `make zoo` would write it now (see :class:`FreshZoo`)."""
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker's folder is <run>/popen-gwN: the run's own folder is shared
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return FreshZoo(shared / "fresh_zoo" / "zoo")

@@ -4,20 +4,16 @@ purpose, in either direction."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from generator import Case, UsageError, baseline, zoo
+from generator.cli import main
 from generator.runtimes import ReferenceRuntime, Runtime
 from generator.verify import failures, verify
 
 from .test_spine import _add_case, _spec
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Switchable(Runtime):
@@ -125,21 +121,19 @@ def test_a_mismatch_without_a_reason_cannot_be_recorded(tiny: Path) -> None:
         _recorded(tiny, runtime)
 
 
-def test_cli_exits_1_naming_the_cell_and_the_command(tiny: Path, tmp_path: Path) -> None:
+def test_cli_exits_1_naming_the_cell_and_the_command(run_main, tiny: Path, tmp_path: Path) -> None:
     path = tmp_path / "baseline.json"
     stale = {"status": "unsupported", "reason": "was refused"}
     baseline.save({"format": 1, "runtimes": {"reference": {"version": "0", "cells": {"spine/affine": stale}}}}, path)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     args = ["verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json"), "--baseline", str(path)]
-    run = [sys.executable, "-m", "generator", *args]
-    result = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_main(main, *args)
     assert result.returncode == 1
     assert "spine/affine on reference: baseline unsupported (was refused), now pass" in result.stdout
     assert "python -m generator verify --record spine/affine" in result.stdout
-    recorded = subprocess.run([*run, "--record"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    recorded = run_main(main, *args, "--record")
     assert recorded.returncode == 0, recorded.stderr
     assert json.loads(path.read_text())["runtimes"]["reference"]["cells"]["spine/affine"] == {"status": "pass"}
-    assert subprocess.run(run, cwd=ROOT, env=env, capture_output=True, timeout=300).returncode == 0
+    assert run_main(main, *args).returncode == 0
 
 
 def test_committed_baseline_covers_every_case_and_runtime_of_the_matrix() -> None:

@@ -1,10 +1,13 @@
 """The committed zoo is portable: regenerating it with torch's plainest kernels on one
-thread, or with two threads for torch and BLAS, gives every committed byte.
+thread, or with the best kernels and two torch threads, gives every committed byte.
 
-Each run is a fresh ``python -m generator zoo --out DIR`` process, since the kernel
-choice (``ATEN_CPU_CAPABILITY``) and the thread pools are fixed when a process starts.
-The determinism comes from the construction (float64 references, seeded float64
-weights); nothing here touches OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE.
+The plainest kernels need a fresh ``python -m generator zoo --out DIR`` process, since the
+kernel choice (``ATEN_CPU_CAPABILITY``) and the thread pools are fixed when a process
+starts. The best kernels are this process's own: the session's ``fresh_zoo``
+(tests/conftest.py), built once per run with torch at two threads, which test_spine
+compares topic by topic. The determinism comes from the construction (float64
+references, seeded float64 weights); nothing here touches OPENBLAS_CORETYPE or
+OPENBLAS_L2_SIZE.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from pathlib import Path
 from generator.bench import ROOT
 from generator.zoo import ZOO
 
+from .conftest import BUILD_THREADS
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-SETTINGS = {
-    "default_kernels_1_thread": {"ATEN_CPU_CAPABILITY": "default", **dict.fromkeys(THREAD_VARIABLES, "1")},
-    "best_kernels_2_threads": dict.fromkeys(THREAD_VARIABLES, "2"),
-}
+PLAIN = "default_kernels_1_thread"
+PLAIN_SETTINGS = {"ATEN_CPU_CAPABILITY": "default", **dict.fromkeys(THREAD_VARIABLES, "1")}
 
 
 def _environment(settings: dict[str, str]) -> dict[str, str]:
@@ -42,21 +45,19 @@ def _differences(committed: dict[str, bytes], fresh: dict[str, bytes]) -> list[s
     ]
 
 
-def test_zoo_regenerates_byte_identical_with_other_kernels_and_threads(tmp_path: Path) -> None:
-    runs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "generator", "zoo", "--out", str(tmp_path / name)],
-            cwd=ROOT,
-            env=_environment(settings),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, settings in SETTINGS.items()
-    }  # both at once: the test takes as long as one run
-    errors = {name: run.communicate(timeout=600)[1] for name, run in runs.items()}
+def test_zoo_regenerates_byte_identical_with_other_kernels_and_threads(fresh_zoo, tmp_path: Path) -> None:
+    plain = subprocess.Popen(
+        [sys.executable, "-m", "generator", "zoo", "--out", str(tmp_path / PLAIN)],
+        cwd=ROOT,
+        env=_environment(PLAIN_SETTINGS),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # runs while this process builds its own: the test takes as long as one build
+    fresh = {PLAIN: tmp_path / PLAIN, f"best_kernels_{BUILD_THREADS}_threads": fresh_zoo.complete()}
+    error = plain.communicate(timeout=600)[1]
+    assert plain.returncode == 0, f"{PLAIN}: {error[-2000:]}"
     committed = _files(ZOO)
-    for name, run in runs.items():
-        assert run.returncode == 0, f"{name}: {errors[name][-2000:]}"
-        diff = _differences(committed, _files(tmp_path / name))
-        assert not diff, f"{name} ({SETTINGS[name]}): {len(diff)} files differ from zoo/: {diff[:20]}"
+    for name, folder in fresh.items():
+        diff = _differences(committed, _files(folder))
+        assert not diff, f"{name}: {len(diff)} files differ from zoo/: {diff[:20]}"

@@ -4,9 +4,7 @@ one-line error with exit status 2. Each test reproduces a defect found by trying
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from onnx import numpy_helper
 
 from generator import Case, DataSet, UsageError, zoo
+from generator.cli import main
 from generator.registry import CaseSpec
 from generator.runtimes import ReferenceRuntime
 from generator.verify import verify
@@ -26,11 +25,10 @@ from .test_spine import _add_case, _spec
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "generator", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+@pytest.fixture
+def cli(run_main):
+    """``python -m generator ARGS`` run in this process (test_spine runs it as a process)."""
+    return lambda *args, cwd=None: run_main(main, *args, cwd=cwd)
 
 
 def _one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
@@ -57,12 +55,12 @@ def _set_manifest(path: Path, manifest: object) -> None:
 # --- zoo --out never deletes what it did not write -------------------------------------------
 
 
-def test_zoo_out_refuses_a_folder_that_holds_no_zoo(tmp_path: Path) -> None:
+def test_zoo_out_refuses_a_folder_that_holds_no_zoo(cli, tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     for rel in (".git/objects/ab/cdef", ".git/refs/heads/main", "proposals/kv_cache/cases.py"):
         (clone / rel).parent.mkdir(parents=True, exist_ok=True)
         (clone / rel).write_text("keep")
-    _one_line_error(_cli("zoo", "--out", str(clone)), "is not empty and holds no zoo")
+    _one_line_error(cli("zoo", "--out", str(clone)), "is not empty and holds no zoo")
     assert sorted(p.relative_to(clone).as_posix() for p in clone.rglob("*") if p.is_file()) == [
         ".git/objects/ab/cdef",
         ".git/refs/heads/main",
@@ -70,10 +68,10 @@ def test_zoo_out_refuses_a_folder_that_holds_no_zoo(tmp_path: Path) -> None:
     ]
 
 
-def test_zoo_out_refuses_a_file(tmp_path: Path) -> None:
+def test_zoo_out_refuses_a_file(cli, tmp_path: Path) -> None:
     target = tmp_path / "notes.txt"
     target.write_text("keep")
-    _one_line_error(_cli("zoo", "--out", str(target)), "is a file; the zoo output must be a folder")
+    _one_line_error(cli("zoo", "--out", str(target)), "is a file; the zoo output must be a folder")
     assert target.read_text() == "keep"
 
 
@@ -187,10 +185,10 @@ def _malformed(manifest: dict) -> list[tuple[object, str]]:
     ]
 
 
-def test_malformed_manifests_are_one_line_errors(tiny: Path, tmp_path: Path) -> None:
+def test_malformed_manifests_are_one_line_errors(cli, tiny: Path, tmp_path: Path) -> None:
     for bad, message in _malformed(_manifest(tiny)):
         _set_manifest(tiny, bad)
-        _one_line_error(_cli("verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json")), message)
+        _one_line_error(cli("verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json")), message)
 
 
 def _rehash(folder: Path, rel: str) -> None:
@@ -201,10 +199,10 @@ def _rehash(folder: Path, rel: str) -> None:
     _set_manifest(folder, manifest)
 
 
-def test_a_garbage_pb_with_an_updated_hash_is_one_line(tiny: Path, tmp_path: Path) -> None:
+def test_a_garbage_pb_with_an_updated_hash_is_one_line(cli, tiny: Path, tmp_path: Path) -> None:
     (zoo.case_dir("spine/affine", tiny) / "test_data_set_0/output_0.pb").write_bytes(b"\xff\xff garbage")
     _rehash(tiny, "test_data_set_0/output_0.pb")
-    _one_line_error(_cli("verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json")), "is not a TensorProto")
+    _one_line_error(cli("verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json")), "is not a TensorProto")
 
 
 def _external_output(folder: Path, location: str) -> None:
@@ -216,44 +214,44 @@ def _external_output(folder: Path, location: str) -> None:
     _rehash(folder, "test_data_set_0/output_0.pb")
 
 
-def test_external_data_outside_the_case_is_refused(tiny: Path, tmp_path: Path) -> None:
+def test_external_data_outside_the_case_is_refused(cli, tiny: Path, tmp_path: Path) -> None:
     (tmp_path / "secret.bin").write_bytes(np.zeros(6, np.float32).tobytes())
     _external_output(tiny, "../../../secret.bin")
     _one_line_error(
-        _cli("verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json")),
+        cli("verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json")),
         "is not a relative path inside the case folder",
     )
 
 
-def test_external_data_is_read_from_the_case_folder_not_the_cwd(tiny: Path, tmp_path: Path) -> None:
+def test_external_data_is_read_from_the_case_folder_not_the_cwd(cli, tiny: Path, tmp_path: Path) -> None:
     expected = _add_case().datasets[0].outputs["y"]
     (zoo.case_dir("spine/affine", tiny) / "y.bin").write_bytes(expected.tobytes())
     (tmp_path / "y.bin").write_bytes(np.full(6, 99, np.float32).tobytes())  # a decoy in the cwd
     _external_output(tiny, "y.bin")
     _rehash(tiny, "y.bin")
-    result = _cli("verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json"), "--runtime", "x:Y", cwd=tmp_path)
+    result = cli("verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json"), "--runtime", "x:Y", cwd=tmp_path)
     assert "runtime 'x:Y': cannot import it" in result.stderr  # the zoo itself was accepted
     matrix = verify([ReferenceRuntime()], zoo=tiny)
     assert matrix["cases"]["spine/affine"]["results"]["reference"]["status"] == "pass"
 
 
-def test_verify_json_may_not_overwrite_the_zoo(tiny: Path) -> None:
+def test_verify_json_may_not_overwrite_the_zoo(cli, tiny: Path) -> None:
     before = (tiny / "manifest.json").read_bytes()
-    _one_line_error(_cli("verify", "--zoo", str(tiny), "--json", str(tiny / "manifest.json")), "is inside the zoo")
+    _one_line_error(cli("verify", "--zoo", str(tiny), "--json", str(tiny / "manifest.json")), "is inside the zoo")
     assert (tiny / "manifest.json").read_bytes() == before
 
 
-def test_verify_json_naming_a_folder_is_one_line(tiny: Path, tmp_path: Path) -> None:
-    _one_line_error(_cli("verify", "--zoo", str(tiny), "--json", str(tmp_path)), "is a folder; give a file name")
+def test_verify_json_naming_a_folder_is_one_line(cli, tiny: Path, tmp_path: Path) -> None:
+    _one_line_error(cli("verify", "--zoo", str(tiny), "--json", str(tmp_path)), "is a folder; give a file name")
 
 
-def test_new_proposal_refuses_a_name_with_a_newline() -> None:
-    _one_line_error(_cli("new-proposal", "abc\n"), "invalid proposal name 'abc\\n'")
+def test_new_proposal_refuses_a_name_with_a_newline(cli) -> None:
+    _one_line_error(cli("new-proposal", "abc\n"), "invalid proposal name 'abc\\n'")
     assert not (ROOT / "proposals" / "abc\n").exists()
 
 
-def test_snippets_refuses_a_site_url_that_is_not_one() -> None:
-    _one_line_error(_cli("snippets", "--site-url", "notaurl"), "is not an absolute http(s) address")
+def test_snippets_refuses_a_site_url_that_is_not_one(cli) -> None:
+    _one_line_error(cli("snippets", "--site-url", "notaurl"), "is not an absolute http(s) address")
 
 
 def test_spec_with_unsafe_name_is_refused(tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""``python -m proposals.text_pipeline`` streams, and bad arguments exit 2 in one line."""
+"""``python -m proposals.text_pipeline`` streams, and bad arguments exit 2 in one line.
+
+Two tests run the command as a process (streaming, and the exit status of a bad
+argument); the other error tests call its ``main`` in this process (``run_main``)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import onnx
 import pytest
 
 from generator.bench import ROOT
+from proposals.text_pipeline.__main__ import main
 from proposals.text_pipeline.config import GenerationInput
 from proposals.text_pipeline.factory import create_pipeline
 from proposals.text_pipeline.folder import write_folder
@@ -71,8 +75,8 @@ def test_streams_generated_text(tmp_path):
         ([], "required: prompt"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(args, message):
-    done = cli(*args)
+def test_bad_arguments_exit_2_with_one_line(run_main, args, message):
+    done = run_main(main, *args)
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -219,11 +223,11 @@ def good_folder(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("broken", list(BROKEN_FOLDERS))
-def test_malformed_model_folder_exits_2_with_one_line(good_folder, tmp_path, broken):
+def test_malformed_model_folder_exits_2_with_one_line(run_main, good_folder, tmp_path, broken):
     damage, backend, message = BROKEN_FOLDERS[broken]
     folder = Path(shutil.copytree(good_folder, tmp_path / "model"))
     damage(folder)
-    done = cli("x", "--backend", backend, "--model-dir", str(folder))
+    done = run_main(main, "x", "--backend", backend, "--model-dir", str(folder))
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr
@@ -231,7 +235,8 @@ def test_malformed_model_folder_exits_2_with_one_line(good_folder, tmp_path, bro
 
 
 def test_prompt_that_is_not_utf8_exits_2_with_one_line():
-    """A prompt argument with bytes that are not UTF-8 (Python holds them as surrogates)."""
+    """A prompt argument with bytes that are not UTF-8 (Python holds them as surrogates).
+    A process, for the exit status ``python -m`` gives and the bytes the OS passes."""
     done = cli(os.fsdecode(b"bad \xff prompt"), "--max-new-tokens", "2")
     assert done.returncode == 2, done.stderr
     assert "the prompt is not valid UTF-8 text (bytes b'\\xff' at 4)" in done.stderr

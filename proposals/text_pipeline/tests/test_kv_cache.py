@@ -4,16 +4,15 @@ through ``create_pipeline``; the committed agreement and memory figures reproduc
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from generator.bench import ROOT, load_results
+from generator.bench import load_results
 from generator.errors import UsageError
 from generator.project import setting_list
 from proposals.text_pipeline import kv_cache_report
+from proposals.text_pipeline.__main__ import main
 from proposals.text_pipeline.cache_formats import SETTING, cache_format, cache_format_names
 from proposals.text_pipeline.config import GenerationInput
 from proposals.text_pipeline.factory import Device, create_pipeline
@@ -23,12 +22,6 @@ from proposals.text_pipeline.folder import write_folder
 # Greedy agreement is an exact count on one machine; another CPU's float32 kernels may move
 # a near-tie, so the committed figure is matched within this share of the tokens.
 AGREEMENT_TOLERANCE = 0.1
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "proposals.text_pipeline", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +37,10 @@ def test_formats_come_from_pyproject_and_name_the_valid_ones() -> None:
     assert "\n" not in str(err.value)
 
 
-def test_cli_generates_with_an_int8_cache_end_to_end(llama) -> None:
-    """The CLI's text is the int8 pipeline's, and that pipeline really holds int8 codes."""
-    done = cli("The KV cache", "--model-dir", str(llama), "--kv-cache", "int8", "--max-new-tokens", "32")
+def test_cli_generates_with_an_int8_cache_end_to_end(run_main, llama) -> None:
+    """The CLI's text is the int8 pipeline's, and that pipeline really holds int8 codes.
+    (The exit status of the process: test_cli.py.)"""
+    done = run_main(main, "The KV cache", "--model-dir", str(llama), "--kv-cache", "int8", "--max-new-tokens", "32")
     assert done.returncode == 0, done.stderr
     pipeline = create_pipeline("onnxruntime", llama, Device("CPU", {"kv_cache": "int8"}))
     pipeline.set_generation_config(pipeline.get_generation_config().with_(max_new_tokens=32))
@@ -64,8 +58,8 @@ def test_cli_generates_with_an_int8_cache_end_to_end(llama) -> None:
         (["--kv-cache", "int8", "--backend", "transformers"], "has no setting 'kv_cache'; its settings: torch_device"),
     ],
 )
-def test_bad_kv_cache_values_exit_2_with_one_line(args, message) -> None:
-    done = cli("x", *args)
+def test_bad_kv_cache_values_exit_2_with_one_line(run_main, args, message) -> None:
+    done = run_main(main, "x", *args)
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
