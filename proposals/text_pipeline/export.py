@@ -243,9 +243,8 @@ def export_checkpoint(
         raise UsageError("give one checkpoint: --gguf FILE or --hf FOLDER")
     out = Path(out)
     check_out(out)
+    source = gguf_source(Path(gguf)) if gguf is not None else hf_source(Path(hf))  # bad input: one line
     step = _Steps(progress)
-    step("checking the checkpoint (header, sha256)")
-    source = gguf_source(Path(gguf)) if gguf is not None else hf_source(Path(hf))
     step(f"loading {source.file} with transformers (float32, {source.architecture})")
     model, tokenizer = load_checkpoint(Path(gguf if gguf is not None else hf), source)
     step("building the ONNX decoder")
