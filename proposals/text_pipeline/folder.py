@@ -20,7 +20,7 @@ from generator.zoo import case_dir
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import BeamSearchConfig, GenerationConfig, SamplingConfig, StopCriteria
 from proposals.text_pipeline.families import tiny_model
-from proposals.text_pipeline.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_json
+from proposals.text_pipeline.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, load_tokenizer, tokenizer_json
 
 PIPELINE_FILE = "pipeline.json"
 FORMAT = "onnx-genai-proposals/text_pipeline/1"
@@ -79,6 +79,24 @@ class ModelFolder:
         tokenizer_path = _named_file(path, manifest, "tokenizer")
         tokenizer = _read_tokenizer(tokenizer_path, spec_from_model(decoder).vocab_size)
         return cls(path, decoder, tokenizer, config_from_json(manifest["generation_config"]), manifest)
+
+
+def special_tokens(folder: ModelFolder) -> dict[str, str]:
+    """The BOS, EOS and pad tokens' text: an export's own (``special_tokens`` ids in
+    ``pipeline.json``; pad falls back to EOS), or the project tokenizer's for a zoo folder."""
+    ids = folder.manifest.get("special_tokens")
+    if not isinstance(ids, dict):
+        return {"bos": BOS_TOKEN, "eos": EOS_TOKEN, "pad": PAD_TOKEN}
+    tokenizer = load_tokenizer(folder.tokenizer_json)
+    text = {
+        k: tokenizer.id_to_token(i) if isinstance(i := ids.get(f"{k}_token_id"), int) else None
+        for k in ("bos", "eos", "pad")
+    }
+    if None in (text["bos"], text["eos"]):
+        raise UsageError(
+            f"{folder.path / PIPELINE_FILE}: special_tokens needs bos_token_id and eos_token_id of the tokenizer"
+        )
+    return {**text, "pad": text["pad"] or text["eos"]}
 
 
 def _named_file(folder: Path, manifest: dict, key: str) -> Path:
