@@ -62,6 +62,9 @@ class ModelFolder:
     tokenizer_json: bytes
     config: GenerationConfig
     manifest: dict = field(repr=False)
+    # the folder, when model.onnx keeps its weights in an external data file there: the
+    # decoder is then read without them, and runtimes read them from the file
+    external_data: Path | None = None
 
     @classmethod
     def read(cls, path: str | Path) -> ModelFolder:
@@ -75,10 +78,12 @@ class ModelFolder:
             )
         _inside(path, PIPELINE_FILE, f"{meta_path}: the folder's own {PIPELINE_FILE}")
         manifest = _read_manifest(meta_path)
-        decoder = _read_decoder(_named_file(path, manifest, "decoder"))
+        decoder_path = _named_file(path, manifest, "decoder")
+        decoder, external = _read_decoder(decoder_path)
         tokenizer_path = _named_file(path, manifest, "tokenizer")
         tokenizer = _read_tokenizer(tokenizer_path, spec_from_model(decoder).vocab_size)
-        return cls(path, decoder, tokenizer, config_from_json(manifest["generation_config"]), manifest)
+        config = config_from_json(manifest["generation_config"])
+        return cls(path, decoder, tokenizer, config, manifest, decoder_path.parent if external else None)
 
 
 def special_tokens(folder: ModelFolder) -> dict[str, str]:
@@ -139,23 +144,40 @@ def _read_manifest(meta_path: Path) -> dict:
     return manifest
 
 
-def _read_decoder(model_path: Path) -> onnx.ModelProto:
-    """The decoder ``pipeline.json`` names, parsed and recognised as a text_pipeline decoder."""
+def _read_decoder(model_path: Path) -> tuple[onnx.ModelProto, bool]:
+    """The decoder ``pipeline.json`` names, parsed and recognised as a text_pipeline decoder,
+    without its external data (checked to lie inside the folder, whole); and whether it has any."""
     if not model_path.is_file():
         raise UsageError(f"{model_path}: no such file ({PIPELINE_FILE} names it as the decoder)")
     try:
-        model = onnx.load(model_path)
+        model = onnx.load(model_path, load_external_data=False)
     except DecodeError:
         raise UsageError(f"{model_path}: not an ONNX model (protobuf parse failed)") from None
-    except (onnx.checker.ValidationError, OSError) as err:
-        # onnx itself refuses external data outside the model's folder (.., absolute, symlinks)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"{model_path}: cannot read its external data ({reason})") from None
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor in external:
+        _check_external_data(model_path, tensor)
     try:
         spec_from_model(model)
     except UsageError as err:
         raise UsageError(f"{model_path}: {err}") from None
-    return model
+    return model, bool(external)
+
+
+def _check_external_data(model_path: Path, tensor: onnx.TensorProto) -> None:
+    """An initializer's external data: a file inside the model's folder that holds its bytes."""
+    info = {e.key: e.value for e in tensor.external_data}
+    what = f"{model_path}: cannot read its external data (tensor {tensor.name!r}"
+    try:
+        data = _inside(model_path.parent, info.get("location", ""), f"{what}, location {info.get('location')!r})")
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise UsageError(f"{what}: offset/length are not integers)") from None
+    if not data.is_file():
+        raise UsageError(f"{what}: no file {info['location']!r} in the folder)")
+    length = data.stat().st_size - offset if length is None else length
+    if length < 0 or offset < 0 or offset + length > data.stat().st_size:
+        raise UsageError(f"{what}: bytes {offset}..{offset + length} lie outside {info['location']!r})")
 
 
 def _read_tokenizer(tokenizer_path: Path, vocab_size: int) -> bytes:

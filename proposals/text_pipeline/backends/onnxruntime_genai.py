@@ -22,6 +22,8 @@ one run.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,6 +129,12 @@ def write_genai_folder(folder: ModelFolder, target: Path) -> None:
     eos = sorted(folder.config.eos_token_ids) or [tokenizer.token_to_id(tokens["eos"])]
     # ORT GenAI 0.18 binds one cache shape to every layer: mixed decoders' rings become masked linear buffers
     onnx.save(position_ids_decoder(masked_linear(folder.decoder)), target / "model.onnx")
+    for location in external_locations(folder):  # the folder's own data file, linked (ORT refuses symlinks)
+        source = folder.external_data / location
+        try:
+            os.link(source, target / location)
+        except OSError:  # another file system: copied
+            shutil.copyfile(source, target / location)
     (target / "tokenizer.json").write_bytes(folder.tokenizer_json)
     (target / "tokenizer_config.json").write_text(
         json.dumps(
@@ -141,6 +149,19 @@ def write_genai_folder(folder: ModelFolder, target: Path) -> None:
     (target / "genai_config.json").write_text(
         json.dumps(genai_config(folder.decoder, eos, tokenizer, tokens), indent=2)
     )
+
+
+def external_locations(folder: ModelFolder) -> set[str]:
+    """The external data files the folder's decoder names (none for a zoo folder)."""
+    if folder.external_data is None:
+        return set()
+    return {
+        e.value
+        for t in folder.decoder.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
 
 
 class OrtGenaiEngine:
