@@ -119,12 +119,22 @@ def reference_tokens(name: str) -> dict:
             gen.append_input_tokens([ids])
             while not gen.is_done():
                 gen.generate_next_token()
-        rows.append({"prompt": text, "prompt_ids": ids, "tokens": list(gen.seqs[0].new_tokens)})
+        tokens = list(gen.seqs[0].new_tokens)
+        rows.append({"prompt": text, "prompt_ids": ids, "tokens": tokens, "text": answer(folder, tokens)})
         print(f"{name}: {len(ids)}-token prompt -> {tokenizer.decode(rows[-1]['tokens'])[:60]!r}", flush=True)
     return {"sha256": checkpoint(name).sha256, "new_tokens": NEW_TOKENS, "prompts": rows}
 
 
 # --8<-- [end:reference]
+
+
+def answer(folder, tokens: list[int]) -> str:
+    """The text of ``tokens`` up to the first EOS (what a user of the pipeline would see)."""
+    from proposals.text_pipeline.tokenizer import load_tokenizer
+
+    eos = folder.config.eos_token_ids
+    end = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
+    return load_tokenizer(folder.tokenizer_json).decode(tokens[:end], skip_special_tokens=True)
 
 
 def load_reference() -> dict:
