@@ -105,11 +105,12 @@ def in_place_evidence(session: ort.InferenceSession, feeds: Mapping[str, np.ndar
 # function "present = scatter(past, new)" into a write into past, so every reader of past
 # must see past before the write, and nothing else may own that memory. A graph is safe for
 # in-place binding when, for each (past, present) pair:
-#   1. past's only reader is one TensorScatter, as its data input (input 0): any other
+#   1. past's only reader is the one node that writes it: a TensorScatter's data input
+#      (input 0), or after fusion a GroupQueryAttention's past_key/past_value: any other
 #      reader sees the new rows when it runs after the write, and races it when it may run
 #      alongside (a parallel executor is free to order unrelated nodes either way);
-#   2. present is that TensorScatter's output, unchanged (no op between the scatter and the
-#      graph output), and no other graph output is the same value;
+#   2. present is that writer's output, unchanged (no op between the writer and the graph
+#      output), and no other graph output is the same value;
 #   3. past is not itself a graph output (it would change under the caller);
 #   4. past and present have the same element type and the same dims (a fixed capacity).
 # And on the data side: slots no step has written must hold finite values (zeros): the
@@ -123,15 +124,31 @@ def _graph(model: onnx.ModelProto | ir.Model | ir.Graph) -> ir.Graph:
     return model if isinstance(model, ir.Graph) else model.graph
 
 
+# (op type, past input index, present output index) of the nodes that update a cache.
+CACHE_WRITERS = (("TensorScatter", 0, 0), ("GroupQueryAttention", 3, 1), ("GroupQueryAttention", 4, 2))
+
+
+def _writes(node: ir.Node, past: ir.Value, present: ir.Value) -> bool:
+    return any(
+        node.op_type == op and len(node.inputs) > i and node.inputs[i] is past and node.outputs[o] is present
+        for op, i, o in CACHE_WRITERS
+    )
+
+
 def scatter_pairs(model: onnx.ModelProto | ir.Model | ir.Graph) -> list[tuple[str, str]]:
-    """The (past, present) pairs a caller would alias: a graph input written by a TensorScatter
-    whose output is a graph output."""
+    """The (past, present) pairs a caller would alias: a graph input updated by a cache writer
+    (TensorScatter, or GroupQueryAttention after fusion) whose output is a graph output."""
     graph = _graph(model)
     outputs = set(graph.outputs)
     return [
-        (node.inputs[0].name, node.outputs[0].name)
+        (node.inputs[i].name, node.outputs[o].name)
         for node in graph
-        if node.op_type == "TensorScatter" and node.inputs[0].is_graph_input() and node.outputs[0] in outputs
+        for op, i, o in CACHE_WRITERS
+        if node.op_type == op
+        and len(node.inputs) > i
+        and node.inputs[i] is not None
+        and node.inputs[i].is_graph_input()
+        and node.outputs[o] in outputs
     ]
 
 
@@ -151,11 +168,11 @@ def in_place_hazards(model: onnx.ModelProto | ir.Model, pairs: Sequence[tuple[st
             continue
         readers = [(use.node, use.idx) for use in past.uses()]
         writer = present.producer()
-        if writer is None or writer.op_type != "TensorScatter" or writer.inputs[0] is not past:
+        if writer is None or not _writes(writer, past, present):
             what = "a graph input" if writer is None else f"{writer.op_type} {writer.name!r}"
-            problems.append(f"{present_name} is produced by {what}, not by a TensorScatter of {past_name}")
+            problems.append(f"{present_name} is produced by {what}, not by a cache writer of {past_name}")
         for node, idx in readers:
-            if node is not writer or idx != 0:
+            if node is not writer:
                 problems.append(f"{past_name} is also read by {node.op_type} {node.name!r} (input {idx})")
         if past in graph.outputs:
             problems.append(f"{past_name} is also a graph output")
