@@ -146,3 +146,28 @@ def _here() -> dict:
     from generator.bench import machine
 
     return machine()
+
+
+def _mobius() -> dict:
+    return load_results("text_pipeline", "mobius_inplace")  # written by proposals/text_pipeline/mobius_forms.py
+
+
+def mobius_inplace_tokens() -> str:
+    """Greedy tokens of mobius-onnx's static-cache graph, per way of running it, against the copying run."""
+    data = _mobius()
+    rows = data["rows"]
+    names = list(rows[0]["equal_to_copying"])
+    n = data["setup"]["new_tokens"]
+    table = [[name, " · ".join(f"{r['equal_to_copying'][name]}/{n}" for r in rows)] for name in names]
+    return markdown_table(
+        ["run (SmolLM2-135M-Instruct, greedy)", f"tokens equal to the copying run, {len(rows)} prompts"], table
+    )
+
+
+def mobius_inplace_verdict() -> str:
+    """What the in-place checker says about mobius's graph and this project's decoder."""
+    rule = _mobius()["setup"]["in_place_rule"]
+    return "; ".join(
+        f"{name}: {v['pairs']} cache pairs, {len(v['hazards']) or 'no'} hazard{'s' if len(v['hazards']) != 1 else ''}"
+        for name, v in rule.items()
+    )

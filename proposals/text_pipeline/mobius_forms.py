@@ -126,32 +126,6 @@ def cache_pairs(model: ir.Model | onnx.ModelProto) -> int:
     return len(scatter_pairs(model))
 
 
-FORM_COMPARISON = [
-    # (aspect, mobius-onnx 0.1.0 static_cache=True, this project's decoder)
-    ("capacity", "fixed when the graph is built (`max_seq_len`)", "symbolic `cache_len`: the runner picks it"),
-    (
-        "cache tensors",
-        "`key_cache.{i}`, `value_cache.{i}`: (B, L, kv_heads × head_dim), 3-D",
-        "`past_key_{i}`, `past_value_{i}`: (B, kv_heads, L, head_dim), 4-D",
-    ),
-    ("TensorScatter axis", "1", "2 (`-2`)"),
-    ("write position", "`write_indices` input, int64 [B]", "`write_indices` input, int64 [B]"),
-    (
-        "valid length",
-        "`nonpad_kv_seqlen` input, int64 [B] (caller keeps it = write_indices + S)",
-        "computed in the graph: write_indices + S",
-    ),
-    ("positions for RoPE", "`position_ids` input, int64 [B, S]", "computed in the graph from write_indices"),
-    ("RoPE", "RotaryEmbedding-23 on Q and K before the scatter", "RotaryEmbedding-23 on Q and K before the scatter"),
-    ("Attention", "Attention-24, `is_causal=1`, K/V 3-D", "Attention-24, `is_causal=1`, K/V 4-D"),
-    (
-        "sliding-window layers",
-        "static cache refused for Gemma 3 (`Gemma3DecoderLayer`)",
-        "circular TensorScatter per sliding layer",
-    ),
-]
-
-
 PROMPTS = (
     "What is the capital of France?",
     "Write a haiku about the sea.",
