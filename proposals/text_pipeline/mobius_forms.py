@@ -107,6 +107,38 @@ class MobiusStaticRunner:
 # --8<-- [end:static_runner]
 
 
+class MobiusGqaRunner:
+    """Runs mobius's GroupQueryAttention form: a growing cache ``past_key_values.{i}.key`` of
+    shape (B, kv_heads, past, head_dim), an all-ones ``attention_mask`` over past + new
+    tokens; ``session.run`` returns the longer ``present.{i}.key``, fed back next step."""
+
+    def __init__(self, sess: ort.InferenceSession) -> None:
+        self.session = sess
+        self.cache_inputs = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+        self.output_names = [o.name for o in sess.get_outputs()]
+        self.vocab_size = sess.get_outputs()[0].shape[-1]
+        self.lengths: list[int] = []
+
+    def start(self, batch: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.caches = {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32) for i in self.cache_inputs}
+        self.lengths = [0] * batch
+
+    def append(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
+        ids = np.asarray(tokens, np.int64)
+        mask = np.ones((ids.shape[0], self.lengths[0] + ids.shape[1]), np.int64)
+        out = dict(
+            zip(
+                self.output_names,
+                self.session.run(None, {"input_ids": ids, "attention_mask": mask, **self.caches}),
+                strict=True,
+            )
+        )
+        self.caches = {name: out[name.replace("past_key_values.", "present.")] for name in self.caches}
+        self.lengths = [n + ids.shape[1] for n in self.lengths]
+        return out["logits"][:, -1, :]
+
+
 def greedy(runner, prompt: Sequence[int], new_tokens: int, **start) -> list[int]:
     """Greedy tokens after ``prompt`` from any runner with ``start``/``append``."""
     runner.start(1, len(prompt) + new_tokens, **start)
