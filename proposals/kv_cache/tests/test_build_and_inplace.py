@@ -135,3 +135,12 @@ def test_non_finite_unwritten_slots_poison_attention() -> None:
         feeds = _step_feeds(np.random.default_rng(4), fill)
         for run in (ReferenceEvaluator(model).run, session(model).run):
             assert np.isfinite(run(None, feeds)[0]).all() == finite, fill
+
+
+def test_capacity_repro_folder_is_what_its_writer_writes(tmp_path) -> None:
+    from proposals.kv_cache import capacity_repro
+
+    fresh = capacity_repro.write(tmp_path)
+    committed = capacity_repro.REPROS / capacity_repro.SLUG
+    for name in ("model.onnx", "gqa.onnx", "repro.py", "ISSUE.md"):
+        assert (fresh / name).read_bytes() == (committed / name).read_bytes(), name
