@@ -7,6 +7,11 @@ Float32, batch 1, 8 kv heads, head_dim 128, one new token, cache length L:
   TensorScatter-24 in place through IOBinding.
 - ``decode_step``: a whole attention step with 32 query heads. Attention-23 with
   past/present vs 2x TensorScatter + Attention-24 (plain run, and in place).
+- ``real_shapes``: one attention layer of the real checkpoints (SmolLM2-135M: 9 query / 3
+  kv heads of 64; Gemma 3 270M's global layer: 4 / 1 of 256) at 4k, 16k and 32k tokens, and
+  with 64 tokens held in 128 and 4,096 slots: the standard step in place and copied, and
+  onnxruntime's GroupQueryAttention on the identical cache (the fused form of
+  :mod:`proposals.kv_cache.fusion`), with the share of the machine's read bandwidth.
 - ``openvino_precision``: not a timing but evidence for the page's first pitfall, which
   depends on the CPU: OpenVINO's default inference precision and its error on the top-left
   case (and two neighbours) at each precision hint, with the machine it ran on.
@@ -24,7 +29,7 @@ import onnxruntime as ort
 
 from generator import bench
 from generator.ort import ERROR, session
-from proposals.kv_cache import build, inplace, reference
+from proposals.kv_cache import build, fusion, inplace, reference
 
 TOPIC = "kv_cache"
 KV_HEADS, Q_HEADS, HEAD_DIM = 8, 32, 128
@@ -147,6 +152,84 @@ def write_results(
     )
 
 
+# (query heads, kv heads, head size) of one attention layer of each packaged checkpoint.
+REAL_LAYERS = {"SmolLM2-135M": (9, 3, 64), "Gemma 3 270M, global layer": (4, 1, 256)}
+# (capacity, tokens held): full buffers at 4k/16k/32k, then 64 tokens in a small and a large buffer.
+REAL_CELLS = ((4096, 4096), (16384, 16384), (32768, 32768), (128, 64), (4096, 64))
+QUICK_REAL_CELLS = ((256, 256), (128, 64), (1024, 64))
+A24_IN_PLACE, A24_COPY, GQA_IN_PLACE = "Attention-24, in place", "Attention-24, plain run", "GQA, in place"
+
+
+def real_step_variants(layer: tuple[int, int, int], capacity: int, held: int) -> dict[str, Callable[[], object]]:
+    """One decode step of a real layer shape with ``held`` tokens in a ``capacity``-slot cache:
+    the standard step bound in place and copied, and its GQA fusion bound in place, all on
+    the same cache contents (checked to agree)."""
+    q_heads, kv_heads, head_dim = layer
+    rng = np.random.RandomState(capacity + held)
+    cache = np.zeros((2, 1, kv_heads, capacity, head_dim), np.float32)
+    cache[:, :, :, : held - 1] = _randn(rng, 2, 1, kv_heads, held - 1, head_dim)
+    step = {
+        "q": _randn(rng, 1, q_heads, 1, head_dim),
+        "k": _randn(rng, 1, kv_heads, 1, head_dim),
+        "v": _randn(rng, 1, kv_heads, 1, head_dim),
+        "write_indices": np.array([held - 1], np.int64),
+        "nonpad_kv_seqlen": np.array([held], np.int64),
+    }
+    model = build.cache_step_model(q_heads=q_heads, kv_heads=kv_heads, max_len=capacity, head_dim=head_dim)
+    standard, fused = session(model, **QUIET), session(fusion.fuse_to_gqa(model), **QUIET)
+
+    def bound(sess: ort.InferenceSession) -> ort.IOBinding:
+        caches = {
+            name: ort.OrtValue.ortvalue_from_numpy(c.copy())
+            for name, c in zip(("past_key", "past_value"), cache, strict=True)
+        }
+        binding = inplace.bind_in_place(sess, caches, step, ["y"])
+        binding.values = caches  # kept alive with the binding
+        return binding
+
+    a24, gqa = bound(standard), bound(fused)
+    standard.run_with_iobinding(a24)
+    fused.run_with_iobinding(gqa)
+    np.testing.assert_allclose(gqa.get_outputs()[2].numpy(), a24.get_outputs()[2].numpy(), rtol=1e-4, atol=1e-5)
+    plain = {**step, "past_key": cache[0], "past_value": cache[1]}
+    return {
+        A24_IN_PLACE: lambda: standard.run_with_iobinding(a24),
+        A24_COPY: lambda: standard.run(None, plain),
+        GQA_IN_PLACE: lambda: fused.run_with_iobinding(gqa),
+    }
+
+
+def real_shapes(quick: bool = False) -> list[dict]:
+    """``real_shapes`` rows: median seconds per step, the K/V bytes the step must read and
+    the share of the measured read bandwidth each variant reaches."""
+    cells = QUICK_REAL_CELLS if quick else REAL_CELLS
+    timing = {"batches": 3, "min_batch_s": 0.002} if quick else {"batches": 9, "min_batch_s": 0.02}
+    bandwidth = bench.memory_bandwidth_gbs()
+    rows = []
+    for name, layer in REAL_LAYERS.items():
+        for capacity, held in cells:
+            times = bench.time_interleaved(real_step_variants(layer, capacity, held), **timing)
+            kv_bytes = 2 * held * layer[1] * layer[2] * 4
+            rows.append(
+                {
+                    "layer": name,
+                    "shape": dict(zip(("q_heads", "kv_heads", "head_dim"), layer, strict=True)),
+                    "capacity": capacity,
+                    "held": held,
+                    "seconds": times,
+                    "kv_bytes": kv_bytes,
+                    "roofline_share": {v: kv_bytes / t / (bandwidth * 1e9) for v, t in times.items()},
+                    "bandwidth_gbs": bandwidth,
+                }
+            )
+            print(f"{name} L={capacity} held={held}: " + "  ".join(f"{v} {t * 1e6:.0f} us" for v, t in times.items()))
+    if not quick:
+        bench.write_json(
+            TOPIC, "real_shapes", rows, {"batch": 1, "new_tokens": 1, "dtype": "float32", "threads": 2, **timing}
+        )
+    return rows
+
+
 # The pitfall's case and its two neighbours: (label, feed nonpad_kv_seqlen?, is_causal).
 PRECISION_VARIANTS = (
     ("is_causal, no nonpad_kv_seqlen (the top-left case)", False, 1),
@@ -204,6 +287,7 @@ def main(quick: bool = False) -> None:
     update = measure(update_variants, lengths, UPDATE_BASELINE, **timing)
     print("Decode step (32 q heads, 8 kv heads, head_dim 128, 1 token):")
     decode = measure(decode_variants, lengths, STEP_BASELINE, **timing)
+    real_shapes(quick)
     evidence = openvino_precision()
     print(f"OpenVINO CPU default precision {evidence['default_precision']}: {evidence['rows']}")
     if quick:
@@ -237,4 +321,9 @@ def main(quick: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--real-shapes" in sys.argv:  # only the real-layer bench (the others take long)
+        real_shapes(quick="--quick" in sys.argv)
+    else:
+        main(quick="--quick" in sys.argv)

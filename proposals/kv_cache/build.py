@@ -124,6 +124,22 @@ def cache_step_model(
 # --8<-- [end:cache_step]
 
 
+def second_reader_model(*, q_heads: int, kv_heads: int, max_len: int, head_dim: int) -> onnx.ModelProto:
+    """The cache step plus a second reader of ``past_key`` after the write: ``key_delta =
+    present_key - past_key``, the rows this step wrote. Correct as a function; bound in place
+    it reads the written buffer and gives zeros (the in-place rule's counterexample)."""
+    b = graph_builder("kv_cache_second_reader", {"": 24})
+    q = _heads(b, "q", q_heads, head_dim)
+    k = _heads(b, "k", kv_heads, head_dim)
+    v = _heads(b, "v", kv_heads, head_dim)
+    cache = cache_inputs(b, kv_heads, max_len, head_dim)
+    y, present_key, present_value = cache_attention(b.op, q, k, v, cache)
+    delta = b.op.Sub(present_key, cache.past_key)
+    for out, name in ((y, "y"), (present_key, "present_key"), (present_value, "present_value"), (delta, "key_delta")):
+        b.add_output(out, name)
+    return builder_model(b)
+
+
 def attention_model(
     *,
     q_heads: int,

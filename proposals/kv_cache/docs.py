@@ -146,3 +146,92 @@ def _here() -> dict:
     from generator.bench import machine
 
     return machine()
+
+
+def _mobius() -> dict:
+    return load_results("text_pipeline", "mobius_inplace")  # written by proposals/text_pipeline/mobius_forms.py
+
+
+def mobius_inplace_tokens() -> str:
+    """Greedy tokens of mobius-onnx's static-cache graph, per way of running it, against the copying run."""
+    data = _mobius()
+    rows = data["rows"]
+    names = list(rows[0]["equal_to_copying"])
+    n = data["setup"]["new_tokens"]
+    table = [[name, " · ".join(f"{r['equal_to_copying'][name]}/{n}" for r in rows)] for name in names]
+    return markdown_table(
+        ["run (SmolLM2-135M-Instruct, greedy)", f"tokens equal to the copying run, {len(rows)} prompts"], table
+    )
+
+
+def mobius_inplace_verdict() -> str:
+    """What the in-place checker says about mobius's graph and this project's decoder."""
+    rule = _mobius()["setup"]["in_place_rule"]
+    return "; ".join(
+        f"{name}: {v['pairs']} cache pairs, {len(v['hazards']) or 'no'} hazard{'s' if len(v['hazards']) != 1 else ''}"
+        for name, v in rule.items()
+    )
+
+
+def _fusion() -> dict:
+    return load_results("text_pipeline", "gqa_fusion")  # written by proposals/text_pipeline/fused_decode.py
+
+
+def fusion_hits() -> str:
+    """Per packaged checkpoint: layers fused, each miss reason counted, greedy tokens against the standard graph."""
+    rows = []
+    for r in _fusion()["rows"]:
+        misses = "; ".join(f"{n} × {reason}" for reason, n in r["misses"].items()) or "none"
+        equal = " · ".join(f"{e}/{r['new_tokens']}" for e in r["tokens_equal"])
+        rows.append([r["model"], f"{r['fused']} of {r['attention_layers']}", misses, equal])
+    return markdown_table(["checkpoint", "layers fused", "misses", "greedy tokens equal to the standard graph"], rows)
+
+
+def fusion_rates() -> str:
+    """Decode steps per second with 64 tokens held, every form side by side."""
+    data = _fusion()
+    rates = data["setup"]["decode_steps_per_s"]
+    rows = [[name, f"{rate:.1f}"] for name, rate in rates.items()]
+    return markdown_table(
+        [f"SmolLM2-135M, batch 1, {data['setup']['held']} tokens held", "decode steps/s"], rows, align="lr"
+    )
+
+
+def fusion_goals() -> str:
+    """The two goals of the fusion, met or missed, from the committed rates."""
+    setup = _fusion()["setup"]
+    rates, (small, large) = setup["decode_steps_per_s"], setup["capacities"]
+    fused_vs_mobius = rates["mobius GQA (growing cache)"] / rates[f"fused GQA, {small} slots"]
+    flat = {
+        kind: rates[f"{kind}, {large} slots"] / rates[f"{kind}, {small} slots"] for kind in ("fused GQA", "standard")
+    }
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "missed"
+
+    return (
+        f"fused decode takes {fused_vs_mobius:.2f}× the time of mobius's GQA graph per step "
+        f"(goal ≤ 1.05×: {verdict(fused_vs_mobius <= 1.05)}); at {large} slots against {small}, "
+        f"the fused graph keeps {flat['fused GQA']:.2f}× its rate (goal ≥ 0.9: {verdict(flat['fused GQA'] >= 0.9)}) "
+        f"and the standard graph {flat['standard']:.2f}× (goal ≥ 0.9: {verdict(flat['standard'] >= 0.9)})"
+    )
+
+
+def real_shapes_table() -> str:
+    """Per real layer shape and buffer: time per decode step of each form and its read-bandwidth share."""
+    data = load_results(TOPIC, "real_shapes")
+    variants = list(data["rows"][0]["seconds"])
+    rows = [
+        [
+            r["layer"],
+            f"{r['held']:,} in {r['capacity']:,}",
+            *(f"{duration(r['seconds'][v])} ({r['roofline_share'][v]:.0%})" for v in variants),
+        ]
+        for r in data["rows"]
+    ]
+    bandwidth = data["rows"][0]["bandwidth_gbs"]
+    return (
+        f"Median per step; in brackets, the K/V bytes the step must read over the measured read bandwidth "
+        f"({bandwidth:.1f} GB/s):\n\n"
+        + markdown_table(["layer", "tokens held in slots", *variants], rows, align="ll" + "r" * len(variants))
+    )

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 # Graph input -> graph output pairs that share one buffer (names of build.py).
@@ -96,3 +98,91 @@ def in_place_evidence(session: ort.InferenceSession, feeds: Mapping[str, np.ndar
 
 
 # --8<-- [end:evidence]
+
+
+# --8<-- [start:rule]
+# When is it safe to bind past_* and present_* to one buffer? Aliasing turns the pure
+# function "present = scatter(past, new)" into a write into past, so every reader of past
+# must see past before the write, and nothing else may own that memory. A graph is safe for
+# in-place binding when, for each (past, present) pair:
+#   1. past's only reader is the one node that writes it: a TensorScatter's data input
+#      (input 0), or after fusion a GroupQueryAttention's past_key/past_value: any other
+#      reader sees the new rows when it runs after the write, and races it when it may run
+#      alongside (a parallel executor is free to order unrelated nodes either way);
+#   2. present is that writer's output, unchanged (no op between the writer and the graph
+#      output), and no other graph output is the same value;
+#   3. past is not itself a graph output (it would change under the caller);
+#   4. past and present have the same element type and the same dims (a fixed capacity).
+# And on the data side: slots no step has written must hold finite values (zeros): the
+# masked read of Attention-24 still multiplies them by 0, and 0 * NaN is NaN.
+# --8<-- [end:rule]
+
+
+def _graph(model: onnx.ModelProto | ir.Model | ir.Graph) -> ir.Graph:
+    if isinstance(model, onnx.ModelProto):
+        model = ir.serde.deserialize_model(model)
+    return model if isinstance(model, ir.Graph) else model.graph
+
+
+# (op type, past input index, present output index) of the nodes that update a cache.
+CACHE_WRITERS = (("TensorScatter", 0, 0), ("GroupQueryAttention", 3, 1), ("GroupQueryAttention", 4, 2))
+
+
+def _writes(node: ir.Node, past: ir.Value, present: ir.Value) -> bool:
+    return any(
+        node.op_type == op and len(node.inputs) > i and node.inputs[i] is past and node.outputs[o] is present
+        for op, i, o in CACHE_WRITERS
+    )
+
+
+def scatter_pairs(model: onnx.ModelProto | ir.Model | ir.Graph) -> list[tuple[str, str]]:
+    """The (past, present) pairs a caller would alias: a graph input updated by a cache writer
+    (TensorScatter, or GroupQueryAttention after fusion) whose output is a graph output."""
+    graph = _graph(model)
+    outputs = set(graph.outputs)
+    return [
+        (node.inputs[i].name, node.outputs[o].name)
+        for node in graph
+        for op, i, o in CACHE_WRITERS
+        if node.op_type == op
+        and len(node.inputs) > i
+        and node.inputs[i] is not None
+        and node.inputs[i].is_graph_input()
+        and node.outputs[o] in outputs
+    ]
+
+
+# --8<-- [start:hazards]
+def in_place_hazards(model: onnx.ModelProto | ir.Model, pairs: Sequence[tuple[str, str]] | None = None) -> list[str]:
+    """One line per way the graph breaks the in-place rule above; empty when binding each
+    ``(past, present)`` pair to one buffer computes what the graph says. ``pairs`` defaults
+    to :func:`scatter_pairs`."""
+    graph = _graph(model)
+    inputs = {v.name: v for v in graph.inputs}
+    outputs = {v.name: v for v in graph.outputs}
+    problems = []
+    for past_name, present_name in scatter_pairs(graph) if pairs is None else pairs:
+        past, present = inputs.get(past_name), outputs.get(present_name)
+        if past is None or present is None:
+            problems.append(f"{past_name} -> {present_name}: not a graph input and a graph output")
+            continue
+        readers = [(use.node, use.idx) for use in past.uses()]
+        writer = present.producer()
+        if writer is None or not _writes(writer, past, present):
+            what = "a graph input" if writer is None else f"{writer.op_type} {writer.name!r}"
+            problems.append(f"{present_name} is produced by {what}, not by a cache writer of {past_name}")
+        for node, idx in readers:
+            if node is not writer:
+                problems.append(f"{past_name} is also read by {node.op_type} {node.name!r} (input {idx})")
+        if past in graph.outputs:
+            problems.append(f"{past_name} is also a graph output")
+        if sum(out is present for out in graph.outputs) > 1:
+            problems.append(f"{present_name} is returned twice")
+        if past.dtype != present.dtype or past.shape != present.shape:
+            problems.append(
+                f"{past_name} {past.dtype} {past.shape} and {present_name} {present.dtype} {present.shape} differ"
+            )
+    return problems
+
+
+# --8<-- [end:hazards]

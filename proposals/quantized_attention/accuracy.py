@@ -241,5 +241,181 @@ def main() -> Path:
     return bench.write_json(TOPIC, "accuracy", rows, {"new_tokens": NEW_TOKENS})
 
 
+# --8<-- [start:checkpoints]
+# The real-checkpoint study: SmolLM2-135M-Instruct and Gemma 3 270M (dequantized GGUF weights).
+CHECKPOINTS = ("smollm2-135m-instruct", "gemma3-270m")
+CHECKPOINT_PROMPTS = (
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The three primary colours are",
+    "A haiku about the sea:",
+    "In Python, a list comprehension",
+    "The first law of thermodynamics states that",
+    "To bake bread you need",
+    "The largest planet in the solar system is",
+    "Photosynthesis is the process by which",
+    "Once upon a time, in a small village,",
+    "The main difference between a virus and a bacterium is",
+    "A good night's sleep helps",
+    "The Eiffel Tower was built",
+    "Machine learning models learn from",
+    "The recipe calls for two cups of",
+    "In 1969, astronauts",
+)
+HELD_OUT_PAGE = "proposals/paged_attention/README.md"  # the project's own prose, never seen in training
+HELD_OUT_TOKENS = 192
+# --8<-- [end:checkpoints]
+
+
+def held_out_text(page: str = HELD_OUT_PAGE) -> str:
+    """The paragraphs of a project page (markdown-it-py), code and tables left out."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt().parse((Path(__file__).resolve().parents[2] / page).read_text())
+    paragraphs = [
+        t.content for i, t in enumerate(tokens) if t.type == "inline" and tokens[i - 1].type == "paragraph_open"
+    ]
+    return "\n\n".join(p for p in paragraphs if not p.startswith(("```", "<!--", "|")))
+
+
+def _batch_greedy(model: onnx.ModelProto, prompts: list[list[int]], steps: int) -> list[list[int]]:
+    from proposals.text_pipeline.runners import OrtRunner
+
+    runner = OrtRunner(model)
+    runner.start(len(prompts), max(map(len, prompts)) + steps)
+    logits, tokens = runner.append(prompts), []
+    for _ in range(steps):
+        tokens.append(logits.argmax(-1).tolist())
+        logits = runner.append([[t] for t in tokens[-1]])
+    return [list(row) for row in zip(*tokens, strict=True)]
+
+
+def _prefill_outputs(model: onnx.ModelProto, ids: list[int]) -> dict[str, np.ndarray]:
+    """Every output of one prefill of ``ids`` into empty caches (plain run)."""
+    from proposals.text_pipeline.cache_formats import cache_buffers
+
+    sess = session(model)
+    feeds = {f"past_{b.name}": np.zeros(b.shape(1, len(ids)), b.numpy_dtype) for b in cache_buffers(model)}
+    feeds |= {"input_ids": np.array([ids], np.int64), "write_indices": np.array([0], np.int64)}
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    logp = _log_softmax(logits[:-1])
+    return float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+
+
+def key_channel_magnitudes(sample: dict[str, np.ndarray], names: list[tuple[str, str]]) -> np.ndarray:
+    """Per layer (rows) and key channel (columns): max |k| over the tokens and kv heads."""
+    keys = [sample[value] for name, value in names if name.startswith("key")]
+    return np.stack([np.abs(k).max(axis=(0, 1, 2)) for k in keys])
+
+
+def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.ndarray]:
+    """Every config on a packaged checkpoint: greedy agreement over ``NEW_TOKENS`` tokens on the
+    16 prompts (batched, in place), KL(fp32 || quantized) and perplexity, teacher-forced over
+    ``HELD_OUT_TOKENS`` tokens of the held-out page. Static scales come from the float32
+    prefill of the prompts (not of the held-out text)."""
+    from proposals.text_pipeline.build import spec_from_model
+    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.folder import ModelFolder
+    from proposals.text_pipeline.tokenizer import load_tokenizer
+
+    folder = ModelFolder.read(exported_folder(name))
+    base, spec = folder.decoder, spec_from_model(folder.decoder)
+    tokenizer = load_tokenizer(folder.tokenizer_json)
+    prompts = [tokenizer.encode(p).ids for p in CHECKPOINT_PROMPTS[: 2 if quick else None]]
+    steps = 8 if quick else NEW_TOKENS
+    text = tokenizer.encode(held_out_text()).ids[: 48 if quick else HELD_OUT_TOKENS]
+    reference_tokens = _batch_greedy(base, prompts, steps)
+    fp32_logits = _prefill_outputs(base, text)["logits"][0]
+    exposed, names = _expose_cache_rows(base)
+    sample = _prefill_outputs(exposed, [t for p in prompts for t in p])
+    magnitudes = key_channel_magnitudes(sample, names)
+    rows = [
+        {
+            "model": name,
+            "config": "float32",
+            "token_agreement": 1.0,
+            "kl": 0.0,
+            "perplexity": _round(_perplexity(fp32_logits, text)),
+        }
+    ]
+    for label, dtype, k_gran, v_gran in configs()[:2] if quick else configs():
+        if "per_token_group" in (k_gran, v_gran) and spec.head_dim % reference.GROUP:
+            rows.append(
+                {"model": name, "config": label, "skipped": f"head_dim {spec.head_dim} is not a multiple of 32"}
+            )
+            continue
+        quants = {n: _quant(dtype, k_gran if n.startswith("key") else v_gran, sample[v]) for n, v in names}
+        quantized = quantize_cache_writes(base, quants, spec.head_dim)
+        tokens = _batch_greedy(quantized, prompts, steps)
+        logits = _prefill_outputs(quantized, text)["logits"][0]
+        equal = [sum(a == b for a, b in zip(t, r, strict=True)) for t, r in zip(tokens, reference_tokens, strict=True)]
+        rows.append(
+            {
+                "model": name,
+                "config": label,
+                "token_agreement": _round(sum(equal) / (steps * len(prompts))),
+                "equal_tokens_per_prompt": equal,
+                "kl": _round(_kl(fp32_logits[:-1], logits[:-1])),
+                "perplexity": _round(_perplexity(logits, text)),
+            }
+        )
+        print(rows[-1])
+    return rows, magnitudes
+
+
+def plot_key_channels(name: str, magnitudes: np.ndarray) -> Path:
+    """Per-layer, per-channel key magnitude heat map: ``bench/key_channels_<model>.svg``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    image = ax.imshow(magnitudes, aspect="auto", cmap="magma", interpolation="nearest")
+    ax.set(
+        xlabel="key channel (head_dim index, max over kv heads)", ylabel="layer", title=f"{name}: max |key| per channel"
+    )
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    path = Path(__file__).resolve().parent / "bench" / f"key_channels_{name}.svg"
+    fig.savefig(path, metadata={"Date": None})
+    plt.close(fig)
+    return path
+
+
+def checkpoints_main(quick: bool = False) -> None:
+    """``bench/accuracy_checkpoints.json`` and the key-magnitude plots (``make bench``)."""
+    rows = []
+    for name in CHECKPOINTS:
+        study, magnitudes = checkpoint_study(name, quick=quick)
+        median = np.median(magnitudes, axis=1)
+        outliers = (magnitudes.max(axis=1) / median).round(2).tolist()
+        rows += study
+        rows.append({"model": name, "key_channel_outlier_ratio_per_layer": outliers})
+        if not quick:
+            plot_key_channels(name, magnitudes)
+    if not quick:
+        setup = {
+            "new_tokens": NEW_TOKENS,
+            "prompts": list(CHECKPOINT_PROMPTS),
+            "held_out": HELD_OUT_PAGE,
+            "held_out_tokens": HELD_OUT_TOKENS,
+        }
+        bench.write_json(TOPIC, "accuracy_checkpoints", rows, setup)
+
+
 if __name__ == "__main__":
-    print(main())
+    import sys
+
+    if "--checkpoints" in sys.argv:
+        checkpoints_main(quick="--quick" in sys.argv)
+    else:
+        print(main())

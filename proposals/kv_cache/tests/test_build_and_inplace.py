@@ -90,3 +90,57 @@ def test_circular_driver_rejects_multi_token_chunks() -> None:
     chunk = np.zeros((1, 1, 2, 2), np.float32)
     with pytest.raises(ValueError, match="one token"):
         reference.circular_step(zeros, zeros, np.array([3]), chunk, chunk, chunk)
+
+
+def _step_feeds(rng: np.random.Generator, fill: float = 0.0) -> dict[str, np.ndarray]:
+    """One decode step of 2 query heads over 1 kv head: 3 cached tokens, slots 3.. hold ``fill``."""
+    past = np.full((2, 1, 1, 8, 4), fill, np.float32)
+    past[:, :, :, :3] = rng.standard_normal((2, 1, 1, 3, 4))
+    k, v = rng.standard_normal((2, 1, 1, 1, 4)).astype(np.float32)
+    q = rng.standard_normal((1, 2, 1, 4)).astype(np.float32)
+    return {
+        **{"q": q, "k": k, "v": v, "past_key": past[0], "past_value": past[1]},
+        **{"write_indices": np.array([3]), "nonpad_kv_seqlen": np.array([4])},
+    }
+
+
+def test_in_place_rule_holds_for_the_cache_step_and_the_zoo_decoder_layer() -> None:
+    for case in (cases.linear_decode_gqa_ragged(), cases.decoder_layer_rope_scatter_attention()):
+        assert inplace.scatter_pairs(case.model) == list(inplace.CACHE_PAIRS)
+        assert inplace.in_place_hazards(case.model) == []
+
+
+def test_second_reader_breaks_the_rule_and_in_place_binding() -> None:
+    import onnxruntime as ort
+
+    model = build.second_reader_model(q_heads=2, kv_heads=1, max_len=8, head_dim=4)
+    assert inplace.in_place_hazards(model) == ["past_key is also read by Sub 'Sub_node_3' (input 1)"]
+    feeds = _step_feeds(np.random.default_rng(3))
+    sess = session(model)
+    plain = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    np.testing.assert_array_equal(plain["key_delta"][:, :, 3], feeds["k"][:, :, 0])  # the written row
+    caches = {p: ort.OrtValue.ortvalue_from_numpy(np.array(feeds[p], copy=True)) for p, _ in inplace.CACHE_PAIRS}
+    others = {n: v for n, v in feeds.items() if n not in caches}
+    binding = inplace.bind_in_place(sess, caches, others, ["y", "key_delta"])
+    sess.run_with_iobinding(binding)
+    bound_delta = binding.get_outputs()[-1].numpy()
+    np.testing.assert_array_equal(bound_delta, 0)  # the reader saw the buffer after the write
+    np.testing.assert_array_equal(binding.get_outputs()[-2].numpy(), plain["y"])  # y itself is safe
+
+
+def test_non_finite_unwritten_slots_poison_attention() -> None:
+    # nonpad_kv_seqlen masks slots 4..7, but a masked score is added, not skipped: NaN stays.
+    model = build.cache_step_model(q_heads=2, kv_heads=1, max_len=8, head_dim=4)
+    for fill, finite in ((0.0, True), (1e30, True), (np.nan, False)):
+        feeds = _step_feeds(np.random.default_rng(4), fill)
+        for run in (ReferenceEvaluator(model).run, session(model).run):
+            assert np.isfinite(run(None, feeds)[0]).all() == finite, fill
+
+
+def test_capacity_repro_folder_is_what_its_writer_writes(tmp_path) -> None:
+    from proposals.kv_cache import capacity_repro
+
+    fresh = capacity_repro.write(tmp_path)
+    committed = capacity_repro.REPROS / capacity_repro.SLUG
+    for name in ("model.onnx", "gqa.onnx", "repro.py", "ISSUE.md"):
+        assert (fresh / name).read_bytes() == (committed / name).read_bytes(), name
