@@ -21,7 +21,11 @@ def setting_list(key: str, pyproject: Path = PYPROJECT) -> list[str]:
     pyproject.toml, as in an installed wheel); anything else is a one-line UsageError."""
     if not pyproject.is_file():
         return []
-    values = tomllib.loads(pyproject.read_text()).get("tool", {}).get(TABLE, {}).get(key, [])
+    try:
+        table = tomllib.loads(pyproject.read_text()).get("tool", {}).get(TABLE, {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{pyproject} is not valid TOML ({err}); fix it or restore it from git") from None
+    values = table.get(key, []) if isinstance(table, dict) else None
     if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
         raise UsageError(f"{pyproject}: [tool.{TABLE}] {key} must be a list of strings")
     return values

@@ -1,8 +1,6 @@
 """Text-to-text GenAI pipeline: the WG interface in Python, run end to end on an opset-24
 decoder (TensorScatter-24 KV cache + Attention-24) with a real BPE tokenizer."""
 
-# importing the backends registers them (onnxruntime, transformers, onnxruntime-genai)
-from proposals.text_pipeline import backends  # noqa: F401
 from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.config import (
     BeamSearchConfig,
