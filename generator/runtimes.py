@@ -45,7 +45,8 @@ class Runtime(ABC):
 
     @abstractmethod
     def version(self) -> str:
-        """The runtime's version string, recorded in the matrix."""
+        """The runtime's version string, recorded in the matrix. Raise ImportError (import
+        the engine here) when its package is not installed: ``verify`` then skips the column."""
 
     @abstractmethod
     def load(self, model_path: Path) -> Runner:
