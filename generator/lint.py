@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from generator.markdown import headings as markdown_headings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Level-2 headings every proposals/<topic>/README.md has, in this order.
@@ -20,28 +22,10 @@ REQUIRED_SECTIONS: tuple[tuple[str, ...], ...] = (
 
 
 def headings(markdown: str) -> list[str]:
-    """The ``## `` headings of a page, outside fenced code blocks.
-
-    A fence closes only on the same character repeated at least as often as it opened
-    with, so a ```` ``` ```` line inside a ``~~~~`` block does not end it.
-    """
-    found: list[str] = []
-    fence = ""
-    for line in markdown.splitlines():
-        marker = re.match(r"^\s*(`{3,}|~{3,})", line)
-        if fence:
-            if (
-                marker
-                and marker[1][0] == fence[0]
-                and len(marker[1]) >= len(fence)
-                and not line.strip()[len(marker[1]) :]
-            ):
-                fence = ""
-        elif marker:
-            fence = marker[1]
-        elif line.startswith("## "):
-            found.append(line[3:].strip())
-    return found
+    """The ``## `` headings of a page, outside fenced code blocks (markdown-it-py's reading:
+    a fence closes only on its own marker, so a ```` ``` ```` line inside a ``~~~~`` block
+    does not end it)."""
+    return markdown_headings(markdown, 2)
 
 
 def section_problems(markdown: str) -> list[str]:
