@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from generator.markdown import headings as markdown_headings
+from generator.markdown import paragraphs, sections
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,10 +29,24 @@ def headings(markdown: str) -> list[str]:
     return markdown_headings(markdown, 2)
 
 
+# The paragraph of the Summary that gives the page's answer in one sentence; the home page
+# lists it beside the proposal (generator.docs.proposals_table).
+CONCLUSION = "**Conclusion:**"
+
+
+def conclusion(markdown: str) -> str:
+    """The text of the Summary's ``**Conclusion:**`` paragraph, on one line ('' if none)."""
+    summary = next((body for name, body in sections(markdown) if name == "Summary"), "")
+    found = next((p for p in paragraphs(summary) if p.startswith(CONCLUSION)), "")
+    return " ".join(found.removeprefix(CONCLUSION).split())
+
+
 def section_problems(markdown: str) -> list[str]:
     """What is missing or out of order, one line per problem; empty when the page is fine."""
     present = headings(markdown)
     problems, position = [], -1
+    if "Summary" in present and not conclusion(markdown):
+        problems.append(f"no '{CONCLUSION} ...' paragraph in '## Summary' (the one-line answer the home page lists)")
     for choices in REQUIRED_SECTIONS:
         hits = [present.index(c) for c in choices if c in present]
         label = " or ".join(f"'## {c}'" for c in choices)

@@ -93,6 +93,17 @@ def paragraphs(markdown: str) -> list[str]:
     ]
 
 
+def link_targets(markdown: str) -> list[str]:
+    """The target of every link and picture in the text, in order."""
+    return [
+        child.attrs.get("href", child.attrs.get("src", ""))
+        for token in tokens(markdown)
+        if token.type == "inline"
+        for child in token.children or ()
+        if child.type in ("link_open", "image")
+    ]
+
+
 def split_code(markdown: str) -> list[tuple[bool, str]]:
     """The page cut into alternating stretches, ``(is_code, text)``, that join back to it."""
     lines = markdown.splitlines(keepends=True)

@@ -62,16 +62,6 @@ def _options(info: str) -> tuple[str, dict[str, str]]:
     return language, options
 
 
-def expand_generated(markdown: str) -> str:
-    """Replace each ``<!-- generated: module:function -->`` marker by what the function returns,
-    as the site's hook does (the figures of a post are such markers)."""
-    import importlib
-
-    from generator.mkdocs_hooks import GENERATED
-
-    return GENERATED.sub(lambda m: getattr(importlib.import_module(m[1]), m[2])(), markdown)
-
-
 def site_path(post: Path, href: str) -> str:
     """Where a post's relative link lands on the site: ``proposals/kv_cache/#pitfalls``."""
     target, _, fragment = href.partition("#")
@@ -151,6 +141,8 @@ class Exporter:
         front = _FRONT_MATTER.match(text)
         body = text[front.end() :] if front else text
         body = expand_includes(body).replace("<!-- more -->\n", "")
+        from generator.mkdocs_hooks import expand_generated  # the site's own expansion
+
         body = edit_prose(body, expand_generated)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         body = replace_fences(body, self._block)
