@@ -200,6 +200,8 @@ def matrix_markdown(matrix: Mapping) -> str:
     for rt in runtimes:
         c = counts[rt]
         lines.append(f"| {rt} | {versions[rt]} | {c['pass']} | {c['mismatch']} | {c['error']} | {c['unsupported']} |")
+    if matrix.get("skipped"):
+        lines += ["", "Not run where this page was built: " + "; ".join(matrix["skipped"].values()) + "."]
 
     # One note per distinct reason, numbered in page order; runtimes sharing it are listed once.
     notes: dict[str, dict[str, list[str]]] = {}

@@ -1,8 +1,9 @@
 """The project's own settings in pyproject.toml's ``[tool.onnx-genai-proposals]`` table.
 
 The source tree runs in place (PYTHONPATH, not installed), so it cannot declare entry
-points for itself; lists of plug-in names it wires up by name live in that table instead
-(the matrix's extra runtimes, the text pipeline's KV-cache formats).
+points for itself; the plug-ins it wires up by name are listed in that table instead (the
+matrix's extra runtimes, the text pipeline's backends and KV-cache formats), which
+:mod:`generator.plugins` reads before the entry points of installed packages.
 """
 
 from __future__ import annotations
