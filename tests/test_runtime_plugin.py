@@ -174,3 +174,6 @@ def test_an_engine_that_is_not_installed_is_a_skipped_column(tmp_path: Path, mon
     assert [rt["name"] for rt in matrix["runtimes"]] == ["reference"]
     assert list(matrix["skipped"]) == ["engine-not-installed"]
     assert set(matrix["cases"][_first_case()]["results"]) == {"reference"}
+    from generator.docs import matrix_markdown
+
+    assert f"Not run where this page was built: {notes[0].removeprefix('note ')}." in matrix_markdown(matrix)
