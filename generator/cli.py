@@ -85,6 +85,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     matrix = verify.verify(chosen, args.cases, zoo_dir, progress, cache=cache)
     path = verify.write_matrix(matrix, Path(args.json), zoo_dir)
     full = not args.cases
+    for line in matrix["skipped"].values():
+        console.print(f"[yellow]note[/] {line}")
     if args.record:
         data, changed = baseline.recorded(matrix, expected, full=full)
         for line in changed:
@@ -94,9 +96,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     problems = verify.failures(matrix, expected, full=full)
     for line in problems:
         console.print(f"[red]FAIL[/] {line}")
-    for name in (rt.name for rt in chosen if rt.name not in expected["runtimes"]):
+    ran = [rt["name"] for rt in matrix["runtimes"]]
+    for name in (name for name in ran if name not in expected["runtimes"]):
         console.print(f"[yellow]note[/] {name} has no baseline; record its column with `{baseline.record_command()}`")
-    console.print(f"{len(matrix['cases'])} cases × {len(chosen)} runtimes → {path}")
+    console.print(f"{len(matrix['cases'])} cases × {len(ran)} runtimes → {path}")
     return 1 if problems else 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import posixpath
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,14 +16,26 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
+from generator.errors import UsageError
 from generator.graphs import function_svg, graph_svg
+from generator.lint import CONCLUSION, conclusion
+from generator.markdown import headings, link_targets
 from generator.registry import discover
 from generator.verify import MATRIX_JSON, CellCache, verify, write_matrix
 from generator.zoo import ZOO, case_dir, load_manifest, manifest_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["catalogue_markdown", "function_svg", "graph_svg", "load_matrix", "matrix_markdown", "matrix_page"]
+__all__ = [
+    "catalogue_markdown",
+    "function_svg",
+    "graph_svg",
+    "load_matrix",
+    "matrix_markdown",
+    "matrix_page",
+    "proposals_table",
+    "runtimes_sentence",
+]
 
 # Material's inline-SVG icons (emoji glyphs depend on the reader's fonts), each with a
 # title that a pointer or a screen reader shows.
@@ -149,7 +162,8 @@ def load_matrix(path: Path = MATRIX_JSON, zoo: Path = ZOO) -> dict:
     if path.exists() and path.stat().st_mtime >= manifest_path(zoo).stat().st_mtime:
         matrix = json.loads(path.read_text())
         same_cases = set(matrix["cases"]) == set(load_manifest(zoo)["cases"])
-        if same_cases and [rt["name"] for rt in matrix["runtimes"]] == [rt.name for rt in runtimes]:
+        names = [rt["name"] for rt in matrix["runtimes"]] + list(matrix.get("skipped", {}))
+        if same_cases and sorted(names) == sorted(rt.name for rt in runtimes):
             return matrix
     cache = CellCache() if zoo.resolve() == ZOO.resolve() else None
     return json.loads(write_matrix(verify(runtimes, zoo=zoo, cache=cache), path, zoo).read_text())
@@ -187,6 +201,8 @@ def matrix_markdown(matrix: Mapping) -> str:
     for rt in runtimes:
         c = counts[rt]
         lines.append(f"| {rt} | {versions[rt]} | {c['pass']} | {c['mismatch']} | {c['error']} | {c['unsupported']} |")
+    if matrix.get("skipped"):
+        lines += ["", "Not run where this page was built: " + "; ".join(matrix["skipped"].values()) + "."]
 
     # One note per distinct reason, numbered in page order; runtimes sharing it are listed once.
     notes: dict[str, dict[str, list[str]]] = {}
@@ -238,6 +254,59 @@ def pass_counts(topic: str, matrix: Mapping | None = None) -> tuple[int, dict[st
     rows = [row for case_id, row in matrix["cases"].items() if case_id.startswith(f"{topic}/")]
     runtimes = [rt["name"] for rt in matrix["runtimes"]]
     return len(rows), {rt: sum(row["results"][rt]["status"] == "pass" for row in rows) for rt in runtimes}
+
+
+def _from_home(text: str, topic: str) -> str:
+    """``text`` from ``proposals/<topic>/README.md`` with its relative links made relative to
+    the home page (``docs/index.md``, where the proposals are published as ``proposals/``)."""
+    for target in dict.fromkeys(link_targets(text)):
+        if "://" in target or target.startswith(("mailto:", "/")):
+            continue
+        path, _, anchor = target.partition("#")
+        moved = posixpath.normpath(f"proposals/{topic}/{path or 'README.md'}") + (f"#{anchor}" if anchor else "")
+        text = text.replace(f"]({target})", f"]({moved})")
+    return text
+
+
+def _title(page: Path) -> str:
+    found = headings(page.read_text(), 1)
+    return found[0] if found else page.stem
+
+
+def proposal_row(topic: str, root: Path = ROOT) -> str:
+    """One row of the home page's table: the proposal's title and other pages, linked, and
+    the one-line conclusion its Summary gives (its ``**Conclusion:**`` paragraph)."""
+    from generator.mkdocs_hooks import expand_generated
+
+    page = root / "proposals" / topic / "README.md"
+    if not page.is_file():
+        raise UsageError(f"proposals/{topic}/ has no README.md, the proposal's page; the home page lists every topic")
+    text = conclusion(page.read_text())
+    if not text:
+        raise UsageError(f"{page.relative_to(root)}: no '{CONCLUSION} ...' paragraph in its '## Summary'")
+    links = [f"[{_title(page)}](proposals/{topic}/README.md)"]
+    links += [f"[{_title(p)}](proposals/{topic}/{p.name})" for p in sorted(page.parent.glob("*.md")) if p != page]
+    answer = _from_home(expand_generated(text), topic).replace("|", "\\|")
+    return f"| {'<br>'.join(links)} | {answer[:1].upper()}{answer[1:]} |"
+
+
+def proposals_table(root: Path = ROOT) -> str:
+    """The home page's list of proposals: every topic folder under ``proposals/``, read from
+    the folders (a new topic appears without editing the home page)."""
+    names = sorted(p.name for p in (root / "proposals").iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    rows = [proposal_row(topic, root) for topic in names]
+    return "\n".join(["| Proposal | Its conclusion |", "|---|---|", *rows]) + "\n"
+
+
+def runtimes_sentence(matrix: Mapping | None = None) -> str:
+    """How many runtimes the conformance matrix runs every zoo model on, and which."""
+    matrix = load_matrix() if matrix is None else matrix
+    names = [rt["name"] for rt in matrix["runtimes"]]
+    skipped = list(matrix.get("skipped", {}))
+    text = f"the {len(names)} runtimes of the [conformance matrix](conformance.md) ({', '.join(names)})"
+    if skipped:
+        text += f"; {', '.join(skipped)} not installed where this site was built"
+    return text
 
 
 def build_stamp() -> str:

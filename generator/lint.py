@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from generator.markdown import headings as markdown_headings
+from generator.markdown import paragraphs, sections
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Level-2 headings every proposals/<topic>/README.md has, in this order.
@@ -20,34 +23,30 @@ REQUIRED_SECTIONS: tuple[tuple[str, ...], ...] = (
 
 
 def headings(markdown: str) -> list[str]:
-    """The ``## `` headings of a page, outside fenced code blocks.
+    """The ``## `` headings of a page, outside fenced code blocks (markdown-it-py's reading:
+    a fence closes only on its own marker, so a ```` ``` ```` line inside a ``~~~~`` block
+    does not end it)."""
+    return markdown_headings(markdown, 2)
 
-    A fence closes only on the same character repeated at least as often as it opened
-    with, so a ```` ``` ```` line inside a ``~~~~`` block does not end it.
-    """
-    found: list[str] = []
-    fence = ""
-    for line in markdown.splitlines():
-        marker = re.match(r"^\s*(`{3,}|~{3,})", line)
-        if fence:
-            if (
-                marker
-                and marker[1][0] == fence[0]
-                and len(marker[1]) >= len(fence)
-                and not line.strip()[len(marker[1]) :]
-            ):
-                fence = ""
-        elif marker:
-            fence = marker[1]
-        elif line.startswith("## "):
-            found.append(line[3:].strip())
-    return found
+
+# The paragraph of the Summary that gives the page's answer in one sentence; the home page
+# lists it beside the proposal (generator.docs.proposals_table).
+CONCLUSION = "**Conclusion:**"
+
+
+def conclusion(markdown: str) -> str:
+    """The text of the Summary's ``**Conclusion:**`` paragraph, on one line ('' if none)."""
+    summary = next((body for name, body in sections(markdown) if name == "Summary"), "")
+    found = next((p for p in paragraphs(summary) if p.startswith(CONCLUSION)), "")
+    return " ".join(found.removeprefix(CONCLUSION).split())
 
 
 def section_problems(markdown: str) -> list[str]:
     """What is missing or out of order, one line per problem; empty when the page is fine."""
     present = headings(markdown)
     problems, position = [], -1
+    if "Summary" in present and not conclusion(markdown):
+        problems.append(f"no '{CONCLUSION} ...' paragraph in '## Summary' (the one-line answer the home page lists)")
     for choices in REQUIRED_SECTIONS:
         hits = [present.index(c) for c in choices if c in present]
         label = " or ".join(f"'## {c}'" for c in choices)

@@ -106,13 +106,15 @@ def on_files(files: Files, config) -> Files:
 GENERATED = re.compile(r"<!-- generated: ([\w.]+):(\w+) -->")
 
 
+def expand_generated(markdown: str) -> str:
+    """Replace each marker with what its function returns."""
+    return GENERATED.sub(lambda match: getattr(importlib.import_module(match[1]), match[2])(), markdown)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     from generator.site_markup import link_citations, link_pictures
 
-    def expand(match: re.Match) -> str:
-        return getattr(importlib.import_module(match[1]), match[2])()
-
-    markdown = GENERATED.sub(expand, markdown)
+    markdown = expand_generated(markdown)
     if FEEDBACK_CATEGORIES & set(page.meta.get("categories", [])):
         markdown = markdown.rstrip() + "\n\n" + feedback_note(config)
     markdown = link_citations(markdown, lambda message: log.warning(f"{page.file.src_path}: {message}"))

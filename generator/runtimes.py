@@ -3,26 +3,27 @@
 A backend team adds its runtime without editing this project: subclass
 :class:`Runtime`, then either pass ``--runtime package.module:ClassName`` to
 ``python -m generator verify`` or expose the class under the entry-point group
-``onnx_genai_proposals.runtimes`` in its own package.
+``onnx_genai_proposals.runtimes`` in its own package. The project's own engine adapters are
+listed in pyproject.toml's ``[tool.onnx-genai-proposals] runtimes``; both are found by the
+one plug-in rule of :mod:`generator.plugins`.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from generator.errors import UsageError
-from generator.project import PYPROJECT, setting_list
+from generator.plugins import Plugin, PluginKind, load, plugins
+from generator.project import PYPROJECT
 
-ENTRY_POINT_GROUP = "onnx_genai_proposals.runtimes"
+RUNTIMES = PluginKind("runtimes", "onnx_genai_proposals.runtimes", "runtime")
 _RUNTIME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # a matrix column and a baseline key
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
@@ -44,7 +45,8 @@ class Runtime(ABC):
 
     @abstractmethod
     def version(self) -> str:
-        """The runtime's version string, recorded in the matrix."""
+        """The runtime's version string, recorded in the matrix. Raise ImportError (import
+        the engine here) when its package is not installed: ``verify`` then skips the column."""
 
     @abstractmethod
     def load(self, model_path: Path) -> Runner:
@@ -165,15 +167,12 @@ class OpenVinoInlinedRuntime(OpenVinoRuntime):
 BUILTIN: tuple[type[Runtime], ...] = (ReferenceRuntime, OnnxRuntime, OpenVinoRuntime, OpenVinoInlinedRuntime)
 
 
-def load_class(target: str) -> type[Runtime]:
+def load_class(target: str, source: str = "--runtime") -> type[Runtime]:
     """Import ``module:Class`` and check it is a :class:`Runtime`."""
     module_name, _, class_name = target.partition(":")
     if not module_name or not class_name:
         raise UsageError(f"runtime {target!r}: expected module:ClassName, e.g. mypkg.rt:MyRuntime")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except Exception as err:  # noqa: BLE001 - plug-in code may raise anything on import
-        raise UsageError(f"runtime {target!r}: cannot import it ({type(err).__name__}: {err})") from None
+    cls = load(Plugin(target, source), RUNTIMES)
     if not (isinstance(cls, type) and issubclass(cls, Runtime)):
         raise UsageError(f"runtime {target!r}: not a generator.runtimes.Runtime subclass")
     check_class(cls, target)
@@ -192,21 +191,18 @@ def check_class(cls: type[Runtime], target: str) -> None:
         raise UsageError(f"runtime {target!r}: shares_divergences_with must be a tuple of runtime names")
 
 
-def configured(pyproject: Path = PYPROJECT) -> list[str]:
-    """The ``module:Class`` plug-ins this project's own matrix includes, from
-    ``[tool.onnx-genai-proposals] runtimes`` in pyproject.toml: engines wrapped through the
-    same public interface an outside team uses, which an uninstalled source tree cannot
-    register as entry points."""
-    return setting_list("runtimes", pyproject)
+def configured(pyproject: Path = PYPROJECT) -> list[Plugin]:
+    """The runtime plug-ins found by the project's one rule (:mod:`generator.plugins`):
+    ``[tool.onnx-genai-proposals] runtimes`` in pyproject.toml (engines wrapped through the
+    same public interface an outside team uses), then the ``onnx_genai_proposals.runtimes``
+    entry points of installed packages."""
+    return plugins(RUNTIMES, pyproject)
 
 
 def available(extra: Sequence[str] = ()) -> list[Runtime]:
-    """Built-in runtimes, the project's configured plug-ins, entry-point plug-ins, then
-    ``--runtime`` classes."""
+    """Built-in runtimes, the discovered plug-ins, then ``--runtime`` classes."""
     classes: list[type[Runtime]] = list(BUILTIN)
-    classes.extend(load_class(target) for target in configured())
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        classes.append(load_class(ep.value))
+    classes.extend(load_class(plugin.target, plugin.source) for plugin in configured())
     classes.extend(load_class(target) for target in extra)
     seen: dict[str, type[Runtime]] = {}
     for cls in classes:

@@ -6,7 +6,8 @@
 - pictures printed inline (Graphviz, matplotlib) are shown at their natural size in a scroll box, the
   large ones folded, each with a link to the SVG file (written beside the site by the hook).
 
-Code (fenced blocks, inline code), existing links and raw HTML are left alone.
+Code (fenced and indented blocks, as :mod:`generator.markdown` parses them; inline code),
+existing links and raw HTML are left alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+
+from generator.markdown import edit_prose
 
 # Short names that a citation may use instead of owner/repo (`onnx#7114`, `ORT #29912`).
 REPO_ALIASES = {
@@ -28,11 +31,10 @@ REPO_ALIASES = {
     "flashinfer": "flashinfer-ai/flashinfer",
 }
 
-# Text that must not be touched: fenced code (also indented in admonitions), inline code,
-# Markdown links and images, autolinks, raw HTML tags and bare URLs.
+# Text that must not be touched, besides code blocks (generator.markdown finds those): inline
+# code, Markdown links and images, autolinks, raw HTML tags and bare URLs.
 _PROTECTED = re.compile(
-    r"(?P<fence>^(?P<indent>[ \t]*)(?P<ticks>`{3,}|~{3,})[^\n]*\n.*?^(?P=indent)(?P=ticks)[ \t]*$)"
-    r"|(?P<code>(?P<bt>`+).+?(?P=bt))"
+    r"(?P<code>(?P<bt>`+).+?(?P=bt))"
     r"|(?P<link>!?\[(?:[^\[\]]|\[[^\]]*\])*\]\([^)\n]*\)(?:\{[^}\n]*\})?)"
     r"|(?P<html><[a-zA-Z/!][^>\n]*>)"
     r"|(?P<url>https?://\S+)",
@@ -52,13 +54,17 @@ _IMAGE = re.compile(r"(?<!\[)!\[(?P<alt>[^\]\n]*)\]\((?P<src>[^)\s]+)\)(?P<attrs
 
 
 def _map_text(markdown: str, transform: Callable[[str], str]) -> str:
-    """Apply ``transform`` to the unprotected stretches of ``markdown``."""
-    out, last = [], 0
-    for match in _PROTECTED.finditer(markdown):
-        out += [transform(markdown[last : match.start()]), match[0]]
-        last = match.end()
-    out.append(transform(markdown[last:]))
-    return "".join(out)
+    """Apply ``transform`` to the unprotected stretches of ``markdown``'s prose."""
+
+    def prose(text: str) -> str:
+        out, last = [], 0
+        for match in _PROTECTED.finditer(text):
+            out += [transform(text[last : match.start()]), match[0]]
+            last = match.end()
+        out.append(transform(text[last:]))
+        return "".join(out)
+
+    return edit_prose(markdown, prose)
 
 
 def link_citations(markdown: str, warn: Callable[[str], None] = lambda message: None) -> str:
@@ -99,15 +105,18 @@ def link_pictures(markdown: str) -> str:
         return _IMAGE.sub(lambda m: f"[{m[0]}]({m['src']}){{ .picture-link title='Open full size' }}", text)
 
     # The image syntax itself is protected by _PROTECTED's link group, so match it first.
-    out, last = [], 0
-    for match in _PROTECTED.finditer(markdown):
-        chunk = match[0]
-        if match["link"] and chunk.startswith("!["):
-            chunk = transform(chunk)
-        out += [markdown[last : match.start()], chunk]
-        last = match.end()
-    out.append(markdown[last:])
-    return "".join(out)
+    def prose(text: str) -> str:
+        out, last = [], 0
+        for match in _PROTECTED.finditer(text):
+            chunk = match[0]
+            if match["link"] and chunk.startswith("!["):
+                chunk = transform(chunk)
+            out += [text[last : match.start()], chunk]
+            last = match.end()
+        out.append(text[last:])
+        return "".join(out)
+
+    return edit_prose(markdown, prose)
 
 
 # A picture printed inline with its size in points: Graphviz (dot_to_svg) and matplotlib

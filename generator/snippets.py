@@ -15,19 +15,16 @@ import re
 import shlex
 import shutil
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from generator.errors import UsageError
+from generator.markdown import Fence, edit_prose, replace_fences
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTS = ROOT / "docs" / "blog" / "posts"
 OUT = ROOT / "build" / "snippets"
 
-_FENCE = re.compile(
-    r"^(?P<indent> *)(?P<ticks>```+)(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=ticks)[ \t]*$", re.M | re.S
-)
 _INCLUDE = re.compile(r'^(?P<indent> *)--8<-- "(?P<target>[^"]+)"\s*$', re.M)
 _IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)")
 _LINK = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<href>[^)\s]+)\)")
@@ -63,25 +60,6 @@ def _options(info: str) -> tuple[str, dict[str, str]]:
     language = words[0] if words else ""
     options = dict(w.split("=", 1) for w in words[1:] if "=" in w)
     return language, options
-
-
-def outside_code(markdown: str, edit: Callable[[str], str]) -> str:
-    """Apply ``edit`` to the prose only, leaving fenced blocks (code, printed output) as they are."""
-    parts, last = [], 0
-    for fence in _FENCE.finditer(markdown):
-        parts += [edit(markdown[last : fence.start()]), fence[0]]
-        last = fence.end()
-    return "".join([*parts, edit(markdown[last:])])
-
-
-def expand_generated(markdown: str) -> str:
-    """Replace each ``<!-- generated: module:function -->`` marker by what the function returns,
-    as the site's hook does (the figures of a post are such markers)."""
-    import importlib
-
-    from generator.mkdocs_hooks import GENERATED
-
-    return GENERATED.sub(lambda m: getattr(importlib.import_module(m[1]), m[2])(), markdown)
 
 
 def site_path(post: Path, href: str) -> str:
@@ -122,12 +100,11 @@ class Exporter:
         (self.out_dir / name).write_text(svg)
         return f"![Figure {self.figures}]({name})"
 
-    def _block(self, match: re.Match, markdown: str) -> str:
-        language, options = _options(match["info"])
+    def _block(self, fence: Fence) -> str:
+        language, options = _options(fence.info)
         if options.get("exec") != "on":
-            return match[0]
-        code = textwrap.dedent(match["body"])
-        line = markdown.count("\n", 0, match.start()) + 1
+            return fence.text
+        code, line = fence.body, fence.start + 1
         output = self._run(code, options.get("session", f"block{line}"), line).rstrip("\n")
         shown = f"```{language}\n{code.rstrip()}\n```\n\n" if options.get("source") else ""
         if options.get("html") == "on" and output.lstrip().startswith("<svg"):
@@ -164,10 +141,12 @@ class Exporter:
         front = _FRONT_MATTER.match(text)
         body = text[front.end() :] if front else text
         body = expand_includes(body).replace("<!-- more -->\n", "")
-        body = outside_code(body, expand_generated)
+        from generator.mkdocs_hooks import expand_generated  # the site's own expansion
+
+        body = edit_prose(body, expand_generated)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        body = _FENCE.sub(lambda m: self._block(m, body), body)
-        body = outside_code(body, lambda prose: _LINK.sub(self._absolute_link, _IMAGE.sub(self._copy_image, prose)))
+        body = replace_fences(body, self._block)
+        body = edit_prose(body, lambda prose: _LINK.sub(self._absolute_link, _IMAGE.sub(self._copy_image, prose)))
         path = self.out_dir / "post.md"
         path.write_text(body.lstrip())
         return path

@@ -250,12 +250,35 @@ def check_integrity(case_ids: Sequence[str], manifest: Mapping, zoo: Path) -> No
         )
 
 
+class NotInstalled(Exception):
+    """A runtime whose engine package is not installed here: its column is skipped."""
+
+
 def runtime_version(runtime: Runtime) -> str:
-    """The adapter's version; a broken adapter is the user's to fix, named in one line."""
+    """The adapter's version. An engine that is not installed (``version()`` raises
+    ImportError) is :class:`NotInstalled`; any other broken adapter is the user's to fix,
+    named in one line."""
     try:
         return str(runtime.version())
+    except ImportError as err:
+        raise NotInstalled(
+            f"{runtime.name} skipped: its engine is not installed here ({first_line(err)}); "
+            "install it to run this column"
+        ) from None
     except Exception as err:  # noqa: BLE001 - plug-in code
         raise UsageError(f"runtime {runtime.name!r}: version() failed ({first_line(err)})") from None
+
+
+def installed(runtimes: Sequence[Runtime]) -> tuple[list[tuple[Runtime, str]], dict[str, str]]:
+    """The runtimes whose engines are installed, with their versions, and for each of the
+    others the one line that says why its column is skipped."""
+    present, skipped = [], {}
+    for runtime in runtimes:
+        try:
+            present.append((runtime, runtime_version(runtime)))
+        except NotInstalled as err:
+            skipped[runtime.name] = str(err)
+    return present, skipped
 
 
 def verify(
@@ -266,20 +289,23 @@ def verify(
     *,
     cache: CellCache | None = None,
 ) -> dict:
-    """Run the matrix and return it as a JSON-ready dict; with ``cache``, a cell whose
-    runtime, adapter and case bytes are unchanged since it last ran is read from there."""
+    """Run the matrix and return it as a JSON-ready dict. A runtime whose engine is not
+    installed has no column; ``skipped`` says why. With ``cache``, a cell whose runtime,
+    adapter and case bytes are unchanged since it last ran is read from there."""
     manifest = load_manifest(zoo)
     ids = match_ids(manifest["cases"], patterns)
     check_integrity(ids, manifest, zoo)
+    present, skipped = installed(runtimes)
     matrix: dict = {
-        "runtimes": [{"name": rt.name, "version": runtime_version(rt)} for rt in runtimes],
+        "runtimes": [{"name": rt.name, "version": version} for rt, version in present],
+        "skipped": skipped,
         "cases": {},
     }
     for cid in ids:
         entry = manifest["cases"][cid]
         checker = static_checks(case_dir(cid, zoo) / "model.onnx")
         cells = {}
-        for rt in runtimes:
+        for rt, _ in present:
             cell = cached_cell(rt, cid, entry, zoo, cache)
             cells[rt.name] = asdict(cell)
             progress(cid, rt.name, cell)

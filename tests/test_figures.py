@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from generator.markdown import code_lines
+
 ROOT = Path(__file__).resolve().parent.parent
 
 PAGES = sorted(
@@ -34,7 +36,6 @@ FIGURE = re.compile(
     rf"(?<![\w.]){NUMBER}(?:\s*(?:–|-|to)\s*{NUMBER})?\s*(?:µs|us|ms|s|×|x|%|tok/s|tokens/s|GB/s)(?![\w/])"
     r"(?!\s*\d)"  # "8 × 128": a product (a shape), not a ratio
 )
-FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 NOT_PROSE = [
     re.compile(r"<!--.*?-->", re.S),  # comments, the generated markers among them
     re.compile(r"(`+).+?\1"),  # inline code
@@ -49,21 +50,10 @@ def _blank(match: re.Match) -> str:
 
 
 def prose(markdown: str) -> str:
-    """The page with fenced code, code spans, comments, link targets and quotations
-    blanked out, line for line."""
-    lines, fence = [], None
-    for line in markdown.splitlines():
-        opened = FENCE.match(line)
-        if fence is not None:
-            if opened and opened[1][0] == fence[0] and len(opened[1]) >= len(fence) and not line.strip(" `~"):
-                fence = None
-            lines.append("")
-        elif opened:
-            fence = opened[1]
-            lines.append("")
-        else:
-            lines.append(line)
-    text = "\n".join(lines)
+    """The page with code blocks (as generator.markdown parses them), code spans, comments,
+    link targets and quotations blanked out, line for line."""
+    code = code_lines(markdown)
+    text = "\n".join("" if number in code else line for number, line in enumerate(markdown.splitlines()))
     for pattern in NOT_PROSE:
         text = pattern.sub(_blank, text)
     return text

@@ -144,3 +144,36 @@ def test_broken_plugins_get_one_line_errors(tmp_path: Path) -> None:
         )
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+class EngineNotInstalled(OrtNoOptRuntime):
+    """An adapter whose engine package is missing here, as tract is without the engines extra."""
+
+    name = "engine-not-installed"
+
+    def version(self) -> str:
+        import vendor_engine_not_installed  # noqa: F401
+
+        return "1.0"
+
+
+def test_an_engine_that_is_not_installed_is_a_skipped_column(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue 23 item 10: without tract every verify exited 2 on "version() failed"."""
+    from generator import cli, runtimes
+
+    monkeypatch.setattr(runtimes, "available", lambda extra=(): [runtimes.ReferenceRuntime(), EngineNotInstalled()])
+    out = tmp_path / "m.json"
+    assert cli.main(["verify", _first_case(), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    notes = [line for line in printed.splitlines() if "engine-not-installed" in line]
+    assert notes == [
+        "note engine-not-installed skipped: its engine is not installed here (ModuleNotFoundError: No module "
+        "named 'vendor_engine_not_installed'); install it to run this column"
+    ]
+    matrix = json.loads(out.read_text())
+    assert [rt["name"] for rt in matrix["runtimes"]] == ["reference"]
+    assert list(matrix["skipped"]) == ["engine-not-installed"]
+    assert set(matrix["cases"][_first_case()]["results"]) == {"reference"}
+    from generator.docs import matrix_markdown
+
+    assert f"Not run where this page was built: {notes[0].removeprefix('note ')}." in matrix_markdown(matrix)

@@ -38,6 +38,7 @@ def test_lint_catches_a_missing_and_a_misplaced_section() -> None:
             "Alternatives",
         )
     )
+    swapped = swapped.replace("## Summary", "## Summary\n\n**Conclusion:** yes.\n")
     assert section_problems(swapped) == ["section '## Open questions' is out of order"]
 
 

@@ -7,10 +7,11 @@ itself here, as the backends register with ``factory.py``. The quantized-attenti
 proposal registers ``int8`` (its standard-op form Q -> TensorScatter -> DQ -> Attention).
 
 That proposal imports this one (its accuracy study runs these decoders), so this module
-never imports it: format modules are found by name, from pyproject.toml's
-``[tool.onnx-genai-proposals] kv-cache-formats`` (the source tree runs uninstalled, so it
-cannot declare entry points for itself) and from the ``onnx_genai_proposals.kv_cache_formats``
-entry-point group (formats an installed package adds). Importing one registers it.
+never imports it: format modules are found by the project's one plug-in rule
+(:mod:`generator.plugins`), from pyproject.toml's ``[tool.onnx-genai-proposals]
+kv-cache-formats`` (the source tree runs uninstalled, so it cannot declare entry points for
+itself) and from the ``onnx_genai_proposals.kv_cache_formats`` entry-point group (formats an
+installed package adds). Importing one registers it.
 
 The memory a format takes is read off the rewritten graph's cache inputs (their shapes and
 element types), never typed: :func:`cache_buffers`, :func:`cache_bytes_per_token`.
@@ -18,22 +19,19 @@ element types), never typed: :func:`cache_buffers`, :func:`cache_bytes_per_token
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from generator.errors import UsageError
-from generator.project import setting_list
+from generator.plugins import PluginKind, discovered
 
 FLOAT32 = "float32"
-SETTING = "kv-cache-formats"
-ENTRY_POINT_GROUP = "onnx_genai_proposals.kv_cache_formats"
+KV_CACHE_FORMATS = PluginKind("kv-cache-formats", "onnx_genai_proposals.kv_cache_formats", "KV-cache format")
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,6 @@ class CacheFormat:
 _FORMATS: dict[str, CacheFormat] = {
     FLOAT32: CacheFormat(FLOAT32, lambda model: model, "float32 buffers, as build_decoder writes them"),
 }
-_discovered = False
 
 
 # --8<-- [start:registry]
@@ -60,13 +57,13 @@ def register_cache_format(name: str, rewrite: Callable[[onnx.ModelProto], onnx.M
 
 def cache_format_names() -> list[str]:
     """Every format, float32 first."""
-    _discover()
+    discovered(KV_CACHE_FORMATS)
     return [FLOAT32, *sorted(set(_FORMATS) - {FLOAT32})]
 
 
 def cache_format(name: str) -> CacheFormat:
     """The format named ``name``, or a one-line UsageError naming the valid ones."""
-    _discover()
+    discovered(KV_CACHE_FORMATS)
     if name not in _FORMATS:
         raise UsageError(f"unknown KV-cache format {name!r}; valid: {', '.join(cache_format_names())}")
     return _FORMATS[name]
@@ -78,18 +75,6 @@ def with_cache_format(decoder: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 
 # --8<-- [end:registry]
-
-
-def _discover() -> None:
-    """Import every configured format module once (each registers itself)."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for module in setting_list(SETTING):
-        importlib.import_module(module)
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        ep.load()
 
 
 @dataclass(frozen=True)

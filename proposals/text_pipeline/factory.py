@@ -1,9 +1,12 @@
 """The backend and device factories: ``DeviceFactory`` and ``Text2TextPipelineFactory``.
 
 A backend registers itself by name with a creator (model folder, device -> ``Pipeline``) and
-a device enumerator, like the WG's factories; ``proposals.text_pipeline.backends`` holds the
-built-in ones (onnxruntime, transformers, onnxruntime-genai), each in its own module. This
-module imports none of them.
+a device enumerator, like the WG's factories. ``proposals.text_pipeline.backends`` holds the
+built-in ones, each in its own module: onnxruntime, transformers, onnxruntime-genai,
+openvino-genai and onnxruntime-paged. This module imports none of them: backend modules are
+found by the project's one plug-in rule (:mod:`generator.plugins`), from pyproject.toml's
+``[tool.onnx-genai-proposals] pipeline-backends`` and the ``onnx_genai_proposals.pipeline_backends``
+entry points of installed packages, and importing one registers it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from generator.errors import UsageError
+from generator.plugins import PluginKind, discovered
 from proposals.text_pipeline.pipeline import Pipeline
 
 
@@ -32,6 +36,7 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
+PIPELINE_BACKENDS = PluginKind("pipeline-backends", "onnx_genai_proposals.pipeline_backends", "pipeline backend")
 
 
 # --8<-- [start:factory]
@@ -43,6 +48,8 @@ def register_backend(
 
 
 def backend_names() -> list[str]:
+    """Every registered backend (the discovered modules register when imported)."""
+    discovered(PIPELINE_BACKENDS)
     return sorted(_BACKENDS)
 
 
@@ -75,6 +82,7 @@ def create_pipeline(backend: str, model_dir: str | Path, device: str | Device | 
 
 
 def _backend(name: str) -> Backend:
+    discovered(PIPELINE_BACKENDS)
     if name not in _BACKENDS:
         raise UsageError(f"unknown backend {name!r}; valid: {', '.join(backend_names())}")
     return _BACKENDS[name]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import onnx
 import pytest
 import torch
@@ -85,42 +89,70 @@ def test_factories_and_devices(tmp_path):
         create_pipeline("onnxruntime", tmp_path)
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "phi3", "olmo2", "granite"])
-def test_three_backends_give_the_same_tokens(tmp_path, arch):
-    """onnxruntime (in-place cache), onnxruntime-genai (its own generator, right-padded
-    batch) and transformers, on a batch of two prompts of different lengths."""
-    folder = write_folder(arch, tmp_path / arch)
-    prompts = [GenerationInput("Attention reads the whole cache"), GenerationInput("The")]
+PROMPTS = [GenerationInput("Attention reads the whole cache"), GenerationInput("The")]
+SLIDING = {"mistral", "gemma2", "gemma3"}
+# The agreement tests run every registered backend (a new one joins them by registering).
+# A backend leaves a test only where it refuses the model, for the reason given here; the
+# test checks that it does refuse, so an exclusion that starts to run fails and is dropped.
+REFUSED = {
+    "onnxruntime-paged": (SLIDING, "the paged rewrite needs a linear cache; a sliding window is a circular one"),
+    "openvino-genai": (SLIDING, "transformers' sliding cache layer does not trace, so it cannot convert them"),
+}
+# Where a backend's float32 kernels break a near-tie the other way, its tokens are compared up
+# to the tie. OLMo-2, second prompt, step 17: the float64 logits of tokens 246 and 323 differ
+# by 1.4e-3, and OpenVINO picks 323.
+NEAR_TIES = {("openvino-genai", "olmo2"): 16}
+
+
+def registered_backends(arch: str, config: GenerationConfig, prompts=PROMPTS) -> dict[str, list[tuple[int, ...]]]:
+    """The tokens of every registered backend that runs ``arch``, per prompt; each backend
+    that ``REFUSED`` lists for it must refuse it with a UsageError."""
+    folder = write_folder(arch, Path(tempfile.mkdtemp(prefix=f"agree-{arch}-")) / arch)
     tokens = {}
-    for backend in [
-        "onnxruntime",
-        "onnxruntime-genai",
-        "onnxruntime-paged",
-        "transformers",
-    ]:  # openvino-genai: its own test
-        if backend == "onnxruntime-paged" and arch == "mistral":
-            continue  # a sliding window is a circular cache, which the paged rewrite refuses (test_serving)
+    for backend in backend_names():
+        if arch in REFUSED.get(backend, ((), ""))[0]:
+            with pytest.raises(UsageError):
+                create_pipeline(backend, folder)
+            continue
         pipeline = create_pipeline(backend, folder)
-        pipeline.set_generation_config(GenerationConfig(max_new_tokens=24))
+        pipeline.set_generation_config(config)
         tokens[backend] = [r.token_ids for r in pipeline.generate(prompts)]
-    assert tokens["onnxruntime-genai"] == tokens["onnxruntime"] == tokens["transformers"]
-    assert tokens.get("onnxruntime-paged", tokens["onnxruntime"]) == tokens["onnxruntime"]
+    shutil.rmtree(folder.parent)
+    return tokens
+
+
+def assert_agree(tokens: dict[str, list[tuple[int, ...]]], arch: str) -> None:
+    """Every backend's tokens are transformers' (up to a recorded near-tie)."""
+    expected = tokens["transformers"]
+    for backend, got in tokens.items():
+        upto = NEAR_TIES.get((backend, arch))
+        assert [t[:upto] for t in got] == [t[:upto] for t in expected], backend
+
+
+def test_every_backend_is_in_the_agreement_tests():
+    """An exclusion names a registered backend; every other backend runs every model."""
+    assert set(REFUSED) <= set(backend_names()) and {b for b, _ in NEAR_TIES} <= set(backend_names())
+    assert "transformers" in backend_names()
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "phi3", "olmo2", "granite"])
+def test_every_backend_gives_the_same_tokens(arch):
+    """onnxruntime (in-place cache), onnxruntime-genai (its own generator, right-padded
+    batch), onnxruntime-paged, openvino-genai and transformers, on a batch of two prompts of
+    different lengths."""
+    tokens = registered_backends(arch, GenerationConfig(max_new_tokens=24))
+    assert_agree(tokens, arch)
+    assert set(tokens) == set(backend_names()) - {b for b, (archs, _) in REFUSED.items() if arch in archs}
     assert [len(t) for t in tokens["onnxruntime"]] == [24, 24]
 
 
-def test_three_backends_agree_on_a_decoder_with_a_nope_layer(tmp_path):
+def test_every_backend_agrees_on_a_decoder_with_a_nope_layer():
     """SmolLM3 (layer 1 without RoPE) on the same batch. Its short prompt's row reaches
     token 0 at its 5th token; onnxruntime-genai stops a row at the folder's EOS (0) whatever
-    the pipeline's config says, so the config names that EOS for all three."""
-    folder = write_folder("smollm3", tmp_path / "smollm3")
-    prompts = [GenerationInput("Attention reads the whole cache"), GenerationInput("The")]
-    tokens = {}
-    for backend in ["onnxruntime", "onnxruntime-genai", "onnxruntime-paged", "transformers"]:
-        pipeline = create_pipeline(backend, folder)
-        pipeline.set_generation_config(GenerationConfig(max_new_tokens=24, eos_token_ids={0}))
-        tokens[backend] = [r.token_ids for r in pipeline.generate(prompts)]
-    assert tokens["onnxruntime-genai"] == tokens["onnxruntime"] == tokens["transformers"]
-    assert tokens["onnxruntime-paged"] == tokens["onnxruntime"]
+    the pipeline's config says, so the config names that EOS for all of them."""
+    tokens = registered_backends("smollm3", GenerationConfig(max_new_tokens=24, eos_token_ids={0}))
+    assert_agree(tokens, "smollm3")
+    assert set(tokens) == set(backend_names())
     assert [len(t) for t in tokens["onnxruntime"]] == [24, 5]
 
 
@@ -181,19 +213,15 @@ def test_ortgenai_refuses_prompts_longer_than_the_circular_window(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
-def test_ortgenai_runs_mixed_caches_as_masked_linear_buffers(tmp_path, arch):
+def test_every_backend_runs_mixed_caches(arch):
     """Gemma (8-slot ring on layer 0, linear layer 1): onnxruntime-genai loads the sliding
     layer as a linear buffer read through a window mask, so a 23-token prompt, longer than
-    the window, goes in one run; its tokens are transformers' (and the onnxruntime backend's)."""
-    folder = write_folder(arch, tmp_path / arch)
+    the window, goes in one run; its tokens are transformers' (and the onnxruntime backend's).
+    The paged and openvino-genai backends refuse sliding windows (``REFUSED``)."""
     prompts = [GenerationInput("TensorScatter writes the new keys into the static buffer at"), GenerationInput("The")]
-    tokens = {}
-    # the paged backend refuses circular caches (test_serving); openvino-genai has its own test
-    for backend in ["onnxruntime", "onnxruntime-genai", "transformers"]:
-        pipeline = create_pipeline(backend, folder)
-        pipeline.set_generation_config(GenerationConfig(max_new_tokens=24))
-        tokens[backend] = [r.token_ids for r in pipeline.generate(prompts)]
-    assert tokens["onnxruntime-genai"] == tokens["onnxruntime"] == tokens["transformers"]
+    tokens = registered_backends(arch, GenerationConfig(max_new_tokens=24), prompts)
+    assert_agree(tokens, arch)
+    assert {"onnxruntime", "onnxruntime-genai", "transformers"} <= set(tokens)
     assert [len(t) for t in tokens["onnxruntime"]] == [24, 24]
 
 
@@ -202,7 +230,7 @@ def llama_folder(tmp_path_factory):
     return write_folder("llama", tmp_path_factory.mktemp("llama") / "llama")
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime-paged", "transformers", "onnxruntime-genai"])
+@pytest.mark.parametrize("backend", backend_names())
 def test_every_backend_refuses_a_prompt_that_leaves_no_room(llama_folder, backend):
     """Context 256: a 255-token prompt gets exactly one new token, a 256-token prompt (or a
     longer one) the same UsageError on every backend, before anything is generated."""

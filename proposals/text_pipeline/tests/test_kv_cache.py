@@ -13,7 +13,7 @@ from generator.errors import UsageError
 from generator.project import setting_list
 from proposals.text_pipeline import kv_cache_report
 from proposals.text_pipeline.__main__ import main
-from proposals.text_pipeline.cache_formats import SETTING, cache_format, cache_format_names
+from proposals.text_pipeline.cache_formats import KV_CACHE_FORMATS, cache_format, cache_format_names
 from proposals.text_pipeline.config import GenerationInput
 from proposals.text_pipeline.factory import Device, create_pipeline
 from proposals.text_pipeline.families import TINY
@@ -30,7 +30,7 @@ def llama(tmp_path_factory):
 
 
 def test_formats_come_from_pyproject_and_name_the_valid_ones() -> None:
-    assert "proposals.quantized_attention.pipeline_cache" in setting_list(SETTING)
+    assert "proposals.quantized_attention.pipeline_cache" in setting_list(KV_CACHE_FORMATS.setting)
     assert cache_format_names()[:2] == ["float32", "int8"]
     with pytest.raises(UsageError, match=r"unknown KV-cache format 'int3'; valid: float32, int8") as err:
         cache_format("int3")
