@@ -258,17 +258,62 @@ def _remove_case(case_id: str, entry: Mapping, zoo: Path) -> None:
             here.rmdir()
 
 
-def _check_out_folder(zoo: Path) -> None:
-    """Refuse an output that is a file, a symlink, or a non-empty folder holding no zoo."""
+def _check_out_path(zoo: Path) -> None:
+    """Refuse an output that is a symlink or a file, or that cannot be a folder."""
     if zoo.is_symlink():
         raise UsageError(f"{zoo} is a symlink; give the zoo folder itself")
     if zoo.exists() and not zoo.is_dir():
         raise UsageError(f"{zoo} is a file; the zoo output must be a folder (new, empty, or an existing zoo)")
-    if zoo.is_dir() and any(zoo.iterdir()) and not manifest_path(zoo).is_file():
+    above = next((p for p in zoo.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError(f"{above} is a file, so {zoo} cannot be created; give a folder for the zoo output")
+
+
+def _make_out_folder(zoo: Path) -> None:
+    try:
+        zoo.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only parent, a name too long, a NUL byte
+        raise UsageError(f"cannot create the zoo folder {zoo} ({err.strerror or err})"[:300]) from None
+
+
+def _check_out_folder(zoo: Path) -> None:
+    """Under the lock: refuse a non-empty folder that holds no zoo, unless it holds only what a
+    killed first run of this writer left (topic folders of case folders), which it repairs."""
+    if any(zoo.iterdir()) and not manifest_path(zoo).is_file() and not _interrupted_first_run(zoo):
         raise UsageError(
             f"{zoo} is not empty and holds no zoo ({MANIFEST_NAME} is missing); "
             "give a new or empty folder, or an existing zoo"
         )
+
+
+def _interrupted_first_run(zoo: Path) -> bool:
+    """True if every entry is a plain topic folder holding only plain ``test_<case>`` folders:
+    what a first run killed before it wrote the manifest leaves behind."""
+    for topic in zoo.iterdir():
+        if topic.is_symlink() or not topic.is_dir() or not _NAME.fullmatch(topic.name):
+            return False
+        for case in topic.iterdir():
+            name = case.name.removeprefix(CASE_PREFIX)
+            if case.is_symlink() or not case.is_dir() or name == case.name or not _NAME.fullmatch(name):
+                return False
+            if any(path.is_symlink() for path in case.rglob("*")):
+                return False
+    return True
+
+
+# mkstemp's names in _write_if_changed: "." + file name + "." + 8 random characters + ".tmp"
+_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def _remove_leftovers(zoo: Path) -> list[Path]:
+    """Under the lock, delete the temporary files of a write that was killed before its rename
+    (no other run can be writing one); nothing else matches their names."""
+    removed = []
+    for path in sorted(zoo.rglob(".*.tmp")):
+        if _LEFTOVER.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -293,10 +338,14 @@ def write(
     """Build and write ``specs``; with ``prune`` (a full run) remove the cases the previous
     manifest lists that are no longer registered, and with ``prune_topics`` (a run of whole
     topics) those of the named topics."""
-    _check_out_folder(zoo)
+    _check_out_path(zoo)
+    if zoo.is_dir():
+        _check_out_folder(zoo)  # early, before the builds; again under the lock
     built_cases = [build(spec) for spec in specs]  # every case builds before any file changes
-    zoo.mkdir(parents=True, exist_ok=True)
-    with locked(zoo):
+    _make_out_folder(zoo)
+    with locked(zoo):  # before the folder is inspected: a concurrent first run may be writing it
+        _check_out_folder(zoo)
+        _remove_leftovers(zoo)
         old = load_manifest(zoo)["cases"] if manifest_path(zoo).exists() else {}
         stale_topics = set(prune_topics)
         cases = {} if prune else {cid: e for cid, e in old.items() if split_id(cid)[0] not in stale_topics}
