@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,7 @@ from generator.zoo import (
 )
 
 MATRIX_JSON = ZOO.parent / "build" / "conformance.json"
+CELL_TIMEOUT = 300.0  # seconds a runtime may take to load and run one case (verify --cell-timeout)
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,38 @@ def run_cell(runtime: Runtime, case_id: str, entry: Mapping, zoo: Path) -> Cell:
     return Cell("pass", worst, known_divergence=known)
 
 
+class CellTimeout(Exception):
+    """A runtime's code did not return within the cell timeout."""
+
+
+def guarded(runtime: Runtime, what: str, call: Callable[[], object], timeout: float) -> object:
+    """``call()`` (plug-in code) in a daemon thread: a hang becomes ``CellTimeout`` and the run
+    goes on (the thread is abandoned); ``sys.exit()`` in it is a one-line error, so a plug-in
+    cannot end ``verify`` before the baseline comparison; a KeyboardInterrupt is passed on."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as err:  # noqa: BLE001 - handed to the calling thread
+            box["error"] = err
+
+    worker = threading.Thread(target=target, name=f"verify {runtime.name}: {what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise CellTimeout(f"{what} did not finish within {timeout:g} s (verify --cell-timeout)")
+    err = box.get("error")
+    if isinstance(err, SystemExit):
+        raise UsageError(
+            f"runtime {runtime.name!r}: {what} called sys.exit({err.code!r}); "
+            "a runtime raises an exception instead, so that verify can go on"
+        )
+    if isinstance(err, BaseException):
+        raise err
+    return box["value"]
+
+
 def check_integrity(case_ids: Sequence[str], manifest: Mapping, zoo: Path) -> None:
     """Raise one clear error naming every tampered, missing, unlisted or unparsable file."""
     problems = unlisted_folders(manifest, zoo)
@@ -178,10 +213,10 @@ def check_integrity(case_ids: Sequence[str], manifest: Mapping, zoo: Path) -> No
         )
 
 
-def runtime_version(runtime: Runtime) -> str:
+def runtime_version(runtime: Runtime, timeout: float = CELL_TIMEOUT) -> str:
     """The adapter's version; a broken adapter is the user's to fix, named in one line."""
     try:
-        return str(runtime.version())
+        return str(guarded(runtime, "version()", runtime.version, timeout))
     except Exception as err:  # noqa: BLE001 - plug-in code
         raise UsageError(f"runtime {runtime.name!r}: version() failed ({first_line(err)})") from None
 
@@ -191,13 +226,16 @@ def verify(
     patterns: Sequence[str] = (),
     zoo: Path = ZOO,
     progress: Callable[[str, str, Cell], None] = lambda case_id, runtime, cell: None,
+    *,
+    timeout: float = CELL_TIMEOUT,
 ) -> dict:
-    """Run the matrix and return it as a JSON-ready dict."""
+    """Run the matrix and return it as a JSON-ready dict. Each cell runs under ``guarded``: a
+    runtime that takes longer than ``timeout`` seconds on a case is an ``error`` cell."""
     manifest = load_manifest(zoo)
     ids = match_ids(manifest["cases"], patterns)
     check_integrity(ids, manifest, zoo)
     matrix: dict = {
-        "runtimes": [{"name": rt.name, "version": runtime_version(rt)} for rt in runtimes],
+        "runtimes": [{"name": rt.name, "version": runtime_version(rt, timeout)} for rt in runtimes],
         "cases": {},
     }
     for cid in ids:
@@ -205,7 +243,10 @@ def verify(
         checker = static_checks(case_dir(cid, zoo) / "model.onnx")
         cells = {}
         for rt in runtimes:
-            cell = run_cell(rt, cid, entry, zoo)
+            try:
+                cell = guarded(rt, f"its load() or runner on {cid}", partial(run_cell, rt, cid, entry, zoo), timeout)
+            except CellTimeout as err:
+                cell = Cell("error", detail=f"CellTimeout: {err}", known_divergence=known_divergence(rt, entry))
             cells[rt.name] = asdict(cell)
             progress(cid, rt.name, cell)
         matrix["cases"][cid] = {
@@ -239,6 +280,9 @@ def check_output(path: Path, zoo: Path = ZOO) -> None:
         raise UsageError(f"--json {path} is inside the zoo {zoo}; write the matrix elsewhere (default {MATRIX_JSON})")
     if path.is_dir():
         raise UsageError(f"--json {path} is a folder; give a file name such as {path / 'conformance.json'}")
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError(f"--json {path}: {above} is a file, so the matrix cannot be written there; give another path")
 
 
 def write_matrix(matrix: Mapping, path: Path = MATRIX_JSON, zoo: Path = ZOO) -> Path:

@@ -421,6 +421,8 @@ def load_manifest(zoo: Path = ZOO) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{path} is not valid JSON ({err}); run `make zoo` to regenerate") from None
+    except RecursionError:
+        raise UsageError(f"{path} is JSON nested too deeply to be a manifest; run `make zoo` to regenerate") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise UsageError(f"{path} is not a format-{MANIFEST_FORMAT} zoo manifest; run `make zoo` to regenerate")
     if not isinstance(manifest.get("cases"), dict):
@@ -488,6 +490,15 @@ def _external_data_problem(tensor: onnx.TensorProto, folder: Path) -> str:
     target = folder / location
     if target.is_symlink() or not target.is_file():
         return f"its external data {location!r} is not a plain file in the case folder"
+    fields = {kv.key: kv.value for kv in tensor.external_data}
+    try:
+        offset, length = int(fields.get("offset") or 0), fields.get("length")
+        end = offset + int(length) if length is not None else offset
+    except ValueError:
+        return f"its external data offset/length {fields.get('offset')!r}/{fields.get('length')!r} are not integers"
+    size = target.stat().st_size
+    if offset < 0 or end < offset or end > size:
+        return f"its external data asks for bytes {offset}..{end} of {location!r}, which has {size}"
     return ""
 
 
@@ -497,6 +508,8 @@ def model_problem(model_path: Path) -> str:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - a garbage file raises protobuf's DecodeError, or others
         return f"not a valid ONNX model ({type(err).__name__})"
+    if not model.HasField("graph"):  # an empty file parses as an empty ModelProto
+        return "not a valid ONNX model (no graph; an empty or truncated file)"
     from onnx.external_data_helper import _get_all_tensors
 
     for tensor in _get_all_tensors(model):

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from generator.cli import path_argument, stdout_closed, tolerant_output
 from generator.errors import UsageError
 from proposals.text_pipeline.cache_formats import cache_format, cache_format_names
 from proposals.text_pipeline.config import GenerationInput, SamplingConfig
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(backend_names())}")
     p.add_argument("--arch", default="llama", help=f"zoo model: {', '.join(ARCHITECTURES)}")
-    p.add_argument("--model-dir", type=Path, help="a pipeline model folder (overrides --arch)")
+    p.add_argument("--model-dir", type=path_argument, help="a pipeline model folder (overrides --arch)")
     p.add_argument("--device", default=None, help="device identifier (default: the backend's first)")
     p.add_argument(
         "--kv-cache",
@@ -59,6 +60,7 @@ def _model_dir(args, scratch: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerant_output()
     try:
         args = _parser().parse_args(argv)
         prompt = GenerationInput(args.prompt)  # a prompt that is not UTF-8 fails first
@@ -89,9 +91,15 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            sys.stdout.flush()
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return stdout_closed("python -m proposals.text_pipeline")
+    except KeyboardInterrupt:
+        print("python -m proposals.text_pipeline: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
