@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-deps
 export PYTHONPATH := $(CURDIR)
 export NO_MKDOCS_2_WARNING := 1
 export PYTHONHASHSEED := 0
+# The engines' telemetry stays off (generator/telemetry.py does the same in process; docs/runtimes.md).
+export ORT_DISABLE_TELEMETRY := 1
 
 .PHONY: venv zoo verify test lint unit docs serve bench snippets fuzz clean
 

@@ -292,3 +292,25 @@ def test_a_closed_pipe_is_one_line_in_a_real_process(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 1
     assert err.count("\n") == 1 and "broken pipe" in err and "Traceback" not in err, err
+
+
+# --- item 6: nothing is written to $HOME ----------------------------------------------------
+
+
+def test_verify_and_pipeline_runs_leave_home_unchanged(tmp_path: Path) -> None:
+    """onnxruntime(-genai) kept a device id and an event queue in ~/.cache/Microsoft, OpenVINO a
+    client id and usage counts in ~/intel; one real process runs verify and the genai backends."""
+    home = tmp_path / "home"
+    home.mkdir()
+    script = f"""
+from generator.cli import main
+from proposals.text_pipeline.__main__ import main as pipeline
+assert main(["verify", "kv_cache/linear_prefill", "--json", {str(tmp_path / "m.json")!r}]) == 0
+for backend in ("onnxruntime-genai", "openvino-genai"):
+    assert pipeline(["hi", "--backend", backend, "--max-new-tokens", "2"]) == 0
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "CI")}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
