@@ -306,12 +306,6 @@ def test_server_request_sequences_keep_the_contract(server, requests, nan_for) -
     finally:
         del server.cache.feed
     done = {f.id: f for f in server.collect()}
-    print(
-        "ACCEPTED",
-        len(accepted),
-        [f.finish_reason for f in done.values()],
-        max((s.waiting for s in server.stats), default=0),
-    )
     assert sorted(done) == sorted(accepted)
     vocab = server.cache.spec.vocab_size
     for finished in done.values():
