@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-deps
 export PYTHONPATH := $(CURDIR)
 export NO_MKDOCS_2_WARNING := 1
 export PYTHONHASHSEED := 0
+# The engines' telemetry stays off (generator/telemetry.py does the same in process; docs/runtimes.md).
+export ORT_DISABLE_TELEMETRY := 1
 
 .PHONY: venv zoo verify test lint unit docs serve bench snippets fuzz clean
 
@@ -59,6 +61,10 @@ fuzz: $(STAMP)
 		CONFORMANCE_FUZZ_RESULTS=conformance/results/fuzz.json \
 		$(PY) -m pytest conformance/tests/test_fuzz.py -p no:cacheprovider
 	$(PY) -m conformance.lowered
+	ROBUSTNESS_EXAMPLES=$(ROBUSTNESS_EXAMPLES) $(PY) -m pytest tests/test_robustness.py -p no:cacheprovider
+
+# The robustness harness (tests/test_robustness.py): `make test` draws 8 examples per property.
+ROBUSTNESS_EXAMPLES ?= 300
 
 # SITE_URL=https://... turns the posts' site links into absolute links.
 snippets: $(STAMP)

@@ -28,43 +28,57 @@ INT64, FLOAT, BOOL = ir.DataType.INT64, ir.DataType.FLOAT, ir.DataType.BOOL
 
 REPROS = Path(__file__).resolve().parent.parent / "repros"
 
-# How each repro script gets its outputs; `got` is a dict of outputs (or the script prints the error).
+# How each repro script gets its outputs: the modules it imports (a missing one means the
+# script could not run), then the lines that set `got`, a dict of outputs (or raise).
 RUNNERS = {
-    "reference": "from onnx.reference import ReferenceEvaluator\n"
-    "ev = ReferenceEvaluator(str(HERE / 'model.onnx'))\n"
-    "got = dict(zip(ev.output_names, ev.run(None, feeds)))",
-    "inliner": "import onnx.inliner, onnx.reference\n"
-    "ev = onnx.reference.ReferenceEvaluator(onnx.inliner.inline_local_functions(onnx.load(HERE / 'model.onnx')))\n"
-    "got = dict(zip(ev.output_names, ev.run(None, feeds)))",
-    "onnxruntime": "import onnxruntime as ort\n"
-    "sess = ort.InferenceSession(str(HERE / 'model.onnx'), providers=['CPUExecutionProvider'])\n"
-    "got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))",
-    "tract": "import onnx, tract\n"
-    "graph = onnx.load(HERE / 'model.onnx').graph\n"
-    "model = tract.onnx().load(str(HERE / 'model.onnx')).into_model().into_runnable()\n"
-    "got = {o.name: r.to_numpy() for o, r in zip(graph.output, model.run([feeds[i.name] for i in graph.input]))}",
-    "openvino": "import openvino as ov\n"
-    "compiled = ov.Core().compile_model(str(HERE / 'model.onnx'), 'CPU', {CONFIG})\n"
-    "got = {o.get_any_name(): r for o, r in compiled(feeds).items()}",
+    "reference": (
+        "onnx.reference",
+        "ev = onnx.reference.ReferenceEvaluator(str(HERE / 'model.onnx'))\n"
+        "got = dict(zip(ev.output_names, ev.run(None, feeds)))",
+    ),
+    "inliner": (
+        "onnx.inliner, onnx.reference",
+        "ev = onnx.reference.ReferenceEvaluator(onnx.inliner.inline_local_functions(onnx.load(HERE / 'model.onnx')))\n"
+        "got = dict(zip(ev.output_names, ev.run(None, feeds)))",
+    ),
+    "onnxruntime": (
+        "onnxruntime as ort",
+        "sess = ort.InferenceSession(str(HERE / 'model.onnx'), providers=['CPUExecutionProvider'])\n"
+        "got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))",
+    ),
+    "tract": (
+        "onnx, tract",
+        "graph = onnx.load(HERE / 'model.onnx').graph\n"
+        "model = tract.onnx().load(str(HERE / 'model.onnx')).into_model().into_runnable()\n"
+        "got = {o.name: r.to_numpy() for o, r in zip(graph.output, model.run([feeds[i.name] for i in graph.input]))}",
+    ),
+    "openvino": (
+        "openvino as ov",
+        "compiled = ov.Core().compile_model(str(HERE / 'model.onnx'), 'CPU', {CONFIG})\n"
+        "got = {o.get_any_name(): r for o, r in compiled(feeds).items()}",
+    ),
 }
 
-SCRIPT = '''"""{title}. Exit 1: the difference is still there; 0: fixed."""
+# Exit statuses: 1 reproduced, 0 fixed, 2 could not run (a package or file is missing, or the
+# runtime failed in another way than the repro records); each ends with one line.
+SCRIPT = '''"""{title}. Exit 1: reproduced; 0: fixed; 2: could not run (missing package or file, other error)."""
 import pathlib, sys
-import numpy as np
-np.set_printoptions(linewidth=10**4)
-HERE = pathlib.Path(__file__).parent
-def arrays(prefix):
-    return {{p.stem[len(prefix):]: np.load(p) for p in sorted(HERE.glob(prefix + "*.npy"))}}
-feeds, expected = arrays("input_"), arrays("expected_")
+HERE, ERROR = pathlib.Path(__file__).parent, {error!r}  # ERROR: the runtime's recorded error, if any
+def end(status, *words): print(" ".join(" ".join(map(str, words)).split())[:400]); sys.exit(status)
+try:
+    import numpy as np, {imports}
+    feeds, expected = ({{n: np.load(HERE / f"{{kind}}_{{n}}.npy") for n in names}} for kind, names in {files!r})
+except (ImportError, OSError) as err:
+    end(2, "COULD NOT RUN:", f"{{type(err).__name__}}:", err)
 try:
 {runner}
-except Exception as err:  # the runtime refuses the model
-    print("REPRODUCED:", type(err).__name__, str(err).splitlines()[0][:200]); sys.exit(1)
-for name, want in expected.items():
-    if not np.allclose(got[name], want, rtol={rtol}, atol={atol}):
-        print("REPRODUCED:", name, "expected", want.ravel()[:8], "got", np.asarray(got[name]).ravel()[:8])
-        sys.exit(1)
-print("FIXED: every output matches the spec reference"); sys.exit(0)
+    bad = [n for n in expected if not np.allclose(got[n], expected[n], rtol={rtol}, atol={atol})]
+except Exception as err:
+    text = " ".join(f"{{type(err).__name__}}: {{err}}".split())
+    end(1, "REPRODUCED:", text) if ERROR and ERROR in text else end(2, "COULD NOT RUN (another error):", text)
+if bad:
+    end(1, "REPRODUCED:", bad[0], "expected", expected[bad[0]].ravel()[:8], "got", np.asarray(got[bad[0]]).ravel()[:8])
+end(0, "FIXED: every output matches the spec reference")
 '''
 
 
@@ -83,10 +97,15 @@ class Repro:
     rtol: float = 1e-4
     atol: float = 1e-5
 
-    def script(self) -> str:
-        runner = RUNNERS[self.runner].replace("{CONFIG}", self.config)
-        body = "\n".join("    " + line for line in runner.splitlines())
-        return SCRIPT.format(title=self.title, runner=body, rtol=self.rtol, atol=self.atol)
+    def script(self, inputs: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], actual) -> str:
+        """``repro.py``: ``actual`` is the outputs the runtime gives, or the error text it raises."""
+        imports, runner = RUNNERS[self.runner]
+        body = "\n".join("    " + line for line in runner.replace("{CONFIG}", self.config).splitlines())
+        files = (("input", list(inputs)), ("expected", list(expected)))
+        error = " ".join(actual.split()) if isinstance(actual, str) else ""
+        return SCRIPT.format(
+            title=self.title, imports=imports, files=files, error=error, runner=body, rtol=self.rtol, atol=self.atol
+        )
 
 
 # ------------------------------------------------------------------ the repros
@@ -508,7 +527,7 @@ def issue_text(repro: Repro, expected: Mapping[str, np.ndarray], actual) -> str:
         "## Reproduce",
         "",
         "```bash",
-        "python repro.py   # exit status 1 while the difference is there",
+        "python repro.py   # exit status 1 while the difference is there, 0 once fixed, 2 if it cannot run",
         "```",
         "",
         "`model.onnx` is a single-node model; `input_*.npy` are its inputs.",
@@ -547,7 +566,7 @@ def write(repro: Repro, root: Path = REPROS) -> Path:
     ):
         for name, array in arrays.items():
             np.save(folder / f"{prefix}{name}.npy", np.asarray(array))
-    (folder / "repro.py").write_text(repro.script())
+    (folder / "repro.py").write_text(repro.script(inputs, expected, actual))
     (folder / "ISSUE.md").write_text(issue_text(repro, expected, actual))
     return folder
 

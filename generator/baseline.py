@@ -43,11 +43,18 @@ def _problem(data: object) -> str:
 def load(path: Path = BASELINE) -> dict:
     """The committed baseline (empty if there is none yet); a malformed one is a one-line error."""
     if not path.exists():
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise UsageError(f"--baseline {path}: {above} is a file; give the baseline JSON (default {BASELINE})")
         return empty()
+    if not path.is_file():
+        raise UsageError(f"--baseline {path} is not a file; give the baseline JSON (default {BASELINE})")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{path} is not valid JSON ({err}); restore it from git or record it again") from None
+    except RecursionError:
+        raise UsageError(f"{path} is JSON nested too deeply to be a baseline; restore it from git") from None
     problem = _problem(data)
     if problem:
         raise UsageError(f"{path}: {problem}; restore it from git or record it again")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,46 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def path_argument(text: str) -> Path:
+    """A path argument, refused in one line when no file system could hold it."""
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} contains a NUL byte; give a path without one")
+    long = next((part for part in Path(text).parts if len(os.fsencode(part)) > 255), None)
+    if long is not None:
+        raise argparse.ArgumentTypeError(
+            f"the name {long[:40]!r}… is {len(os.fsencode(long))} bytes; a file name has at most 255"
+        )
+    return Path(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def tolerant_output() -> None:
+    """Characters the terminal's encoding lacks (PYTHONIOENCODING=ascii) are escaped, not fatal."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
+def stdout_closed(prog: str) -> int:
+    """The reader of stdout went away (``| head -c1``): stop writing to it, say so once, exit 1."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    except (OSError, ValueError, io.UnsupportedOperation):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaced for the rest of the process
+    print(f"{prog}: stdout was closed before the output ended (broken pipe); stopped", file=sys.stderr)
+    return 1
 
 
 def _console():
@@ -82,7 +124,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     # The project's own zoo reuses cells whose runtime, adapter and bytes have not changed.
     own_zoo = zoo_dir.resolve() == verify.ZOO.resolve()
     cache = verify.CellCache() if own_zoo and not args.no_cache else None
-    matrix = verify.verify(chosen, args.cases, zoo_dir, progress, cache=cache)
+    matrix = verify.verify(chosen, args.cases, zoo_dir, progress, cache=cache, timeout=args.cell_timeout)
     path = verify.write_matrix(matrix, Path(args.json), zoo_dir)
     full = not args.cases
     for line in matrix["skipped"].values():
@@ -140,7 +182,7 @@ def cmd_snippets(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     from generator.baseline import BASELINE
-    from generator.verify import MATRIX_JSON
+    from generator.verify import CELL_TIMEOUT, MATRIX_JSON
     from generator.zoo import ZOO
 
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
@@ -154,12 +196,12 @@ def parser() -> argparse.ArgumentParser:
     z.add_argument(
         "cases", nargs="*", help="topic, case or topic/case (default: all); stale cases of a whole run or topic go"
     )
-    z.add_argument("--out", default=str(ZOO), help="zoo directory (default: zoo/)")
+    z.add_argument("--out", type=path_argument, default=str(ZOO), help="zoo directory (default: zoo/)")
     z.set_defaults(run=cmd_zoo)
 
     v = sub.add_parser("verify", help="check the zoo and run it on every runtime")
     v.add_argument("cases", nargs="*", help="topic, case or topic/case (default: all)")
-    v.add_argument("--zoo", default=str(ZOO), help="zoo directory (default: zoo/)")
+    v.add_argument("--zoo", type=path_argument, default=str(ZOO), help="zoo directory (default: zoo/)")
     v.add_argument(
         "--runtime",
         action="append",
@@ -167,8 +209,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="MODULE:CLASS",
         help="add a runtime adapter class (repeatable)",
     )
-    v.add_argument("--json", default=str(MATRIX_JSON), help="where to write the matrix")
-    v.add_argument("--baseline", default=str(BASELINE), help="committed cell statuses (conformance/baseline.json)")
+    v.add_argument("--json", type=path_argument, default=str(MATRIX_JSON), help="where to write the matrix")
+    v.add_argument(
+        "--baseline",
+        type=path_argument,
+        default=str(BASELINE),
+        help="committed cell statuses (conformance/baseline.json)",
+    )
     v.add_argument(
         "--record", action="store_true", help="record the statuses of the cells run as the new baseline, on purpose"
     )
@@ -177,6 +224,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every cell again, even one whose runtime version, adapter and case bytes "
         "are unchanged since it last ran (build/verify-cache/)",
+    )
+    v.add_argument(
+        "--cell-timeout",
+        type=_seconds,
+        default=CELL_TIMEOUT,
+        metavar="SECONDS",
+        help=f"longest a runtime may take on one case; a slower cell is an error (default {CELL_TIMEOUT:g})",
     )
     v.set_defaults(run=cmd_verify)
 
@@ -196,9 +250,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tolerant_output()
     try:
         args = parser().parse_args(argv)
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return stdout_closed(PROG)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

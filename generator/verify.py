@@ -26,9 +26,10 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ from generator.zoo import (
 
 MATRIX_JSON = ZOO.parent / "build" / "conformance.json"
 CELL_CACHE = ZOO.parent / "build" / "verify-cache"
+CELL_TIMEOUT = 300.0  # seconds a runtime may take to load and run one case (verify --cell-timeout)
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,38 @@ def run_cell(runtime: Runtime, case_id: str, entry: Mapping, zoo: Path) -> Cell:
     return Cell("pass", worst, known_divergence=known)
 
 
+class CellTimeout(Exception):
+    """A runtime's code did not return within the cell timeout."""
+
+
+def guarded(runtime: Runtime, what: str, call: Callable[[], object], timeout: float) -> object:
+    """``call()`` (plug-in code) in a daemon thread: a hang becomes ``CellTimeout`` and the run
+    goes on (the thread is abandoned); ``sys.exit()`` in it is a one-line error, so a plug-in
+    cannot end ``verify`` before the baseline comparison; a KeyboardInterrupt is passed on."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as err:  # noqa: BLE001 - handed to the calling thread
+            box["error"] = err
+
+    worker = threading.Thread(target=target, name=f"verify {runtime.name}: {what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise CellTimeout(f"{what} did not finish within {timeout:g} s (verify --cell-timeout)")
+    err = box.get("error")
+    if isinstance(err, SystemExit):
+        raise UsageError(
+            f"runtime {runtime.name!r}: {what} called sys.exit({err.code!r}); "
+            "a runtime raises an exception instead, so that verify can go on"
+        )
+    if isinstance(err, BaseException):
+        raise err
+    return box["value"]
+
+
 @cache
 def _package_digest(module_name: str) -> str:
     """sha256 over the Python sources of the top-level package (or lone module) that
@@ -222,15 +256,29 @@ class CellCache:
         os.replace(tmp, self.folder / f"{key}.json")
 
 
-def cached_cell(runtime: Runtime, case_id: str, entry: Mapping, zoo: Path, cache: CellCache | None) -> Cell:
-    """:func:`run_cell`, or its earlier result for the same runtime, adapter and bytes."""
+def guarded_cell(runtime: Runtime, case_id: str, entry: Mapping, zoo: Path, timeout: float) -> Cell:
+    """:func:`run_cell` under :func:`guarded`: a runtime slower than ``timeout`` is an error cell."""
+    try:
+        return guarded(
+            runtime, f"its load() or runner on {case_id}", partial(run_cell, runtime, case_id, entry, zoo), timeout
+        )
+    except CellTimeout as err:
+        return Cell("error", detail=f"CellTimeout: {err}", known_divergence=known_divergence(runtime, entry))
+
+
+def cached_cell(
+    runtime: Runtime, version: str, case_id: str, entry: Mapping, zoo: Path, cache: CellCache | None, timeout: float
+) -> Cell:
+    """:func:`guarded_cell`, or its earlier result for the same runtime, adapter and bytes.
+    A timed-out cell is not cached: the next run tries it again."""
     if cache is None:
-        return run_cell(runtime, case_id, entry, zoo)
-    key = cache.key(runtime, runtime_version(runtime), entry)
+        return guarded_cell(runtime, case_id, entry, zoo, timeout)
+    key = cache.key(runtime, version, entry)
     cell = cache.get(key)
     if cell is None:
-        cell = run_cell(runtime, case_id, entry, zoo)
-        cache.put(key, cell)
+        cell = guarded_cell(runtime, case_id, entry, zoo, timeout)
+        if not cell.detail.startswith("CellTimeout"):
+            cache.put(key, cell)
     return cell
 
 
@@ -254,12 +302,12 @@ class NotInstalled(Exception):
     """A runtime whose engine package is not installed here: its column is skipped."""
 
 
-def runtime_version(runtime: Runtime) -> str:
-    """The adapter's version. An engine that is not installed (``version()`` raises
-    ImportError) is :class:`NotInstalled`; any other broken adapter is the user's to fix,
-    named in one line."""
+def runtime_version(runtime: Runtime, timeout: float = CELL_TIMEOUT) -> str:
+    """The adapter's version, called under :func:`guarded`. An engine that is not installed
+    (``version()`` raises ImportError) is :class:`NotInstalled`; any other broken adapter is
+    the user's to fix, named in one line."""
     try:
-        return str(runtime.version())
+        return str(guarded(runtime, "version()", runtime.version, timeout))
     except ImportError as err:
         raise NotInstalled(
             f"{runtime.name} skipped: its engine is not installed here ({first_line(err)}); "
@@ -269,13 +317,15 @@ def runtime_version(runtime: Runtime) -> str:
         raise UsageError(f"runtime {runtime.name!r}: version() failed ({first_line(err)})") from None
 
 
-def installed(runtimes: Sequence[Runtime]) -> tuple[list[tuple[Runtime, str]], dict[str, str]]:
+def installed(
+    runtimes: Sequence[Runtime], timeout: float = CELL_TIMEOUT
+) -> tuple[list[tuple[Runtime, str]], dict[str, str]]:
     """The runtimes whose engines are installed, with their versions, and for each of the
     others the one line that says why its column is skipped."""
     present, skipped = [], {}
     for runtime in runtimes:
         try:
-            present.append((runtime, runtime_version(runtime)))
+            present.append((runtime, runtime_version(runtime, timeout)))
         except NotInstalled as err:
             skipped[runtime.name] = str(err)
     return present, skipped
@@ -288,14 +338,17 @@ def verify(
     progress: Callable[[str, str, Cell], None] = lambda case_id, runtime, cell: None,
     *,
     cache: CellCache | None = None,
+    timeout: float = CELL_TIMEOUT,
 ) -> dict:
     """Run the matrix and return it as a JSON-ready dict. A runtime whose engine is not
-    installed has no column; ``skipped`` says why. With ``cache``, a cell whose runtime,
-    adapter and case bytes are unchanged since it last ran is read from there."""
+    installed has no column; ``skipped`` says why. Each cell runs under ``guarded``: a
+    runtime that takes longer than ``timeout`` seconds on a case is an ``error`` cell. With
+    ``cache``, a cell whose runtime, adapter and case bytes are unchanged since it last ran
+    is read from there."""
     manifest = load_manifest(zoo)
     ids = match_ids(manifest["cases"], patterns)
     check_integrity(ids, manifest, zoo)
-    present, skipped = installed(runtimes)
+    present, skipped = installed(runtimes, timeout)
     matrix: dict = {
         "runtimes": [{"name": rt.name, "version": version} for rt, version in present],
         "skipped": skipped,
@@ -305,8 +358,8 @@ def verify(
         entry = manifest["cases"][cid]
         checker = static_checks(case_dir(cid, zoo) / "model.onnx")
         cells = {}
-        for rt, _ in present:
-            cell = cached_cell(rt, cid, entry, zoo, cache)
+        for rt, version in present:
+            cell = cached_cell(rt, version, cid, entry, zoo, cache, timeout)
             cells[rt.name] = asdict(cell)
             progress(cid, rt.name, cell)
         matrix["cases"][cid] = {
@@ -340,6 +393,9 @@ def check_output(path: Path, zoo: Path = ZOO) -> None:
         raise UsageError(f"--json {path} is inside the zoo {zoo}; write the matrix elsewhere (default {MATRIX_JSON})")
     if path.is_dir():
         raise UsageError(f"--json {path} is a folder; give a file name such as {path / 'conformance.json'}")
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError(f"--json {path}: {above} is a file, so the matrix cannot be written there; give another path")
 
 
 def write_matrix(matrix: Mapping, path: Path = MATRIX_JSON, zoo: Path = ZOO) -> Path:

@@ -258,17 +258,62 @@ def _remove_case(case_id: str, entry: Mapping, zoo: Path) -> None:
             here.rmdir()
 
 
-def _check_out_folder(zoo: Path) -> None:
-    """Refuse an output that is a file, a symlink, or a non-empty folder holding no zoo."""
+def _check_out_path(zoo: Path) -> None:
+    """Refuse an output that is a symlink or a file, or that cannot be a folder."""
     if zoo.is_symlink():
         raise UsageError(f"{zoo} is a symlink; give the zoo folder itself")
     if zoo.exists() and not zoo.is_dir():
         raise UsageError(f"{zoo} is a file; the zoo output must be a folder (new, empty, or an existing zoo)")
-    if zoo.is_dir() and any(zoo.iterdir()) and not manifest_path(zoo).is_file():
+    above = next((p for p in zoo.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError(f"{above} is a file, so {zoo} cannot be created; give a folder for the zoo output")
+
+
+def _make_out_folder(zoo: Path) -> None:
+    try:
+        zoo.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only parent, a name too long, a NUL byte
+        raise UsageError(f"cannot create the zoo folder {zoo} ({err.strerror or err})"[:300]) from None
+
+
+def _check_out_folder(zoo: Path) -> None:
+    """Under the lock: refuse a non-empty folder that holds no zoo, unless it holds only what a
+    killed first run of this writer left (topic folders of case folders), which it repairs."""
+    if any(zoo.iterdir()) and not manifest_path(zoo).is_file() and not _interrupted_first_run(zoo):
         raise UsageError(
             f"{zoo} is not empty and holds no zoo ({MANIFEST_NAME} is missing); "
             "give a new or empty folder, or an existing zoo"
         )
+
+
+def _interrupted_first_run(zoo: Path) -> bool:
+    """True if every entry is a plain topic folder holding only plain ``test_<case>`` folders:
+    what a first run killed before it wrote the manifest leaves behind."""
+    for topic in zoo.iterdir():
+        if topic.is_symlink() or not topic.is_dir() or not _NAME.fullmatch(topic.name):
+            return False
+        for case in topic.iterdir():
+            name = case.name.removeprefix(CASE_PREFIX)
+            if case.is_symlink() or not case.is_dir() or name == case.name or not _NAME.fullmatch(name):
+                return False
+            if any(path.is_symlink() for path in case.rglob("*")):
+                return False
+    return True
+
+
+# mkstemp's names in _write_if_changed: "." + file name + "." + 8 random characters + ".tmp"
+_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def _remove_leftovers(zoo: Path) -> list[Path]:
+    """Under the lock, delete the temporary files of a write that was killed before its rename
+    (no other run can be writing one); nothing else matches their names."""
+    removed = []
+    for path in sorted(zoo.rglob(".*.tmp")):
+        if _LEFTOVER.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -293,10 +338,14 @@ def write(
     """Build and write ``specs``; with ``prune`` (a full run) remove the cases the previous
     manifest lists that are no longer registered, and with ``prune_topics`` (a run of whole
     topics) those of the named topics."""
-    _check_out_folder(zoo)
+    _check_out_path(zoo)
+    if zoo.is_dir():
+        _check_out_folder(zoo)  # early, before the builds; again under the lock
     built_cases = [build(spec) for spec in specs]  # every case builds before any file changes
-    zoo.mkdir(parents=True, exist_ok=True)
-    with locked(zoo):
+    _make_out_folder(zoo)
+    with locked(zoo):  # before the folder is inspected: a concurrent first run may be writing it
+        _check_out_folder(zoo)
+        _remove_leftovers(zoo)
         old = load_manifest(zoo)["cases"] if manifest_path(zoo).exists() else {}
         stale_topics = set(prune_topics)
         cases = {} if prune else {cid: e for cid, e in old.items() if split_id(cid)[0] not in stale_topics}
@@ -372,6 +421,8 @@ def load_manifest(zoo: Path = ZOO) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{path} is not valid JSON ({err}); run `make zoo` to regenerate") from None
+    except RecursionError:
+        raise UsageError(f"{path} is JSON nested too deeply to be a manifest; run `make zoo` to regenerate") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise UsageError(f"{path} is not a format-{MANIFEST_FORMAT} zoo manifest; run `make zoo` to regenerate")
     if not isinstance(manifest.get("cases"), dict):
@@ -439,6 +490,15 @@ def _external_data_problem(tensor: onnx.TensorProto, folder: Path) -> str:
     target = folder / location
     if target.is_symlink() or not target.is_file():
         return f"its external data {location!r} is not a plain file in the case folder"
+    fields = {kv.key: kv.value for kv in tensor.external_data}
+    try:
+        offset, length = int(fields.get("offset") or 0), fields.get("length")
+        end = offset + int(length) if length is not None else offset
+    except ValueError:
+        return f"its external data offset/length {fields.get('offset')!r}/{fields.get('length')!r} are not integers"
+    size = target.stat().st_size
+    if offset < 0 or end < offset or end > size:
+        return f"its external data asks for bytes {offset}..{end} of {location!r}, which has {size}"
     return ""
 
 
@@ -448,6 +508,8 @@ def model_problem(model_path: Path) -> str:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - a garbage file raises protobuf's DecodeError, or others
         return f"not a valid ONNX model ({type(err).__name__})"
+    if not model.HasField("graph"):  # an empty file parses as an empty ModelProto
+        return "not a valid ONNX model (no graph; an empty or truncated file)"
     from onnx.external_data_helper import _get_all_tensors
 
     for tensor in _get_all_tensors(model):

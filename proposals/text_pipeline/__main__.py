@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from generator.cli import path_argument, stdout_closed, tolerant_output
 from generator.errors import UsageError
 from proposals.text_pipeline.cache_formats import cache_format, cache_format_names
 from proposals.text_pipeline.chat import chat_prompt
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(backend_names())}")
     p.add_argument("--arch", default="llama", help=f"zoo model: {', '.join(ARCHITECTURES)}")
-    p.add_argument("--model-dir", type=Path, help="a pipeline model folder (overrides --arch)")
+    p.add_argument("--model-dir", type=path_argument, help="a pipeline model folder (overrides --arch)")
     p.add_argument("--model", help=f"a packaged checkpoint: {', '.join(checkpoint_names())} (overrides --arch)")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template to the prompt")
     p.add_argument("--device", default=None, help="device identifier (default: the backend's first)")
@@ -97,6 +98,7 @@ def _model_dir(args, scratch: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerant_output()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
@@ -135,9 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            sys.stdout.flush()
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return stdout_closed("python -m proposals.text_pipeline")
+    except KeyboardInterrupt:
+        print("python -m proposals.text_pipeline: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

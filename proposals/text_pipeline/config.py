@@ -14,6 +14,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from generator.errors import UsageError
 
 
@@ -84,8 +86,9 @@ class SamplingConfig:
             f"rng_seed must be an integer in [0, 2**32), got {self.rng_seed!r}",
         )
         _require(
-            _finite(self.temperature) and self.temperature > 0,
-            f"temperature must be a finite float > 0, got {self.temperature!r}",
+            _finite(self.temperature) and self.temperature >= _FLOAT32_TINY,
+            f"temperature must be a finite float >= {_FLOAT32_TINY:.3g} (logits are divided by it in float32, "
+            f"where a smaller one is 0 or subnormal; use greedy decoding for the argmax), got {self.temperature!r}",
         )
         _optional_positive("top_k", self.top_k)
         _require(
@@ -206,6 +209,9 @@ class GenerationConfig:
 
 
 # --8<-- [end:types]
+
+
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 
 def _finite(value: object) -> bool:

@@ -132,6 +132,8 @@ def _read_manifest(meta_path: Path) -> dict:
         raise UsageError(f"{meta_path}: not UTF-8 text; expected a JSON object") from None
     except json.JSONDecodeError as err:
         raise UsageError(f"{meta_path}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except RecursionError:
+        raise UsageError(f"{meta_path}: JSON nested too deeply to read; expected a flat JSON object") from None
     if not isinstance(manifest, dict):
         raise UsageError(f"{meta_path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:

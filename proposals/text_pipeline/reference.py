@@ -120,10 +120,19 @@ def choose(logits: np.ndarray, sampling: SamplingConfig, rng: np.random.RandomSt
     probs = softmax(logits.astype(np.float64))
     draws = rng.random_sample(len(probs))
     picks = []
-    for row, u in zip(probs, draws, strict=True):
+    for index, (row, u) in enumerate(zip(probs, draws, strict=True)):
         cdf = np.cumsum(row)
+        if not (np.isfinite(cdf[-1]) and cdf[-1] > 0):
+            # torch.multinomial, which transformers samples with, refuses such a row too
+            raise UsageError(
+                f"cannot sample row {index}: its processed logits hold NaN or +inf (the model's "
+                "logits, or a temperature so small that they overflow float32); use greedy decoding "
+                "or a larger temperature"
+            )
         # inverse CDF; scaling by the total keeps rounding from picking a filtered last token
-        picks.append(np.searchsorted(cdf, u * cdf[-1], side="right"))
+        pick = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+        # u * total can round up to the total: then the last token that has any probability
+        picks.append(min(pick, int(np.flatnonzero(row)[-1])))
     return np.asarray(picks)
 
 

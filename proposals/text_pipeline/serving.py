@@ -155,13 +155,15 @@ class Request:
 
 @dataclass(frozen=True)
 class Finished:
-    """A finished request: its new tokens and why it stopped."""
+    """A finished request: its new tokens and why it stopped (``"eos"``, ``"stop_string"``,
+    ``"length"``, or ``"error"`` when its run or its sampling failed; the others go on)."""
 
     id: int
     prompt: tuple[int, ...]
     new_tokens: tuple[int, ...]
     finish_reason: str
     preemptions: int  # times its blocks were taken back and its tokens recomputed
+    error: str = ""  # finish_reason "error": what failed, in one line
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,21 @@ class StepStats:
     blocks_used: int
     tokens_cached: int  # K/V slots holding a token, over every running sequence (shared ones once)
     generated: int  # tokens produced by this step
+
+
+def token_ids(prompt: object, vocab_size: int) -> list[int]:
+    """A request's prompt as a list of ints: a non-empty sequence (or 1-D integer array) of
+    whole numbers in the vocabulary; a float such as 1.7 is refused, never truncated."""
+    if isinstance(prompt, np.ndarray):
+        ok = prompt.ndim == 1 and prompt.dtype.kind in "iu"
+        prompt = prompt.tolist() if ok else [prompt]
+    if isinstance(prompt, str | bytes) or not isinstance(prompt, Sequence):
+        prompt = [prompt]
+    ids = [int(t) if isinstance(t, int | np.integer) and not isinstance(t, bool) else None for t in prompt]
+    if not ids or None in ids or not all(0 <= t < vocab_size for t in ids):
+        shown = ", ".join(repr(t) for t in list(prompt)[:5])
+        raise UsageError(f"a request needs a non-empty list of integer token ids in [0, {vocab_size}); got [{shown}]")
+    return ids
 
 
 # --8<-- [start:server]
@@ -192,9 +209,15 @@ class PagedServer:
     def submit(self, prompt: Sequence[int], config: GenerationConfig) -> int:
         """Queue a request; refused (UsageError) when it could never fit the model or the pool."""
         spec, manager = self.cache.spec, self.cache.manager
-        bad = [t for t in prompt if not 0 <= int(t) < spec.vocab_size]
-        if not prompt or bad:
-            raise UsageError(f"a request needs token ids in [0, {spec.vocab_size}); got {list(prompt)[:5]}")
+        prompt = token_ids(prompt, spec.vocab_size)
+        if not isinstance(config, GenerationConfig):
+            raise UsageError(f"a request needs a GenerationConfig, got {type(config).__name__}")
+        beyond = sorted(t for t in config.eos_token_ids if t >= spec.vocab_size)
+        if beyond:
+            raise UsageError(
+                f"eos_token_ids {beyond[:5]} are not in the model's vocabulary [0, {spec.vocab_size}); "
+                "give ids the model can produce"
+            )
         if config.beam_search_config.num_beams != 1:
             raise UsageError("the server does greedy or sampled decoding; beam search runs through create_pipeline")
         check_context([len(prompt)], spec.max_positions)
@@ -223,19 +246,50 @@ class PagedServer:
             raise UsageError("step called with no request submitted or running; submit one first")
         self._make_room()
         decoding = list(self.running)  # each has one token to feed: its last new one
-        produced = self._admit()  # each joins with its prompt prefilled
+        done: list[int] = []
+        produced = self._admit(done)  # each joins with its prompt prefilled
         if decoding:
-            logits = self.cache.feed([Feed(r.id, r.tokens, 1) for r in decoding])
-            produced += zip(decoding, logits, strict=True)
-        done = []
+            produced += self._decode(decoding, done)
         for request, row in produced:
             request.cached = len(request.tokens)
-            if self._choose(request, row) is not None:
-                self.running.remove(request)
-                self.cache.manager.release(request.id)
+            try:
+                finished = self._choose(request, row) is not None
+            except Exception as err:  # noqa: BLE001 - one request's failure must not stop the others
+                self._fail(request, err)
+                finished = True
+            if finished:
+                self._leave(request)
                 done.append(request.id)
         self._record(len(produced))
         return done
+
+    def _decode(self, decoding: list[Request], done: list[int]) -> list[tuple[Request, np.ndarray]]:
+        """One batched decode run; if it fails, each request alone, so only the one whose run
+        fails is finished (with an error) and the others go on. A rerun rewrites the same slots."""
+        try:
+            logits = self.cache.feed([Feed(r.id, r.tokens, 1) for r in decoding])
+            return list(zip(decoding, logits, strict=True))
+        except Exception:  # noqa: BLE001 - find the request it belongs to
+            pass
+        produced = []
+        for request in decoding:
+            try:
+                produced.append((request, self.cache.feed([Feed(request.id, request.tokens, 1)])[0]))
+            except Exception as err:  # noqa: BLE001
+                self._fail(request, err)
+                self._leave(request)
+                done.append(request.id)
+        return produced
+
+    def _leave(self, request: Request) -> None:
+        """A finished request gives its blocks back."""
+        self.running.remove(request)
+        self.cache.manager.release(request.id)
+
+    def _fail(self, request: Request, err: BaseException) -> None:
+        from generator.verify import first_line
+
+        self._finish(request, "error", first_line(err))
 
     def _make_room(self) -> None:
         """Each running request is about to write one token: if the pool has no block for
@@ -247,9 +301,10 @@ class PagedServer:
             if request in self.running:
                 manager.grow(request.id, len(request.tokens))  # now, so admission cannot take it
 
-    def _admit(self) -> list[tuple[Request, np.ndarray]]:
+    def _admit(self, done: list[int]) -> list[tuple[Request, np.ndarray]]:
         """First come, first served: the head of the queue joins while its blocks fit, and
-        its prefill runs at once, so the next request can share the blocks it fills."""
+        its prefill runs at once, so the next request can share the blocks it fills. A
+        prefill that fails finishes its request with an error (ids appended to ``done``)."""
         manager, joined = self.cache.manager, []
         while self.waiting:
             request = self.waiting[0]
@@ -259,7 +314,13 @@ class PagedServer:
                 break
             request.cached = shared  # the shared prefix's K/V is already in its blocks
             self.running.append(self.waiting.popleft())
-            logits = self.cache.feed([Feed(request.id, request.tokens, len(request.tokens) - shared)])
+            try:
+                logits = self.cache.feed([Feed(request.id, request.tokens, len(request.tokens) - shared)])
+            except Exception as err:  # noqa: BLE001 - one request's failure must not stop the others
+                self._fail(request, err)
+                self._leave(request)
+                done.append(request.id)
+                continue
             joined.append((request, logits[0]))
         return joined
 
@@ -285,10 +346,10 @@ class PagedServer:
             self._finish(request, reason)
         return reason
 
-    def _finish(self, request: Request, reason: str) -> None:
+    def _finish(self, request: Request, reason: str, error: str = "") -> None:
         request.finish_reason = reason
         self.finished[request.id] = Finished(
-            request.id, tuple(request.prompt), tuple(request.new_tokens), reason, request.preemptions
+            request.id, tuple(request.prompt), tuple(request.new_tokens), reason, request.preemptions, error
         )
 
     def _record(self, generated: int) -> None:

@@ -14,6 +14,10 @@ shapes, as the transformers backend does) into the folder ``LLMPipeline`` loads:
   (``ReadValue``/``Assign``) whose initial value is an empty cache of the batch's size;
 - ``openvino_tokenizers.convert_tokenizer`` converts the folder's ``tokenizer.json``.
 
+MoE decoders (Qwen3-MoE, Mixtral) are traced with transformers' ``batched_mm`` experts: the
+eager routing loops over ``nonzero()`` per expert, and the trace would keep the example's
+token counts (OpenVINO then fails in a ``Split`` on any other prompt).
+
 The pipeline runs in float32 with a float32 KV cache (``INFERENCE_PRECISION_HINT``,
 ``KV_CACHE_PRECISION``: on a CPU with bf16, the default precisions change greedy tokens
 after a dozen steps), on OpenVINO GenAI's default (paged) attention backend, whose
@@ -88,6 +92,9 @@ def openvino_model(hf_model):
             f"sliding_window={spec.sliding_window}); supported: models without a sliding window"
         )
     hf_model.set_attn_implementation("sdpa")  # traced as ScaledDotProductAttention
+    if hf_model._can_set_experts_implementation():
+        # eager MoE routing splits by nonzero(): the trace would keep the example's expert counts
+        hf_model.set_experts_implementation("batched_mm")
     kv_shape = [-1, spec.num_kv_heads, -1, spec.head_dim]
     past = torch.zeros(1, spec.num_kv_heads, 3, spec.head_dim)
     example = (torch.tensor([[5, 6]]), torch.ones(1, 5, dtype=torch.int64), torch.tensor([[3, 4]]))
