@@ -1,0 +1,36 @@
+"""Collect the cases of ``upstream/node/`` through onnx's case machinery."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import onnx
+
+#: module -> the op its cases need (a module whose op the running onnx lacks is skipped)
+MODULES = {
+    "upstream.node.tensorscatter": "TensorScatter",
+    "upstream.node.tensorscatter_attention": "Attention",
+    "upstream.node.groupedmatmul": "GroupedMatMul",  # ai.onnx GroupedMatMul-29: onnx-weekly only
+}
+
+
+def supported(module: str) -> bool:
+    return MODULES[module] in {s.name for s in onnx.defs.get_all_schemas()}
+
+
+def collect(module: str) -> list:
+    """The TestCases that importing ``module`` hands to onnx's ``expect`` (node or model cases)."""
+    import onnx.backend.test.case.model as model_cases
+    import onnx.backend.test.case.node as node_cases
+
+    if module in sys.modules:
+        return [c for c in (*node_cases._NodeTestCases, *model_cases._SimpleModelTestCases) if c.name in _NAMES[module]]
+    nodes, models = len(node_cases._NodeTestCases), len(model_cases._SimpleModelTestCases)
+    importlib.import_module(module)
+    cases = [*node_cases._NodeTestCases[nodes:], *model_cases._SimpleModelTestCases[models:]]
+    _NAMES[module] = {c.name for c in cases}
+    return cases
+
+
+_NAMES: dict[str, set[str]] = {}
