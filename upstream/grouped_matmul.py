@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from conformance.engines import clean
 from generator.runtimes import OnnxRuntime, ReferenceRuntime, Runtime, available
 from generator.verify import compare, first_line
 
@@ -101,7 +102,7 @@ def _cell(run: Callable[[], Mapping[str, np.ndarray]], expected, rtol: float, at
             warnings.simplefilter("ignore", RuntimeWarning)
             actual = run()
     except Exception as err:  # noqa: BLE001 - a refusal is data
-        return {"status": "unsupported", "detail": first_line(err)}
+        return {"status": "unsupported", "detail": clean(first_line(err))}
     close, _, problem = compare(actual, expected, rtol, atol)
     return {"status": "pass"} if close else {"status": "mismatch", "detail": problem}
 
@@ -267,3 +268,47 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _status(cell: Mapping) -> str:
+    return cell["status"] if cell["status"] == "pass" else f"{cell['status']}: {cell.get('detail', '')}"
+
+
+def page_markdown(path: Path = RESULTS) -> str:
+    """The GroupedMatMul page's onnx-weekly section, from the committed results."""
+    data = json.loads(path.read_text())
+    lines = [
+        f"Checked with onnx {data['onnx']}. Differences found, and what this project changed:",
+        "",
+        "| field | this project had | ai.onnx GroupedMatMul-29 | what changes here |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {d.key} | {d.project} | {d.onnx} | {d.change} |" for d in DIFFERENCES]
+    lines += ["", "The schemas as they compare now:", "", "| field | this project | onnx-weekly |", "|---|---|---|"]
+    for key, row in data["schema"].items():
+        lines.append(f"| {key} | {row['project']} | {row['onnx']} |".replace("tensor(", "").replace(")", ""))
+    impls = list(next(iter(data["weekly_cases"].values())))
+    reasons: list[str] = []
+
+    def cell(c: Mapping) -> str:
+        if c["status"] == "pass":
+            return "pass"
+        text = _status(c)
+        if text not in reasons:
+            reasons.append(text)
+        return f"{c['status']} <sup>{reasons.index(text) + 1}</sup>"
+
+    lines += [
+        "",
+        f"onnx-weekly's {len(data['weekly_cases'])} GroupedMatMul cases (the seven of `groupedmatmul.py`'s "
+        "named exports, and `export_additional_types`' four: float16 and double with int32 and int64 indices):",
+        "",
+        "| case | " + " | ".join(impls) + " |",
+        "|---" * (len(impls) + 1) + "|",
+    ]
+    for case, row in data["weekly_cases"].items():
+        lines.append(f"| `{case}` | " + " | ".join(cell(row[i]) for i in impls) + " |")
+    lines += ["", *(f"{i}. {r.replace('|', '/')}" for i, r in enumerate(reasons, 1))]
+    zoo = ", ".join(f"`{c.split('/')[1]}` {_status(cell)}" for c, cell in data["zoo_cases"].items())
+    lines += ["", f"This project's zoo cases in the opset-29 form, on onnx-weekly's reference: {zoo}.", ""]
+    return "\n".join(lines)

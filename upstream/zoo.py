@@ -60,6 +60,7 @@ def weekly_reference(model: onnx.ModelProto):
 def verify(select: Callable[[str], bool] = lambda case_id: True, root: Path = UPSTREAM_ZOO) -> dict[str, dict]:
     """case id -> the first failing cell (or a pass) of the committed opset-29 cases on the
     running onnx's reference; needs onnx-weekly (GroupedMatMul-29)."""
+    from conformance.engines import clean
     from generator.verify import compare, first_line
 
     manifest = load_manifest()["cases"]
@@ -76,7 +77,7 @@ def verify(select: Callable[[str], bool] = lambda case_id: True, root: Path = UP
                     cell = {"status": "mismatch", "detail": problem}
                     break
         except Exception as err:  # noqa: BLE001 - reported, not raised
-            cell = {"status": "error", "detail": first_line(err)}
+            cell = {"status": "error", "detail": clean(first_line(err))}
         table[case_id] = cell
     return table
 
