@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import sys
 
 import onnx
 
@@ -20,17 +19,20 @@ def supported(module: str) -> bool:
 
 
 def collect(module: str) -> list:
-    """The TestCases that importing ``module`` hands to onnx's ``expect`` (node or model cases)."""
+    """The TestCases that importing ``module`` hands to onnx's ``expect`` (node or model cases).
+
+    They are taken back out of onnx's own lists, which keep only onnx's cases (so
+    ``collect_testcases`` elsewhere in the same process sees no others)."""
     import onnx.backend.test.case.model as model_cases
     import onnx.backend.test.case.node as node_cases
 
-    if module in sys.modules:
-        return [c for c in (*node_cases._NodeTestCases, *model_cases._SimpleModelTestCases) if c.name in _NAMES[module]]
-    nodes, models = len(node_cases._NodeTestCases), len(model_cases._SimpleModelTestCases)
-    importlib.import_module(module)
-    cases = [*node_cases._NodeTestCases[nodes:], *model_cases._SimpleModelTestCases[models:]]
-    _NAMES[module] = {c.name for c in cases}
-    return cases
+    if module not in _CASES:
+        nodes, models = len(node_cases._NodeTestCases), len(model_cases._SimpleModelTestCases)
+        importlib.import_module(module)
+        _CASES[module] = [*node_cases._NodeTestCases[nodes:], *model_cases._SimpleModelTestCases[models:]]
+        del node_cases._NodeTestCases[nodes:]
+        del model_cases._SimpleModelTestCases[models:]
+    return _CASES[module]
 
 
-_NAMES: dict[str, set[str]] = {}
+_CASES: dict[str, list] = {}
