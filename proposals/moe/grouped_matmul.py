@@ -224,26 +224,19 @@ def on_onnx_op(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same model on ai.onnx GroupedMatMul-29: every proposal-domain GroupedMatMul call, in
     the graph and in model-local functions (the MoE body, the ND wrapper), becomes the standard
     op, the model-local GroupedMatMul body is dropped, and ai.onnx is imported at opset 29."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    kept = [f for f in out.functions if (f.domain, f.name) != (PROPOSAL_DOMAIN, SCHEMA.name)]
-    del out.functions[:]
-    out.functions.extend(kept)
-    for owner in (out.graph, *out.functions):
-        for node in owner.node:
+    out = ir.serde.deserialize_model(model)
+    for key in [k for k, f in out.functions.items() if (f.domain, f.name) == (PROPOSAL_DOMAIN, SCHEMA.name)]:
+        out.functions.pop(key)
+    owners = [(out, out.graph), *((f, f) for f in out.functions.values())]
+    for _, graph in owners:
+        for node in ir.traversal.RecursiveGraphIterator(graph):
             if (node.domain, node.op_type) == (PROPOSAL_DOMAIN, SCHEMA.name):
                 node.domain = ""
-    for owner, nodes in ((out, [*out.graph.node, *(n for f in out.functions for n in f.node)]), *_own(out)):
-        imports = {i.domain: i.version for i in owner.opset_import} | {"": ONNX_OPSET}
-        if not any(n.domain == PROPOSAL_DOMAIN for n in nodes):
-            imports.pop(PROPOSAL_DOMAIN, None)
-        del owner.opset_import[:]
-        owner.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(imports.items()))
-    return out
-
-
-def _own(model: onnx.ModelProto):
-    return [(f, list(f.node)) for f in model.functions]
+    for owner, graph in owners:
+        owner.opset_imports[""] = ONNX_OPSET
+        if not any(n.domain == PROPOSAL_DOMAIN for n in ir.traversal.RecursiveGraphIterator(graph)):
+            owner.opset_imports.pop(PROPOSAL_DOMAIN, None)
+    return ir.serde.serialize_model(out)
 
 
 # --8<-- [end:on_onnx_op]
