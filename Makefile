@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 # The engines' telemetry stays off (generator/telemetry.py does the same in process; docs/runtimes.md).
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: venv zoo verify test lint unit docs serve bench snippets fuzz clean
+.PHONY: venv zoo verify test lint unit docs serve bench snippets fuzz onnx-cases upstream clean
 
 venv: $(STAMP)
 
@@ -31,8 +31,8 @@ verify: $(STAMP)
 	$(PY) -m generator verify
 
 lint: $(STAMP)
-	$(PY) -m ruff check generator proposals tests conformance
-	$(PY) -m ruff format --check generator proposals tests conformance
+	$(PY) -m ruff check generator proposals tests conformance upstream
+	$(PY) -m ruff format --check generator proposals tests conformance upstream
 
 unit: $(STAMP)
 	$(PY) -m pytest
@@ -65,6 +65,25 @@ fuzz: $(STAMP)
 
 # The robustness harness (tests/test_robustness.py): `make test` draws 8 examples per property.
 ROBUSTNESS_EXAMPLES ?= 300
+
+# onnx's own backend node cases for the GenAI ops (Attention at every opset, TensorScatter,
+# RotaryEmbedding, RMSNormalization, SwiGLU, LinearAttention: 140 cases) on every runtime of
+# the matrix, against the statuses committed in conformance/results/onnx_cases.json (the
+# support page's table). About 8 minutes on 2 cores; `make test` reruns a sample.
+onnx-cases: $(STAMP)
+	$(PY) -m conformance.onnx_cases
+
+# The next onnx release: .venv-upstream holds onnx-weekly (GroupedMatMul-29) and reads every
+# other package from .venv without writing to it (upstream/env.py). Runs the GroupedMatMul
+# checks against onnx-weekly, the opset-29 MoE zoo (upstream/zoo/) on onnx-weekly's reference,
+# and the upstream-ready backend cases (upstream/node/). See upstream/README.md.
+UPSTREAM_PY := .venv-upstream/bin/python
+upstream:
+	@test -x $(PY) || { echo "make upstream: .venv is missing; run make venv first" >&2; exit 2; }
+	@$(PY) -m upstream.env
+	$(UPSTREAM_PY) -m upstream.grouped_matmul
+	$(UPSTREAM_PY) -m upstream.zoo --verify
+	$(UPSTREAM_PY) -m pytest upstream/tests -p no:cacheprovider
 
 # SITE_URL=https://... turns the posts' site links into absolute links.
 snippets: $(STAMP)

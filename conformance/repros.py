@@ -299,6 +299,16 @@ def _causal_past_actual(feeds):
     return {"Y": result.y, "present_key": result.present_key, "present_value": result.present_value}
 
 
+def _tract_window():
+    q, k, v = _qkv(17, 4, 4)
+    return _attention_case(25, q, k, v, is_causal=1, left_window_size=1)
+
+
+def _tract_window_actual(feeds):
+    """Plain causal attention: every earlier key is attended, the window is dropped."""
+    return {"Y": reference.attention(feeds["Q"], feeds["K"], feeds["V"], is_causal=1).y}
+
+
 def _bool_mask():
     rng = seeded(15)
     q = rng.randn(1, 1, 1, 2).astype(np.float32)
@@ -508,6 +518,20 @@ ALL: tuple[Repro, ...] = (
         ("tract",),
         "With equal key and value head sizes tract refuses the same mask at load time (FlashSDPA: 'Mask must be "
         "floating point'). Found by the conformance fuzzer (shrunk by hypothesis).",
+    ),
+    Repro(
+        "tract-attention25-window-ignored",
+        "sonos/tract",
+        "tract imports Attention-25 but ignores left_window_size/right_window_size",
+        "tract",
+        _tract_window,
+        _tract_window_actual,
+        "Attention-25: 'A query at absolute position p = offset + query_index attends keys j satisfying "
+        "p - left_window_size <= j <= p + right_window_size for each nonnegative bound.'",
+        ("tract",),
+        "Found by onnx's own backend cases test_attention_local_window, test_attention_3d_local_window, "
+        "test_attention_bidirectional_window and test_attention_local_window_with_past "
+        "(conformance/onnx_cases.py).",
     ),
 )
 

@@ -159,3 +159,59 @@ def lowering_page(path: Path = LOWERED_JSON) -> str:
 def support_page(path: Path = RESULTS_JSON, baseline: Path = BASELINE, zoo: Path = ZOO) -> str:
     """The page's generated part (``<!-- generated: conformance.support:support_page -->``)."""
     return support_markdown(json.loads(path.read_text()), zoo_cells(json.loads(baseline.read_text()), case_ops(zoo)))
+
+
+# onnx's own backend node cases (conformance/onnx_cases.py): a cell's status as a page status
+def _onnx_case_status(cell: Mapping) -> tuple[str, str]:
+    """(page status, why): a repro-backed failure is a divergence, other failures keep their status."""
+    if cell["status"] == "pass":
+        return "pass", ""
+    known = cell.get("known", "")
+    if known in _SLUGS:
+        return "divergence", known
+    return cell["status"], known or cell.get("detail", "")
+
+
+def onnx_cases_markdown(data: Mapping) -> str:
+    """Op-opset x runtime counts over onnx's own cases, then every failing cell by name."""
+    runtimes = sorted(data["runtimes"])
+    rows: dict[str, dict[str, dict]] = {}
+    failing: list[str] = []
+    for name, entry in data["cases"].items():
+        for rt, cell in entry["cells"].items():
+            status, why = _onnx_case_status(cell)
+            slot = rows.setdefault(entry["op"], {}).setdefault(rt, {"counts": {}, "why": {}})
+            slot["counts"][status] = slot["counts"].get(status, 0) + 1
+            if status != "pass":
+                slot["why"].setdefault(status, why)
+                if status != "unsupported":
+                    shown = f"[{why}](#{why})" if why in _SLUGS else why.replace("|", "/")
+                    failing.append(f"| `{name}` | {rt} | {status} | {shown} |")
+    reasons: list[str] = []
+    lines = [
+        "Runtimes: " + ", ".join(f"**{rt}** {data['runtimes'][rt]}" for rt in runtimes) + ".",
+        "",
+        "| op (cases) | " + " | ".join(runtimes) + " |",
+        "|---" * (len(runtimes) + 1) + "|",
+    ]
+
+    def order(op: str) -> tuple[str, int]:
+        name, _, opset = op.partition("-")
+        return name, int(opset)
+
+    for op in sorted(rows, key=order):
+        count = sum(1 for e in data["cases"].values() if e["op"] == op)
+        cells = [_cell(rows[op][rt], reasons) if rt in rows[op] else "" for rt in runtimes]
+        lines.append(f"| {op} ({count}) | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"{i}. {reason.replace('|', '/')}" for i, reason in enumerate(reasons, 1)]
+    lines += ["", "Every cell that ran and failed:", "", "| case | runtime | status | why |", "|---|---|---|---|"]
+    lines += sorted(failing)
+    return "\n".join(lines) + "\n"
+
+
+def onnx_cases_page() -> str:
+    """The onnx-cases table (``<!-- generated: conformance.support:onnx_cases_page -->``)."""
+    from conformance.onnx_cases import ONNX_CASES_JSON
+
+    return onnx_cases_markdown(json.loads(ONNX_CASES_JSON.read_text()))

@@ -138,9 +138,21 @@ class OpenVinoRuntime(Runtime):
 
         def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             results = compiled(dict(inputs))
-            return {name: np.asarray(results[o]) for name, o in zip(names, outputs, strict=True)}
+            return {name: _bf16_viewed(o, np.asarray(results[o])) for name, o in zip(names, outputs, strict=True)}
 
         return run
+
+
+def _bf16_viewed(port, value: np.ndarray) -> np.ndarray:
+    """OpenVINO's Python API hands a bf16 output back as float16-typed bf16 bits (numpy has no
+    bfloat16); view them as ml_dtypes' bfloat16, the type onnx's numpy_helper uses."""
+    import openvino as ov
+
+    if port.get_element_type() != ov.Type.bf16:
+        return value
+    import ml_dtypes
+
+    return value.view(ml_dtypes.bfloat16)
 
 
 class OpenVinoInlinedRuntime(OpenVinoRuntime):

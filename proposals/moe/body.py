@@ -24,6 +24,7 @@ from proposals.moe.schema import ATTRIBUTES, INPUT_NAMES, OPSET, SCHEMA, resolve
 
 GENAI = values.Opset(PROPOSAL_DOMAIN, 1)
 NEG_INF = float("-inf")
+INT64 = onnx.TensorProto.INT64
 TO_THE_END = np.array([np.iinfo(np.int64).max])  # Slice's end: the end of the axis
 BODY_OPSETS = {"": OPSET, PROPOSAL_DOMAIN: 1}  # what every body function imports inside a model
 
@@ -40,7 +41,8 @@ def GroupedMatMul(input, weights, group_indices):
     copying a weight matrix more than once.
     """
     slots = op.Size(group_indices)
-    used, _, _, _ = op.Unique(op.Reshape(group_indices, [-1]))
+    # int64 for Unique: group_indices may be int32 (Tind), which onnxruntime 1.32's Unique lacks
+    used, _, _, _ = op.Unique(op.Cast(op.Reshape(group_indices, [-1]), to=INT64))
     n_used = op.Size(used)
     if op.Equal(slots, n_used):
         output = op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
@@ -51,7 +53,7 @@ def GroupedMatMul(input, weights, group_indices):
         output = op.Expand(op.CastLike(0.0, input), op.Concat(M, k, N, axis=0))
         for i in range(n_used):
             g = op.Gather(used, op.Squeeze(i))  # i may arrive as [1] (ReferenceEvaluator)
-            pos = op.Transpose(op.NonZero(op.Equal(group_indices, g)), perm=[1, 0])
+            pos = op.Transpose(op.NonZero(op.Equal(group_indices, op.CastLike(g, group_indices))), perm=[1, 0])
             rows = op.Gather(input, op.Gather(pos, 0, axis=1))
             output = op.ScatterND(output, pos, op.MatMul(rows, op.Gather(weights, g)))
     return output
@@ -65,7 +67,8 @@ def GroupedMatMulBias(input, weights, group_indices, bias):
     given); this is its with-bias body, shipped under the name GroupedMatMul.
     """
     slots = op.Size(group_indices)
-    used, _, _, _ = op.Unique(op.Reshape(group_indices, [-1]))
+    # int64 for Unique: group_indices may be int32 (Tind), which onnxruntime 1.32's Unique lacks
+    used, _, _, _ = op.Unique(op.Cast(op.Reshape(group_indices, [-1]), to=INT64))
     n_used = op.Size(used)
     if op.Equal(slots, n_used):
         product = op.Squeeze(op.MatMul(op.Unsqueeze(input, [1, 2]), op.Gather(weights, group_indices, axis=0)), [2])
@@ -77,7 +80,7 @@ def GroupedMatMulBias(input, weights, group_indices, bias):
         output = op.Expand(op.CastLike(0.0, input), op.Concat(M, k, N, axis=0))
         for i in range(n_used):
             g = op.Gather(used, op.Squeeze(i))
-            pos = op.Transpose(op.NonZero(op.Equal(group_indices, g)), perm=[1, 0])
+            pos = op.Transpose(op.NonZero(op.Equal(group_indices, op.CastLike(g, group_indices))), perm=[1, 0])
             rows = op.Gather(input, op.Gather(pos, 0, axis=1))
             group_out = op.Add(op.MatMul(rows, op.Gather(weights, g)), op.Gather(bias, g))
             output = op.ScatterND(output, pos, group_out)

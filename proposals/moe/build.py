@@ -21,11 +21,13 @@ def moe_model(
     graph_inputs: Collection[str] = ("X",),
     dynamic: bool = False,
     io_names: Mapping[str, str] = {},  # noqa: B006 (read only)
+    onnx_grouped_matmul: bool = False,
 ) -> onnx.ModelProto:
     """One MoE node; ``arrays`` holds the op's inputs by name (absent optional inputs left
     out). Names in ``graph_inputs`` become graph inputs, the rest initializers.
     ``dynamic`` gives X symbolic leading axes so one model serves any token count;
-    ``io_names`` renames X and Y in the graph."""
+    ``io_names`` renames X and Y in the graph. ``onnx_grouped_matmul`` builds the body on
+    ai.onnx GroupedMatMul-29 (onnx 1.24) instead of the proposal-domain op."""
     present = [n for n in INPUT_NAMES if arrays.get(n) is not None]
     check_shapes(attrs, {n: arrays[n].shape for n in present})
     names = {n: io_names.get(n, n) for n in [*present, "Y"]}
@@ -44,4 +46,9 @@ def moe_model(
     y.producer().name = "moe"
     y.type, y.shape = ir.TensorType(ir.DataType.from_numpy(arrays["X"].dtype)), ir.Shape(x_shape)
     b.add_output(y, names["Y"])
-    return builder_model(b, build_function(attrs, present))
+    model = builder_model(b, build_function(attrs, present))
+    if onnx_grouped_matmul:
+        from proposals.moe.grouped_matmul import on_onnx_op
+
+        return on_onnx_op(model)
+    return model

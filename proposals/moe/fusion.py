@@ -4,7 +4,8 @@ A backend that keeps GroupedMatMul (the RFC op) and has an MoE kernel would run 
 rules. They recognise the routed part of an MoE block in these spellings:
 
 - the **primitive form** a model builder emits (:mod:`proposals.moe.primitive`):
-  GroupedMatMul, TopK values, SwiGLU-28 or ``x * Sigmoid(a * x)``, Mul + ReduceSum combine;
+  GroupedMatMul (the proposal-domain op or ai.onnx GroupedMatMul-29), TopK values,
+  SwiGLU-28 or ``x * Sigmoid(a * x)``, Mul + ReduceSum combine;
 - the **inlined function body** (``onnx.inliner`` output of the MoE function op, with
   GroupedMatMul left as the RFC op, or inlined too: its ``If`` is recognised by
   :data:`GROUPED_MATMUL_FROM_IF`);
@@ -167,18 +168,18 @@ def _routing(op, logits, k):
     return weights, idx
 
 
-def _moe_pattern(kind: str):
+def _moe_pattern(kind: str, domain: str):
+    """The routed part on GroupedMatMul of ``domain``: the proposal's, or "" (ai.onnx GroupedMatMul-29)."""
+
     def target(op, logits, fc1_weight, fc2_weight, k):
         weights, idx = _routing(op, logits, k)
         h1 = op.GroupedMatMul(
-            pattern.Var("tokens"), fc1_weight, idx, _domain=PROPOSAL_DOMAIN, _allow_other_inputs=True, _outputs=["h1"]
+            pattern.Var("tokens"), fc1_weight, idx, _domain=domain, _allow_other_inputs=True, _outputs=["h1"]
         )
         act = _activation(op, h1, kind)
         rows = op.Reshape(act, pattern.ANY_VALUE)
         slot_ids = op.Reshape(idx, pattern.Var("column"))
-        h2 = op.GroupedMatMul(
-            rows, fc2_weight, slot_ids, _domain=PROPOSAL_DOMAIN, _allow_other_inputs=True, _outputs=["h2"]
-        )
+        h2 = op.GroupedMatMul(rows, fc2_weight, slot_ids, _domain=domain, _allow_other_inputs=True, _outputs=["h2"])
         per_slot = op.Reshape(h2, pattern.ANY_VALUE)
         weighted = op.Mul(per_slot, op.Unsqueeze(weights, pattern.Var("slot_axis")))
         return op.ReduceSum(weighted, pattern.Var("sum_axes"), _outputs=["routed"])
@@ -283,7 +284,7 @@ def _arrays(b: Mapping) -> dict[str, np.ndarray]:
     return out
 
 
-def _moe_rule(kind: str) -> pattern.RewriteRule:
+def _moe_rule(kind: str, domain: str = PROPOSAL_DOMAIN) -> pattern.RewriteRule:
     def condition(context, **b) -> bool:
         try:
             _check_routing(b)
@@ -301,7 +302,8 @@ def _moe_rule(kind: str) -> pattern.RewriteRule:
 
     # remove_nodes=False: the body reads Shape() of matched values for its Reshapes; the
     # rewrite leaves the old nodes, and dead-code removal drops them once nothing reads them
-    return pattern.RewriteRule(_moe_pattern(kind), replacement, condition, name=f"moe_{kind}", remove_nodes=False)
+    name = f"moe_{kind}" if domain else f"moe_{kind}_onnx29"
+    return pattern.RewriteRule(_moe_pattern(kind, domain), replacement, condition, name=name, remove_nodes=False)
 
 
 def _emit_moe(op, tokens, logits, k, routed, attrs, arrays, b: Mapping):
@@ -351,7 +353,7 @@ GROUPED_MATMUL_FROM_GATHER = pattern.RewriteRule(_gather_form, _grouped_matmul, 
 
 def _if_form(op, idx):
     """The inlined GroupedMatMul body: If(Size(idx) == Size(Unique(idx))) chooses the strategy."""
-    used = op.Unique(op.Reshape(idx, pattern.ANY_VALUE), _outputs=["used", "i1", "i2", "i3"])[0]
+    used = op.Unique(op.Cast(op.Reshape(idx, pattern.ANY_VALUE)), _outputs=["used", "i1", "i2", "i3"])[0]
     return op.If(op.Equal(op.Size(idx), op.Size(used)), _outputs=["chosen"])
 
 
@@ -395,7 +397,8 @@ def _grouped_matmul_bias(op, x, weights, idx, bias):
 GROUPED_MATMUL_BIAS = pattern.RewriteRule(_bias_form, _grouped_matmul_bias, name="gmm_bias")
 # --8<-- [end:recover]
 
-MOE_RULES = [_moe_rule(kind) for kind in ACTIVATIONS]
+# each rule on the proposal-domain op and on ai.onnx GroupedMatMul-29 (onnx 1.24)
+MOE_RULES = [_moe_rule(kind, domain) for kind in ACTIVATIONS for domain in (PROPOSAL_DOMAIN, "")]
 
 
 # --8<-- [start:dense]

@@ -21,15 +21,19 @@ from generator.registry import select
 from proposals.moe.body import BODY_OPSETS, GENAI, GroupedMatMul, piece_proto
 from proposals.moe.schema import OPSET
 
-FLOATS = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
+# the types of ai.onnx GroupedMatMul-29 (onnx-weekly; upstream/grouped_matmul.py compares them)
+FLOATS = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
+INDICES = ("tensor(int32)", "tensor(int64)")
+ONNX_OPSET = 29  # the ai.onnx opset that has GroupedMatMul (onnx 1.24, planned 2026-12-14)
 
 # --8<-- [start:doc]
 DOC = """\
 Multiplies each of `M` token rows by `k` of `G` stacked weight matrices, chosen per row:
 `output[m, j, :] = input[m, :] @ weights[group_indices[m, j]] (+ bias[group_indices[m, j]])`.
-`G = weights.shape[0]`, `k = group_indices.shape[1]`. Indices lie in `[-G, G)`; a negative
-index counts from the end, as in `Gather`. `k = 1` is the single-expert case (output
-`[M, 1, N]`); a group no row selects is never read.
+`G = weights.shape[0]`, `k = group_indices.shape[1]`. Indices lie in `[0, G)` (as in
+ai.onnx GroupedMatMul-29; a value outside is invalid input). `k = 1` is the single-expert
+case (output `[M, 1, N]`); `M = 0` or `k = 0` gives an empty output; a group no row
+selects is never read.
 
 The result is that of the RFC's decomposition, which is normative for the result, not
 for the strategy: `Gather(weights, group_indices)` gives `[M, k, K, N]`, the rows are
@@ -51,11 +55,14 @@ SCHEMA = OpSchema(
     inputs=(
         Parameter("input", "T", "[M, K]", "Token rows; K is the contraction axis."),
         Parameter("weights", "T", "[G, K, N]", "G stacked weight matrices (model parameters)."),
-        Parameter("group_indices", "tensor(int64)", "[M, k]", "The k groups of each row, in [-G, G)."),
+        Parameter("group_indices", "Tind", "[M, k]", "The k groups of each row, in [0, G)."),
         Parameter("bias", "T", "[G, N]", "Per-group bias, added to each selected result.", optional=True),
     ),
     outputs=(Parameter("output", "T", "[M, k, N]", "output[m, j] = input[m] @ weights[group_indices[m, j]]."),),
-    type_constraints=(TypeConstraint("T", FLOATS, "Floating-point tensors."),),
+    type_constraints=(
+        TypeConstraint("T", FLOATS, "Floating-point tensors."),
+        TypeConstraint("Tind", INDICES, "Group indices."),
+    ),
 )
 
 ND_DOC = """\
@@ -95,8 +102,8 @@ def reference(
     for m in range(m_rows):
         for j in range(k):
             g = int(group_indices[m, j])
-            if not -groups <= g < groups:
-                raise ValueError(f"group index {g} outside [-{groups}, {groups})")
+            if not 0 <= g < groups:
+                raise ValueError(f"group index {g} outside [0, {groups})")
             out[m, j] = input[m].astype(np.float64) @ weights[g].astype(np.float64)
             if bias is not None:
                 out[m, j] += bias[g]
@@ -210,3 +217,26 @@ def with_gather_per_slot_body(model: onnx.ModelProto) -> onnx.ModelProto:
             replacement.opset_imports.update(body.opset_imports)
             out.functions[key] = replacement
     return ir.serde.serialize_model(out)
+
+
+# --8<-- [start:on_onnx_op]
+def on_onnx_op(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model on ai.onnx GroupedMatMul-29: every proposal-domain GroupedMatMul call, in
+    the graph and in model-local functions (the MoE body, the ND wrapper), becomes the standard
+    op, the model-local GroupedMatMul body is dropped, and ai.onnx is imported at opset 29."""
+    out = ir.serde.deserialize_model(model)
+    for key in [k for k, f in out.functions.items() if (f.domain, f.name) == (PROPOSAL_DOMAIN, SCHEMA.name)]:
+        out.functions.pop(key)
+    owners = [(out, out.graph), *((f, f) for f in out.functions.values())]
+    for _, graph in owners:
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            if (node.domain, node.op_type) == (PROPOSAL_DOMAIN, SCHEMA.name):
+                node.domain = ""
+    for owner, graph in owners:
+        owner.opset_imports[""] = ONNX_OPSET
+        if not any(n.domain == PROPOSAL_DOMAIN for n in ir.traversal.RecursiveGraphIterator(graph)):
+            owner.opset_imports.pop(PROPOSAL_DOMAIN, None)
+    return ir.serde.serialize_model(out)
+
+
+# --8<-- [end:on_onnx_op]

@@ -127,3 +127,26 @@ def test_committed_hit_rate_matches_a_recomputation() -> None:
         n: c.atol + c.rtol * max(np.abs(d.outputs["output"]).max() for d in c.datasets) for n, c in family_cases(names)
     }
     assert all(r["max_abs_diff_vs_expected"] <= bound[r["case"]] for r in again if r["fused"])
+
+
+@pytest.mark.parametrize("form", ["function op", "primitive"])
+def test_forms_on_onnx_groupedmatmul_29_fuse(form: str) -> None:
+    """The rules take ai.onnx GroupedMatMul-29 (onnx 1.24) as they take the proposal's op."""
+    from proposals.moe.build import moe_model
+    from proposals.moe.grouped_matmul import on_onnx_op
+    from proposals.moe.schema import OPSET
+
+    arrays = _arrays(biases=True)
+    attrs = {"k": 2, "normalize_routing_weights": 1}
+    proposal = moe_model(arrays, attrs, dynamic=True) if form == "function op" else primitive_model(arrays, attrs)
+    model = on_onnx_op(proposal)
+    assert {(n.domain, n.op_type) for f in (model.graph, *model.functions) for n in f.node} >= {("", "GroupedMatMul")}
+    fused, report = fuse(model)
+    assert report == {"fused": 1, "misses": []}
+    assert not any(n.op_type == "GroupedMatMul" for n in fused.graph.node)
+    # onnxruntime 1.32 loads opsets up to 28; with GroupedMatMul fused away the graph needs no more
+    for opset in fused.opset_import:
+        if opset.domain == "":
+            opset.version = OPSET
+    got = session(fused).run(None, {"X": arrays["X"]})[0]
+    np.testing.assert_allclose(got, moe(arrays, **attrs), rtol=1e-5, atol=1e-5)

@@ -18,7 +18,7 @@ from generator.mkdocs_hooks import GENERATED
 from generator.onnx_build import PROPOSAL_DOMAIN, make_model, seeded
 from generator.ort import session
 from proposals.moe.build import moe_model
-from proposals.moe.grouped_matmul import SCHEMA, functions, reference
+from proposals.moe.grouped_matmul import SCHEMA, functions, grouped_matmul_model, reference
 from proposals.moe.reference import moe
 from proposals.moe.schema import OPSET
 
@@ -45,12 +45,12 @@ RUNNERS = (session(MODEL, threads=1), ReferenceEvaluator(MODEL))
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(st.integers(1, 6), st.integers(1, 3), st.integers(1, 4), st.integers(0, 2**16))
 def test_bias_on_both_strategies(M: int, k: int, G: int, seed: int) -> None:
-    """output[m, j] = input[m] @ weights[g] + bias[g], g = group_indices[m, j] in [-G, G)."""
+    """output[m, j] = input[m] @ weights[g] + bias[g], g = group_indices[m, j] in [0, G)."""
     rng = seeded(seed)
     feeds = {
         "input": rng.randn(M, 3).astype(np.float32),
         "weights": rng.randn(G, 3, 2).astype(np.float32),
-        "group_indices": rng.randint(-G, G, size=(M, k)).astype(np.int64),
+        "group_indices": rng.randint(0, G, size=(M, k)).astype(np.int64),
         "bias": rng.randn(G, 2).astype(np.float32),
     }
     expected = reference(*feeds.values())
@@ -58,9 +58,25 @@ def test_bias_on_both_strategies(M: int, k: int, G: int, seed: int) -> None:
         np.testing.assert_allclose(runner.run(None, feeds)[0], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_reference_refuses_an_index_out_of_range() -> None:
-    with pytest.raises(ValueError, match=r"group index 2 outside \[-2, 2\)"):
-        reference(np.ones((1, 1)), np.ones((2, 1, 1)), np.array([[2]]))
+@pytest.mark.parametrize("index", [2, -1])
+def test_reference_refuses_an_index_out_of_range(index: int) -> None:
+    """Indices lie in [0, G), as ai.onnx GroupedMatMul-29 says: -1 is invalid too."""
+    with pytest.raises(ValueError, match=rf"group index {index} outside \[0, 2\)"):
+        reference(np.ones((1, 1)), np.ones((2, 1, 1)), np.array([[index]]))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_body_takes_the_types_of_groupedmatmul_29(dtype, index_dtype) -> None:
+    """T includes double and group_indices may be int32, as in ai.onnx GroupedMatMul-29."""
+    rng = seeded(5)
+    x, w = rng.randn(4, 3).astype(dtype), rng.randn(3, 3, 2).astype(dtype)
+    for idx in (np.array([[0, 2], [1, 0], [2, 1], [1, 2]]), np.array([[0, 0], [1, 0], [0, 1], [1, 1]])):
+        idx = idx.astype(index_dtype)  # distinct slots (Gather branch), then repeats (the Loop)
+        model = grouped_matmul_model(x, w, idx)
+        got = ReferenceEvaluator(model).run(None, {"input": x, "weights": w, "group_indices": idx})[0]
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, reference(x, w, idx), rtol=2e-3, atol=2e-3)
 
 
 @pytest.mark.parametrize("given_bias", ["fc1_bias", "fc2_bias"])

@@ -1,0 +1,38 @@
+"""Collect the cases of ``upstream/node/`` through onnx's case machinery."""
+
+from __future__ import annotations
+
+import importlib
+
+import onnx
+
+#: module -> the op its cases need (a module whose op the running onnx lacks is skipped)
+MODULES = {
+    "upstream.node.tensorscatter": "TensorScatter",
+    "upstream.node.tensorscatter_attention": "Attention",
+    "upstream.node.groupedmatmul": "GroupedMatMul",  # ai.onnx GroupedMatMul-29: onnx-weekly only
+}
+
+
+def supported(module: str) -> bool:
+    return MODULES[module] in {s.name for s in onnx.defs.get_all_schemas()}
+
+
+def collect(module: str) -> list:
+    """The TestCases that importing ``module`` hands to onnx's ``expect`` (node or model cases).
+
+    They are taken back out of onnx's own lists, which keep only onnx's cases (so
+    ``collect_testcases`` elsewhere in the same process sees no others)."""
+    import onnx.backend.test.case.model as model_cases
+    import onnx.backend.test.case.node as node_cases
+
+    if module not in _CASES:
+        nodes, models = len(node_cases._NodeTestCases), len(model_cases._SimpleModelTestCases)
+        importlib.import_module(module)
+        _CASES[module] = [*node_cases._NodeTestCases[nodes:], *model_cases._SimpleModelTestCases[models:]]
+        del node_cases._NodeTestCases[nodes:]
+        del model_cases._SimpleModelTestCases[models:]
+    return _CASES[module]
+
+
+_CASES: dict[str, list] = {}
