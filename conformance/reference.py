@@ -1,8 +1,8 @@
 """float64 references of the standard GenAI ops, written from the onnx 1.23.2 schema text.
 
-TensorScatter-24 and RotaryEmbedding-23 are the kv_cache topic's references (the same
-spec text; one implementation each). Attention here covers what the fuzzer draws
-beyond the kv_cache pattern: 3-D inputs, past/present, a value head size of its own,
+TensorScatter-24 and RotaryEmbedding-23 are the kv_cache topic's references, LinearAttention-27
+the linear_attention topic's (the same spec text; one implementation each). Attention here
+covers what the fuzzer draws beyond the kv_cache pattern: 3-D inputs, past/present, a value head size of its own,
 every ``qk_matmul_output_mode``, float masks and ``softmax_precision``.
 """
 
@@ -13,8 +13,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from proposals.kv_cache.reference import rotary_embedding, tensor_scatter
+from proposals.linear_attention.reference import RULES as LINEAR_ATTENTION_RULES
+from proposals.linear_attention.reference import linear_attention
 
-__all__ = ["AttentionResult", "attention", "rms_normalization", "rotary_embedding", "swiglu", "tensor_scatter"]
+__all__ = [
+    "LINEAR_ATTENTION_RULES",
+    "AttentionResult",
+    "attention",
+    "linear_attention",
+    "rms_normalization",
+    "rotary_embedding",
+    "swiglu",
+    "tensor_scatter",
+]
 
 
 @dataclass(frozen=True)
