@@ -31,7 +31,7 @@ def _inputs(rng: np.random.RandomState, layout: Layout, batch: int, seq: int) ->
     key /= np.linalg.norm(key, axis=-1, keepdims=True)
     feeds = {
         "query": randn(layout.q_heads * layout.d_k),
-        "key": key.reshape(batch, seq, -1),
+        "key": key.reshape(batch, seq, layout.kv_heads * layout.d_k),
         "value": randn(layout.kv_heads * layout.d_v),
     }
     if layout.decay_width:
@@ -170,3 +170,33 @@ def chunked_prefill_equals_one_prefill() -> Case:
     """Prefill 9 tokens as 4 + 3 + 2 (state carried), then 1 decode: same as one 9-token prefill."""
     layout = Layout("gated_delta", q_heads=4, kv_heads=2, d_k=4, d_v=4, decay="key", chunk_size=2)
     return _case(layout, [4, 3, 2, 1], seed=13)
+
+
+@case
+def empty_sequence_keeps_state() -> Case:
+    """T = 0 (no new token): the output is empty and present_state equals past_state."""
+    layout = Layout("gated_delta", q_heads=2, kv_heads=2, d_k=4, d_v=4)
+    built = _case(layout, [0], seed=14, past=True)
+    # onnxruntime 1.32 runs the op's function body; the title of repros/onnx-linearattention-body-empty-sequence
+    reason = "LinearAttention-27's function body fails on an empty sequence (T = 0): Reshape with -1 of a size-0 tensor"
+    return Case(built.model, built.datasets, rtol=RTOL, atol=ATOL, divergences={"onnxruntime": reason})
+
+
+@case
+def qwen3_5_gated_delta_layer() -> Case:
+    """A tiny seeded Qwen3.5 linear-attention layer (Conv + LinearAttention + gated RMSNorm), prefill 5 then decode 2;
+    expected outputs and states from transformers' module and cache in float64."""
+    from proposals.linear_attention import hf, survey
+
+    weights = hf.gated_delta_weights(survey.tiny_mixer("qwen3_5"))
+    hidden = seeded(20).randn(2, 7, weights.w_q.shape[0]).astype(np.float32)
+    chunks = [5, 1, 1]
+    states = hf.zero_states(weights, batch=2)
+    datasets, start = [], 0
+    for length, (output, conv, state) in zip(chunks, survey.module_steps("qwen3_5", hidden, chunks), strict=True):
+        expected = {"output": output, "present_conv": conv, "present_state": state}
+        expected = {name: value.astype(np.float32) for name, value in expected.items()}
+        datasets.append(DataSet({"hidden_states": hidden[:, start : start + length], **states}, expected))
+        states = {"past_conv": expected["present_conv"], "past_state": expected["present_state"]}
+        start += length
+    return Case(hf.mixer_model(weights), datasets, rtol=RTOL, atol=ATOL)

@@ -212,3 +212,27 @@ def check_family(model_type: str, seed: int = 0) -> Check:
 def survey() -> tuple[list[Check], list[Family]]:
     """Every discovered gated-delta family checked, then the other recurrent families."""
     return [check_family(t) for t in sorted(gated_delta_mixers())], list(OTHERS)
+
+
+def module_steps(model_type: str, hidden_states: np.ndarray, chunks: list[int], seed: int = 0):
+    """The mixer's float64 forward chunk by chunk through transformers' own cache: per chunk
+    ``(output, conv_state, recurrent_state)``. transformers keeps the last K conv inputs; the
+    graph's ``present_conv`` is the last K-1 (the oldest one is never read again)."""
+    import torch
+    from transformers import DynamicCache
+
+    mixer = tiny_mixer(model_type, seed)
+    config = tiny_config(model_type)
+    layer = mixer.layer_idx
+    reference = float64_copy(mixer)
+    steps, start = [], 0
+    with float64_mode():
+        cache = DynamicCache(config=config)
+        for length in chunks:
+            chunk = torch.from_numpy(hidden_states[:, start : start + length].astype(np.float64))
+            output = reference(chunk, cache=cache)
+            # copies: the cache updates its tensors in place at the next chunk
+            conv = cache.get_conv_state(layer, state_idx=0)[..., 1:].numpy().copy()
+            steps.append((output.numpy(), conv, cache.get_recurrent_state(layer, state_idx=0).numpy().copy()))
+            start += length
+    return steps
