@@ -353,8 +353,68 @@ def swiglu_examples(draw) -> Example:
     return Example("SwiGLU", 28, model, {"A": a, "B": b}, {"Y": expected}, tuple(features), {"alpha": alpha})
 
 
+# ---------------------------------------------------------------- LinearAttention-27
+@st.composite
+def linear_attention_examples(draw) -> Example:
+    rule = draw(st.sampled_from(reference.LINEAR_ATTENTION_RULES))
+    batch, seq = draw(st.integers(1, 3)), draw(st.sampled_from([0, 1, 1, 2, 3, 4, 5, 7, 9]))
+    kv_heads, group = draw(st.integers(1, 3)), draw(st.sampled_from([1, 1, 2, 3]))
+    q_heads = kv_heads * group
+    d_k, d_v = draw(st.sampled_from([1, 2, 4, 8])), draw(st.sampled_from([1, 2, 4, 8]))
+    decay_width = kv_heads * draw(st.sampled_from([1, d_k])) if rule in ("gated", "gated_delta") else 0
+    beta_width = draw(st.sampled_from([kv_heads, 1])) if rule in ("delta", "gated_delta") else 0
+    with_past = draw(st.booleans())
+    scale = draw(st.sampled_from([None, None, 0.0, 0.3, -1.5]))
+    chunk_size = draw(st.sampled_from([None, None, 1, 2, 3, 4, 64]))
+    dtype = draw(st.sampled_from(["float32", "float32", "float32", "float16"]))
+    rng = seeded(draw(st.integers(0, 2**16)))
+
+    def packed(width: int, scale_by: float = 1.0) -> np.ndarray:
+        return _randn(rng, (batch, seq, width), dtype, scale_by)
+
+    inputs_all = {
+        "query": packed(q_heads * d_k),
+        "key": packed(kv_heads * d_k, 1 / np.sqrt(d_k)),  # about unit norm, as the delta rules ask
+        "value": packed(kv_heads * d_v),
+        "past_state": _randn(rng, (batch, kv_heads, d_k, d_v), dtype, 0.5) if with_past else None,
+        "decay": (-np.abs(packed(decay_width))).astype(dtype) if decay_width else None,
+        "beta": rng.rand(batch, seq, beta_width).astype(dtype) if beta_width else None,
+    }
+    attrs = {"q_num_heads": q_heads, "kv_num_heads": kv_heads}
+    if rule != "gated_delta" or draw(st.booleans()):
+        attrs["update_rule"] = rule
+    if scale is not None:
+        attrs["scale"] = scale
+    if chunk_size is not None:
+        attrs["chunk_size"] = chunk_size
+    output, present = reference.linear_attention(**inputs_all, **({"update_rule": "gated_delta"} | attrs))
+    expected = {"output": output, "present_state": present}
+    model = single_node_model("LinearAttention", 27, inputs_all, expected, **attrs)
+    features = [f"rule {rule}", "MHA" if group == 1 else ("MQA" if kv_heads == 1 else f"GQA {group}:1")]
+    if decay_width:
+        features.append("decay per head" if decay_width == kv_heads else "decay per key dim")
+    if beta_width:
+        features.append("beta per head" if beta_width == kv_heads else "beta shared (B, T, 1)")
+    features.append("past_state" if with_past else "no past_state")
+    features.append({0: "T = 0 (no new token)", 1: "T = 1 (decode)"}.get(seq, "T > 1 (prefill)"))
+    if chunk_size is not None and seq > 1:
+        features.append("chunk_size divides T" if seq % chunk_size == 0 else "chunk_size does not divide T")
+    if scale is not None:
+        features.append("scale = 0 (default)" if scale == 0.0 else "explicit scale")
+    if d_k != d_v:
+        features.append("d_v != d_k")
+    if batch > 1:
+        features.append("batch > 1")
+    features.append(f"dtype {dtype}")
+    params = {"rule": rule, "seq": seq, "dtype": dtype, "group": group, "d_k": d_k, "d_v": d_v}
+    inputs = {n: a for n, a in inputs_all.items() if a is not None}
+    tol = 2e-3 if dtype == "float16" else 1e-4
+    return Example("LinearAttention", 27, model, inputs, expected, tuple(features), params, tol, tol)
+
+
 STRATEGIES = {
     "TensorScatter": tensor_scatter_examples,
+    "LinearAttention": linear_attention_examples,
     "Attention": attention_examples,
     "RotaryEmbedding": rotary_examples,
     "RMSNormalization": rms_examples,

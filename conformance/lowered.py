@@ -1,5 +1,5 @@
 """``python -m conformance.lowered``: each runtime with and without the compatibility
-lowering, on drawn TensorScatter and Attention configurations.
+lowering, on drawn TensorScatter, Attention and LinearAttention configurations.
 
 Writes ``conformance/results/lowered.json`` (counts and first reasons per op and runtime, no
 timings), from which the support page's "Compatibility lowering" table is built. The
@@ -24,7 +24,7 @@ from generator.runtimes import Runtime
 from generator.verify import compare, first_line
 
 LOWERED_JSON = harness.RESULTS_JSON.parent / "lowered.json"
-OPS = ("Attention", "TensorScatter")
+OPS = ("Attention", "LinearAttention", "TensorScatter")
 
 
 def run_plain(runtime: Runtime, example: Example) -> harness.Outcome:

@@ -6,7 +6,8 @@ standard ops, for runtimes that lack them.
   update's shape: ``Range``, ``Add``, ``Mod``, ``Unsqueeze``, ``Expand``.
 - **Attention** becomes its own function body: onnx builds it for the node's attributes and
   input types (the schema's context-dependent function, MatMul/Softmax/Where and friends),
-  and onnx-ir's ``InlinePass`` inlines it.
+  and onnx-ir's ``InlinePass`` inlines it. **LinearAttention-27** the same way (its body is
+  a Scan over the tokens, which is also what onnxruntime 1.32 runs).
 
 Only nodes of the main graph are lowered (input types come from shape inference there);
 nodes inside model-local functions or subgraphs are left as they are, and so is a
@@ -23,6 +24,8 @@ from onnx_ir.passes.common import IdentityEliminationPass, InlinePass, RemoveUnu
 
 #: Domain of the temporary model-local functions that hold Attention bodies until inlined.
 _BODIES = "lowering.attention"
+#: Ops replaced by their schema's context-dependent function body.
+BODY_OPS = ("Attention", "LinearAttention")
 
 
 def lower(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -35,8 +38,8 @@ def lower(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         if node.op_type == "TensorScatter":
             _lower_tensor_scatter(lowered.graph, node)
-        elif node.op_type == "Attention":
-            _attention_to_call(lowered, node, types, opset, index)
+        elif node.op_type in BODY_OPS:
+            _body_to_call(lowered, node, types, opset, index)
     if any(f.domain == _BODIES for f in lowered.functions.values()):
         InlinePass(criteria=lambda f: f.domain == _BODIES)(lowered)
         RemoveUnusedNodesPass()(lowered)  # the body's outputs the node does not ask for
@@ -49,7 +52,7 @@ def lower(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def lowers(model: onnx.ModelProto) -> bool:
     """Whether ``model``'s main graph has a TensorScatter or Attention."""
-    return any(n.op_type in ("TensorScatter", "Attention") and n.domain in ("", "ai.onnx") for n in model.graph.node)
+    return any(n.op_type in ("TensorScatter", *BODY_OPS) and n.domain in ("", "ai.onnx") for n in model.graph.node)
 
 
 def _scatter_types() -> set[str]:
@@ -110,17 +113,17 @@ def _lower_tensor_scatter(graph: ir.Graph, node: ir.Node) -> None:
     present.name = old.name
 
 
-def _attention_to_call(model: ir.Model, node: ir.Node, types: dict, opset: int, index: int) -> None:
+def _body_to_call(model: ir.Model, node: ir.Node, types: dict, opset: int, index: int) -> None:
     """Turn ``node`` into a call of a model-local function holding its body (inlined later)."""
     proto = ir.serde.serialize_node(node)
     empty = onnx.TypeProto().SerializeToString()
     input_types = [types[name].SerializeToString() if name else empty for name in proto.input]
-    schema = defs.get_schema("Attention", opset)
+    schema = defs.get_schema(node.op_type, opset)
     body = onnx.FunctionProto()
     body.ParseFromString(schema.get_context_dependent_function(proto.SerializeToString(), input_types))
     _readable_by_onnx_ir(body, len(node.outputs))
     function = ir.serde.deserialize_function(body)
-    function.domain, function.name = _BODIES, f"Attention_{index}"
+    function.domain, function.name = _BODIES, f"{node.op_type}_{index}"
     function.attributes.clear()  # the body has the node's attribute values built in
     model.functions[function.identifier()] = function
     model.opset_imports[_BODIES] = 1

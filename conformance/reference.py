@@ -1,8 +1,9 @@
 """float64 references of the standard GenAI ops, written from the onnx 1.23.2 schema text.
 
 Attention-23/24/25, TensorScatter-24 and RotaryEmbedding-23 are the kv_cache topic's
-references (one implementation each); ``attention`` here is its ``attention_outputs``,
-every output of the node, which the fuzzer compares.
+references and LinearAttention-27 the linear_attention topic's (one implementation each);
+``attention`` here is kv_cache's ``attention_outputs``, every output of the node, which the
+fuzzer compares.
 """
 
 from __future__ import annotations
@@ -11,8 +12,19 @@ import numpy as np
 
 from proposals.kv_cache.reference import AttentionResult, rotary_embedding, tensor_scatter
 from proposals.kv_cache.reference import attention_outputs as attention  # every output: the fuzzer checks them all
+from proposals.linear_attention.reference import RULES as LINEAR_ATTENTION_RULES
+from proposals.linear_attention.reference import linear_attention
 
-__all__ = ["AttentionResult", "attention", "rms_normalization", "rotary_embedding", "swiglu", "tensor_scatter"]
+__all__ = [
+    "LINEAR_ATTENTION_RULES",
+    "AttentionResult",
+    "attention",
+    "linear_attention",
+    "rms_normalization",
+    "rotary_embedding",
+    "swiglu",
+    "tensor_scatter",
+]
 
 
 def rms_normalization(x: np.ndarray, scale: np.ndarray, *, axis: int = -1, epsilon: float = 1e-5) -> np.ndarray:

@@ -323,6 +323,22 @@ def _bool_mask_actual(feeds):
     return {"Y": reference.attention(f["Q"], f["K"], f["V"], f["attn_mask"].astype(np.float32)).y}
 
 
+def _linear_attention_empty():
+    """T = 0: no new token, so the output is empty and present_state is past_state."""
+    rng = seeded(21)
+    feeds = {
+        "query": np.zeros((1, 0, 4), np.float32),
+        "key": np.zeros((1, 0, 4), np.float32),
+        "value": np.zeros((1, 0, 4), np.float32),
+        "past_state": rng.randn(1, 2, 2, 2).astype(np.float32),
+        "decay": np.zeros((1, 0, 2), np.float32),
+        "beta": np.zeros((1, 0, 2), np.float32),
+    }
+    output, present = reference.linear_attention(**feeds, q_num_heads=2, kv_num_heads=2)
+    expected = {"output": output, "present_state": present}
+    return single_node_model("LinearAttention", 27, feeds, expected, q_num_heads=2, kv_num_heads=2), feeds, expected
+
+
 def _causal_past_top_left_actual(feeds):
     """Causal offset 0: the single new query sees only the first cached key."""
     f = feeds
@@ -333,6 +349,24 @@ def _causal_past_top_left_actual(feeds):
 
 
 ALL: tuple[Repro, ...] = (
+    Repro(
+        "onnx-linearattention-body-empty-sequence",
+        "onnx/onnx",
+        "LinearAttention-27's function body fails on an empty sequence (T = 0): Reshape with -1 of a size-0 tensor",
+        "onnxruntime",
+        _linear_attention_empty,
+        lambda feeds: (
+            "Reshape node: The input tensor cannot be reshaped to the requested shape. "
+            "Input shape:{1,0,2}, requested shape:{1,0,-1,1}"
+        ),
+        "LinearAttention-27: 'Equivalent to running the recurrent update sequentially for each token' (over no "
+        "token the state is unchanged); past_state/present_state '(B, H_kv, d_k, d_v)'.",
+        ("onnxruntime", "onnx"),
+        "onnxruntime 1.32 has no LinearAttention kernel: it runs the schema's context-dependent function body "
+        "(defs.cc), whose Reshape to (B, T, -1, D) cannot infer -1 when T = 0. onnx's ReferenceEvaluator, which "
+        "runs op_linear_attention.py instead of the body, returns the expected outputs. Found while probing "
+        "the op's edges; the conformance fuzzer draws T = 0 too.",
+    ),
     Repro(
         "onnx-tensorscatter-circular-batch-wrap",
         "onnx/onnx",

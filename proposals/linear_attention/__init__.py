@@ -1,0 +1,1 @@
+"""Linear attention: a proposal of the ONNX GenAI working group."""
