@@ -33,6 +33,7 @@ class Mutant:
 
 
 KV = "proposals.kv_cache.reference"
+QA = "proposals.quantized_attention.reference"
 MUTANTS = [
     Mutant(KV, "kk) * scale", "kk) * -scale", "Attention: the sign of the scores"),
     Mutant(KV, "allowed &= np.broadcast_to(mask, allowed.shape)", "pass", "Attention: the boolean mask dropped"),
@@ -105,6 +106,18 @@ MUTANTS = [
         "weights = weights",
         "MoE: routing weights not normalised",
     ),
+    Mutant(
+        QA,
+        "codes = np.rint(ratio.astype(np.float64))",
+        "codes = np.floor(ratio.astype(np.float64) + 0.5)",
+        "QuantizeLinear: ties round up, not to even",
+    ),
+    Mutant(
+        QA,
+        "values = values - np.asarray(zero_point)",
+        "values = values + np.asarray(zero_point)",
+        "DequantizeLinear: the zero point's sign",
+    ),
 ]
 
 
@@ -144,6 +157,15 @@ CATCHERS: dict[str, Callable[[], list[Callable[[], None]]]] = {
     ],
     "proposals.moe.reference": lambda: _calls(
         "proposals/moe/tests/test_bench.py", "test_every_variant_matches_the_reference"
+    ),
+    QA: lambda: _calls(
+        "proposals/quantized_attention/tests/test_reference.py",
+        "test_reference_matches_onnx_quantize_and_dequantize",
+        (
+            (dtype, runtime)
+            for dtype in ("int8", "uint8", "int4", "float8e4m3fn")
+            for runtime in ("reference", "onnxruntime")
+        ),
     ),
 }
 
