@@ -14,6 +14,14 @@ import pytest
 Main = Callable[[Sequence[str] | None], int]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that read the built site (``site_dir``) are marked ``site``: `make test` runs
+    the others beside the docs build, then these."""
+    for item in items:
+        if "site_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.site)
+
+
 @pytest.fixture
 def run_main(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
     """Run a command line's ``main(argv)`` in this process, as ``python -m`` runs it, and
