@@ -32,9 +32,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check generator proposals tests conformance
 	$(PY) -m ruff format --check generator proposals tests conformance
 
-# The unit tests on two workers (pytest-xdist); PYTEST_WORKERS=0 runs them in this process.
+# The unit tests on two workers (pytest-xdist; an idle worker takes tests queued for the other);
+# PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --durations=25
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=25
 unit: $(STAMP)
 	$(PYTEST)
 
