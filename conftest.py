@@ -5,6 +5,7 @@ See CONTRIBUTING.md, "Writing fast tests".
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,3 +44,13 @@ def run_main(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
         return subprocess.CompletedProcess(list(args), code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this test run that every ``pytest -n`` worker sees (each worker's
+    ``tmp_path`` is its own): build something expensive once per run into it, holding
+    ``generator.zoo.locked(folder)`` (an flock), and let the other workers read it."""
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker's folder is <run>/popen-gwN: the run's own folder is shared
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -58,7 +56,8 @@ class FreshZoo:
     def _write(self, topics: list[str]) -> None:
         import torch
 
-        with self._lock():
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with zoo.locked(self.path.parent):
             missing = [t for t in topics if not self._done(t).exists()]
             if not missing:
                 return
@@ -75,18 +74,8 @@ class FreshZoo:
     def _done(self, topic: str) -> Path:
         return self.path.parent / f"{topic}.written"
 
-    @contextlib.contextmanager
-    def _lock(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-
 
 @pytest.fixture(scope="session")
-def fresh_zoo(tmp_path_factory: pytest.TempPathFactory) -> FreshZoo:
+def fresh_zoo(run_folder: Path) -> FreshZoo:
     """The zoo as `make zoo` would write it now (see :class:`FreshZoo`)."""
-    base = tmp_path_factory.getbasetemp()
-    # under xdist each worker's folder is <run>/popen-gwN: the run's own folder is shared
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    return FreshZoo(shared / "fresh_zoo" / "zoo")
+    return FreshZoo(run_folder / "fresh_zoo" / "zoo")
