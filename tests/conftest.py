@@ -21,11 +21,12 @@ BUILD_THREADS = 2  # torch's intra-op threads while fresh_zoo builds (test_zoo_p
 
 @pytest.fixture(scope="session")
 def site_dir() -> Path:
-    """``site/`` as `make docs` builds it (`make test` builds it before the unit tests)."""
-    if not (SITE / "index.html").exists():
-        env = dict(os.environ, PYTHONPATH=str(ROOT), NO_MKDOCS_2_WARNING="1")
-        mkdocs = Path(sys.executable).parent / "mkdocs"
-        subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(SITE)], cwd=ROOT, env=env, check=True)
+    """``site/`` as `make docs` builds it (`make test` builds it before the site tests)."""
+    with zoo.locked(ROOT):  # under pytest -n, one worker builds it and the other waits
+        if not (SITE / "index.html").exists():
+            env = dict(os.environ, PYTHONPATH=str(ROOT), NO_MKDOCS_2_WARNING="1")
+            mkdocs = Path(sys.executable).parent / "mkdocs"
+            subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(SITE)], cwd=ROOT, env=env, check=True)
     return SITE
 
 
