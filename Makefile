@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 # The engines' telemetry stays off (generator/telemetry.py does the same in process; docs/runtimes.md).
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: venv zoo verify test lint unit docs serve bench snippets fuzz onnx-cases upstream clean
+.PHONY: venv zoo verify test lint unit unit-core unit-site docs serve bench snippets fuzz onnx-cases upstream clean
 
 venv: $(STAMP)
 
@@ -34,16 +34,31 @@ lint: $(STAMP)
 	$(PY) -m ruff check generator proposals tests conformance upstream
 	$(PY) -m ruff format --check generator proposals tests conformance upstream
 
+# The unit tests on two workers (pytest-xdist; an idle worker takes tests queued for the other);
+# PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=25
 unit: $(STAMP)
-	$(PY) -m pytest
+	$(PYTEST)
+
+# The unit tests that do not read the built site, and those that do (marked `site`).
+unit-core: $(STAMP)
+	$(PYTEST) -m "not site"
+
+unit-site: $(STAMP)
+	$(PYTEST) -m site
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
-# Everything: lint, the conformance run over the committed zoo, the strict docs build, then
-# the unit tests (which rebuild the zoo in a temporary folder and compare bytes, and open
-# the freshly built site in headless Chromium).
-test: lint verify docs unit
+# Everything: lint, the conformance run over the committed zoo (the docs read its matrix, and
+# the scaffold test's copy reuses its cells), then the strict docs build beside the unit tests
+# that do not read the site (they rebuild the zoo in a temporary folder and compare bytes),
+# then those that open the freshly built site in headless Chromium. Each part's output is
+# printed when it ends.
+test: lint verify
+	$(MAKE) --no-print-directory --output-sync=target -j2 docs unit-core
+	$(MAKE) --no-print-directory unit-site
 
 serve: $(STAMP)
 	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000

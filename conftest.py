@@ -5,6 +5,7 @@ See CONTRIBUTING.md, "Writing fast tests".
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +13,14 @@ from pathlib import Path
 import pytest
 
 Main = Callable[[Sequence[str] | None], int]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that read the built site (``site_dir``) are marked ``site``: `make test` runs
+    the others beside the docs build, then these."""
+    for item in items:
+        if "site_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.site)
 
 
 @pytest.fixture
@@ -35,3 +44,13 @@ def run_main(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
         return subprocess.CompletedProcess(list(args), code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this test run that every ``pytest -n`` worker sees (each worker's
+    ``tmp_path`` is its own): build something expensive once per run into it, holding
+    ``generator.zoo.locked(folder)`` (an flock), and let the other workers read it."""
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker's folder is <run>/popen-gwN: the run's own folder is shared
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -23,11 +21,12 @@ BUILD_THREADS = 2  # torch's intra-op threads while fresh_zoo builds (test_zoo_p
 
 @pytest.fixture(scope="session")
 def site_dir() -> Path:
-    """``site/`` as `make docs` builds it (`make test` builds it before the unit tests)."""
-    if not (SITE / "index.html").exists():
-        env = dict(os.environ, PYTHONPATH=str(ROOT), NO_MKDOCS_2_WARNING="1")
-        mkdocs = Path(sys.executable).parent / "mkdocs"
-        subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(SITE)], cwd=ROOT, env=env, check=True)
+    """``site/`` as `make docs` builds it (`make test` builds it before the site tests)."""
+    with zoo.locked(ROOT):  # under pytest -n, one worker builds it and the other waits
+        if not (SITE / "index.html").exists():
+            env = dict(os.environ, PYTHONPATH=str(ROOT), NO_MKDOCS_2_WARNING="1")
+            mkdocs = Path(sys.executable).parent / "mkdocs"
+            subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(SITE)], cwd=ROOT, env=env, check=True)
     return SITE
 
 
@@ -58,7 +57,8 @@ class FreshZoo:
     def _write(self, topics: list[str]) -> None:
         import torch
 
-        with self._lock():
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with zoo.locked(self.path.parent):
             missing = [t for t in topics if not self._done(t).exists()]
             if not missing:
                 return
@@ -75,18 +75,8 @@ class FreshZoo:
     def _done(self, topic: str) -> Path:
         return self.path.parent / f"{topic}.written"
 
-    @contextlib.contextmanager
-    def _lock(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-
 
 @pytest.fixture(scope="session")
-def fresh_zoo(tmp_path_factory: pytest.TempPathFactory) -> FreshZoo:
+def fresh_zoo(run_folder: Path) -> FreshZoo:
     """The zoo as `make zoo` would write it now (see :class:`FreshZoo`)."""
-    base = tmp_path_factory.getbasetemp()
-    # under xdist each worker's folder is <run>/popen-gwN: the run's own folder is shared
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    return FreshZoo(shared / "fresh_zoo" / "zoo")
+    return FreshZoo(run_folder / "fresh_zoo" / "zoo")

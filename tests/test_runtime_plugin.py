@@ -7,14 +7,14 @@ whole integration is this one class.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from generator.cli import main
 from generator.runtimes import Runner, Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,29 +53,39 @@ def _first_case() -> str:
     return next(iter(manifest["cases"]))
 
 
-def _verify(tmp_path: Path, *args: str, pythonpath: list[Path]) -> dict:
-    out = tmp_path / "matrix.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in [ROOT, *pythonpath]))
-    result = subprocess.run(
-        [sys.executable, "-m", "generator", "verify", _first_case(), "--json", str(out), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+@pytest.fixture
+def verify_with(run_main, monkeypatch: pytest.MonkeyPatch):
+    """``python -m generator verify CASE --json OUT ARGS`` in this process, with ``pythonpath``
+    put first on its import path, as ``PYTHONPATH`` puts it for a process."""
+
+    def verify(tmp_path: Path, *args: str, pythonpath: list[Path]) -> subprocess.CompletedProcess:
+        for path in reversed(pythonpath):
+            monkeypatch.syspath_prepend(str(path))
+        return run_main(main, "verify", _first_case(), "--json", str(tmp_path / "matrix.json"), *args)
+
+    return verify
+
+
+@pytest.fixture
+def verify_matrix(verify_with):
+    def verify(tmp_path: Path, *args: str, pythonpath: list[Path]) -> dict:
+        result = verify_with(tmp_path, *args, pythonpath=pythonpath)
+        assert result.returncode in (0, 1), result.stderr
+        return json.loads((tmp_path / "matrix.json").read_text())
+
+    return verify
+
+
+def test_runtime_option_adds_a_column(verify_matrix, tmp_path: Path) -> None:
+    matrix = verify_matrix(
+        tmp_path, "--runtime", "test_runtime_plugin:OrtNoOptRuntime", pythonpath=[Path(__file__).parent]
     )
-    assert result.returncode in (0, 1), result.stderr
-    return json.loads(out.read_text())
-
-
-def test_runtime_option_adds_a_column(tmp_path: Path) -> None:
-    matrix = _verify(tmp_path, "--runtime", "test_runtime_plugin:OrtNoOptRuntime", pythonpath=[Path(__file__).parent])
     assert [rt["name"] for rt in matrix["runtimes"]][-1] == "onnxruntime-noopt"
     cell = matrix["cases"][_first_case()]["results"]["onnxruntime-noopt"]
     assert cell["status"] == matrix["cases"][_first_case()]["results"]["onnxruntime"]["status"]
 
 
-def test_entry_point_plugin_is_discovered(tmp_path: Path) -> None:
+def test_entry_point_plugin_is_discovered(verify_matrix, tmp_path: Path) -> None:
     """An installed package exposing the entry point needs no option at all."""
     site = tmp_path / "site"
     dist = site / "fake_backend-1.0.dist-info"
@@ -84,7 +94,7 @@ def test_entry_point_plugin_is_discovered(tmp_path: Path) -> None:
     (dist / "entry_points.txt").write_text(
         "[onnx_genai_proposals.runtimes]\nnoopt = test_runtime_plugin:OrtNoOptRuntime\n"
     )
-    matrix = _verify(tmp_path, pythonpath=[site, Path(__file__).parent])
+    matrix = verify_matrix(tmp_path, pythonpath=[site, Path(__file__).parent])
     assert "onnxruntime-noopt" in [rt["name"] for rt in matrix["runtimes"]]
 
 
@@ -113,9 +123,8 @@ class NumberName(OrtNoOptRuntime):
     name = 42
 
 
-def test_broken_plugins_get_one_line_errors(tmp_path: Path) -> None:
+def test_broken_plugins_get_one_line_errors(verify_with, tmp_path: Path) -> None:
     (tmp_path / "crashes_on_import.py").write_text("raise RuntimeError('missing vendor library')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(Path(__file__).parent), str(tmp_path)]))
     expected = {
         "crashes_on_import:Anything": "cannot import it (RuntimeError: missing vendor library)",
         "test_runtime_plugin:NeedsArguments": "cannot be created without arguments (TypeError:",
@@ -124,24 +133,7 @@ def test_broken_plugins_get_one_line_errors(tmp_path: Path) -> None:
         "test_runtime_plugin:NumberName": "name is 42; valid: a non-empty lowercase string",
     }
     for target, message in expected.items():
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "generator",
-                "verify",
-                _first_case(),
-                "--json",
-                str(tmp_path / "m.json"),
-                "--runtime",
-                target,
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = verify_with(tmp_path, "--runtime", target, pythonpath=[Path(__file__).parent, tmp_path])
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
