@@ -133,3 +133,28 @@ def test_an_installed_package_adds_a_pipeline_backend(project: Path, monkeypatch
     (project / "pyproject.toml").write_text("")
     assert factory.backend_names() == ["echo"]
     assert [d.identifier for d in factory.enumerate_devices("echo")] == ["CPU"]
+
+
+def test_a_broken_runtime_entry_stops_verify_with_one_line(project: Path, capsys) -> None:
+    from generator.cli import main
+
+    (project / "pyproject.toml").write_text('[tool.onnx-genai-proposals]\nruntimes = ["no_such_engine:Runtime"]\n')
+    assert main(["verify", "--json", str(project / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "runtime 'no_such_engine:Runtime' (from pyproject.toml [tool.onnx-genai-proposals] runtimes)" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_fuzz_harness_leaves_out_engines_that_are_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule as verify's skipped column: a missing optional engine is not a failure."""
+    from conformance import harness
+    from generator.runtimes import ReferenceRuntime
+
+    class Missing(ReferenceRuntime):
+        name = "missing-engine"
+
+        def version(self) -> str:
+            raise ModuleNotFoundError("No module named 'missing_engine'")
+
+    monkeypatch.setattr(harness, "available", lambda: [ReferenceRuntime(), Missing()])
+    assert [rt.name for rt in harness.runtimes()] == ["reference"]
