@@ -81,7 +81,8 @@ def test_a_broken_target_is_one_line_naming_it_and_where_it_was_listed(project: 
     with pytest.raises(UsageError) as err:
         load(Plugin(target, "pyproject.toml [tool.onnx-genai-proposals] widgets"), KIND)
     assert message in str(err.value) and "\n" not in str(err.value)
-    assert str(err.value).startswith(f"widget {target!r} (from pyproject.toml [tool.onnx-genai-proposals] widgets)")
+    assert str(err.value).startswith(f"widget {target!r}: ")
+    assert str(err.value).endswith(" (from pyproject.toml [tool.onnx-genai-proposals] widgets)")
 
 
 def test_invalid_toml_is_one_line(project: Path) -> None:
@@ -113,7 +114,9 @@ def test_a_broken_backend_entry_is_one_line_from_the_factory(project: Path) -> N
     from proposals.text_pipeline.factory import backend_names
 
     (project / "pyproject.toml").write_text('[tool.onnx-genai-proposals]\npipeline-backends = ["no_such_backend"]\n')
-    with pytest.raises(UsageError, match=r"pipeline backend 'no_such_backend' \(from pyproject.toml") as err:
+    with pytest.raises(
+        UsageError, match=r"pipeline backend 'no_such_backend': cannot import it .* \(from pyproject.toml"
+    ) as err:
         backend_names()
     assert "\n" not in str(err.value)
 
@@ -141,7 +144,8 @@ def test_a_broken_runtime_entry_stops_verify_with_one_line(project: Path, capsys
     (project / "pyproject.toml").write_text('[tool.onnx-genai-proposals]\nruntimes = ["no_such_engine:Runtime"]\n')
     assert main(["verify", "--json", str(project / "m.json")]) == 2
     err = capsys.readouterr().err
-    assert "runtime 'no_such_engine:Runtime' (from pyproject.toml [tool.onnx-genai-proposals] runtimes)" in err
+    assert "runtime 'no_such_engine:Runtime': cannot import it (ModuleNotFoundError" in err
+    assert err.endswith("(from pyproject.toml [tool.onnx-genai-proposals] runtimes)\n")
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
