@@ -25,7 +25,7 @@ from conformance.divergences import Divergence, find
 from conformance.engines import clean
 from conformance.examples import Example
 from generator.runtimes import Runtime, available
-from generator.verify import compare, first_line
+from generator.verify import compare, first_line, installed
 
 RESULTS_JSON = Path(__file__).resolve().parent / "results" / "fuzz.json"
 
@@ -68,8 +68,10 @@ def run_cached(runtime: Runtime, example: Example) -> Outcome:
 
 def runtimes() -> list[Runtime]:
     """The matrix's runtimes: the built-in ones, then the engines pyproject.toml configures
-    (loaded through the same ``module:Class`` path as ``--runtime``)."""
-    return available()
+    (loaded through the same ``module:Class`` path as ``--runtime``), less those whose engine
+    is not installed here (``verify`` skips their columns the same way)."""
+    present, _ = installed(available())
+    return [runtime for runtime, _ in present]
 
 
 def run_one(runtime: Runtime, example: Example) -> Outcome:

@@ -287,7 +287,7 @@ def proposal_row(topic: str, root: Path = ROOT) -> str:
     links = [f"[{_title(page)}](proposals/{topic}/README.md)"]
     links += [f"[{_title(p)}](proposals/{topic}/{p.name})" for p in sorted(page.parent.glob("*.md")) if p != page]
     answer = _from_home(expand_generated(text), topic).replace("|", "\\|")
-    return f"| {'<br>'.join(links)} | {answer[:1].upper()}{answer[1:]} |"
+    return f"| {'<br>↳ '.join(links)} | {answer[:1].upper()}{answer[1:]} |"
 
 
 def proposals_table(root: Path = ROOT) -> str:

@@ -59,16 +59,16 @@ def plugins(kind: PluginKind, pyproject: Path | None = None) -> list[Plugin]:
 def load(plugin: Plugin, kind: PluginKind) -> object:
     """Import ``plugin``'s module and return its object (the module when no ``:object``)."""
     module_name, _, attribute = plugin.target.partition(":")
-    where = f"{kind.noun} {plugin.target!r} (from {plugin.source})"
+    where, listed = f"{kind.noun} {plugin.target!r}", f"(from {plugin.source})"
     if not module_name or (":" in plugin.target and not attribute):
-        raise UsageError(f"{where}: expected module or module:name, e.g. mypkg.plugin or mypkg.plugin:Thing")
+        raise UsageError(f"{where}: expected module or module:name, e.g. mypkg.plugin or mypkg.plugin:Thing {listed}")
     try:
         found: object = importlib.import_module(module_name)
         for name in attribute.split(".") if attribute else ():
             found = getattr(found, name)
     except Exception as err:  # noqa: BLE001 - plug-in code may raise anything on import
         reason = (str(err).strip().splitlines() or [""])[0]
-        raise UsageError(f"{where}: cannot import it ({type(err).__name__}: {reason})") from None
+        raise UsageError(f"{where}: cannot import it ({type(err).__name__}: {reason}) {listed}") from None
     return found
 
 

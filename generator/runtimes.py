@@ -21,7 +21,6 @@ import onnx
 
 from generator.errors import UsageError
 from generator.plugins import Plugin, PluginKind, load, plugins
-from generator.project import PYPROJECT
 
 RUNTIMES = PluginKind("runtimes", "onnx_genai_proposals.runtimes", "runtime")
 _RUNTIME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # a matrix column and a baseline key
@@ -203,7 +202,7 @@ def check_class(cls: type[Runtime], target: str) -> None:
         raise UsageError(f"runtime {target!r}: shares_divergences_with must be a tuple of runtime names")
 
 
-def configured(pyproject: Path = PYPROJECT) -> list[Plugin]:
+def configured(pyproject: Path | None = None) -> list[Plugin]:
     """The runtime plug-ins found by the project's one rule (:mod:`generator.plugins`):
     ``[tool.onnx-genai-proposals] runtimes`` in pyproject.toml (engines wrapped through the
     same public interface an outside team uses), then the ``onnx_genai_proposals.runtimes``

@@ -52,7 +52,7 @@ def test_the_table_is_read_from_the_folders(tmp_path: Path) -> None:
     assert proposals_table(tmp_path).splitlines()[2:] == [
         "| [Alpha op](proposals/alpha/README.md) | Adopt it, see [beta](proposals/beta/README.md#why) and "
         "[below](proposals/alpha/README.md#semantics). |",
-        "| [Beta](proposals/beta/README.md)<br>[Beta op draft](proposals/beta/spec.md) | A \\| b. |",
+        "| [Beta](proposals/beta/README.md)<br>↳ [Beta op draft](proposals/beta/spec.md) | A \\| b. |",
     ]
     (tmp_path / "proposals/gamma").mkdir()
     with pytest.raises(UsageError, match=r"proposals/gamma/ has no README.md"):

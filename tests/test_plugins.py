@@ -81,7 +81,8 @@ def test_a_broken_target_is_one_line_naming_it_and_where_it_was_listed(project: 
     with pytest.raises(UsageError) as err:
         load(Plugin(target, "pyproject.toml [tool.onnx-genai-proposals] widgets"), KIND)
     assert message in str(err.value) and "\n" not in str(err.value)
-    assert str(err.value).startswith(f"widget {target!r} (from pyproject.toml [tool.onnx-genai-proposals] widgets)")
+    assert str(err.value).startswith(f"widget {target!r}: ")
+    assert str(err.value).endswith(" (from pyproject.toml [tool.onnx-genai-proposals] widgets)")
 
 
 def test_invalid_toml_is_one_line(project: Path) -> None:
@@ -113,7 +114,9 @@ def test_a_broken_backend_entry_is_one_line_from_the_factory(project: Path) -> N
     from proposals.text_pipeline.factory import backend_names
 
     (project / "pyproject.toml").write_text('[tool.onnx-genai-proposals]\npipeline-backends = ["no_such_backend"]\n')
-    with pytest.raises(UsageError, match=r"pipeline backend 'no_such_backend' \(from pyproject.toml") as err:
+    with pytest.raises(
+        UsageError, match=r"pipeline backend 'no_such_backend': cannot import it .* \(from pyproject.toml"
+    ) as err:
         backend_names()
     assert "\n" not in str(err.value)
 
@@ -133,3 +136,29 @@ def test_an_installed_package_adds_a_pipeline_backend(project: Path, monkeypatch
     (project / "pyproject.toml").write_text("")
     assert factory.backend_names() == ["echo"]
     assert [d.identifier for d in factory.enumerate_devices("echo")] == ["CPU"]
+
+
+def test_a_broken_runtime_entry_stops_verify_with_one_line(project: Path, capsys) -> None:
+    from generator.cli import main
+
+    (project / "pyproject.toml").write_text('[tool.onnx-genai-proposals]\nruntimes = ["no_such_engine:Runtime"]\n')
+    assert main(["verify", "--json", str(project / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "runtime 'no_such_engine:Runtime': cannot import it (ModuleNotFoundError" in err
+    assert err.endswith("(from pyproject.toml [tool.onnx-genai-proposals] runtimes)\n")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_fuzz_harness_leaves_out_engines_that_are_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule as verify's skipped column: a missing optional engine is not a failure."""
+    from conformance import harness
+    from generator.runtimes import ReferenceRuntime
+
+    class Missing(ReferenceRuntime):
+        name = "missing-engine"
+
+        def version(self) -> str:
+            raise ModuleNotFoundError("No module named 'missing_engine'")
+
+    monkeypatch.setattr(harness, "available", lambda: [ReferenceRuntime(), Missing()])
+    assert [rt.name for rt in harness.runtimes()] == ["reference"]
