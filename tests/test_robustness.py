@@ -315,3 +315,46 @@ def test_server_request_sequences_keep_the_contract(server, requests, nan_for) -
             assert finished.error and "\n" not in finished.error
     manager = server.cache.manager
     assert manager.used == 0 and sorted(manager.free) == list(range(manager.num_blocks))
+
+
+# --- pipeline CLI arguments -------------------------------------------------------------------
+
+PIPELINE_FLAGS = st.sampled_from(
+    [
+        ["--max-new-tokens", "2"],
+        ["--max-new-tokens", "-1"],
+        ["--min-new-tokens", "5", "--max-new-tokens", "2"],
+        ["--sample", "--temperature", "1e-40"],
+        ["--sample", "--temperature", "1e-37"],
+        ["--sample", "--temperature", "nan"],
+        ["--sample", "--top-k", "0"],
+        ["--sample", "--top-p", "1.5"],
+        ["--repetition-penalty", "inf"],
+        ["--backend", "nope"],
+        ["--backend", "onnxruntime-paged"],
+        ["--arch", "nope"],
+        ["--kv-cache", "int3"],
+        ["--device", "GPU"],
+        ["--stop", ""],
+        ["--model-dir", "<tmp>/afile"],
+        ["--model-dir", "<tmp>/" + "x" * 300],
+        ["--model-dir", "<tmp>/none"],
+        ["--seed", "-3"],
+    ]
+)
+
+
+@settings(SETTINGS, max_examples=max(2, EXAMPLES // 2))
+@given(prompt=st.sampled_from(["hi", "", "\udcff", "x" * 2000]), flags=st.lists(PIPELINE_FLAGS, max_size=2))
+def test_pipeline_arguments_keep_the_contract(prompt, flags) -> None:
+    from proposals.text_pipeline.__main__ import main as pipeline
+
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "afile").write_text("keep")
+        argv = [prompt, "--max-new-tokens", "2", *(f.replace("<tmp>", scratch) for pair in flags for f in pair)]
+        before = _tree(Path(scratch))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = pipeline(argv)
+        _keeps_contract(status, err.getvalue(), argv)
+        assert _tree(Path(scratch)) == before
