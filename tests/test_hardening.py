@@ -158,6 +158,13 @@ def test_a_runner_that_hangs_is_an_error_cell_after_the_timeout(tiny: Path) -> N
     assert cells["reference"]["status"] == "pass"  # the run went on
 
 
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "1e300", "abc"])
+def test_a_cell_timeout_out_of_range_is_one_line(tiny: Path, tmp_path: Path, capsys, seconds: str) -> None:
+    """Found by trying values: 1e300 reached threading's join and overflowed time_t (a traceback)."""
+    status, _, err = _verify(capsys, tiny, tmp_path, "--cell-timeout", seconds)
+    _one_line(status, err, "is not a number of seconds in (0, ")
+
+
 def test_sys_exit_in_a_runner_cannot_end_verify_early(tiny: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr("generator.runtimes.available", lambda extra=(): [_plugin("exit")])
     status, _, err = _run(capsys, "verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json"))

@@ -80,6 +80,7 @@ def _changed(before: dict[str, bytes], after: dict[str, bytes]) -> set[str]:
 
 NAMES = st.sampled_from(["z", "x" * 256, "a\0b", "afile/sub", "afile", "deep/er/zoo", "zoo", ".", "ü", "-x"])
 PATTERNS = st.sampled_from(["kv_cache/linear_prefill", "spine", "spine/affine", "nope", "../etc", "a" * 300, ""])
+SECONDS = st.sampled_from(["30", "0", "-1", "nan", "inf", "1e300", "abc", "0x10"])
 JUNK = st.sampled_from(
     ["--bogus", "-h", "--record", "--quick", "--cell-timeout", "0", "nan", "1e9", "--runtime", "x:Y"]
 )
@@ -96,7 +97,7 @@ def command(draw) -> tuple[str, list[str]]:
     if verb == "verify":
         argv += ["--zoo", draw(st.sampled_from(["<tmp>/tiny", "<tmp>/" + draw(NAMES)]))]
         argv += ["--json", "<tmp>/" + draw(NAMES)]
-        argv += draw(st.sampled_from([[], ["--baseline", "<tmp>/" + draw(NAMES)], ["--cell-timeout", "30"]]))
+        argv += draw(st.sampled_from([[], ["--baseline", "<tmp>/" + draw(NAMES)], ["--cell-timeout", draw(SECONDS)]]))
     argv += draw(st.lists(JUNK, max_size=2))
     return verb, argv
 
