@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from generator import zoo
@@ -359,3 +359,62 @@ def test_pipeline_arguments_keep_the_contract(prompt, flags) -> None:
             status = pipeline(argv)
         _keeps_contract(status, err.getvalue(), argv)
         assert _tree(Path(scratch)) == before
+
+
+# --- pipeline settings ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from proposals.text_pipeline import create_pipeline
+    from proposals.text_pipeline.folder import write_folder
+
+    return create_pipeline("onnxruntime", write_folder("llama", tmp_path_factory.mktemp("pipe") / "llama"))
+
+
+@st.composite
+def generation_config(draw):
+    """Any GenerationConfig the WG interface accepts (refused ones are the config's own one-line errors)."""
+    from proposals.text_pipeline.config import BeamSearchConfig
+
+    vocab = 512
+    beams = draw(st.integers(1, 3))
+    try:
+        return GenerationConfig(
+            max_new_tokens=draw(st.integers(1, 12)),
+            min_new_tokens=draw(st.integers(0, 3)),
+            eos_token_ids=frozenset(
+                draw(st.one_of(st.sets(st.integers(0, vocab - 1), max_size=3), st.just(set(range(vocab)))))
+            ),
+            stop_strings=frozenset(draw(st.sets(st.text(min_size=1, max_size=2), max_size=2))),
+            sampling_config=SamplingConfig(
+                do_sample=beams == 1 and draw(st.booleans()),
+                temperature=draw(TEMPERATURE),
+                top_k=draw(st.none() | st.integers(1, 600)),
+                top_p=draw(st.sampled_from([1.0, 0.5, 1e-9])),
+                repetition_penalty=draw(st.sampled_from([1.0, 1.3, 1e-30])),
+            ),
+            beam_search_config=BeamSearchConfig(num_beams=beams, num_return_sequences=draw(st.integers(1, beams))),
+        )
+    except UsageError:
+        return None
+
+
+@SETTINGS
+@given(
+    config=generation_config(),
+    prompts=st.lists(st.sampled_from(["hi", "The cache", "x" * 40, "ü"]), min_size=1, max_size=2),
+)
+def test_pipeline_settings_keep_the_contract(pipeline, config, prompts) -> None:
+    from proposals.text_pipeline import GenerationInput
+
+    assume(config is not None)  # else refused as a setting, in one line
+    try:
+        pipeline.set_generation_config(config)
+        results = pipeline.generate([GenerationInput(p) for p in prompts])
+    except UsageError as err:
+        assert "\n" not in str(err)
+        results = []
+    for result in results:
+        assert result.finish_reason in ("eos", "stop_string", "length")
+        assert all(0 <= t < 512 for t in result.token_ids)
