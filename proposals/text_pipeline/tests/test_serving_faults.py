@@ -67,7 +67,7 @@ def test_a_failing_request_finishes_with_an_error_and_the_others_go_on(healthy_t
 
 
 def test_a_degenerate_temperature_is_refused_as_a_setting():
-    with pytest.raises(UsageError, match="temperature must be a finite float >= 1.18e-38"):
+    with pytest.raises(UsageError, match="temperature must be a finite float > 0, at least 1.18e-38"):
         SamplingConfig(do_sample=True, temperature=1e-40)
     SamplingConfig(do_sample=True, temperature=1e-30)  # a tiny normal one is fine
 
