@@ -256,6 +256,19 @@ def test_zoo_out_with_an_impossible_name_is_one_line(tmp_path: Path, capsys) -> 
     _one_line(status, err, "a file name has at most 255")
 
 
+@pytest.mark.parametrize("where", ["case", "file"])
+def test_a_manifest_name_no_file_system_holds_is_one_line(tiny: Path, tmp_path: Path, capsys, where: str) -> None:
+    """Found by the hardening probes: a 300-character case or file name reached stat() (ENAMETOOLONG)."""
+    manifest = json.loads((tiny / "manifest.json").read_text())
+    entry, long = manifest["cases"].pop("spine/affine"), "a" * 300
+    if where == "case":
+        manifest["cases"][f"spine/{long}"] = {**entry, "name": long}
+    else:
+        manifest["cases"]["spine/affine"] = {**entry, "files": {**entry["files"], long: {"sha256": "0" * 64}}}
+    (tiny / "manifest.json").write_text(json.dumps(manifest))
+    _one_line(*_verify(capsys, tiny, tmp_path)[::2], "at most 200")
+
+
 def test_external_data_longer_than_its_file_is_one_line(tiny: Path, tmp_path: Path, capsys) -> None:
     from onnx import TensorProto, numpy_helper
 

@@ -172,7 +172,9 @@ _DELETE = object()
 def mutation(draw) -> tuple[str, object]:
     """A change to the tiny zoo: a manifest value replaced or deleted, a file garbled (and maybe
     rehashed), or the manifest's bytes replaced."""
-    kind = draw(st.sampled_from(["value", "value", "delete", "file", "bytes"]))
+    kind = draw(st.sampled_from(["value", "value", "delete", "file", "bytes", "rename"]))
+    if kind == "rename":  # the case id or a file name, to something no path can hold
+        return kind, (draw(st.booleans()), draw(st.sampled_from(["a" * 300, "a" * 200, "..", "a/b", "\0", "ü"])))
     if kind in ("value", "delete"):
         return kind, (draw(st.integers(0, 10_000)), _DELETE if kind == "delete" else draw(JSON))
     if kind == "file":
@@ -196,6 +198,14 @@ def _mutate(folder: Path, kind: str, detail) -> None:
         if rehash:
             manifest["cases"]["spine/affine"]["files"][name] = {"bytes": len(data), "sha256": zoo.sha256(data)}
             path.write_text(json.dumps(manifest))
+    elif kind == "rename":
+        case_id, name = detail
+        entry = manifest["cases"].pop("spine/affine")
+        if case_id:
+            manifest["cases"][f"spine/{name}"] = {**entry, "name": name}
+        else:
+            manifest["cases"]["spine/affine"] = {**entry, "files": {**entry["files"], name: {"sha256": "0" * 64}}}
+        path.write_text(json.dumps(manifest))
     else:
         path.write_bytes(detail)
 
