@@ -220,6 +220,22 @@ def test_a_deeply_nested_pipeline_json_is_one_line(tmp_path: Path, capsys) -> No
     _one_line(status, capsys.readouterr().err, "nested too deeply")
 
 
+@pytest.mark.parametrize("key", ["decoder", "tokenizer"])
+@pytest.mark.parametrize("name", ["a" * 300, "a\0b"])
+def test_a_pipeline_json_name_no_file_system_holds_is_one_line(tmp_path: Path, capsys, key: str, name: str) -> None:
+    """Found by the hardening probes: a 300-character decoder or tokenizer name reached stat()."""
+    import shutil
+
+    from proposals.text_pipeline.__main__ import main as pipeline_main
+    from proposals.text_pipeline.folder import zoo_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(zoo_folder("llama"), folder)
+    manifest = json.loads((folder / "pipeline.json").read_text())
+    (folder / "pipeline.json").write_text(json.dumps({**manifest, key: name}))
+    _one_line(pipeline_main(["hi", "--model-dir", str(folder)]), capsys.readouterr().err, "at most 255 bytes")
+
+
 def test_a_folder_as_baseline_is_one_line(tiny: Path, tmp_path: Path, capsys) -> None:
     status, _, err = _verify(capsys, tiny, tmp_path, "--baseline", str(tmp_path))
     _one_line(status, err, "is not a file")
