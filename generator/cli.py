@@ -11,6 +11,7 @@ import importlib
 import io
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,8 +44,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    if not 0 < value <= threading.TIMEOUT_MAX:  # a longer wait overflows the platform's time_t
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, {threading.TIMEOUT_MAX:.3g}]")
     return value
 
 

@@ -41,8 +41,10 @@ MANIFEST_FORMAT = 2  # 2: case folders are test_<case>, with data.json
 MAX_FILE_BYTES = 1 << 20  # reference models stay small: no git-lfs, fast clones
 CASE_PREFIX = "test_"  # onnx's backend-test loader and Runner need it
 TOLERANCES_NAME = "data.json"
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # topic and case names: Python identifiers
-_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one component of a file path in a case
+# Topic and case names: Python identifiers; file path components. At most 200 characters, so
+# that "test_" + name and a temporary file's ".name.XXXXXXXX.tmp" stay within 255 bytes.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -162,7 +164,8 @@ def split_id(case_id: object) -> tuple[str, str]:
     parts = case_id.split("/") if isinstance(case_id, str) else []
     if len(parts) != 2 or not all(_NAME.fullmatch(p) for p in parts):
         raise UsageError(
-            f"case id {case_id!r} is not topic/case (each a Python identifier); it would name a path outside the zoo"
+            f"case id {str(case_id)[:80]!r} is not topic/case (each a Python identifier of at most 200 "
+            "characters); it would name a path outside the zoo or one no file system holds"
         )
     return parts[0], parts[1]
 
@@ -194,7 +197,7 @@ def zoo_file(case_id: str, rel: str, zoo: Path = ZOO) -> Path:
     if not _safe_relative(rel):
         raise UsageError(
             f"{manifest_path(zoo)}: case {case_id} lists the file {rel!r}, which is not a relative path "
-            "inside its case folder (letters, digits, '_', '-', '.', '/'; no '..')"
+            "inside its case folder (letters, digits, '_', '-', '.', '/'; no '..'; parts of at most 200)"
         )
     path = case_dir(case_id, zoo) / rel
     refuse_symlinks(path, zoo)
@@ -404,7 +407,10 @@ def _entry_problem(case_id: str, entry: object) -> str:
         return "'files' must be an object that lists model.onnx"
     for rel, meta in files.items():
         if not _safe_relative(rel):
-            return f"file {rel!r} is not a relative path inside the case folder (no '..', no absolute paths)"
+            return (
+                f"file {rel[:80]!r} is not a relative path inside the case folder "
+                "(no '..', no absolute paths, parts of at most 200 characters)"
+            )
         if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and _SHA256.fullmatch(meta["sha256"])):
             return f"file {rel!r} needs a 'sha256' of 64 lowercase hex digits"
     return ""

@@ -158,6 +158,13 @@ def test_a_runner_that_hangs_is_an_error_cell_after_the_timeout(tiny: Path) -> N
     assert cells["reference"]["status"] == "pass"  # the run went on
 
 
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "1e300", "abc"])
+def test_a_cell_timeout_out_of_range_is_one_line(tiny: Path, tmp_path: Path, capsys, seconds: str) -> None:
+    """Found by trying values: 1e300 reached threading's join and overflowed time_t (a traceback)."""
+    status, _, err = _verify(capsys, tiny, tmp_path, "--cell-timeout", seconds)
+    _one_line(status, err, "is not a number of seconds in (0, ")
+
+
 def test_sys_exit_in_a_runner_cannot_end_verify_early(tiny: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr("generator.runtimes.available", lambda extra=(): [_plugin("exit")])
     status, _, err = _run(capsys, "verify", "--zoo", str(tiny), "--json", str(tmp_path / "m.json"))
@@ -213,6 +220,22 @@ def test_a_deeply_nested_pipeline_json_is_one_line(tmp_path: Path, capsys) -> No
     _one_line(status, capsys.readouterr().err, "nested too deeply")
 
 
+@pytest.mark.parametrize("key", ["decoder", "tokenizer"])
+@pytest.mark.parametrize("name", ["a" * 300, "a\0b"])
+def test_a_pipeline_json_name_no_file_system_holds_is_one_line(tmp_path: Path, capsys, key: str, name: str) -> None:
+    """Found by the hardening probes: a 300-character decoder or tokenizer name reached stat()."""
+    import shutil
+
+    from proposals.text_pipeline.__main__ import main as pipeline_main
+    from proposals.text_pipeline.folder import zoo_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(zoo_folder("llama"), folder)
+    manifest = json.loads((folder / "pipeline.json").read_text())
+    (folder / "pipeline.json").write_text(json.dumps({**manifest, key: name}))
+    _one_line(pipeline_main(["hi", "--model-dir", str(folder)]), capsys.readouterr().err, "at most 255 bytes")
+
+
 def test_a_folder_as_baseline_is_one_line(tiny: Path, tmp_path: Path, capsys) -> None:
     status, _, err = _verify(capsys, tiny, tmp_path, "--baseline", str(tmp_path))
     _one_line(status, err, "is not a file")
@@ -247,6 +270,19 @@ def test_impossible_path_names_are_one_line(tiny: Path, tmp_path: Path, capsys, 
 def test_zoo_out_with_an_impossible_name_is_one_line(tmp_path: Path, capsys) -> None:
     status, _, err = _run(capsys, "zoo", "--out", str(tmp_path / ("x" * 300)), "kv_cache/linear_prefill")
     _one_line(status, err, "a file name has at most 255")
+
+
+@pytest.mark.parametrize("where", ["case", "file"])
+def test_a_manifest_name_no_file_system_holds_is_one_line(tiny: Path, tmp_path: Path, capsys, where: str) -> None:
+    """Found by the hardening probes: a 300-character case or file name reached stat() (ENAMETOOLONG)."""
+    manifest = json.loads((tiny / "manifest.json").read_text())
+    entry, long = manifest["cases"].pop("spine/affine"), "a" * 300
+    if where == "case":
+        manifest["cases"][f"spine/{long}"] = {**entry, "name": long}
+    else:
+        manifest["cases"]["spine/affine"] = {**entry, "files": {**entry["files"], long: {"sha256": "0" * 64}}}
+    (tiny / "manifest.json").write_text(json.dumps(manifest))
+    _one_line(*_verify(capsys, tiny, tmp_path)[::2], "at most 200")
 
 
 def test_external_data_longer_than_its_file_is_one_line(tiny: Path, tmp_path: Path, capsys) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from generator import zoo
@@ -80,6 +80,7 @@ def _changed(before: dict[str, bytes], after: dict[str, bytes]) -> set[str]:
 
 NAMES = st.sampled_from(["z", "x" * 256, "a\0b", "afile/sub", "afile", "deep/er/zoo", "zoo", ".", "ü", "-x"])
 PATTERNS = st.sampled_from(["kv_cache/linear_prefill", "spine", "spine/affine", "nope", "../etc", "a" * 300, ""])
+SECONDS = st.sampled_from(["30", "0", "-1", "nan", "inf", "1e300", "abc", "0x10"])
 JUNK = st.sampled_from(
     ["--bogus", "-h", "--record", "--quick", "--cell-timeout", "0", "nan", "1e9", "--runtime", "x:Y"]
 )
@@ -96,7 +97,7 @@ def command(draw) -> tuple[str, list[str]]:
     if verb == "verify":
         argv += ["--zoo", draw(st.sampled_from(["<tmp>/tiny", "<tmp>/" + draw(NAMES)]))]
         argv += ["--json", "<tmp>/" + draw(NAMES)]
-        argv += draw(st.sampled_from([[], ["--baseline", "<tmp>/" + draw(NAMES)], ["--cell-timeout", "30"]]))
+        argv += draw(st.sampled_from([[], ["--baseline", "<tmp>/" + draw(NAMES)], ["--cell-timeout", draw(SECONDS)]]))
     argv += draw(st.lists(JUNK, max_size=2))
     return verb, argv
 
@@ -171,7 +172,9 @@ _DELETE = object()
 def mutation(draw) -> tuple[str, object]:
     """A change to the tiny zoo: a manifest value replaced or deleted, a file garbled (and maybe
     rehashed), or the manifest's bytes replaced."""
-    kind = draw(st.sampled_from(["value", "value", "delete", "file", "bytes"]))
+    kind = draw(st.sampled_from(["value", "value", "delete", "file", "bytes", "rename"]))
+    if kind == "rename":  # the case id or a file name, to something no path can hold
+        return kind, (draw(st.booleans()), draw(st.sampled_from(["a" * 300, "a" * 200, "..", "a/b", "\0", "ü"])))
     if kind in ("value", "delete"):
         return kind, (draw(st.integers(0, 10_000)), _DELETE if kind == "delete" else draw(JSON))
     if kind == "file":
@@ -195,6 +198,14 @@ def _mutate(folder: Path, kind: str, detail) -> None:
         if rehash:
             manifest["cases"]["spine/affine"]["files"][name] = {"bytes": len(data), "sha256": zoo.sha256(data)}
             path.write_text(json.dumps(manifest))
+    elif kind == "rename":
+        case_id, name = detail
+        entry = manifest["cases"].pop("spine/affine")
+        if case_id:
+            manifest["cases"][f"spine/{name}"] = {**entry, "name": name}
+        else:
+            manifest["cases"]["spine/affine"] = {**entry, "files": {**entry["files"], name: {"sha256": "0" * 64}}}
+        path.write_text(json.dumps(manifest))
     else:
         path.write_bytes(detail)
 
@@ -315,3 +326,105 @@ def test_server_request_sequences_keep_the_contract(server, requests, nan_for) -
             assert finished.error and "\n" not in finished.error
     manager = server.cache.manager
     assert manager.used == 0 and sorted(manager.free) == list(range(manager.num_blocks))
+
+
+# --- pipeline CLI arguments -------------------------------------------------------------------
+
+PIPELINE_FLAGS = st.sampled_from(
+    [
+        ["--max-new-tokens", "2"],
+        ["--max-new-tokens", "-1"],
+        ["--min-new-tokens", "5", "--max-new-tokens", "2"],
+        ["--sample", "--temperature", "1e-40"],
+        ["--sample", "--temperature", "1e-37"],
+        ["--sample", "--temperature", "nan"],
+        ["--sample", "--top-k", "0"],
+        ["--sample", "--top-p", "1.5"],
+        ["--repetition-penalty", "inf"],
+        ["--backend", "nope"],
+        ["--backend", "onnxruntime-paged"],
+        ["--arch", "nope"],
+        ["--kv-cache", "int3"],
+        ["--device", "GPU"],
+        ["--stop", ""],
+        ["--model-dir", "<tmp>/afile"],
+        ["--model-dir", "<tmp>/" + "x" * 300],
+        ["--model-dir", "<tmp>/none"],
+        ["--seed", "-3"],
+    ]
+)
+
+
+@settings(SETTINGS, max_examples=max(2, EXAMPLES // 2))
+@given(prompt=st.sampled_from(["hi", "", "\udcff", "x" * 2000]), flags=st.lists(PIPELINE_FLAGS, max_size=2))
+def test_pipeline_arguments_keep_the_contract(prompt, flags) -> None:
+    from proposals.text_pipeline.__main__ import main as pipeline
+
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "afile").write_text("keep")
+        argv = [prompt, "--max-new-tokens", "2", *(f.replace("<tmp>", scratch) for pair in flags for f in pair)]
+        before = _tree(Path(scratch))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = pipeline(argv)
+        _keeps_contract(status, err.getvalue(), argv)
+        assert _tree(Path(scratch)) == before
+
+
+# --- pipeline settings ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from proposals.text_pipeline import create_pipeline
+    from proposals.text_pipeline.folder import write_folder
+
+    return create_pipeline("onnxruntime", write_folder("llama", tmp_path_factory.mktemp("pipe") / "llama"))
+
+
+@st.composite
+def generation_config(draw):
+    """Any GenerationConfig the WG interface accepts (refused ones are the config's own one-line errors)."""
+    from proposals.text_pipeline.config import BeamSearchConfig
+
+    vocab = 512
+    beams = draw(st.integers(1, 3))
+    try:
+        return GenerationConfig(
+            max_new_tokens=draw(st.integers(1, 12)),
+            min_new_tokens=draw(st.integers(0, 3)),
+            eos_token_ids=frozenset(
+                draw(st.one_of(st.sets(st.integers(0, vocab - 1), max_size=3), st.just(set(range(vocab)))))
+            ),
+            stop_strings=frozenset(draw(st.sets(st.text(min_size=1, max_size=2), max_size=2))),
+            sampling_config=SamplingConfig(
+                do_sample=beams == 1 and draw(st.booleans()),
+                temperature=draw(TEMPERATURE),
+                top_k=draw(st.none() | st.integers(1, 600)),
+                top_p=draw(st.sampled_from([1.0, 0.5, 1e-9])),
+                repetition_penalty=draw(st.sampled_from([1.0, 1.3, 1e-30])),
+            ),
+            beam_search_config=BeamSearchConfig(num_beams=beams, num_return_sequences=draw(st.integers(1, beams))),
+        )
+    except UsageError:
+        return None
+
+
+@SETTINGS
+@given(
+    config=generation_config(),
+    prompts=st.lists(st.sampled_from(["hi", "The cache", "x" * 40, "ü"]), min_size=1, max_size=2),
+)
+def test_pipeline_settings_keep_the_contract(pipeline, config, prompts) -> None:
+    from proposals.text_pipeline import GenerationInput
+
+    assume(config is not None)  # else refused as a setting, in one line
+    try:
+        pipeline.set_generation_config(config)
+        results = pipeline.generate([GenerationInput(p) for p in prompts])
+    except UsageError as err:
+        assert "\n" not in str(err)
+        results = []
+    for result in results:
+        assert result.finish_reason in ("eos", "stop_string", "length")
+        assert all(0 <= t < 512 for t in result.token_ids)

@@ -87,8 +87,9 @@ class SamplingConfig:
         )
         _require(
             _finite(self.temperature) and self.temperature >= _FLOAT32_TINY,
-            f"temperature must be a finite float >= {_FLOAT32_TINY:.3g} (logits are divided by it in float32, "
-            f"where a smaller one is 0 or subnormal; use greedy decoding for the argmax), got {self.temperature!r}",
+            f"temperature must be a finite float > 0, at least {_FLOAT32_TINY:.3g} (logits are divided by it "
+            "in float32, where a smaller one is 0 or subnormal; use greedy decoding for the argmax), "
+            f"got {self.temperature!r}",
         )
         _optional_positive("top_k", self.top_k)
         _require(

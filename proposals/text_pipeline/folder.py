@@ -115,6 +115,8 @@ def _inside(folder: Path, name: str, what: str) -> Path:
     relative = PurePosixPath(name)
     if not name or relative.is_absolute() or ".." in relative.parts:
         raise UsageError(f"{what} must be a relative path inside the model folder (no '..', not absolute)")
+    if "\0" in name or any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in relative.parts):
+        raise UsageError(f"{what[:200]}…: a file name has at most 255 bytes and no NUL")
     target = folder / relative
     if not target.resolve().is_relative_to(folder.resolve()):
         raise UsageError(f"{what} is a symlink that leads outside the model folder; only files inside it are read")

@@ -190,7 +190,8 @@ def beam_search(runner: Runner, prompt: Sequence[int], config: GenerationConfig)
                 cont_tokens.append(token)
                 cont_scores.append(total[index])
         pool = sorted(pool, key=lambda h: -h.score)[:k]
-        if last or _pool_is_final(pool, max(cont_scores), step + 1, budget, beams):
+        # no continuation left (every candidate ended: e.g. every token is an EOS) is final too
+        if last or not cont_scores or _pool_is_final(pool, max(cont_scores), step + 1, budget, beams):
             break
         running = [running[r] + [t] for r, t in zip(cont_rows, cont_tokens, strict=True)]
         scores = np.asarray(cont_scores)

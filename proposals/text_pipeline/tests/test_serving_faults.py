@@ -67,7 +67,7 @@ def test_a_failing_request_finishes_with_an_error_and_the_others_go_on(healthy_t
 
 
 def test_a_degenerate_temperature_is_refused_as_a_setting():
-    with pytest.raises(UsageError, match="temperature must be a finite float >= 1.18e-38"):
+    with pytest.raises(UsageError, match="temperature must be a finite float > 0, at least 1.18e-38"):
         SamplingConfig(do_sample=True, temperature=1e-40)
     SamplingConfig(do_sample=True, temperature=1e-30)  # a tiny normal one is fine
 
@@ -134,3 +134,22 @@ def test_submit_refuses_eos_ids_outside_the_vocabulary(server):
     with pytest.raises(UsageError, match=rf"eos_token_ids \[{vocab}\] are not in the model's vocabulary"):
         server.submit([5, 6], GenerationConfig(max_new_tokens=3, eos_token_ids=frozenset({0, vocab})))
     assert not server.waiting
+
+
+def test_beam_search_ends_when_every_candidate_ends(tmp_path):
+    """Found by the hardening probes: with every token an EOS no beam continues, and the
+    search took max() of no scores (a ValueError traceback)."""
+    from proposals.text_pipeline import GenerationInput, create_pipeline
+    from proposals.text_pipeline.build import spec_from_model
+    from proposals.text_pipeline.config import BeamSearchConfig
+    from proposals.text_pipeline.folder import write_folder
+
+    folder = write_folder("llama", tmp_path / "llama")
+    pipeline = create_pipeline("onnxruntime", folder)
+    vocab = spec_from_model(onnx.load(folder / "model.onnx")).vocab_size
+    everything = frozenset(range(vocab))
+    pipeline.set_generation_config(
+        GenerationConfig(max_new_tokens=3, eos_token_ids=everything, beam_search_config=BeamSearchConfig(num_beams=2))
+    )
+    result = pipeline(GenerationInput("hi"))
+    assert len(result.token_ids) == 1 and result.token_ids[0] in everything and result.finish_reason == "eos"
