@@ -99,6 +99,7 @@ def test_moe_with_one_expert_bias(given_bias: str) -> None:
 
 def test_page_markers_resolve() -> None:
     markers = GENERATED.findall(PAGE.read_text())
-    assert markers == [("proposals.moe.grouped_matmul", "spec_markdown")]
-    text = getattr(importlib.import_module(markers[0][0]), markers[0][1])()
-    assert "GroupedMatMulND" in text and "group_indices" in text
+    assert markers == [("proposals.moe.grouped_matmul", "spec_markdown"), ("upstream.grouped_matmul", "page_markdown")]
+    spec, upstream = (getattr(importlib.import_module(module), name)() for module, name in markers)
+    assert "GroupedMatMulND" in spec and "group_indices" in spec
+    assert "ai.onnx GroupedMatMul-29" in upstream and "project reference | 11 of 11 pass" in upstream
