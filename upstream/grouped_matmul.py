@@ -327,7 +327,8 @@ def page_markdown(path: Path = RESULTS) -> str:
     lines += [
         "",
         "onnx-weekly's ReferenceEvaluator on GroupedMatMul-29 called inside a model-local function "
-        f"(the GroupedMatMulND wrapper, not inlined): **{_status(inside)}**. "
+        f"(the GroupedMatMulND wrapper, not inlined): **{inside['status']}** "
+        f"(`{inside.get('detail', '').split(': ')[0] or 'no error'}`: {inside.get('detail', '').partition(': ')[2]}) "
         + (
             "It builds the op's context-dependent body from the node's input types, which it has no "
             "shape inference for inside a function; `make upstream` inlines model-local functions "

@@ -69,3 +69,36 @@ def test_the_page_table_counts_and_links() -> None:
     assert "[tract-attention25-window-ignored](#tract-attention25-window-ignored)" in page
     assert "| `test_y` | a | divergence |" in page and "test_x` |" not in page
     assert "1. no" in page
+
+
+def _ulps(actual, expected) -> float:
+    """Largest difference in units of the expected value's last place (its own dtype's spacing)."""
+    import numpy as np
+
+    spacing = np.abs(np.spacing(expected.astype(np.float32)).astype(np.float64))
+    step = spacing * (2.0 ** (np.finfo(np.float32).nmant - _mantissa_bits(expected.dtype)))
+    return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)) / step))
+
+
+def _mantissa_bits(dtype) -> int:
+    return {"float16": 10, "bfloat16": 7}[dtype.name]
+
+
+@pytest.mark.parametrize(
+    ("case", "runtime"),
+    [("test_attention_4d_causal_fp16", OnnxRuntime), ("test_attention_4d_causal_bf16", None)],
+    ids=["onnxruntime-fp16", "openvino-bf16"],
+)
+def test_rounding_explanations_are_one_step(case: str, runtime) -> None:
+    """The KNOWN rows that say 'rounding only' hold: at most two steps of the output's dtype."""
+    import numpy as np
+
+    from generator.runtimes import OpenVinoRuntime
+
+    rt = (runtime or OpenVinoRuntime)()
+    assert "rounding only" in onnx_cases.known(case, rt.name)
+    (picked,) = [c for c in onnx_cases.node_cases(("Attention",)) if c.name == case]
+    (inputs, (expected,)) = picked.data_sets[0]
+    graph = picked.model.graph
+    got = rt.load_model(picked.model)({i.name: np.asarray(a) for i, a in zip(graph.input, inputs, strict=True)})
+    assert 0 < _ulps(got[graph.output[0].name], np.asarray(expected)) <= 2.0

@@ -83,11 +83,14 @@ ND_SCHEMA = OpSchema(
     inputs=(
         Parameter("input", "T", "[B..., K]", "Token rows with any number of batch axes."),
         Parameter("weights", "T", "[G, K, N]", "G stacked weight matrices."),
-        Parameter("group_indices", "tensor(int64)", "[B..., k] or [B...]", "Groups per row; no k axis means k = 1."),
+        Parameter("group_indices", "Tind", "[B..., k] or [B...]", "Groups per row; no k axis means k = 1."),
         Parameter("bias", "T", "[G, N]", "Per-group bias.", optional=True),
     ),
     outputs=(Parameter("output", "T", "group_indices.shape + [N]", "The RFC's result, batch axes restored."),),
-    type_constraints=(TypeConstraint("T", FLOATS, "Floating-point tensors."),),
+    type_constraints=(
+        TypeConstraint("T", FLOATS, "Floating-point tensors."),
+        TypeConstraint("Tind", INDICES, "Group indices."),
+    ),
 )
 
 

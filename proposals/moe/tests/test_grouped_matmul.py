@@ -99,6 +99,26 @@ def test_moe_with_one_expert_bias(given_bias: str) -> None:
 
 def test_page_markers_resolve() -> None:
     markers = GENERATED.findall(PAGE.read_text())
-    assert markers == [("proposals.moe.grouped_matmul", "spec_markdown")]
-    text = getattr(importlib.import_module(markers[0][0]), markers[0][1])()
-    assert "GroupedMatMulND" in text and "group_indices" in text
+    assert markers == [("proposals.moe.grouped_matmul", "spec_markdown"), ("upstream.grouped_matmul", "page_markdown")]
+    spec, upstream = (getattr(importlib.import_module(module), name)() for module, name in markers)
+    assert "GroupedMatMulND" in spec and "group_indices" in spec
+    assert "ai.onnx GroupedMatMul-29" in upstream and "project reference | 11 of 11 pass" in upstream
+
+
+def test_moe_body_on_onnx_groupedmatmul_29() -> None:
+    """moe_model(onnx_grouped_matmul=True): the MoE body calls ai.onnx GroupedMatMul-29 and
+    carries no GroupedMatMul body of its own (onnx-weekly runs it: make upstream)."""
+    rng = seeded(4)
+    arrays = {
+        "X": rng.randn(3, 4).astype(np.float32),
+        "router_weight": rng.randn(4, 3).astype(np.float32),
+        "fc1_weight": rng.randn(3, 4, 6).astype(np.float32),
+        "fc2_weight": rng.randn(3, 3, 4).astype(np.float32),
+    }
+    model = moe_model(arrays, {"k": 2}, onnx_grouped_matmul=True)
+    (body,) = [f for f in model.functions if f.name == "MoE"]
+    calls = [n for n in body.node if n.op_type == "GroupedMatMul"]
+    assert len(calls) == 2 and all(n.domain == "" for n in calls)
+    assert {(o.domain, o.version) for o in body.opset_import} >= {("", 29)}
+    assert {(o.domain, o.version) for o in model.opset_import} >= {("", 29)}
+    assert not any(f.name == "GroupedMatMul" for f in model.functions)
