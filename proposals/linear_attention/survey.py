@@ -167,7 +167,7 @@ def tiny_mixer(model_type: str, seed: int = 0):
     too, norm weights around 1)."""
     mixers = gated_delta_mixers()
     if model_type not in mixers:
-        valid = ", ".join(sorted(mixers))
+        valid = ", ".join(sorted([*mixers, *MAMBA2]))
         raise UsageError(f"unsupported recurrent family {model_type!r} for the converter; valid: {valid}")
     config = tiny_config(model_type)
     layer = config.layer_types.index("linear_attention")

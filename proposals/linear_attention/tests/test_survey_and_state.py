@@ -27,7 +27,8 @@ def test_converted_mixer_matches_transformers_over_prefill_and_decode(model_type
 def test_an_unsupported_family_is_one_line_naming_the_valid_ones() -> None:
     with pytest.raises(UsageError) as err:
         survey.tiny_mixer("mamba")
-    assert "valid: " in str(err.value) and "qwen3_next" in str(err.value) and "\n" not in str(err.value)
+    assert "valid: " in str(err.value) and "qwen3_next" in str(err.value) and "mamba2" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("family", survey.OTHERS, ids=lambda f: f.model_type)
