@@ -248,3 +248,138 @@ def zero_states(w: GatedDeltaWeights, batch: int) -> dict[str, np.ndarray]:
         "past_conv": np.zeros((batch, w.conv_channels, w.kernel - 1), np.float32),
         "past_state": np.zeros((batch, w.v_heads, w.d_k, w.d_v), np.float32),
     }
+
+
+# ------------------------------------------------------------------ Mamba-2 (SSD)
+@dataclass(frozen=True)
+class Mamba2Weights:
+    """One Mamba-2 mixer: in_proj splits into [z (I), xBC (I + 2*G*N), dt (H)]."""
+
+    w_in: np.ndarray  # (hidden, I + conv_channels + H)
+    b_in: np.ndarray | None
+    conv: np.ndarray  # (C, 1, K)
+    conv_bias: np.ndarray | None
+    a_log: np.ndarray  # (H,)
+    dt_bias: np.ndarray
+    d_skip: np.ndarray  # D, (H,)
+    norm: np.ndarray  # (I,)
+    w_out: np.ndarray
+    b_out: np.ndarray | None
+    heads: int
+    head_dim: int  # P: the op's d_v
+    state_size: int  # N: the op's d_k
+    groups: int
+    eps: float
+    dt_limit: tuple[float, float]
+
+    @property
+    def inner(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def conv_channels(self) -> int:
+        return self.conv.shape[0]
+
+    @property
+    def kernel(self) -> int:
+        return self.conv.shape[2]
+
+
+def _bias(linear) -> np.ndarray | None:
+    return None if linear.bias is None else linear.bias.detach().double().numpy()
+
+
+def mamba2_weights(mixer) -> Mamba2Weights:
+    """Read a transformers Mamba-2 mixer (``Mamba2Mixer`` and the hybrids' copies of it)."""
+    if getattr(mixer, "activation", "silu") != "silu":
+        raise UsageError(f"{type(mixer).__name__}: conv activation {mixer.activation!r}; valid: silu")
+    return Mamba2Weights(
+        w_in=_t(mixer.in_proj),
+        b_in=_bias(mixer.in_proj),
+        conv=mixer.conv1d.weight.detach().double().numpy(),
+        conv_bias=_bias(mixer.conv1d),
+        a_log=mixer.A_log.detach().double().numpy(),
+        dt_bias=mixer.dt_bias.detach().double().numpy(),
+        d_skip=mixer.D.detach().double().numpy(),
+        norm=mixer.norm.weight.detach().double().numpy(),
+        w_out=_t(mixer.out_proj),
+        b_out=_bias(mixer.out_proj),
+        heads=mixer.num_heads,
+        head_dim=mixer.head_dim,
+        state_size=mixer.ssm_state_size,
+        groups=mixer.n_groups,
+        eps=float(mixer.norm.variance_epsilon),
+        dt_limit=tuple(float(x) for x in mixer.time_step_limit),
+    )
+
+
+# --8<-- [start:mamba2]
+def mamba2_outputs(b, x: ir.Value, past_conv: ir.Value, past_state: ir.Value, w: Mamba2Weights, prefix: str = ""):
+    """Mamba-2's SSD as rule ``gated``: query = C, key = B (each group repeated to its heads),
+    value = dt * x, decay = dt * A per head, scale 1; then ``+ D * x``, the gated group RMSNorm
+    and out_proj. The state is (B, H, N, P): transformers' ssm_state transposed."""
+    op = b.op
+    weight = _Constants(b, prefix)
+
+    def linear(value: ir.Value, name: str, matrix, bias) -> ir.Value:
+        out = op.MatMul(value, weight(name, matrix))
+        return out if bias is None else op.Add(out, weight(f"{name}_bias", bias))
+
+    def heads(value: ir.Value, count: int, size: int) -> ir.Value:
+        return op.Reshape(value, weight.ints(f"shape_{count}x{size}", [0, 0, count, size]))
+
+    def flat(value: ir.Value) -> ir.Value:
+        return op.Reshape(value, weight.ints("shape_flat", [0, 0, -1]))
+
+    projected = linear(x, "w_in", w.w_in, w.b_in)
+    sizes = [w.inner, w.conv_channels, w.heads]
+    z, xbc, dt = op.Split(projected, weight.ints("in_split", sizes), axis=2, _outputs=3)
+    window = op.Concat(past_conv, op.Transpose(xbc, perm=[0, 2, 1]), axis=2)
+    conv_args = [window, weight("conv", w.conv)] + ([] if w.conv_bias is None else [weight("conv_bias", w.conv_bias)])
+    convolved = op.Conv(*conv_args, group=w.conv_channels, kernel_shape=[w.kernel])
+    present_conv = op.Slice(
+        window, weight.ints("conv_start", [1 - w.kernel]), weight.ints("conv_end", [2**62]), weight.ints("axis2", [2])
+    )
+    convolved = op.Transpose(op.Mul(convolved, op.Sigmoid(convolved)), perm=[0, 2, 1])  # SiLU, (B, seq, C)
+    group_width = w.groups * w.state_size
+    hidden, key, query = op.Split(
+        convolved, weight.ints("xbc_split", [w.inner, group_width, group_width]), axis=2, _outputs=3
+    )
+
+    def per_head(value: ir.Value) -> ir.Value:  # (B, seq, G*N) -> (B, seq, H*N), group g serves H/G heads
+        value = op.Unsqueeze(heads(value, w.groups, w.state_size), weight.ints("axis3", [3]))
+        repeat = weight.ints("repeat", [1, 1, 1, w.heads // w.groups, 1])
+        return flat(op.Expand(value, repeat))
+
+    dt = op.Softplus(op.Add(dt, weight("dt_bias", w.dt_bias)))
+    low, high = w.dt_limit
+    if (low, high) != (0.0, float("inf")):
+        dt = op.Clip(dt, weight("dt_min", low), weight("dt_max", high))
+    decay = op.Mul(dt, weight("a", -np.exp(w.a_log)))  # (B, seq, H)
+    value = flat(op.Mul(heads(hidden, w.heads, w.head_dim), op.Unsqueeze(dt, weight.ints("last", [-1]))))
+    core, present_state = op.LinearAttention(
+        per_head(query), per_head(key), value, past_state, decay,
+        q_num_heads=w.heads, kv_num_heads=w.heads, update_rule="gated", scale=1.0, _outputs=2,
+    )  # fmt: skip
+    skip = op.Mul(heads(hidden, w.heads, w.head_dim), weight("d_skip", w.d_skip.reshape(w.heads, 1)))
+    y = op.Add(core, flat(skip))
+    # MambaRMSNormGated (norm after the gate): y * SiLU(z), RMS over each group, times the weight.
+    gated = op.Mul(y, op.Mul(z, op.Sigmoid(z)))
+    group = w.inner // w.groups
+    normed = op.RMSNormalization(heads(gated, w.groups, group), weight("ones", np.ones(group)), axis=-1, epsilon=w.eps)
+    output = linear(op.Mul(flat(normed), weight("norm", w.norm)), "w_out", w.w_out, w.b_out)
+    return output, present_conv, present_state
+
+
+# --8<-- [end:mamba2]
+
+
+def mamba2_model(w: Mamba2Weights) -> onnx.ModelProto:
+    b = graph_builder("mamba2_mixer", {"": OPSET})
+    x = b.input("hidden_states", FLOAT, ["batch", "seq", w.w_in.shape[0]])
+    past_conv = b.input("past_conv", FLOAT, ["batch", w.conv_channels, w.kernel - 1])
+    past_state = b.input("past_state", FLOAT, ["batch", w.heads, w.state_size, w.head_dim])
+    outputs = mamba2_outputs(b, x, past_conv, past_state, w)
+    for value, name in zip(outputs, ("output", "present_conv", "present_state"), strict=True):
+        b.add_output(value, name)
+    return builder_model(b)

@@ -66,29 +66,19 @@ OTHERS = (
         "scale 1; its output norm and sigmoid gate are standard ops. Not converted here",
     ),
     Family(
-        "mamba2",
-        "Mamba2Mixer",
-        "expressible",
-        "the SSD scan is rule gated: query = C, key = B (n_groups repeated to the heads), value = dt * x, "
-        "decay = dt * A per head, scale 1, plus the D skip; HF stores the state as (B, H, head_dim, d_state), "
-        "the op's transpose. Not converted here",
-    ),
-    Family("bamba", "BambaMixer", "expressible", "a Mamba-2 mixer (see mamba2) beside attention layers"),
-    Family("granitemoehybrid", "GraniteMoeHybridMambaLayer", "expressible", "a Mamba-2 mixer (see mamba2)"),
-    Family("nemotron_h", "NemotronHMamba2Mixer", "expressible", "a Mamba-2 mixer (see mamba2)"),
-    Family(
-        "falcon_h1",
-        "FalconH1Mixer",
-        "expressible",
-        "a Mamba-2 mixer (see mamba2) with its muP multipliers on the projections (standard Mul)",
-    ),
-    Family(
         "mamba",
         "MambaMixer",
         "refused",
         "Mamba-1's selective scan decays each state element by exp(dt[d] * A[d, n]): the decay depends on the "
         "value channel d as well as the key index n, and LinearAttention-27 decays whole key rows only "
         "(per head or per key dimension)",
+    ),
+    Family(
+        "falcon_h1",
+        "FalconH1Mixer",
+        "expressible",
+        "a Mamba-2 mixer with muP scalings (ssm_in_multiplier on the input, mup_vector on the projections: "
+        "standard Mul) and, by default, no RMSNorm before out_proj (mamba_rms_norm=False). Not converted here",
     ),
     Family("falcon_mamba", "FalconMambaMixer", "refused", "a Mamba-1 selective scan (see mamba)"),
     Family("jamba", "JambaMambaMixer", "refused", "its recurrent layers are Mamba-1 selective scans (see mamba)"),
@@ -113,6 +103,30 @@ OTHERS = (
         "RWKV-4's WKV is a ratio of two per-channel recurrences with a bonus u for the current token and a "
         "running max for stability; the op has no normaliser and reads the current token with the same weight",
     ),
+)
+
+
+# Mamba-2 (SSD) mixers: model type -> (mixer class, tiny config fields). The hybrids copy
+# Mamba2Mixer under their own names and config fields.
+_MAMBA_SIZES = {"hidden_size": 16, "num_hidden_layers": 2, "vocab_size": 64, "num_attention_heads": 2}
+MAMBA2 = {
+    "mamba2": ("Mamba2Mixer", {"num_heads": 4, "head_dim": 8, "state_size": 6, "n_groups": 2, "expand": 2}),
+    "bamba": (
+        "BambaMixer",
+        {"mamba_n_heads": 4, "mamba_d_head": 8, "mamba_d_state": 6, "mamba_n_groups": 2, "mamba_expand": 2},
+    ),
+    "granitemoehybrid": (
+        "GraniteMoeHybridMambaLayer",
+        {"mamba_n_heads": 4, "mamba_d_head": 8, "mamba_d_state": 6, "mamba_n_groups": 2, "mamba_expand": 2},
+    ),
+    "nemotron_h": (
+        "NemotronHMamba2Mixer",
+        {"mamba_num_heads": 4, "mamba_head_dim": 8, "ssm_state_size": 6, "n_groups": 2, "expand": 2},
+    ),
+}
+MAMBA2_NOTE = (
+    "the SSD scan is rule gated: query = C, key = B (each group repeated to its heads), value = dt * x, "
+    "decay = dt * A per head, scale 1, then + D * x; the state is transformers' ssm_state transposed"
 )
 
 
@@ -153,7 +167,7 @@ def tiny_mixer(model_type: str, seed: int = 0):
     too, norm weights around 1)."""
     mixers = gated_delta_mixers()
     if model_type not in mixers:
-        valid = ", ".join(sorted(mixers))
+        valid = ", ".join(sorted([*mixers, *MAMBA2]))
         raise UsageError(f"unsupported recurrent family {model_type!r} for the converter; valid: {valid}")
     config = tiny_config(model_type)
     layer = config.layer_types.index("linear_attention")
@@ -167,6 +181,21 @@ def module_output(mixer, hidden_states: np.ndarray) -> np.ndarray:
     reference = float64_copy(mixer)
     with float64_mode():
         return reference(torch.from_numpy(hidden_states.astype(np.float64))).numpy()
+
+
+def tiny_mamba2(model_type: str, seed: int = 0):
+    """The family's Mamba-2 mixer, built from a tiny config, seeded (norm weights around 1)."""
+    if model_type not in MAMBA2:
+        raise UsageError(f"no Mamba-2 mixer for {model_type!r}; valid: {', '.join(sorted(MAMBA2))}")
+    name, fields = MAMBA2[model_type]
+    configs = importlib.import_module(f"transformers.models.{model_type}.configuration_{model_type}")
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    config_cls = next(
+        cls for _, cls in inspect.getmembers(configs, inspect.isclass)
+        if cls.__module__ == configs.__name__ and getattr(cls, "model_type", None) == model_type
+    )  # fmt: skip
+    config = config_cls(**_MAMBA_SIZES, **fields)
+    return load_seeded(getattr(modeling, name)(config, layer_idx=0).eval(), seed, 0.5, centre=norm_centre)
 
 
 @dataclass(frozen=True)
@@ -183,13 +212,23 @@ def check_family(model_type: str, seed: int = 0) -> Check:
     from generator.ort import session
     from proposals.linear_attention import hf
 
-    mixer = tiny_mixer(model_type, seed)
-    weights = hf.gated_delta_weights(mixer)
-    model = hf.mixer_model(weights)
+    if model_type in MAMBA2:
+        mixer = tiny_mamba2(model_type, seed)
+        weights = hf.mamba2_weights(mixer)
+        model = hf.mamba2_model(weights)
+        state_shape = (2, weights.heads, weights.state_size, weights.head_dim)
+    else:
+        mixer = tiny_mixer(model_type, seed)
+        weights = hf.gated_delta_weights(mixer)
+        model = hf.mixer_model(weights)
+        state_shape = (2, weights.v_heads, weights.d_k, weights.d_v)
     sess = session(model)
     hidden = seeded(seed + 1).randn(2, PREFILL + DECODE, mixer.hidden_size).astype(np.float32)
     expected = module_output(mixer, hidden)
-    states = hf.zero_states(weights, batch=2)
+    states = {
+        "past_conv": np.zeros((2, weights.conv_channels, weights.kernel - 1), np.float32),
+        "past_state": np.zeros(state_shape, np.float32),
+    }
     pieces = []
     for start, stop in [(0, PREFILL), *((t, t + 1) for t in range(PREFILL, PREFILL + DECODE))]:
         output, conv, state = sess.run(None, {"hidden_states": hidden[:, start:stop], **states})
@@ -210,8 +249,24 @@ def check_family(model_type: str, seed: int = 0) -> Check:
 
 @cache
 def survey() -> tuple[list[Check], list[Family]]:
-    """Every discovered gated-delta family checked, then the other recurrent families."""
-    return [check_family(t) for t in sorted(gated_delta_mixers())], list(OTHERS)
+    """Every discovered gated-delta family and every Mamba-2 family checked (a Mamba-2 hybrid
+    whose mixer does not convert is listed with the converter's reason), then the other
+    recurrent families."""
+    checks = [check_family(t) for t in sorted(gated_delta_mixers())]
+    others = []
+    for model_type in sorted(MAMBA2):
+        try:
+            result = check_family(model_type)
+        except Exception as err:  # noqa: BLE001 - a mixer the converter cannot read is data
+            reason = f"{MAMBA2_NOTE}; not converted: {type(err).__name__}: {str(err).splitlines()[0]}"
+            others.append(Family(model_type, MAMBA2[model_type][0], "expressible", reason))
+            continue
+        if result.max_abs_error <= 1e-5 + 1e-5 * result.max_abs_output:
+            checks.append(result)
+        else:
+            reason = f"{MAMBA2_NOTE}; the converter's output differs by {result.max_abs_error:.1e}"
+            others.append(Family(model_type, MAMBA2[model_type][0], "expressible", reason))
+    return checks, others + list(OTHERS)
 
 
 def module_steps(model_type: str, hidden_states: np.ndarray, chunks: list[int], seed: int = 0):

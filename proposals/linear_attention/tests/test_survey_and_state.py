@@ -17,7 +17,7 @@ def test_the_gated_delta_families_the_issue_expects_are_discovered() -> None:
     assert {"qwen3_next", "qwen3_5", "qwen3_5_moe"} <= set(MIXERS)
 
 
-@pytest.mark.parametrize("model_type", MIXERS)
+@pytest.mark.parametrize("model_type", [*MIXERS, *sorted(survey.MAMBA2)])
 def test_converted_mixer_matches_transformers_over_prefill_and_decode(model_type: str) -> None:
     check = survey.check_family(model_type)
     assert check.nodes["LinearAttention"] == 1 and check.nodes["Conv"] == 1
@@ -27,7 +27,8 @@ def test_converted_mixer_matches_transformers_over_prefill_and_decode(model_type
 def test_an_unsupported_family_is_one_line_naming_the_valid_ones() -> None:
     with pytest.raises(UsageError) as err:
         survey.tiny_mixer("mamba")
-    assert "valid: " in str(err.value) and "qwen3_next" in str(err.value) and "\n" not in str(err.value)
+    assert "valid: " in str(err.value) and "qwen3_next" in str(err.value) and "mamba2" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("family", survey.OTHERS, ids=lambda f: f.model_type)
