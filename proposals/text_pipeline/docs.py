@@ -456,7 +456,14 @@ def real_agreement_table() -> str:
             continue
         equal = ", ".join(f"{r['equal']}/{r['new_tokens']}" for r in runs)
         split = [r for r in runs if r["first_divergence"] is not None]
-        where = ", ".join(f"prompt {r['prompt'] + 1}: token {r['first_divergence']}" for r in split) or "none"
+        where = (
+            ", ".join(
+                f"prompt {r['prompt'] + 1}: token {r['first_divergence']}"
+                + (" (EOS)" if r.get("at_reference_eos") else "")
+                for r in split
+            )
+            or "none"
+        )
         gaps = ", ".join(f"{r['top2_gap']:.3f}" for r in split) or "–"
         rows.append([f"`{model}`", backend, equal, where, gaps])
     header = ["model", "backend", "equal tokens (4 prompts)", "first divergence", "top-2 gap there"]
@@ -466,6 +473,10 @@ def real_agreement_table() -> str:
 def real_agreement_summary() -> str:
     """How many model × backend × prompt runs are token-identical, of those that run."""
     runs = [r for r in _agreement_rows() if "error" not in r]
+    at_eos = sum(bool(r.get("at_reference_eos")) for r in runs)
     same = sum(r["first_divergence"] is None for r in runs)
     tokens = sum(r["new_tokens"] for r in runs)
-    return f"{same} of {len(runs)} runs ({sum(r['equal'] for r in runs)} of {tokens} tokens)"
+    return (
+        f"{same} of {len(runs)} runs ({sum(r['equal'] for r in runs)} of {tokens} tokens); "
+        f"{at_eos} of the others part at the reference's EOS"
+    )

@@ -165,7 +165,7 @@ def top2_gap(runner, ids: list[int]) -> float:
     return float(top[1] - top[0])
 
 
-def agreement_row(backend: str, pipeline, prompt: dict, runner) -> dict:
+def agreement_row(backend: str, pipeline, prompt: dict, runner, eos: frozenset[int] = frozenset()) -> dict:
     """One backend on one prompt against the reference tokens."""
     ref = prompt["tokens"]
     start = time.perf_counter()
@@ -183,6 +183,9 @@ def agreement_row(backend: str, pipeline, prompt: dict, runner) -> dict:
     if diverge is not None:
         row["top2_gap"] = top2_gap(runner, prompt["prompt_ids"] + ref[:diverge])
         row["tokens_there"] = {"backend": ours[diverge], "reference": ref[diverge]}
+        # ORT GenAI and OpenVINO GenAI ban their built-in EOS ids until min_new_tokens, where
+        # the shared Generator runs on past the EOS the reference produced
+        row["at_reference_eos"] = ref[diverge] in eos
     return row
 
 
@@ -205,7 +208,8 @@ def agreement(name: str, reference: dict, backends=BACKENDS) -> list[dict]:
             print(f"{name} / {backend}: {err}", flush=True)
             continue
         for i, prompt in enumerate(reference["prompts"]):
-            row = {"model": name, "prompt": i, **agreement_row(backend, pipeline, prompt, runner)}
+            eos = model_folder.config.eos_token_ids
+            row = {"model": name, "prompt": i, **agreement_row(backend, pipeline, prompt, runner, eos)}
             rows.append(row)
             print(f"{name} / {backend} / prompt {i}: {row['equal']}/{row['new_tokens']} equal", flush=True)
         del pipeline
