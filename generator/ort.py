@@ -13,7 +13,11 @@ ERROR = 3
 
 
 def session(
-    model: onnx.ModelProto | bytes | Path | str, *, threads: int = 2, log_severity: int = WARNING
+    model: onnx.ModelProto | bytes | Path | str,
+    *,
+    threads: int = 2,
+    log_severity: int = WARNING,
+    external_data: Path | None = None,
 ) -> ort.InferenceSession:
     """A CPU session with thread-pool spinning off.
 
@@ -24,6 +28,10 @@ def session(
     optimization not activated, copying past_cache to present_cache", is what the KV-cache
     proposal is about. A caller that runs such a graph with a plain ``run()`` on purpose
     (a copying baseline, a check of values only) passes ``log_severity=ERROR`` and says why.
+
+    ``external_data`` is the folder a model's external-data locations are relative to, for a
+    model read without its weights (``ModelFolder.read`` of an exported checkpoint): onnxruntime
+    then reads the weights from there instead of a second copy in memory.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -31,6 +39,8 @@ def session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = log_severity
+    if external_data is not None:  # a model in memory whose weights stay in its folder's data file
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data))
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, Path):

@@ -2,7 +2,12 @@
 
 Streams the generated text as tokens are produced. The model folder defaults to the
 zoo's (``zoo/text_pipeline/<arch>_decoder``); when the zoo is not written yet the same
-files are built into a temporary folder. Bad arguments: one line on stderr, exit 2.
+files are built into a temporary folder. ``--model smollm2-135m-instruct`` (or
+``gemma3-270m``) runs a packaged checkpoint, exported once into ``build/exports/``;
+``--chat`` applies the folder's chat template to the prompt.
+
+``python -m proposals.text_pipeline export (--gguf FILE | --hf FOLDER) --out DIR`` exports a
+checkpoint into a pipeline model folder. Bad arguments: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from pathlib import Path
 
 from generator.errors import UsageError
 from proposals.text_pipeline.cache_formats import cache_format, cache_format_names
+from proposals.text_pipeline.chat import chat_prompt
+from proposals.text_pipeline.checkpoints import checkpoint, checkpoint_names, exported_folder
 from proposals.text_pipeline.config import GenerationInput, SamplingConfig
 from proposals.text_pipeline.factory import Device, backend_names, create_pipeline, enumerate_devices
 from proposals.text_pipeline.families import ARCHITECTURES
@@ -31,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(backend_names())}")
     p.add_argument("--arch", default="llama", help=f"zoo model: {', '.join(ARCHITECTURES)}")
     p.add_argument("--model-dir", type=Path, help="a pipeline model folder (overrides --arch)")
+    p.add_argument("--model", help=f"a packaged checkpoint: {', '.join(checkpoint_names())} (overrides --arch)")
+    p.add_argument("--chat", action="store_true", help="apply the model's chat template to the prompt")
     p.add_argument("--device", default=None, help="device identifier (default: the backend's first)")
     p.add_argument(
         "--kv-cache",
@@ -50,25 +59,62 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _export_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m proposals.text_pipeline export",
+        description="export a checkpoint into a pipeline model folder",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gguf", type=Path, help="a GGUF checkpoint file")
+    source.add_argument("--hf", type=Path, help="a transformers checkpoint folder (config.json + weights)")
+    p.add_argument("--out", type=Path, required=True, help="the folder to write (new, empty, or a previous export)")
+    return p
+
+
+def export_main(argv: list[str]) -> int:
+    from proposals.text_pipeline.export import export_checkpoint
+
+    try:
+        args = _export_parser().parse_args(argv)
+        out = export_checkpoint(gguf=args.gguf, hf=args.hf, out=args.out)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
 def _model_dir(args, scratch: Path) -> Path:
+    if args.model_dir is not None and args.model is not None:
+        raise UsageError("give --model or --model-dir, not both")
     if args.model_dir is not None:
         return args.model_dir
+    if args.model is not None:
+        return exported_folder(args.model)
     if args.arch not in ARCHITECTURES:
         raise UsageError(f"unknown --arch {args.arch!r}; valid: {', '.join(ARCHITECTURES)}")
     return zoo_folder(args.arch) or write_folder(args.arch, scratch / args.arch)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     try:
         args = _parser().parse_args(argv)
         prompt = GenerationInput(args.prompt)  # a prompt that is not UTF-8 fails first
+        if args.model is not None:
+            checkpoint(args.model)  # an unknown name fails before anything is exported
         devices = enumerate_devices(args.backend)  # an unknown backend fails before any model is built
         device = args.device
         if args.kv_cache is not None:
             cache_format(args.kv_cache)  # an unknown format too
             device = Device(args.device or devices[0].identifier, {"kv_cache": args.kv_cache})
         with tempfile.TemporaryDirectory() as scratch:
-            pipeline = create_pipeline(args.backend, _model_dir(args, Path(scratch)), device)
+            model_dir = _model_dir(args, Path(scratch))
+            pipeline = create_pipeline(args.backend, model_dir, device)
+            if args.chat:
+                prompt = GenerationInput(chat_prompt(model_dir, prompt.text))
             base = pipeline.get_generation_config()
             pipeline.set_generation_config(
                 base.with_(

@@ -11,7 +11,7 @@ negligible), side by side in one process.
 from __future__ import annotations
 
 from generator.bench import plot_ratios, time_interleaved, write_json
-from proposals.text_pipeline import bench_serving, kv_cache_report, throughput
+from proposals.text_pipeline import bench_serving, kv_cache_report, real_models, throughput
 from proposals.text_pipeline.build import build_decoder
 from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.runners import OrtRunner
@@ -82,6 +82,8 @@ def main(quick: bool = False) -> None:
     throughput.main(quick)  # every engine side by side on a larger model
     bench_serving.main(quick)  # the paged serving loop (bench/serving.json)
     kv_cache_report.main(quick)  # agreement and memory of each KV-cache format: bench/kv_cache.json
+    if not quick:  # every backend on the packaged checkpoints: bench/real_agreement.json
+        real_models.write_agreement()
 
 
 def cache_bench(quick: bool) -> None:

@@ -9,12 +9,14 @@ reused while its ``pipeline.json`` records the same sha256.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,14 +186,34 @@ def exported_folder(name: str, progress: Progress = stderr_progress) -> Path:
     use. An existing folder is reused only when its ``pipeline.json`` records the
     checkpoint's sha256 (an interrupted export leaves no such folder: it is written beside
     it and renamed into place)."""
-    from proposals.text_pipeline.export import export_checkpoint, exported_sha256
+    from proposals.text_pipeline.export import exported_sha256
 
     ckpt = checkpoint(name)
     target = export_dir(name)
     if exported_sha256(target) == ckpt.sha256:
         return target
-    gguf = checkpoint_file(name, progress)
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+    with _locked(EXPORT_DIR / f".{name}.lock"):  # parallel test workers export once
+        if exported_sha256(target) == ckpt.sha256:
+            return target
+        return _export(name, target, progress)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _export(name: str, target: Path, progress: Progress) -> Path:
+    from proposals.text_pipeline.export import export_checkpoint, exported_sha256
+
+    ckpt = checkpoint(name)
+    gguf = checkpoint_file(name, progress)
     scratch = target.with_name(f".{target.name}.{os.getpid()}.partial")
     shutil.rmtree(scratch, ignore_errors=True)
     try:

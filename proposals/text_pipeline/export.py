@@ -57,9 +57,20 @@ class Source:
     sha256: str  # of the GGUF file; for a folder, of its config.json and weight files' hashes
     architecture: str  # transformers model_type
     model: str | None = None  # the named checkpoint (checkpoints.CHECKPOINTS), when it is one
+    path: str | None = None  # where another checkpoint was read (absolute), for the transformers backend
 
     def to_json(self) -> dict:
         return {k: v for k, v in vars(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> Source:
+        try:
+            source = cls(**data)
+        except TypeError:
+            source = None
+        if source is None or not all(isinstance(getattr(source, k), str) for k in ("kind", "file", "sha256")):
+            raise UsageError(f"{where}: bad 'source'; expected kind, file, sha256, architecture (as export writes)")
+        return source
 
 
 def _supported_gguf() -> str:
@@ -140,12 +151,41 @@ def named_model(sha256: str) -> str | None:
 def gguf_source(path: Path) -> Source:
     arch = gguf_architecture(path)
     sha = file_sha256(path)
-    return Source("gguf", path.name, sha, arch, named_model(sha))
+    name = named_model(sha)
+    return Source("gguf", path.name, sha, arch, name, None if name else str(path.resolve()))
 
 
 def hf_source(folder: Path) -> Source:
     config = hf_config(folder)
-    return Source("transformers", folder.resolve().name, folder_sha256(folder), config.model_type)
+    return Source(
+        "transformers", folder.resolve().name, folder_sha256(folder), config.model_type, None, str(folder.resolve())
+    )
+
+
+# --8<-- [start:source_checkpoint]
+def source_checkpoint(source: Source, where: str) -> Path:
+    """The checkpoint an export came from, found again (a named model through its package,
+    another by the path recorded) and checked against the sha256 ``pipeline.json`` records."""
+    from proposals.text_pipeline.checkpoints import checkpoint_file
+
+    if source.model is not None:
+        path = checkpoint_file(source.model)  # checks the package's file against its own sha256
+    elif source.path is not None and Path(source.path).exists():
+        path = Path(source.path)
+    else:
+        raise UsageError(
+            f"{where}: the source checkpoint {source.file} is not at {source.path}; export the folder again"
+        )
+    actual = file_sha256(path) if source.kind == "gguf" else folder_sha256(path)
+    if actual != source.sha256:
+        raise UsageError(
+            f"{path}: sha256 {actual} does not match the {source.sha256} that {where} records; "
+            "these are not the folder's weights (export the folder again)"
+        )
+    return path
+
+
+# --8<-- [end:source_checkpoint]
 
 
 def load_checkpoint(path: Path, source: Source):
@@ -243,9 +283,8 @@ def export_checkpoint(
         raise UsageError("give one checkpoint: --gguf FILE or --hf FOLDER")
     out = Path(out)
     check_out(out)
+    source = gguf_source(Path(gguf)) if gguf is not None else hf_source(Path(hf))  # bad input: one line
     step = _Steps(progress)
-    step("checking the checkpoint (header, sha256)")
-    source = gguf_source(Path(gguf)) if gguf is not None else hf_source(Path(hf))
     step(f"loading {source.file} with transformers (float32, {source.architecture})")
     model, tokenizer = load_checkpoint(Path(gguf if gguf is not None else hf), source)
     step("building the ONNX decoder")

@@ -20,7 +20,7 @@ from generator.zoo import case_dir
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import BeamSearchConfig, GenerationConfig, SamplingConfig, StopCriteria
 from proposals.text_pipeline.families import tiny_model
-from proposals.text_pipeline.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_json
+from proposals.text_pipeline.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, load_tokenizer, tokenizer_json
 
 PIPELINE_FILE = "pipeline.json"
 FORMAT = "onnx-genai-proposals/text_pipeline/1"
@@ -62,6 +62,9 @@ class ModelFolder:
     tokenizer_json: bytes
     config: GenerationConfig
     manifest: dict = field(repr=False)
+    # the folder, when model.onnx keeps its weights in an external data file there: the
+    # decoder is then read without them, and runtimes read them from the file
+    external_data: Path | None = None
 
     @classmethod
     def read(cls, path: str | Path) -> ModelFolder:
@@ -75,10 +78,30 @@ class ModelFolder:
             )
         _inside(path, PIPELINE_FILE, f"{meta_path}: the folder's own {PIPELINE_FILE}")
         manifest = _read_manifest(meta_path)
-        decoder = _read_decoder(_named_file(path, manifest, "decoder"))
+        decoder_path = _named_file(path, manifest, "decoder")
+        decoder, external = _read_decoder(decoder_path)
         tokenizer_path = _named_file(path, manifest, "tokenizer")
         tokenizer = _read_tokenizer(tokenizer_path, spec_from_model(decoder).vocab_size)
-        return cls(path, decoder, tokenizer, config_from_json(manifest["generation_config"]), manifest)
+        config = config_from_json(manifest["generation_config"])
+        return cls(path, decoder, tokenizer, config, manifest, decoder_path.parent if external else None)
+
+
+def special_tokens(folder: ModelFolder) -> dict[str, str]:
+    """The BOS, EOS and pad tokens' text: an export's own (``special_tokens`` ids in
+    ``pipeline.json``; pad falls back to EOS), or the project tokenizer's for a zoo folder."""
+    ids = folder.manifest.get("special_tokens")
+    if not isinstance(ids, dict):
+        return {"bos": BOS_TOKEN, "eos": EOS_TOKEN, "pad": PAD_TOKEN}
+    tokenizer = load_tokenizer(folder.tokenizer_json)
+    text = {
+        k: tokenizer.id_to_token(i) if isinstance(i := ids.get(f"{k}_token_id"), int) else None
+        for k in ("bos", "eos", "pad")
+    }
+    if None in (text["bos"], text["eos"]):
+        raise UsageError(
+            f"{folder.path / PIPELINE_FILE}: special_tokens needs bos_token_id and eos_token_id of the tokenizer"
+        )
+    return {**text, "pad": text["pad"] or text["eos"]}
 
 
 def _named_file(folder: Path, manifest: dict, key: str) -> Path:
@@ -121,23 +144,40 @@ def _read_manifest(meta_path: Path) -> dict:
     return manifest
 
 
-def _read_decoder(model_path: Path) -> onnx.ModelProto:
-    """The decoder ``pipeline.json`` names, parsed and recognised as a text_pipeline decoder."""
+def _read_decoder(model_path: Path) -> tuple[onnx.ModelProto, bool]:
+    """The decoder ``pipeline.json`` names, parsed and recognised as a text_pipeline decoder,
+    without its external data (checked to lie inside the folder, whole); and whether it has any."""
     if not model_path.is_file():
         raise UsageError(f"{model_path}: no such file ({PIPELINE_FILE} names it as the decoder)")
     try:
-        model = onnx.load(model_path)
+        model = onnx.load(model_path, load_external_data=False)
     except DecodeError:
         raise UsageError(f"{model_path}: not an ONNX model (protobuf parse failed)") from None
-    except (onnx.checker.ValidationError, OSError) as err:
-        # onnx itself refuses external data outside the model's folder (.., absolute, symlinks)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"{model_path}: cannot read its external data ({reason})") from None
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor in external:
+        _check_external_data(model_path, tensor)
     try:
         spec_from_model(model)
     except UsageError as err:
         raise UsageError(f"{model_path}: {err}") from None
-    return model
+    return model, bool(external)
+
+
+def _check_external_data(model_path: Path, tensor: onnx.TensorProto) -> None:
+    """An initializer's external data: a file inside the model's folder that holds its bytes."""
+    info = {e.key: e.value for e in tensor.external_data}
+    what = f"{model_path}: cannot read its external data (tensor {tensor.name!r}"
+    try:
+        data = _inside(model_path.parent, info.get("location", ""), f"{what}, location {info.get('location')!r})")
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise UsageError(f"{what}: offset/length are not integers)") from None
+    if not data.is_file():
+        raise UsageError(f"{what}: no file {info['location']!r} in the folder)")
+    length = data.stat().st_size - offset if length is None else length
+    if length < 0 or offset < 0 or offset + length > data.stat().st_size:
+        raise UsageError(f"{what}: bytes {offset}..{offset + length} lie outside {info['location']!r})")
 
 
 def _read_tokenizer(tokenizer_path: Path, vocab_size: int) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,12 +28,16 @@ from proposals.text_pipeline.cache_formats import cache_buffers
 class OrtRunner:
     """onnxruntime CPU runner with the cache updated in place through IOBinding."""
 
-    def __init__(self, model: onnx.ModelProto, *, inplace: bool = True, threads: int = 2) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, *, inplace: bool = True, threads: int = 2, external_data: Path | None = None
+    ) -> None:
         self.spec: DecoderSpec = spec_from_model(model)
         self.buffers = cache_buffers(model)  # past_* inputs: names, element types, dims
         # The copying runner is the bench's baseline: it copies the cache on purpose, so
         # onnxruntime's TensorScatter copy warning would repeat at every step.
-        self.session = session(model, threads=threads, log_severity=WARNING if inplace else ERROR)
+        self.session = session(
+            model, threads=threads, log_severity=WARNING if inplace else ERROR, external_data=external_data
+        )
         self.inplace = inplace
         self.vocab_size = self.spec.vocab_size
         self.max_positions = self.spec.max_positions

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -60,6 +61,7 @@ class PagedCache:
         *,
         threads: int = 2,
         share_prefixes: bool = True,
+        external_data: Path | None = None,
     ) -> None:
         self.spec: DecoderSpec = spec_from_model(decoder)
         if self.spec.circular:
@@ -69,7 +71,7 @@ class PagedCache:
             )
         self.manager = BlockManager(num_blocks, block_size, share_prefixes=share_prefixes)
         paged = to_paged(decoder, num_blocks=num_blocks, block_size=block_size)
-        self.session = session(paged, threads=threads)
+        self.session = session(paged, threads=threads, external_data=external_data)
         shape = (num_blocks, block_size, self.spec.num_kv_heads, self.spec.head_dim)
         layers = range(self.spec.num_layers)
         self.pools = {f"{kind}_cache.{i}": np.zeros(shape, np.float32) for i in layers for kind in ("key", "value")}

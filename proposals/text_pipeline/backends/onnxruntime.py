@@ -23,7 +23,9 @@ def create(model_dir: Path, device: Device) -> Pipeline:
     folder = ModelFolder.read(model_dir)
     decoder = for_onnxruntime(folder.decoder, str(device.config.get("moe", "inline")))  # MoE decoders only
     decoder = with_cache_format(decoder, str(device.config.get("kv_cache", FLOAT32)))
-    runner = OrtRunner(decoder, inplace=bool(device.config.get("inplace_cache", True)))
+    runner = OrtRunner(
+        decoder, inplace=bool(device.config.get("inplace_cache", True)), external_data=folder.external_data
+    )
     return Pipeline(RunnerEngine(runner), load_tokenizer(folder.tokenizer_json), folder.config)
 
 

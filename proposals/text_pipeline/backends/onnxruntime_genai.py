@@ -22,6 +22,8 @@ one run.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,12 +38,12 @@ from generator.errors import UsageError
 from proposals.text_pipeline.build import DecoderSpec, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.factory import Device, register_backend
-from proposals.text_pipeline.folder import ModelFolder
+from proposals.text_pipeline.folder import ModelFolder, special_tokens
 from proposals.text_pipeline.generation import SequenceState
 from proposals.text_pipeline.masked_window import masked_linear
 from proposals.text_pipeline.pipeline import Pipeline
 from proposals.text_pipeline.reference import Decode, check_context, finish_reason
-from proposals.text_pipeline.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, load_tokenizer
+from proposals.text_pipeline.tokenizer import load_tokenizer
 
 NAME = "onnxruntime-genai"
 
@@ -80,18 +82,18 @@ def position_ids_decoder(model: onnx.ModelProto) -> onnx.ModelProto:
     return ir.serde.serialize_model(adapted)
 
 
-def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int], tokenizer) -> dict:
+def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int], tokenizer, tokens: dict[str, str]) -> dict:
     """``genai_config.json`` for the adapted decoder (shared past/present buffers); the BOS
-    and pad ids are the tokenizer's own."""
+    and pad ids are the tokenizer's own (``tokens``: the folder's ``special_tokens``)."""
     spec = spec_from_model(model)
     return {
         "model": {
             "type": GENAI_MODEL_TYPES.get(spec.model_type, spec.model_type),
             "context_length": spec.max_positions,
             "vocab_size": spec.vocab_size,
-            "bos_token_id": tokenizer.token_to_id(BOS_TOKEN),
+            "bos_token_id": tokenizer.token_to_id(tokens["bos"]),
             "eos_token_id": sorted(eos_token_ids),
-            "pad_token_id": tokenizer.token_to_id(PAD_TOKEN),
+            "pad_token_id": tokenizer.token_to_id(tokens["pad"]),
             "decoder": {
                 "filename": "model.onnx",
                 "head_size": spec.head_dim,
@@ -123,21 +125,43 @@ def genai_config(model: onnx.ModelProto, eos_token_ids: Sequence[int], tokenizer
 def write_genai_folder(folder: ModelFolder, target: Path) -> None:
     """model.onnx (adapted), tokenizer files and genai_config.json in ``target``."""
     tokenizer = load_tokenizer(folder.tokenizer_json)
-    eos = sorted(folder.config.eos_token_ids) or [tokenizer.token_to_id(EOS_TOKEN)]
+    tokens = special_tokens(folder)
+    eos = sorted(folder.config.eos_token_ids) or [tokenizer.token_to_id(tokens["eos"])]
     # ORT GenAI 0.18 binds one cache shape to every layer: mixed decoders' rings become masked linear buffers
     onnx.save(position_ids_decoder(masked_linear(folder.decoder)), target / "model.onnx")
+    for location in external_locations(folder):  # the folder's own data file, linked (ORT refuses symlinks)
+        source = folder.external_data / location
+        try:
+            os.link(source, target / location)
+        except OSError:  # another file system: copied
+            shutil.copyfile(source, target / location)
     (target / "tokenizer.json").write_bytes(folder.tokenizer_json)
     (target / "tokenizer_config.json").write_text(
         json.dumps(
             {
                 "tokenizer_class": "PreTrainedTokenizerFast",
-                "bos_token": BOS_TOKEN,
-                "eos_token": EOS_TOKEN,
-                "pad_token": PAD_TOKEN,
+                "bos_token": tokens["bos"],
+                "eos_token": tokens["eos"],
+                "pad_token": tokens["pad"],
             }
         )
     )
-    (target / "genai_config.json").write_text(json.dumps(genai_config(folder.decoder, eos, tokenizer), indent=2))
+    (target / "genai_config.json").write_text(
+        json.dumps(genai_config(folder.decoder, eos, tokenizer, tokens), indent=2)
+    )
+
+
+def external_locations(folder: ModelFolder) -> set[str]:
+    """The external data files the folder's decoder names (none for a zoo folder)."""
+    if folder.external_data is None:
+        return set()
+    return {
+        e.value
+        for t in folder.decoder.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
 
 
 class OrtGenaiEngine:
@@ -149,7 +173,7 @@ class OrtGenaiEngine:
 
         self.og = og
         self.spec = spec_from_model(folder.decoder)
-        self.pad_id = load_tokenizer(folder.tokenizer_json).token_to_id(PAD_TOKEN)
+        self.pad_id = load_tokenizer(folder.tokenizer_json).token_to_id(special_tokens(folder)["pad"])
         with tempfile.TemporaryDirectory(prefix="ortgenai-") as scratch:  # read only while loading
             write_genai_folder(folder, Path(scratch))
             self.model = og.Model(scratch)

@@ -35,16 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from generator.errors import UsageError
-from proposals.text_pipeline.backends.transformers import recipe_architecture
+from proposals.text_pipeline.backends.transformers import folder_model
 from proposals.text_pipeline.build import decoder_spec, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.factory import Device, register_backend
-from proposals.text_pipeline.families import tiny_model
-from proposals.text_pipeline.folder import PIPELINE_FILE, ModelFolder
+from proposals.text_pipeline.folder import ModelFolder, special_tokens
 from proposals.text_pipeline.generation import SequenceState
 from proposals.text_pipeline.pipeline import Pipeline
 from proposals.text_pipeline.reference import Decode, check_context, finish_reason
-from proposals.text_pipeline.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer
+from proposals.text_pipeline.tokenizer import load_tokenizer
 
 NAME = "openvino-genai"
 PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
@@ -134,20 +133,56 @@ def write_openvino_folder(folder: ModelFolder, target: Path, hf_model=None) -> N
     from openvino_tokenizers import convert_tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    hf_model = tiny_model(recipe_architecture(folder)) if hf_model is None else hf_model
-    if decoder_spec(hf_model.config) != spec_from_model(folder.decoder):
+    if hf_model is None:
+        hf_model = folder_model(folder)  # the folder's weights, checked
+    elif decoder_spec(hf_model.config) != spec_from_model(folder.decoder):
         raise UsageError(
-            f"{folder.path}: the transformers recipe in {PIPELINE_FILE} does not describe model.onnx "
-            "(shapes differ); rebuild the folder"
+            f"{folder.path}: the transformers module given does not describe model.onnx (shapes differ); "
+            "rebuild the folder"
         )
     ov.save_model(openvino_model(hf_model), target / "openvino_model.xml")
     hf_tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=load_tokenizer(folder.tokenizer_json), eos_token=EOS_TOKEN, pad_token=PAD_TOKEN
+        tokenizer_object=load_tokenizer(folder.tokenizer_json),
+        eos_token=special_tokens(folder)["eos"],
+        pad_token=special_tokens(folder)["pad"],
     )
     tokenizer, detokenizer = convert_tokenizer(hf_tokenizer, with_detokenizer=True)
     ov.save_model(tokenizer, target / "openvino_tokenizer.xml")
     ov.save_model(detokenizer, target / "openvino_detokenizer.xml")
     (target / "config.json").write_text(json.dumps(hf_model.config.to_dict(), default=str))
+
+
+# --8<-- [start:native_gguf]
+GGUF_NATIVE = ("llama", "qwen2", "qwen3")  # the architectures OpenVINO GenAI's GGUF reader takes
+
+
+def native_gguf(folder: ModelFolder) -> Path | None:
+    """The GGUF checkpoint an exported folder came from (sha256 checked) when OpenVINO GenAI
+    reads its architecture natively; None for a zoo folder. Any other GGUF architecture is
+    converted from the same float32 weights, which stops at a sliding window (refused in
+    ``openvino_model``, naming both reasons)."""
+    from proposals.text_pipeline.export import Source, source_checkpoint
+
+    if "source" not in folder.manifest:
+        return None
+    where = str(folder.path / "pipeline.json")
+    source = Source.from_json(folder.manifest["source"], where)
+    if source.kind != "gguf":
+        return None
+    if source.architecture in GGUF_NATIVE:
+        return source_checkpoint(source, where)
+    spec = spec_from_model(folder.decoder)
+    if spec.circular:
+        raise UsageError(
+            f"the openvino-genai backend cannot run {source.file}: OpenVINO GenAI reads GGUF for "
+            f"{', '.join(GGUF_NATIVE)} only (this is {source.architecture}), and converting its float32 weights "
+            f"stops at the sliding window ({spec.sliding_window} tokens: transformers' sliding cache "
+            "layer does not trace); supported: GGUF llama, qwen2, qwen3, or models without a sliding window"
+        )
+    return None
+
+
+# --8<-- [end:native_gguf]
 
 
 class OpenVinoGenaiEngine:
@@ -162,6 +197,11 @@ class OpenVinoGenaiEngine:
 
         self.ov, self.ovg = ov, ovg
         self.spec = spec_from_model(folder.decoder)
+        gguf = native_gguf(folder) if hf_model is None else None
+        if gguf is not None:  # OpenVINO GenAI reads the folder's source checkpoint itself
+            self.pipe = ovg.LLMPipeline(str(gguf), "CPU", scheduler_config=self.scheduler(), **properties)
+            self.batched = ovg.ContinuousBatchingPipeline(str(gguf), self.scheduler(), "CPU", properties)
+            return
         with tempfile.TemporaryDirectory(prefix="ovgenai-") as scratch:  # read only while loading
             write_openvino_folder(folder, Path(scratch), hf_model)
             self.pipe = ovg.LLMPipeline(scratch, "CPU", scheduler_config=self.scheduler(), **properties)

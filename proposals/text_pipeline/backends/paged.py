@@ -31,7 +31,8 @@ def _cache(folder: ModelFolder, num_blocks: object, block_size: object) -> Paged
             raise UsageError(f"{name} must be a positive integer, got {value!r}")
     size = block_size or DEFAULT_BLOCK_SIZE
     context = spec_from_model(folder.decoder).max_positions
-    return PagedCache(folder.decoder, num_blocks or DEFAULT_SEQUENCES * -(-context // size), size)
+    blocks = num_blocks or DEFAULT_SEQUENCES * -(-context // size)
+    return PagedCache(folder.decoder, blocks, size, external_data=folder.external_data)
 
 
 def create(model_dir: Path, device: Device) -> Pipeline:
