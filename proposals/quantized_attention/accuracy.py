@@ -278,10 +278,12 @@ def held_out_text(page: str = HELD_OUT_PAGE) -> str:
     return "\n\n".join(p for p in paragraphs if not p.startswith(("```", "<!--", "|")))
 
 
-def _batch_greedy(model: onnx.ModelProto, prompts: list[list[int]], steps: int) -> list[list[int]]:
+def _batch_greedy(
+    model: onnx.ModelProto, prompts: list[list[int]], steps: int, weights: Path | None
+) -> list[list[int]]:
     from proposals.text_pipeline.runners import OrtRunner
 
-    runner = OrtRunner(model)
+    runner = OrtRunner(model, external_data=weights)
     runner.start(len(prompts), max(map(len, prompts)) + steps)
     logits, tokens = runner.append(prompts), []
     for _ in range(steps):
@@ -290,11 +292,11 @@ def _batch_greedy(model: onnx.ModelProto, prompts: list[list[int]], steps: int) 
     return [list(row) for row in zip(*tokens, strict=True)]
 
 
-def _prefill_outputs(model: onnx.ModelProto, ids: list[int]) -> dict[str, np.ndarray]:
-    """Every output of one prefill of ``ids`` into empty caches (plain run)."""
+def _prefill_outputs(model: onnx.ModelProto, ids: list[int], weights: Path | None) -> dict[str, np.ndarray]:
+    """Every output of one prefill of ``ids`` into empty caches (plain run: it copies on purpose)."""
     from proposals.text_pipeline.cache_formats import cache_buffers
 
-    sess = session(model)
+    sess = session(model, log_severity=3, external_data=weights)
     feeds = {f"past_{b.name}": np.zeros(b.shape(1, len(ids)), b.numpy_dtype) for b in cache_buffers(model)}
     feeds |= {"input_ids": np.array([ids], np.int64), "write_indices": np.array([0], np.int64)}
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
@@ -332,10 +334,11 @@ def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.
     prompts = [tokenizer.encode(p).ids for p in CHECKPOINT_PROMPTS[: 2 if quick else None]]
     steps = 8 if quick else NEW_TOKENS
     text = tokenizer.encode(held_out_text()).ids[: 48 if quick else HELD_OUT_TOKENS]
-    reference_tokens = _batch_greedy(base, prompts, steps)
-    fp32_logits = _prefill_outputs(base, text)["logits"][0]
+    weights = folder.external_data  # model.onnx.data beside the export; rewrites keep the references
+    reference_tokens = _batch_greedy(base, prompts, steps, weights)
+    fp32_logits = _prefill_outputs(base, text, weights)["logits"][0]
     exposed, names = _expose_cache_rows(base)
-    sample = _prefill_outputs(exposed, [t for p in prompts for t in p])
+    sample = _prefill_outputs(exposed, [t for p in prompts for t in p], weights)
     magnitudes = key_channel_magnitudes(sample, names)
     rows = [
         {
@@ -354,8 +357,8 @@ def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.
             continue
         quants = {n: _quant(dtype, k_gran if n.startswith("key") else v_gran, sample[v]) for n, v in names}
         quantized = quantize_cache_writes(base, quants, spec.head_dim)
-        tokens = _batch_greedy(quantized, prompts, steps)
-        logits = _prefill_outputs(quantized, text)["logits"][0]
+        tokens = _batch_greedy(quantized, prompts, steps, weights)
+        logits = _prefill_outputs(quantized, text, weights)["logits"][0]
         equal = [sum(a == b for a, b in zip(t, r, strict=True)) for t, r in zip(tokens, reference_tokens, strict=True)]
         rows.append(
             {
