@@ -318,7 +318,19 @@ def key_channel_magnitudes(sample: dict[str, np.ndarray], names: list[tuple[str,
     return np.stack([np.abs(k).max(axis=(0, 1, 2)) for k in keys])
 
 
-def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.ndarray]:
+# The configs that answer the KIVI question and the int8 choice: what a shorter run keeps.
+KIVI_CONFIGS = (
+    "int8 K per_token / V per_token",
+    "int8 K per_token_group / V per_token_group",
+    "int4 K per_token / V per_token",
+    "int4 K per_channel / V per_token",
+    "int4 K per_token_group / V per_token_group",
+)
+
+
+def checkpoint_study(
+    name: str, *, quick: bool = False, only: tuple[str, ...] | None = None, prompts_used: int | None = None
+) -> tuple[list[dict], np.ndarray]:
     """Every config on a packaged checkpoint: greedy agreement over ``NEW_TOKENS`` tokens on the
     16 prompts (batched, in place), KL(fp32 || quantized) and perplexity, teacher-forced over
     ``HELD_OUT_TOKENS`` tokens of the held-out page. Static scales come from the float32
@@ -331,7 +343,7 @@ def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.
     folder = ModelFolder.read(exported_folder(name))
     base, spec = folder.decoder, spec_from_model(folder.decoder)
     tokenizer = load_tokenizer(folder.tokenizer_json)
-    prompts = [tokenizer.encode(p).ids for p in CHECKPOINT_PROMPTS[: 2 if quick else None]]
+    prompts = [tokenizer.encode(p).ids for p in CHECKPOINT_PROMPTS[: 2 if quick else prompts_used]]
     steps = 8 if quick else NEW_TOKENS
     text = tokenizer.encode(held_out_text()).ids[: 48 if quick else HELD_OUT_TOKENS]
     weights = folder.external_data  # model.onnx.data beside the export; rewrites keep the references
@@ -349,7 +361,8 @@ def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.
             "perplexity": _round(_perplexity(fp32_logits, text)),
         }
     ]
-    for label, dtype, k_gran, v_gran in configs()[:2] if quick else configs():
+    chosen = [c for c in configs() if only is None or c[0] in only]
+    for label, dtype, k_gran, v_gran in chosen[:2] if quick else chosen:
         if "per_token_group" in (k_gran, v_gran) and spec.head_dim % reference.GROUP:
             rows.append(
                 {"model": name, "config": label, "skipped": f"head_dim {spec.head_dim} is not a multiple of 32"}
@@ -394,23 +407,34 @@ def plot_key_channels(name: str, magnitudes: np.ndarray) -> Path:
     return path
 
 
+# Per checkpoint: (configs, prompts). Gemma 3's 262,144-token vocabulary makes each config
+# several times dearer, so a shared 2-core machine runs its KIVI subset on 8 prompts.
+CHECKPOINT_SCOPE = {"smollm2-135m-instruct": (None, None), "gemma3-270m": (KIVI_CONFIGS, 8)}
+
+
 def checkpoints_main(quick: bool = False) -> None:
-    """``bench/accuracy_checkpoints.json`` and the key-magnitude plots (``make bench``)."""
-    rows = []
-    for name in CHECKPOINTS:
-        study, magnitudes = checkpoint_study(name, quick=quick)
+    """``bench/accuracy_checkpoints.json`` and the key-magnitude plots (``make bench``); the
+    JSON is rewritten after each checkpoint, so a long run keeps what it finished."""
+    rows, scope = [], {}
+    for name, (only, prompts_used) in CHECKPOINT_SCOPE.items():
+        study, magnitudes = checkpoint_study(name, quick=quick, only=only, prompts_used=prompts_used)
         median = np.median(magnitudes, axis=1)
         outliers = (magnitudes.max(axis=1) / median).round(2).tolist()
         rows += study
         rows.append({"model": name, "key_channel_outlier_ratio_per_layer": outliers})
-        if not quick:
-            plot_key_channels(name, magnitudes)
-    if not quick:
+        scope[name] = {
+            "configs": "all" if only is None else list(only),
+            "prompts": prompts_used or len(CHECKPOINT_PROMPTS),
+        }
+        if quick:
+            continue
+        plot_key_channels(name, magnitudes)
         setup = {
             "new_tokens": NEW_TOKENS,
             "prompts": list(CHECKPOINT_PROMPTS),
             "held_out": HELD_OUT_PAGE,
             "held_out_tokens": HELD_OUT_TOKENS,
+            "scope": scope,
         }
         bench.write_json(TOPIC, "accuracy_checkpoints", rows, setup)
 
