@@ -279,14 +279,17 @@ def roofline(row: dict, weight_bytes: dict[str, float], cache_bytes_per_token: f
 
 
 def main(
-    quick: bool = False, cells: dict[str, list[tuple[int, int]]] | None = None, only: set[str] | None = None
+    quick: bool = False,
+    cells: dict[str, list[tuple[int, int]]] | None = None,
+    only: set[str] | None = None,
+    new_tokens: int = NEW_TOKENS,
 ) -> None:
     from proposals.text_pipeline.cache_formats import cache_bytes_per_token
     from proposals.text_pipeline.checkpoints import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     plan = {"smollm2-135m-instruct": [(16, 1)]} if quick else (cells or FULL_CELLS)
-    new_tokens, rounds = (4, 1) if quick else (NEW_TOKENS, 3)
+    new_tokens, rounds = (4, 1) if quick else (new_tokens, 3)
     bandwidth = memory_bandwidth_gbs()
     rows = []
     for name, model_cells in plan.items():
@@ -356,6 +359,7 @@ if __name__ == "__main__":  # pragma: no cover
     elif "--cells" in sys.argv:  # e.g. --cells smollm2-135m-instruct:128x1,1024x1
         spec = sys.argv[sys.argv.index("--cells") + 1]
         name, cells = spec.split(":")
-        main(cells={name: [tuple(int(x) for x in c.split("x")) for c in cells.split(",")]})
+        tokens = int(sys.argv[sys.argv.index("--new-tokens") + 1]) if "--new-tokens" in sys.argv else NEW_TOKENS
+        main(cells={name: [tuple(int(x) for x in c.split("x")) for c in cells.split(",")]}, new_tokens=tokens)
     else:
         main(quick="--quick" in sys.argv)
