@@ -278,10 +278,12 @@ def held_out_text(page: str = HELD_OUT_PAGE) -> str:
     return "\n\n".join(p for p in paragraphs if not p.startswith(("```", "<!--", "|")))
 
 
-def _batch_greedy(model: onnx.ModelProto, prompts: list[list[int]], steps: int) -> list[list[int]]:
+def _batch_greedy(
+    model: onnx.ModelProto, prompts: list[list[int]], steps: int, weights: Path | None
+) -> list[list[int]]:
     from proposals.text_pipeline.runners import OrtRunner
 
-    runner = OrtRunner(model)
+    runner = OrtRunner(model, external_data=weights)
     runner.start(len(prompts), max(map(len, prompts)) + steps)
     logits, tokens = runner.append(prompts), []
     for _ in range(steps):
@@ -290,11 +292,11 @@ def _batch_greedy(model: onnx.ModelProto, prompts: list[list[int]], steps: int) 
     return [list(row) for row in zip(*tokens, strict=True)]
 
 
-def _prefill_outputs(model: onnx.ModelProto, ids: list[int]) -> dict[str, np.ndarray]:
-    """Every output of one prefill of ``ids`` into empty caches (plain run)."""
+def _prefill_outputs(model: onnx.ModelProto, ids: list[int], weights: Path | None) -> dict[str, np.ndarray]:
+    """Every output of one prefill of ``ids`` into empty caches (plain run: it copies on purpose)."""
     from proposals.text_pipeline.cache_formats import cache_buffers
 
-    sess = session(model)
+    sess = session(model, log_severity=3, external_data=weights)
     feeds = {f"past_{b.name}": np.zeros(b.shape(1, len(ids)), b.numpy_dtype) for b in cache_buffers(model)}
     feeds |= {"input_ids": np.array([ids], np.int64), "write_indices": np.array([0], np.int64)}
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
@@ -316,7 +318,19 @@ def key_channel_magnitudes(sample: dict[str, np.ndarray], names: list[tuple[str,
     return np.stack([np.abs(k).max(axis=(0, 1, 2)) for k in keys])
 
 
-def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.ndarray]:
+# The configs that answer the KIVI question and the int8 choice: what a shorter run keeps.
+KIVI_CONFIGS = (
+    "int8 K per_token / V per_token",
+    "int8 K per_token_group / V per_token_group",
+    "int4 K per_token / V per_token",
+    "int4 K per_channel / V per_token",
+    "int4 K per_token_group / V per_token_group",
+)
+
+
+def checkpoint_study(
+    name: str, *, quick: bool = False, only: tuple[str, ...] | None = None, prompts_used: int | None = None
+) -> tuple[list[dict], np.ndarray]:
     """Every config on a packaged checkpoint: greedy agreement over ``NEW_TOKENS`` tokens on the
     16 prompts (batched, in place), KL(fp32 || quantized) and perplexity, teacher-forced over
     ``HELD_OUT_TOKENS`` tokens of the held-out page. Static scales come from the float32
@@ -329,13 +343,14 @@ def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.
     folder = ModelFolder.read(exported_folder(name))
     base, spec = folder.decoder, spec_from_model(folder.decoder)
     tokenizer = load_tokenizer(folder.tokenizer_json)
-    prompts = [tokenizer.encode(p).ids for p in CHECKPOINT_PROMPTS[: 2 if quick else None]]
+    prompts = [tokenizer.encode(p).ids for p in CHECKPOINT_PROMPTS[: 2 if quick else prompts_used]]
     steps = 8 if quick else NEW_TOKENS
     text = tokenizer.encode(held_out_text()).ids[: 48 if quick else HELD_OUT_TOKENS]
-    reference_tokens = _batch_greedy(base, prompts, steps)
-    fp32_logits = _prefill_outputs(base, text)["logits"][0]
+    weights = folder.external_data  # model.onnx.data beside the export; rewrites keep the references
+    reference_tokens = _batch_greedy(base, prompts, steps, weights)
+    fp32_logits = _prefill_outputs(base, text, weights)["logits"][0]
     exposed, names = _expose_cache_rows(base)
-    sample = _prefill_outputs(exposed, [t for p in prompts for t in p])
+    sample = _prefill_outputs(exposed, [t for p in prompts for t in p], weights)
     magnitudes = key_channel_magnitudes(sample, names)
     rows = [
         {
@@ -346,7 +361,8 @@ def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.
             "perplexity": _round(_perplexity(fp32_logits, text)),
         }
     ]
-    for label, dtype, k_gran, v_gran in configs()[:2] if quick else configs():
+    chosen = [c for c in configs() if only is None or c[0] in only]
+    for label, dtype, k_gran, v_gran in chosen[:2] if quick else chosen:
         if "per_token_group" in (k_gran, v_gran) and spec.head_dim % reference.GROUP:
             rows.append(
                 {"model": name, "config": label, "skipped": f"head_dim {spec.head_dim} is not a multiple of 32"}
@@ -354,8 +370,8 @@ def checkpoint_study(name: str, *, quick: bool = False) -> tuple[list[dict], np.
             continue
         quants = {n: _quant(dtype, k_gran if n.startswith("key") else v_gran, sample[v]) for n, v in names}
         quantized = quantize_cache_writes(base, quants, spec.head_dim)
-        tokens = _batch_greedy(quantized, prompts, steps)
-        logits = _prefill_outputs(quantized, text)["logits"][0]
+        tokens = _batch_greedy(quantized, prompts, steps, weights)
+        logits = _prefill_outputs(quantized, text, weights)["logits"][0]
         equal = [sum(a == b for a, b in zip(t, r, strict=True)) for t, r in zip(tokens, reference_tokens, strict=True)]
         rows.append(
             {
@@ -391,23 +407,34 @@ def plot_key_channels(name: str, magnitudes: np.ndarray) -> Path:
     return path
 
 
+# Per checkpoint: (configs, prompts). Gemma 3's 262,144-token vocabulary makes each config
+# several times dearer, so a shared 2-core machine runs its KIVI subset on 8 prompts.
+CHECKPOINT_SCOPE = {"smollm2-135m-instruct": (None, None), "gemma3-270m": (KIVI_CONFIGS, 8)}
+
+
 def checkpoints_main(quick: bool = False) -> None:
-    """``bench/accuracy_checkpoints.json`` and the key-magnitude plots (``make bench``)."""
-    rows = []
-    for name in CHECKPOINTS:
-        study, magnitudes = checkpoint_study(name, quick=quick)
+    """``bench/accuracy_checkpoints.json`` and the key-magnitude plots (``make bench``); the
+    JSON is rewritten after each checkpoint, so a long run keeps what it finished."""
+    rows, scope = [], {}
+    for name, (only, prompts_used) in CHECKPOINT_SCOPE.items():
+        study, magnitudes = checkpoint_study(name, quick=quick, only=only, prompts_used=prompts_used)
         median = np.median(magnitudes, axis=1)
         outliers = (magnitudes.max(axis=1) / median).round(2).tolist()
         rows += study
         rows.append({"model": name, "key_channel_outlier_ratio_per_layer": outliers})
-        if not quick:
-            plot_key_channels(name, magnitudes)
-    if not quick:
+        scope[name] = {
+            "configs": "all" if only is None else list(only),
+            "prompts": prompts_used or len(CHECKPOINT_PROMPTS),
+        }
+        if quick:
+            continue
+        plot_key_channels(name, magnitudes)
         setup = {
             "new_tokens": NEW_TOKENS,
             "prompts": list(CHECKPOINT_PROMPTS),
             "held_out": HELD_OUT_PAGE,
             "held_out_tokens": HELD_OUT_TOKENS,
+            "scope": scope,
         }
         bench.write_json(TOPIC, "accuracy_checkpoints", rows, setup)
 

@@ -122,3 +122,75 @@ def key_granularity_verdict() -> str:
             f"On the tiny {model} decoder it {verdict} (KL {channel:.3g} per channel vs {token:.3g} per token)."
         )
     return " ".join(parts)
+
+
+def _checkpoint_rows() -> list[dict]:
+    return [r for r in _json("accuracy_checkpoints")["rows"] if "config" in r]
+
+
+def checkpoint_accuracy_table() -> str:
+    """Per packaged checkpoint and config: greedy agreement, KL(fp32 ‖ quantized) and perplexity."""
+    models = list(dict.fromkeys(r["model"] for r in _checkpoint_rows()))
+    by = {(r["model"], r["config"]): r for r in _checkpoint_rows()}
+    configs = list(dict.fromkeys(r["config"] for r in _checkpoint_rows()))
+
+    def cell(row: dict | None) -> str:
+        if row is None or "skipped" in row:
+            return "—" if row is None else row["skipped"]
+        return f"{row['token_agreement']:.0%} · {row['kl']:.3g} · {row['perplexity']:.4g}"
+
+    rows = [[config, *(cell(by.get((m, config))) for m in models)] for config in configs]
+    return markdown_table(
+        ["config", *(f"{m}: agreement · KL · perplexity" for m in models)], rows, align="l" + "r" * len(models)
+    )
+
+
+def checkpoint_setup() -> str:
+    """Prompts, tokens and the held-out text of the checkpoint study."""
+    setup = _json("accuracy_checkpoints")["setup"]
+    scope = "; ".join(
+        f"{model}: {s['prompts']} prompts, "
+        + ("every config" if s["configs"] == "all" else f"the {len(s['configs'])} configs of the KIVI question")
+        for model, s in setup["scope"].items()
+    )
+    return (
+        f"{setup['new_tokens']} greedy tokens per prompt ({scope}); KL and perplexity teacher-forced "
+        f"over the first {setup['held_out_tokens']} tokens of the paragraphs of `{setup['held_out']}`"
+    )
+
+
+def kivi_verdict() -> str:
+    """Does KIVI's claim (per-channel keys beat per-token keys at 4 bits) hold on each checkpoint?"""
+    by = {(r["model"], r["config"]): r for r in _checkpoint_rows()}
+    parts = []
+    for model in dict.fromkeys(r["model"] for r in _checkpoint_rows()):
+        channel = by[(model, "int4 K per_channel / V per_token")]
+        token = by[(model, "int4 K per_token / V per_token")]
+        wins = channel["kl"] < token["kl"] and channel["perplexity"] <= token["perplexity"]
+        parts.append(
+            f"{model}: {'yes' if wins else 'no'}, int4 keys per channel (values per token) reach KL "
+            f"{channel['kl']:.3g} and perplexity {channel['perplexity']:.4g}, per token KL {token['kl']:.3g} "
+            f"and perplexity {token['perplexity']:.4g} (agreement {channel['token_agreement']:.0%} against "
+            f"{token['token_agreement']:.0%})"
+        )
+    return "; ".join(parts)
+
+
+def best_checkpoint_config() -> str:
+    """The config with the lowest KL on each checkpoint, and its agreement."""
+    parts = []
+    for model in dict.fromkeys(r["model"] for r in _checkpoint_rows()):
+        rows = [r for r in _checkpoint_rows() if r["model"] == model and r["config"] != "float32" and "kl" in r]
+        best = min(rows, key=lambda r: r["kl"])
+        parts.append(f"{model}: {best['config']} (KL {best['kl']:.3g}, agreement {best['token_agreement']:.0%})")
+    return "; ".join(parts)
+
+
+def key_outliers() -> str:
+    """Per checkpoint: the range over layers of max / median per-channel key magnitude."""
+    parts = []
+    for r in _json("accuracy_checkpoints")["rows"]:
+        if "key_channel_outlier_ratio_per_layer" in r:
+            ratios = r["key_channel_outlier_ratio_per_layer"]
+            parts.append(f"{r['model']}: {min(ratios):.1f}–{max(ratios):.1f}× over its {len(ratios)} layers")
+    return "; ".join(parts)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -85,9 +86,9 @@ def workload(n: int, seed: int = SEED) -> list[Job]:
     return jobs
 
 
-def contiguous(decoder: onnx.ModelProto, jobs: list[Job]) -> tuple[dict, list[list[int]]]:
+def contiguous(decoder: onnx.ModelProto, jobs: list[Job], weights: Path | None = None) -> tuple[dict, list[list[int]]]:
     """Static batches of SEQUENCES on max-length buffers: stats and every job's tokens."""
-    runner = OrtRunner(decoder, threads=THREADS)
+    runner = OrtRunner(decoder, threads=THREADS, external_data=weights)
     clock = SessionClock(runner.session)
     tokens: list[list[int]] = []
     steps = cached = 0
@@ -130,10 +131,14 @@ def contiguous(decoder: onnx.ModelProto, jobs: list[Job]) -> tuple[dict, list[li
     return stats, tokens
 
 
-def paged(decoder: onnx.ModelProto, jobs: list[Job], share_prefixes: bool) -> tuple[dict, list[list[int]]]:
+def paged(
+    decoder: onnx.ModelProto, jobs: list[Job], share_prefixes: bool, weights: Path | None = None
+) -> tuple[dict, list[list[int]]]:
     """Every job submitted at once to a PagedServer on a pool of the same budget."""
     blocks = SEQUENCES * CONTEXT // BLOCK_SIZE
-    cache = PagedCache(decoder, blocks, BLOCK_SIZE, threads=THREADS, share_prefixes=share_prefixes)
+    cache = PagedCache(
+        decoder, blocks, BLOCK_SIZE, threads=THREADS, share_prefixes=share_prefixes, external_data=weights
+    )
     clock = SessionClock(cache.session)
     server = PagedServer(cache)
     start, cpu = time.perf_counter(), time.process_time()
@@ -178,16 +183,16 @@ def simulated(jobs: list[Job], seed: int = SEED) -> list[dict]:
     return simulate.rows(results)
 
 
-def measure(decoder: onnx.ModelProto, jobs: list[Job], repeats: int) -> list[dict]:
+def measure(decoder: onnx.ModelProto, jobs: list[Job], repeats: int, weights: Path | None = None) -> list[dict]:
     """The three policies, interleaved ``repeats`` times; tokens/s from the median wall time,
     and per CPU second of this process (steadier on a shared machine: onnxruntime runs on
     the calling thread). Every paged run's tokens are checked against the contiguous run's."""
     runs: dict[str, list[dict]] = {}
     for _ in range(repeats):
-        base, expected = contiguous(decoder, jobs)
+        base, expected = contiguous(decoder, jobs, weights)
         runs.setdefault(base["policy"], []).append(base)
         for share in (False, True):
-            stats, tokens = paged(decoder, jobs, share)
+            stats, tokens = paged(decoder, jobs, share, weights)
             wrong = [i for i, (a, b) in enumerate(zip(tokens, expected, strict=True)) if a != b]
             if wrong:
                 raise AssertionError(f"{stats['policy']}: requests {wrong[:5]} differ from the contiguous run")
@@ -243,3 +248,34 @@ def main(quick: bool = False) -> None:
         "simulated": sim,
     }
     write_json(TOPIC, "serving", rows, setup)
+
+
+def checkpoint_main(name: str = "smollm2-135m-instruct", repeats: int = 1) -> None:
+    """The same 128-request workload on a packaged checkpoint (its weights, the same budget of
+    2,048 slots and context 256): ``bench/serving_checkpoint.json``."""
+    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.folder import ModelFolder
+
+    folder = ModelFolder.read(exported_folder(name))
+    jobs = workload(128)
+    rows = measure(folder.decoder, jobs, repeats, folder.external_data)
+    for r in rows:
+        print(
+            f"{r['policy']:32} {r['sequences_mean']:5.1f} seqs, waste {r['waste_share']:.1%}, "
+            f"{r['tokens_per_s']:6.1f} tok/s, {r['preemptions']} preemptions",
+            flush=True,
+        )
+    setup = {
+        "model": name,
+        "requests": len(jobs),
+        "context": CONTEXT,
+        "budget_slots": SEQUENCES * CONTEXT,
+        "block_size": BLOCK_SIZE,
+        "threads": THREADS,
+        "repeats": repeats,
+    }
+    write_json(TOPIC, "serving_checkpoint", rows, setup)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    checkpoint_main()

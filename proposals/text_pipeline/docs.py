@@ -480,3 +480,100 @@ def real_agreement_summary() -> str:
         f"{same} of {len(runs)} runs ({sum(r['equal'] for r in runs)} of {tokens} tokens); "
         f"{at_eos} of the others part at the reference's EOS"
     )
+
+
+# --- The packaged checkpoints side by side (real_throughput.py, bench_serving.py, kv_cache_report.py) ---
+
+
+def checkpoint_throughput_table() -> str:
+    """Decode tokens/s, time to first token and roofline share per engine, for each measured cell."""
+    data = load_results(TOPIC, "throughput_checkpoints")
+    rows = []
+    for r in data["rows"]:
+        for engine, rate in r["decode_tokens_per_s"].items():
+            rows.append(
+                [
+                    r["model"],
+                    f"{r['context']} × {r['batch']}",
+                    engine,
+                    f"{rate:.1f}",
+                    duration(r["ttft_s"][engine]),
+                    percent(r["roofline_share"][engine]),
+                ]
+            )
+    return markdown_table(
+        ["checkpoint", "prompt × batch", "engine", "decode tok/s", "time to first token", "roofline share"],
+        rows,
+        align="lllrrr",
+    )
+
+
+def checkpoint_throughput_setup() -> str:
+    """Which cells were measured, of the full matrix, and the measured read bandwidth."""
+    data = load_results(TOPIC, "throughput_checkpoints")
+    setup = data["setup"]
+    measured = "; ".join(
+        f"{m}: {', '.join(f'{c}×{b}' for c, b in cells)}" for m, cells in setup["measured_cells"].items()
+    )
+    full = "; ".join(f"{m}: {', '.join(f'{c}×{b}' for c, b in cells)}" for m, cells in setup["full_cells"].items())
+    rounds = data["rows"][0]["rounds"]
+    return (
+        f"measured cells (prompt tokens × batch): {measured}, {rounds} interleaved rounds each, "
+        f"{data['rows'][0]['new_tokens']} new tokens, {setup['threads']} threads, read bandwidth "
+        f"{setup['bandwidth_gbs']:.1f} GB/s, on {machine_text(data['machine'])}. Not measured here "
+        f"(the full matrix `make bench` runs): {full}"
+    )
+
+
+def checkpoint_skipped() -> str:
+    """Engines skipped in the measured cells, one line each."""
+    lines = {
+        f"{e}: {why}" for r in load_results(TOPIC, "throughput_checkpoints")["rows"] for e, why in r["skipped"].items()
+    }
+    return "; ".join(sorted(lines)) or "none"
+
+
+def checkpoint_float32_goal() -> str:
+    """This pipeline's float32 decode against the best float32 engine, per measured batch-1 cell."""
+    from proposals.text_pipeline.real_throughput import FLOAT32
+
+    parts = []
+    for r in load_results(TOPIC, "throughput_checkpoints")["rows"]:
+        if r["batch"] != 1:
+            continue
+        rates = {e: v for e, v in r["decode_tokens_per_s"].items() if e in FLOAT32}
+        best = max(rates, key=rates.get)
+        ours = max(rates.get("this pipeline, in place", 0), rates.get("this pipeline, fused GQA", 0))
+        verdict = "met" if ours >= 0.9 * rates[best] else "missed"
+        parts.append(f"{r['model']} at {r['context']} tokens: {ours / rates[best]:.2f}× {best} (goal 0.9×: {verdict})")
+    return "; ".join(parts)
+
+
+def transformers_diagnosis_table() -> str:
+    """One transformers decode step of SmolLM2 (GGUF-loaded vs from_config) at 1 and 2 torch threads."""
+    rows = [
+        [r["threads"], f"{r['gguf_ms']:.0f} ms", f"{r['from_config_ms']:.0f} ms", f"{r['load_average']:.1f}"]
+        for r in load_results(TOPIC, "transformers_diagnosis")["rows"]
+    ]
+    return markdown_table(
+        ["torch threads", "GGUF-loaded model", "same config, random weights", "load average"], rows, align="rrrr"
+    )
+
+
+def kv_int8_checkpoints() -> str:
+    """``--kv-cache int8`` against float32 on both checkpoints: agreement and cache memory."""
+    rows = [
+        [
+            r["model"],
+            r["kv_cache"],
+            f"{r['equal_tokens']}/{r['tokens']} (identical prefix {r['identical_prefix_tokens']})",
+            f"{r['cache_bytes_per_token']:,.0f} B",
+            f"{r['cache_bytes_at_context'] / 2**20:,.0f} MiB at {r['context']:,}",
+        ]
+        for r in load_results(TOPIC, "kv_cache_checkpoints")["rows"]
+    ]
+    return markdown_table(
+        ["checkpoint", "--kv-cache", "greedy tokens equal to float32", "cache per token", "cache at full context"],
+        rows,
+        align="llrrr",
+    )

@@ -47,7 +47,9 @@ def fusion_evidence(name: str, new_tokens: int) -> tuple[dict, onnx.ModelProto, 
     report = fusion_report(folder.decoder)
     fused = fuse_to_gqa(folder.decoder)
     tokenizer = load_tokenizer(folder.tokenizer_json)
-    standard_runner, fused_runner = OrtRunner(folder.decoder), OrtRunner(fused)
+    weights = folder.external_data  # the export keeps its weights in model.onnx.data; the fusion keeps the references
+    standard_runner = OrtRunner(folder.decoder, external_data=weights)
+    fused_runner = OrtRunner(fused, external_data=weights)
     equal = []
     for text in PROMPTS:
         prompt = tokenizer.encode(text).ids
@@ -62,7 +64,7 @@ def fusion_evidence(name: str, new_tokens: int) -> tuple[dict, onnx.ModelProto, 
         "tokens_equal": equal,
         "new_tokens": new_tokens,
     }
-    return row, folder.decoder, fused
+    return row, folder, fused
 
 
 def _ort_step(runner: OrtRunner | MobiusStaticRunner, prompt: list[int], capacity: int) -> Callable[[], object]:
@@ -89,16 +91,17 @@ def _gqa_step(runner: MobiusGqaRunner, prompt: list[int]) -> Callable[[], object
     return step
 
 
-def decode_rates(standard: onnx.ModelProto, fused: onnx.ModelProto, gguf, *, quick: bool) -> dict[str, float]:
+def decode_rates(folder, fused: onnx.ModelProto, gguf, *, quick: bool) -> dict[str, float]:
     """Decode steps per second of SmolLM2 with ``HELD`` tokens in the cache, every form side by side."""
     prompt = [(13 * i + 5) % 500 + 2 for i in range(HELD)]
+    weights = folder.external_data
     mobius_gqa = MobiusGqaRunner(ort_session(build_mobius(gguf, "gqa")))
     mobius_static = MobiusStaticRunner(ort_session(build_mobius(gguf, "static", max_seq_len=SMALL)), inplace=True)
     variants = {
-        f"standard, {SMALL} slots": _ort_step(OrtRunner(standard), prompt, SMALL),
-        f"standard, {LARGE} slots": _ort_step(OrtRunner(standard), prompt, LARGE),
-        f"fused GQA, {SMALL} slots": _ort_step(OrtRunner(fused), prompt, SMALL),
-        f"fused GQA, {LARGE} slots": _ort_step(OrtRunner(fused), prompt, LARGE),
+        f"standard, {SMALL} slots": _ort_step(OrtRunner(folder.decoder, external_data=weights), prompt, SMALL),
+        f"standard, {LARGE} slots": _ort_step(OrtRunner(folder.decoder, external_data=weights), prompt, LARGE),
+        f"fused GQA, {SMALL} slots": _ort_step(OrtRunner(fused, external_data=weights), prompt, SMALL),
+        f"fused GQA, {LARGE} slots": _ort_step(OrtRunner(fused, external_data=weights), prompt, LARGE),
         "mobius GQA (growing cache)": _gqa_step(mobius_gqa, prompt),
         f"mobius static, {SMALL} slots, in place": _ort_step(mobius_static, prompt, SMALL),
     }
@@ -112,12 +115,12 @@ def main(quick: bool = False) -> None:
     new_tokens = 4 if quick else 16
     rows, decoders = [], {}
     for name in MODELS:
-        row, standard, fused = fusion_evidence(name, new_tokens)
+        row, folder, fused = fusion_evidence(name, new_tokens)
         rows.append(row)
-        decoders[name] = (standard, fused)
+        decoders[name] = (folder, fused)
         print(row)
-    standard, fused = decoders[MODELS[0]]
-    rates = decode_rates(standard, fused, checkpoint_file(MODELS[0]), quick=quick)
+    folder, fused = decoders[MODELS[0]]
+    rates = decode_rates(folder, fused, checkpoint_file(MODELS[0]), quick=quick)
     for name, rate in rates.items():
         print(f"{name}: {rate:.1f} steps/s")
     if not quick:

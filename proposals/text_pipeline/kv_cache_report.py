@@ -110,6 +110,32 @@ def memory(decoder: onnx.ModelProto) -> dict:
     }
 
 
+def checkpoint_rows(names: tuple[str, ...] = ("smollm2-135m-instruct", "gemma3-270m")) -> list[dict]:
+    """``--kv-cache int8`` against float32 on the packaged checkpoints' exported folders."""
+    from proposals.text_pipeline.checkpoints import exported_folder
+
+    out = []
+    for name in names:
+        folder = exported_folder(name)
+        base = ModelFolder.read(folder).decoder  # the graph only: memory is read off its inputs
+        reference = greedy_tokens(folder, FLOAT32)
+        float_bytes = cache_bytes_per_token(base)
+        for fmt in cache_format_names():
+            tokens = reference if fmt == FLOAT32 else greedy_tokens(folder, fmt)
+            mem = memory(with_cache_format(base, fmt))
+            out.append(
+                {
+                    "model": name,
+                    "kv_cache": fmt,
+                    **agreement(tokens, reference),
+                    **mem,
+                    "bytes_ratio_to_float32": mem["cache_bytes_per_token"] / float_bytes,
+                }
+            )
+            print(out[-1], flush=True)
+    return out
+
+
 def rows(archs=tuple(ARCHITECTURES), folders: dict[str, Path] | None = None) -> list[dict]:
     """One row per architecture × format (float32 first, its own reference)."""
     import tempfile
@@ -155,4 +181,10 @@ def main(quick: bool = False) -> Path | None:
 
 
 if __name__ == "__main__":
-    print(main())
+    import sys
+
+    if "--checkpoints" in sys.argv:
+        setup = {"backend": "onnxruntime", "new_tokens": NEW_TOKENS, "prompts": list(PROMPTS), "decoding": "greedy"}
+        print(write_json(TOPIC, "kv_cache_checkpoints", checkpoint_rows(), setup))
+    else:
+        print(main())

@@ -178,7 +178,7 @@ def inplace_evidence(model: str = "smollm2-135m-instruct", new_tokens: int = 16)
     tokenizer = load_tokenizer(folder.tokenizer_json)
     static = build_mobius(checkpoint_file(model), "static", max_seq_len=128)
     sess = ort_session(static)
-    ours = OrtRunner(folder.decoder)
+    ours = OrtRunner(folder.decoder, external_data=folder.external_data)
     runners = {
         "mobius static, session.run (copies)": (MobiusStaticRunner(sess, inplace=False), {}),
         "mobius static, IOBinding in place": (MobiusStaticRunner(sess, inplace=True), {}),

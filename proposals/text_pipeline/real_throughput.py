@@ -164,10 +164,11 @@ def engines(name: str, context: int, new_tokens: int, only: set[str] | None) -> 
     folder = ModelFolder.read(exported_folder(name))
     gguf = checkpoint_file(name)
     capacity = context + new_tokens
+    ort_args = {"threads": THREADS, "external_data": folder.external_data}
     makers: dict[str, Callable[[], Run]] = {
-        "this pipeline, in place": lambda: _generator_run(OrtRunner(folder.decoder, threads=THREADS), new_tokens),
+        "this pipeline, in place": lambda: _generator_run(OrtRunner(folder.decoder, **ort_args), new_tokens),
         "this pipeline, fused GQA": lambda: _generator_run(
-            OrtRunner(fuse_to_gqa(folder.decoder), threads=THREADS), new_tokens
+            OrtRunner(fuse_to_gqa(folder.decoder), **ort_args), new_tokens
         ),
         "onnxruntime-genai": lambda: _ortgenai(folder, new_tokens),
         "mobius GQA": lambda: _greedy_run(MobiusGqaRunner(ort_session(build_mobius(gguf, "gqa"))), new_tokens),
@@ -278,14 +279,17 @@ def roofline(row: dict, weight_bytes: dict[str, float], cache_bytes_per_token: f
 
 
 def main(
-    quick: bool = False, cells: dict[str, list[tuple[int, int]]] | None = None, only: set[str] | None = None
+    quick: bool = False,
+    cells: dict[str, list[tuple[int, int]]] | None = None,
+    only: set[str] | None = None,
+    new_tokens: int = NEW_TOKENS,
 ) -> None:
     from proposals.text_pipeline.cache_formats import cache_bytes_per_token
     from proposals.text_pipeline.checkpoints import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     plan = {"smollm2-135m-instruct": [(16, 1)]} if quick else (cells or FULL_CELLS)
-    new_tokens, rounds = (4, 1) if quick else (NEW_TOKENS, 3)
+    new_tokens, rounds = (4, 1) if quick else (new_tokens, 3)
     bandwidth = memory_bandwidth_gbs()
     rows = []
     for name, model_cells in plan.items():
@@ -308,7 +312,54 @@ def main(
         write_json(TOPIC, "throughput_checkpoints", rows, setup)
 
 
+def transformers_diagnosis(steps: int = 8) -> list[dict]:
+    """Why transformers decodes SmolLM2 so slowly here: one decode step (64 tokens held) of the
+    GGUF-loaded model and of a model built from the same config with random weights, at 1 and
+    2 torch threads, interleaved. Equal times rule the GGUF load out; the thread count is the
+    difference (torch's intra-op pool waits on a descheduled worker on an oversubscribed CPU)."""
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from proposals.text_pipeline.checkpoints import checkpoint_file
+
+    gguf_model = _hf_model(checkpoint_file(MODELS[0]))
+    random_model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32).eval()
+    ids = torch.tensor([[300 + i for i in range(64)]])
+
+    def step_ms(model) -> float:
+        with torch.no_grad():
+            cache = model(ids, use_cache=True).past_key_values
+            start = time.perf_counter()
+            for _ in range(steps):
+                cache = model(torch.tensor([[5]]), past_key_values=cache, use_cache=True).past_key_values
+        return (time.perf_counter() - start) / steps * 1e3
+
+    rows = []
+    for threads in (2, 1, 2, 1):
+        torch.set_num_threads(threads)
+        rows.append(
+            {
+                "threads": threads,
+                "gguf_ms": step_ms(gguf_model),
+                "from_config_ms": step_ms(random_model),
+                "load_average": os.getloadavg()[0],
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 if __name__ == "__main__":  # pragma: no cover
     import sys
 
-    main(quick="--quick" in sys.argv)
+    if "--transformers-diagnosis" in sys.argv:
+        write_json(TOPIC, "transformers_diagnosis", transformers_diagnosis(), {"model": MODELS[0], "held": 64})
+    elif "--cells" in sys.argv:  # e.g. --cells smollm2-135m-instruct:128x1,1024x1
+        spec = sys.argv[sys.argv.index("--cells") + 1]
+        name, cells = spec.split(":")
+        tokens = int(sys.argv[sys.argv.index("--new-tokens") + 1]) if "--new-tokens" in sys.argv else NEW_TOKENS
+        main(cells={name: [tuple(int(x) for x in c.split("x")) for c in cells.split(",")]}, new_tokens=tokens)
+    else:
+        main(quick="--quick" in sys.argv)
