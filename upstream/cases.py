@@ -26,12 +26,13 @@ def collect(module: str) -> list:
     import onnx.backend.test.case.model as model_cases
     import onnx.backend.test.case.node as node_cases
 
+    # onnx's expect() appends to these module lists and offers no public way to read them
     if module not in _CASES:
-        nodes, models = len(node_cases._NodeTestCases), len(model_cases._SimpleModelTestCases)
+        nodes, models = len(node_cases._NodeTestCases), len(model_cases._SimpleModelTestCases)  # noqa: SLF001
         importlib.import_module(module)
-        _CASES[module] = [*node_cases._NodeTestCases[nodes:], *model_cases._SimpleModelTestCases[models:]]
-        del node_cases._NodeTestCases[nodes:]
-        del model_cases._SimpleModelTestCases[models:]
+        _CASES[module] = [*node_cases._NodeTestCases[nodes:], *model_cases._SimpleModelTestCases[models:]]  # noqa: SLF001
+        del node_cases._NodeTestCases[nodes:]  # noqa: SLF001
+        del model_cases._SimpleModelTestCases[models:]  # noqa: SLF001
     return _CASES[module]
 
 

@@ -92,7 +92,7 @@ def openvino_model(hf_model):
             f"sliding_window={spec.sliding_window}); supported: models without a sliding window"
         )
     hf_model.set_attn_implementation("sdpa")  # traced as ScaledDotProductAttention
-    if hf_model._can_set_experts_implementation():
+    if hf_model._can_set_experts_implementation():  # noqa: SLF001 - transformers' only check for MoE blocks
         # eager MoE routing splits by nonzero(): the trace would keep the example's expert counts
         hf_model.set_experts_implementation("batched_mm")
     kv_shape = [-1, spec.num_kv_heads, -1, spec.head_dim]
