@@ -69,7 +69,8 @@ bench: $(STAMP)
 # Differential fuzzing of the standard GenAI ops on every runtime (at least 200 distinct
 # configurations per op: hypothesis draws 240, some twice; `make test` runs 15). Writes
 # conformance/results/fuzz.json, then conformance/results/lowered.json (each runtime with and
-# without conformance/lowering.py); docs/support.md is built from both. About 7 minutes.
+# without conformance/lowering.py); docs/support.md is built from both. About 7 minutes; then
+# the robustness harness with ROBUSTNESS_EXAMPLES draws per property (several minutes more).
 FUZZ_EXAMPLES ?= 240
 fuzz: $(STAMP)
 	CONFORMANCE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CONFORMANCE_FUZZ_MIN_CONFIGURATIONS=200 \

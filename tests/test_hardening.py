@@ -41,6 +41,13 @@ def _one_line(status: int, err: str, message: str, want: int = 2) -> None:
     assert message in err, err
 
 
+@pytest.fixture(autouse=True)
+def _reference_only(monkeypatch):
+    """In-process verify runs on the reference evaluator alone (importing every engine takes
+    seconds); the test that needs the engines runs in its own process."""
+    monkeypatch.setattr("generator.runtimes.available", lambda extra=(): [ReferenceRuntime()])
+
+
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     out = tmp_path / "zoo"

@@ -40,6 +40,7 @@ SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
     derandomize=EXAMPLES <= 20,  # make test: the same draws every run
+    database=None,  # nothing written to .hypothesis/
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
