@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
+
+from generator.markdown import GENERATED, expand_generated  # noqa: F401 - GENERATED: the markers' one pattern
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("mkdocs.hooks.site")  # a warning fails the strict build
@@ -98,17 +99,6 @@ def on_files(files: Files, config) -> Files:
     load_matrix()
     files.append(File.generated(config, "conformance.json", abs_src_path=str(MATRIX_JSON)))
     return files
-
-
-# A page asks for generated Markdown with a marker naming a function that returns it:
-# <!-- generated: generator.docs:catalogue_markdown -->. Unlike exec-block output, the
-# result is ordinary page Markdown, so MkDocs resolves and validates its links.
-GENERATED = re.compile(r"<!-- generated: ([\w.]+):(\w+) -->")
-
-
-def expand_generated(markdown: str) -> str:
-    """Replace each marker with what its function returns."""
-    return GENERATED.sub(lambda match: getattr(importlib.import_module(match[1]), match[2])(), markdown)
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
