@@ -19,8 +19,6 @@ from pathlib import Path
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
-from generator.markdown import GENERATED, expand_generated  # noqa: F401 - GENERATED: the markers' one pattern
-
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("mkdocs.hooks.site")  # a warning fails the strict build
 _FIGURES: dict[str, str] = {}  # figures/<name>.svg -> SVG text, written after the build
@@ -102,6 +100,7 @@ def on_files(files: Files, config) -> Files:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    from generator.markdown import expand_generated
     from generator.site_markup import link_citations, link_pictures
 
     markdown = expand_generated(markdown)
