@@ -19,7 +19,7 @@ from onnx import helper
 from generator.errors import UsageError
 from generator.graphs import function_svg, graph_svg
 from generator.lint import CONCLUSION, conclusion
-from generator.markdown import headings, link_targets
+from generator.markdown import expand_generated, headings, link_targets
 from generator.registry import discover
 from generator.verify import MATRIX_JSON, CellCache, verify, write_matrix
 from generator.zoo import ZOO, case_dir, load_manifest, manifest_path
@@ -276,8 +276,6 @@ def _title(page: Path) -> str:
 def proposal_row(topic: str, root: Path = ROOT) -> str:
     """One row of the home page's table: the proposal's title and other pages, linked, and
     the one-line conclusion its Summary gives (its ``**Conclusion:**`` paragraph)."""
-    from generator.mkdocs_hooks import expand_generated
-
     page = root / "proposals" / topic / "README.md"
     if not page.is_file():
         raise UsageError(f"proposals/{topic}/ has no README.md, the proposal's page; the home page lists every topic")

@@ -10,6 +10,8 @@ where the fenced code is, so a fence means the same thing to each of them.
 from __future__ import annotations
 
 import functools
+import importlib
+import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,17 @@ from mdit_py_plugins.admon import admon_plugin
 from mdit_py_plugins.front_matter import front_matter_plugin
 
 CODE_TOKENS = ("fence", "code_block")
+
+# A page asks for generated Markdown with a marker naming a function that returns it:
+# <!-- generated: generator.docs:catalogue_markdown -->. Unlike exec-block output, the
+# result is ordinary page Markdown, so MkDocs resolves and validates its links.
+GENERATED = re.compile(r"<!-- generated: ([\w.]+):(\w+) -->")
+
+
+def expand_generated(markdown: str) -> str:
+    """Replace each generated marker with what its function returns (the site's hook, the
+    snippet export and the home page's table all expand them this way)."""
+    return GENERATED.sub(lambda match: getattr(importlib.import_module(match[1]), match[2])(), markdown)
 
 
 @functools.cache

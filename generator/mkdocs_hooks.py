@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import sys
@@ -100,18 +99,8 @@ def on_files(files: Files, config) -> Files:
     return files
 
 
-# A page asks for generated Markdown with a marker naming a function that returns it:
-# <!-- generated: generator.docs:catalogue_markdown -->. Unlike exec-block output, the
-# result is ordinary page Markdown, so MkDocs resolves and validates its links.
-GENERATED = re.compile(r"<!-- generated: ([\w.]+):(\w+) -->")
-
-
-def expand_generated(markdown: str) -> str:
-    """Replace each marker with what its function returns."""
-    return GENERATED.sub(lambda match: getattr(importlib.import_module(match[1]), match[2])(), markdown)
-
-
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    from generator.markdown import expand_generated
     from generator.site_markup import link_citations, link_pictures
 
     markdown = expand_generated(markdown)

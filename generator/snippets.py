@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from generator.errors import UsageError
-from generator.markdown import Fence, edit_prose, replace_fences
+from generator.markdown import Fence, edit_prose, expand_generated, replace_fences
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTS = ROOT / "docs" / "blog" / "posts"
@@ -141,8 +141,6 @@ class Exporter:
         front = _FRONT_MATTER.match(text)
         body = text[front.end() :] if front else text
         body = expand_includes(body).replace("<!-- more -->\n", "")
-        from generator.mkdocs_hooks import expand_generated  # the site's own expansion
-
         body = edit_prose(body, expand_generated)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         body = replace_fences(body, self._block)

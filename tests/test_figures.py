@@ -105,7 +105,7 @@ FIGURE_MODULES = ("proposals.kv_cache.docs", "proposals.paged_attention.docs", "
 
 
 def test_every_marker_names_a_function() -> None:
-    from generator.mkdocs_hooks import GENERATED
+    from generator.markdown import GENERATED
 
     for page in PAGES:
         for module, function in GENERATED.findall(page.read_text()):
@@ -114,7 +114,7 @@ def test_every_marker_names_a_function() -> None:
 
 def test_figure_markers_render_inline_text() -> None:
     """The figure markers sit inside sentences: each renders one non-empty line."""
-    from generator.mkdocs_hooks import GENERATED
+    from generator.markdown import GENERATED
 
     markers = {m for page in PAGES for m in GENERATED.findall(page.read_text()) if m[0] in FIGURE_MODULES}
     assert {module for module, _ in markers} == set(FIGURE_MODULES)

@@ -7,7 +7,7 @@ import importlib
 import re
 from pathlib import Path
 
-from generator.mkdocs_hooks import GENERATED
+from generator.markdown import GENERATED
 from generator.registry import select
 
 README = Path(__file__).parents[1] / "README.md"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-from generator.mkdocs_hooks import GENERATED
+from generator.markdown import GENERATED
 from generator.onnx_build import PROPOSAL_DOMAIN, make_model, seeded
 from generator.ort import session
 from proposals.moe.build import moe_model

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -104,10 +102,12 @@ REFUSED = {
 NEAR_TIES = {("openvino-genai", "olmo2"): 16}
 
 
-def registered_backends(arch: str, config: GenerationConfig, prompts=PROMPTS) -> dict[str, list[tuple[int, ...]]]:
+def registered_backends(
+    folder: Path, arch: str, config: GenerationConfig, prompts=PROMPTS
+) -> dict[str, list[tuple[int, ...]]]:
     """The tokens of every registered backend that runs ``arch``, per prompt; each backend
     that ``REFUSED`` lists for it must refuse it with a UsageError."""
-    folder = write_folder(arch, Path(tempfile.mkdtemp(prefix=f"agree-{arch}-")) / arch)
+    folder = write_folder(arch, folder / arch)
     tokens = {}
     for backend in backend_names():
         if arch in REFUSED.get(backend, ((), ""))[0]:
@@ -117,7 +117,6 @@ def registered_backends(arch: str, config: GenerationConfig, prompts=PROMPTS) ->
         pipeline = create_pipeline(backend, folder)
         pipeline.set_generation_config(config)
         tokens[backend] = [r.token_ids for r in pipeline.generate(prompts)]
-    shutil.rmtree(folder.parent)
     return tokens
 
 
@@ -136,21 +135,21 @@ def test_every_backend_is_in_the_agreement_tests():
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "phi3", "olmo2", "granite"])
-def test_every_backend_gives_the_same_tokens(arch):
+def test_every_backend_gives_the_same_tokens(tmp_path, arch):
     """onnxruntime (in-place cache), onnxruntime-genai (its own generator, right-padded
     batch), onnxruntime-paged, openvino-genai and transformers, on a batch of two prompts of
     different lengths."""
-    tokens = registered_backends(arch, GenerationConfig(max_new_tokens=24))
+    tokens = registered_backends(tmp_path, arch, GenerationConfig(max_new_tokens=24))
     assert_agree(tokens, arch)
     assert set(tokens) == set(backend_names()) - {b for b, (archs, _) in REFUSED.items() if arch in archs}
     assert [len(t) for t in tokens["onnxruntime"]] == [24, 24]
 
 
-def test_every_backend_agrees_on_a_decoder_with_a_nope_layer():
+def test_every_backend_agrees_on_a_decoder_with_a_nope_layer(tmp_path):
     """SmolLM3 (layer 1 without RoPE) on the same batch. Its short prompt's row reaches
     token 0 at its 5th token; onnxruntime-genai stops a row at the folder's EOS (0) whatever
     the pipeline's config says, so the config names that EOS for all of them."""
-    tokens = registered_backends("smollm3", GenerationConfig(max_new_tokens=24, eos_token_ids={0}))
+    tokens = registered_backends(tmp_path, "smollm3", GenerationConfig(max_new_tokens=24, eos_token_ids={0}))
     assert_agree(tokens, "smollm3")
     assert set(tokens) == set(backend_names())
     assert [len(t) for t in tokens["onnxruntime"]] == [24, 5]
@@ -213,13 +212,13 @@ def test_ortgenai_refuses_prompts_longer_than_the_circular_window(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
-def test_every_backend_runs_mixed_caches(arch):
+def test_every_backend_runs_mixed_caches(tmp_path, arch):
     """Gemma (8-slot ring on layer 0, linear layer 1): onnxruntime-genai loads the sliding
     layer as a linear buffer read through a window mask, so a 23-token prompt, longer than
     the window, goes in one run; its tokens are transformers' (and the onnxruntime backend's).
     The paged and openvino-genai backends refuse sliding windows (``REFUSED``)."""
     prompts = [GenerationInput("TensorScatter writes the new keys into the static buffer at"), GenerationInput("The")]
-    tokens = registered_backends(arch, GenerationConfig(max_new_tokens=24), prompts)
+    tokens = registered_backends(tmp_path, arch, GenerationConfig(max_new_tokens=24), prompts)
     assert_agree(tokens, arch)
     assert {"onnxruntime", "onnxruntime-genai", "transformers"} <= set(tokens)
     assert [len(t) for t in tokens["onnxruntime"]] == [24, 24]
