@@ -458,7 +458,7 @@ def real_agreement_table() -> str:
         split = [r for r in runs if r["first_divergence"] is not None]
         where = (
             ", ".join(
-                f"prompt {r['prompt'] + 1}: token {r['first_divergence']}"
+                f"prompt {r['prompt'] + 1}: token {r['first_divergence'] + 1}"
                 + (" (EOS)" if r.get("at_reference_eos") else "")
                 for r in split
             )
