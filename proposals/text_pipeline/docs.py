@@ -452,7 +452,8 @@ def real_agreement_table() -> str:
         groups.setdefault((r["model"], r["backend"]), []).append(r)
     for (model, backend), runs in groups.items():
         if "error" in runs[0]:
-            rows.append([f"`{model}`", backend, "does not run: " + runs[0]["error"].split(": ", 1)[-1], "", ""])
+            reason = runs[0]["error"].split(": ", 1)[-1].split("; supported")[0]  # the full line is in the JSON
+            rows.append([f"`{model}`", backend, f"does not run: {reason}", "", ""])
             continue
         equal = ", ".join(f"{r['equal']}/{r['new_tokens']}" for r in runs)
         split = [r for r in runs if r["first_divergence"] is not None]
