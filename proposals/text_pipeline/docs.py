@@ -452,13 +452,14 @@ def real_agreement_table() -> str:
         groups.setdefault((r["model"], r["backend"]), []).append(r)
     for (model, backend), runs in groups.items():
         if "error" in runs[0]:
-            rows.append([f"`{model}`", backend, "does not run: " + runs[0]["error"].split(": ", 1)[-1], "", ""])
+            reason = runs[0]["error"].split(": ", 1)[-1].split("; supported")[0]  # the full line is in the JSON
+            rows.append([f"`{model}`", backend, f"does not run: {reason}", "", ""])
             continue
         equal = ", ".join(f"{r['equal']}/{r['new_tokens']}" for r in runs)
         split = [r for r in runs if r["first_divergence"] is not None]
         where = (
             ", ".join(
-                f"prompt {r['prompt'] + 1}: token {r['first_divergence']}"
+                f"prompt {r['prompt'] + 1}: token {r['first_divergence'] + 1}"
                 + (" (EOS)" if r.get("at_reference_eos") else "")
                 for r in split
             )
