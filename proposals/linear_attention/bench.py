@@ -8,6 +8,9 @@ Float32, batch 1, one new token, d_k = d_v = 128, H heads (the state is H x 128 
 - ``IOBinding, two buffers``: past and present bound to two OrtValues that swap roles each
   step (no host copies, no aliasing);
 - ``IOBinding, one buffer``: past_state and present_state bound to one OrtValue;
+- ``standard ops, no Scan``: the same T = 1 step as MatMul/Mul/Add on the state
+  (:func:`build.gated_delta_decode_model`), two ping-ponged buffers: what a runtime could run
+  for decode instead of the op's function body;
 - ``one state copy``: ``numpy.copyto`` of one state, the cost of a single copy for scale.
 
 The share of the hardware limit: a decode step must read and write the state at least once,
@@ -27,7 +30,7 @@ import onnxruntime as ort
 from generator import bench
 from generator.ort import session
 from proposals.linear_attention import inplace
-from proposals.linear_attention.build import linear_attention_model
+from proposals.linear_attention.build import gated_delta_decode_model, linear_attention_model
 
 TOPIC = "linear_attention"
 HEAD_DIM = 128
@@ -37,6 +40,7 @@ IN_PLACE = "IOBinding, one buffer"
 TWO_BUFFERS = "IOBinding, two buffers"
 PLAIN = "plain run"
 ONE_COPY = "one state copy"
+NO_SCAN = "standard ops, no Scan"
 
 
 def step_variants(heads: int, rng: np.random.RandomState) -> dict[str, Callable[[], object]]:
@@ -57,11 +61,27 @@ def step_variants(heads: int, rng: np.random.RandomState) -> dict[str, Callable[
         sess.run_with_iobinding(swap[turn[0]])
         turn[0] ^= 1
 
+    direct = session(gated_delta_decode_model(layout))
+    third, fourth = (ort.OrtValue.ortvalue_from_numpy(state.copy()) for _ in range(2))
+    direct_swap = [inplace.bind_state(direct, feeds, third, fourth), inplace.bind_state(direct, feeds, fourth, third)]
+    direct_turn = [0]
+
+    def no_scan() -> None:
+        direct.run_with_iobinding(direct_swap[direct_turn[0]])
+        direct_turn[0] ^= 1
+
+    # Same numbers both ways before anything is timed.
+    expected = sess.run(None, plain_feeds)
+    got = direct.run(None, plain_feeds)
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5)
+
     target = np.empty_like(state)
     return {
         PLAIN: lambda: sess.run(None, plain_feeds),
         TWO_BUFFERS: ping_pong,
         IN_PLACE: lambda: sess.run_with_iobinding(one),
+        NO_SCAN: no_scan,
         ONE_COPY: lambda: np.copyto(target, state),
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -87,3 +88,43 @@ def linear_attention_model(layout: Layout, *, batch: int | str = "batch", seq: i
 
 
 # --8<-- [end:state_step]
+
+
+def gated_delta_decode_model(layout: Layout, *, batch: int | str = "batch") -> onnx.ModelProto:
+    """The same decode step (T = 1, per-head decay and rate, H_q = H_kv) from standard ops
+    without a Scan: what a runtime could run for decode instead of the op's function body.
+
+    ``S = exp(g) * S; u = beta * (v - k S); S = S + k^T u; o = scale * q S`` with k, q as
+    rows, so the state is never transposed.
+    """
+    if layout.update_rule != "gated_delta" or layout.q_heads != layout.kv_heads or layout.decay != "head":
+        raise ValueError("gated_delta_decode_model takes gated_delta with per-head decay and H_q = H_kv")
+    b = graph_builder("gated_delta_decode_step", {"": OPSET})
+    op = b.op
+    heads, d_k, d_v = layout.kv_heads, layout.d_k, layout.d_v
+    query = b.input("query", FLOAT, [batch, 1, heads * d_k])
+    key = b.input("key", FLOAT, [batch, 1, heads * d_k])
+    value = b.input("value", FLOAT, [batch, 1, heads * d_v])
+    state = b.input("past_state", FLOAT, [batch, heads, d_k, d_v])
+    decay = b.input("decay", FLOAT, [batch, 1, heads])
+    beta = b.input("beta", FLOAT, [batch, 1, heads])
+
+    def ints(name: str, values: list[int]) -> ir.Value:
+        return op.initializer(ir.tensor(np.asarray(values, np.int64), name=name), name)
+
+    def rows(x: ir.Value, size: int, name: str) -> ir.Value:  # (B, 1, H*D) -> (B, H, 1, D)
+        return op.Transpose(op.Reshape(x, ints(f"{name}_shape", [0, 1, heads, size])), perm=[0, 2, 1, 3])
+
+    def per_head(x: ir.Value, name: str) -> ir.Value:  # (B, 1, H) -> (B, H, 1, 1)
+        return op.Unsqueeze(op.Transpose(x, perm=[0, 2, 1]), ints(f"{name}_axes", [3]))
+
+    k_row = rows(key, d_k, "k")
+    decayed = op.Mul(state, op.Exp(per_head(decay, "decay")))
+    update = op.Mul(per_head(beta, "beta"), op.Sub(rows(value, d_v, "v"), op.MatMul(k_row, decayed)))
+    present = op.Add(decayed, op.MatMul(op.Transpose(k_row, perm=[0, 1, 3, 2]), update))
+    scale = layout.scale or 1.0 / np.sqrt(d_k)
+    read = op.Mul(op.MatMul(rows(query, d_k, "q"), present), op.initializer(ir.tensor(np.float32(scale)), "scale"))
+    output = op.Reshape(op.Transpose(read, perm=[0, 2, 1, 3]), ints("out_shape", [0, 1, heads * d_v]))
+    b.add_output(output, "output")
+    b.add_output(present, "present_state")
+    return builder_model(b)

@@ -24,6 +24,7 @@ ONE = "IOBinding, one buffer"
 TWO = "IOBinding, two buffers"
 PLAIN = "plain run"
 COPY = "one state copy"
+NO_SCAN = "standard ops, no Scan"
 
 
 def _rows() -> list[dict]:
@@ -53,13 +54,19 @@ def decode_step_table() -> str:
                 duration(seconds[PLAIN]),
                 duration(seconds[TWO]),
                 duration(seconds[ONE]),
+                duration(seconds[NO_SCAN]),
                 f"{row['ratios'][PLAIN]:.2f}×",
                 duration(seconds[COPY]),
                 percent(row["share_of_limit"], 1),
             ]
         )
-    header = ["state", PLAIN, TWO, ONE, "plain / one buffer", COPY, "share of limit"]
-    return markdown_table(header, rows, align="lrrrrrr")
+    header = ["state", PLAIN, TWO, ONE, NO_SCAN, "plain / one buffer", COPY, "share of limit"]
+    return markdown_table(header, rows, align="lrrrrrrr")
+
+
+def no_scan_over_body() -> str:
+    """The Scan-free standard-op decode step against the op's body (one buffer), over every size."""
+    return times_range((row["ratios"][NO_SCAN] for row in _rows()), places=2)
 
 
 def plain_over_in_place() -> str:

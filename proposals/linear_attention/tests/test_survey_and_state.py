@@ -46,3 +46,18 @@ def test_one_buffer_for_past_and_present_state_gives_the_plain_run_values() -> N
 def test_the_profile_shows_the_function_body_onnxruntime_runs() -> None:
     profile = inplace.step_profile(inplace.decode_layout(heads=2, head_dim=8), steps=2)
     assert "Scan" in profile and "LinearAttention" not in profile
+
+
+def test_the_scan_free_decode_step_equals_the_op() -> None:
+    import numpy as np
+
+    from generator.ort import session
+    from proposals.linear_attention.build import gated_delta_decode_model, linear_attention_model
+
+    layout = inplace.decode_layout(heads=3, head_dim=4)
+    rng = np.random.RandomState(5)
+    feeds = {**inplace.decode_feeds(layout, rng), "past_state": rng.randn(1, 3, 4, 4).astype(np.float32)}
+    expected = session(linear_attention_model(layout)).run(None, feeds)
+    got = session(gated_delta_decode_model(layout)).run(None, feeds)
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
