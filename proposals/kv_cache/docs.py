@@ -235,3 +235,20 @@ def real_shapes_table() -> str:
         f"({bandwidth:.1f} GB/s):\n\n"
         + markdown_table(["layer", "tokens held in slots", *variants], rows, align="ll" + "r" * len(variants))
     )
+
+
+def zoo_fusion_table() -> str:
+    """The GQA fusion's hits on every decoder of the zoo (computed from the committed models)."""
+    from collections import Counter
+    from pathlib import Path
+
+    import onnx
+
+    from proposals.kv_cache.fusion import fusion_report
+
+    rows = []
+    for path in sorted((Path(__file__).resolve().parents[2] / "zoo" / "text_pipeline").glob("*/model.onnx")):
+        report = fusion_report(onnx.load(path))
+        misses = "; ".join(f"{n} × {why}" for why, n in Counter(report.misses.values()).items()) or "none"
+        rows.append([path.parent.name.removeprefix("test_"), f"{report.fused} of {report.attention_nodes}", misses])
+    return markdown_table(["zoo decoder", "layers fused", "misses"], rows)

@@ -91,6 +91,9 @@ def main(quick: bool = False) -> None:
     print(f"DRAM read bandwidth: {bandwidth:.1f} GB/s")
     print("Decode step (B=1, 32 q heads, 8 kv heads, head_dim 128, in place):")
     rows = measure(QUICK_LENGTHS if quick else FULL_LENGTHS, bandwidth, **timing)
+    from proposals.quantized_attention.accuracy import checkpoints_main
+
+    checkpoints_main(quick)  # the study on the packaged checkpoints: bench/accuracy_checkpoints.json
     if quick:
         return
     shape = {"batch": 1, "q_heads": Q_HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "threads": 2, **timing}

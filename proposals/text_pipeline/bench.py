@@ -82,6 +82,31 @@ def main(quick: bool = False) -> None:
     throughput.main(quick)  # every engine side by side on a larger model
     bench_serving.main(quick)  # the paged serving loop (bench/serving.json)
     kv_cache_report.main(quick)  # agreement and memory of each KV-cache format: bench/kv_cache.json
+    checkpoints(quick)  # the packaged checkpoints (SmolLM2, Gemma 3): see checkpoints()
+
+
+def checkpoints(quick: bool) -> None:
+    """Every real-checkpoint bench: mobius-onnx's static graph in place (mobius_inplace.json), the
+    GQA fusion (gqa_fusion.json), every engine side by side (throughput_checkpoints.json), and,
+    in a full run, why transformers is slow here, --kv-cache int8 and paged serving on SmolLM2."""
+    from proposals.text_pipeline import fused_decode, mobius_forms, real_throughput
+
+    mobius_forms.main(quick)
+    fused_decode.main(quick)
+    real_throughput.main(quick)
+    if quick:
+        return
+    from generator.bench import write_json
+
+    diagnosis = real_throughput.transformers_diagnosis()
+    write_json(TOPIC, "transformers_diagnosis", diagnosis, {"model": real_throughput.MODELS[0], "held": 64})
+    setup = {
+        "backend": "onnxruntime",
+        "new_tokens": kv_cache_report.NEW_TOKENS,
+        "prompts": list(kv_cache_report.PROMPTS),
+    }
+    write_json(TOPIC, "kv_cache_checkpoints", kv_cache_report.checkpoint_rows(), {**setup, "decoding": "greedy"})
+    bench_serving.checkpoint_main()
     if not quick:  # every backend on the packaged checkpoints: bench/real_agreement.json
         real_models.write_agreement()
 

@@ -351,10 +351,67 @@ def transformers_diagnosis(steps: int = 8) -> list[dict]:
     return rows
 
 
+def decode_op_profile(name: str = MODELS[0], context: int = 128, steps: int = 16) -> list[dict]:
+    """Where this pipeline's decode step goes on a packaged checkpoint, standard and fused:
+    onnxruntime's profiler, each op type's seconds per step and share (prefill and the first
+    decode step left out). Written beside the throughput result when its goal is missed."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    from proposals.kv_cache.fusion import fuse_to_gqa
+    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.folder import ModelFolder
+
+    folder = ModelFolder.read(exported_folder(name))
+    rows = []
+    for form, decoder in (("standard", folder.decoder), ("fused GQA", fuse_to_gqa(folder.decoder))):
+        runner = OrtRunner(decoder, threads=THREADS, external_data=folder.external_data)
+        with tempfile.TemporaryDirectory(prefix="tp-ckprof-") as scratch:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(folder.external_data)
+            )
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(scratch) / "decode")
+            runner.session = ort.InferenceSession(
+                decoder.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+            gen = Generator(runner, GenerationConfig(max_new_tokens=steps + 2), batch_size=1)
+            gen.append_input_tokens(prompts(context, 1, runner.vocab_size))
+            for _ in range(steps + 1):
+                gen.generate_next_token()
+            events = json.loads(Path(runner.session.end_profiling()).read_text())
+        runs = [e for e in events if e.get("name") == "model_run"]
+        cutoff = runs[1]["ts"] + runs[1]["dur"]  # after the prefill and the first decode run
+        kernels: dict[str, float] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= cutoff:
+                kernels[e["args"]["op_name"]] = kernels.get(e["args"]["op_name"], 0.0) + e["dur"] * 1e-6
+        count = len([r for r in runs if r["ts"] >= cutoff])
+        wall = sum(r["dur"] for r in runs if r["ts"] >= cutoff) * 1e-6 / count
+        total = sum(kernels.values())
+        rows += [
+            {"form": form, "op": op, "s_per_step": t / count, "share": t / total, "run_s_per_step": wall}
+            for op, t in sorted(kernels.items(), key=lambda kv: -kv[1])
+        ]
+    return rows
+
+
 if __name__ == "__main__":  # pragma: no cover
     import sys
 
-    if "--transformers-diagnosis" in sys.argv:
+    if "--profile" in sys.argv:
+        write_json(
+            TOPIC,
+            "throughput_checkpoints_ort_ops",
+            decode_op_profile(),
+            {"model": MODELS[0], "context": 128, "steps": 16},
+        )
+    elif "--transformers-diagnosis" in sys.argv:
         write_json(TOPIC, "transformers_diagnosis", transformers_diagnosis(), {"model": MODELS[0], "held": 64})
     elif "--cells" in sys.argv:  # e.g. --cells smollm2-135m-instruct:128x1,1024x1
         spec = sys.argv[sys.argv.index("--cells") + 1]
