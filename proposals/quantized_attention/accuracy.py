@@ -336,7 +336,7 @@ def checkpoint_study(
     ``HELD_OUT_TOKENS`` tokens of the held-out page. Static scales come from the float32
     prefill of the prompts (not of the held-out text)."""
     from proposals.text_pipeline.build import spec_from_model
-    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
     from proposals.text_pipeline.tokenizer import load_tokenizer
 

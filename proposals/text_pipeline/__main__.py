@@ -21,8 +21,9 @@ from generator.cli import path_argument, stdout_closed, tolerant_output
 from generator.errors import UsageError
 from proposals.text_pipeline.cache_formats import cache_format, cache_format_names
 from proposals.text_pipeline.chat import chat_prompt
-from proposals.text_pipeline.checkpoints import checkpoint, checkpoint_names, exported_folder
+from proposals.text_pipeline.checkpoints import checkpoint, checkpoint_names
 from proposals.text_pipeline.config import GenerationInput, SamplingConfig
+from proposals.text_pipeline.export import exported_folder
 from proposals.text_pipeline.factory import Device, backend_names, create_pipeline, enumerate_devices
 from proposals.text_pipeline.families import ARCHITECTURES
 from proposals.text_pipeline.folder import write_folder, zoo_folder

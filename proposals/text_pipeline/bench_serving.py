@@ -253,7 +253,7 @@ def main(quick: bool = False) -> None:
 def checkpoint_main(name: str = "smollm2-135m-instruct", repeats: int = 1) -> None:
     """The same 128-request workload on a packaged checkpoint (its weights, the same budget of
     2,048 slots and context 256): ``bench/serving_checkpoint.json``."""
-    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     folder = ModelFolder.read(exported_folder(name))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from generator.errors import UsageError
-from proposals.text_pipeline.folder import PIPELINE_FILE, _inside, _read_manifest
+from proposals.text_pipeline.folder import PIPELINE_FILE, inside_folder, read_manifest
 from proposals.text_pipeline.tokenizer import load_tokenizer
 
 
@@ -22,12 +22,14 @@ def chat_prompt(folder: str | Path, message: str) -> str:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     folder = Path(folder)
-    manifest = _read_manifest(folder / PIPELINE_FILE)
+    manifest = read_manifest(folder / PIPELINE_FILE)
     name = manifest.get("chat_template")
     if not isinstance(name, str):
         raise UsageError(f"{folder}: {PIPELINE_FILE} names no chat template (a base model?); drop --chat")
-    template = _inside(folder, name, f"{folder / PIPELINE_FILE}: chat_template {name!r}").read_text(encoding="utf-8")
-    tokenizer = load_tokenizer(_inside(folder, manifest["tokenizer"], "tokenizer").read_bytes())
+    template = inside_folder(folder, name, f"{folder / PIPELINE_FILE}: chat_template {name!r}").read_text(
+        encoding="utf-8"
+    )
+    tokenizer = load_tokenizer(inside_folder(folder, manifest["tokenizer"], "tokenizer").read_bytes())
     special = manifest.get("special_tokens", {})
     bos, eos = (
         tokenizer.id_to_token(special[key]) or "" if special.get(key) is not None else ""

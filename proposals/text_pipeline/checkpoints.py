@@ -2,21 +2,18 @@
 
 ``checkpoint_file(name)`` is the GGUF file of a named checkpoint, checked against its
 sha256: SmolLM2's lies in its package; Gemma 3's four chunk packages are joined into
-``build/checkpoints/`` (never ``~/.cache``). ``exported_folder(name)`` is its pipeline
-model folder, exported once into ``build/exports/`` under a name keyed by that sha256, and
-reused while its ``pipeline.json`` records the same sha256.
+``build/checkpoints/`` (never ``~/.cache``). Its pipeline model folder, exported once into
+``build/exports/`` under a name keyed by that sha256, is ``export.exported_folder(name)``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,57 +170,3 @@ def checkpoint_file(name: str, progress: Progress = stderr_progress) -> Path:
 
 
 # --8<-- [end:checkpoint_file]
-
-
-def export_dir(name: str) -> Path:
-    """Where the named checkpoint's export is cached: keyed by the checkpoint's sha256."""
-    ckpt = checkpoint(name)
-    return EXPORT_DIR / f"{ckpt.name}-{ckpt.sha256[:16]}"
-
-
-def exported_folder(name: str, progress: Progress = stderr_progress) -> Path:
-    """The named checkpoint's pipeline model folder under ``build/exports/``, exported on first
-    use. An existing folder is reused only when its ``pipeline.json`` records the
-    checkpoint's sha256 (an interrupted export leaves no such folder: it is written beside
-    it and renamed into place)."""
-    from proposals.text_pipeline.export import exported_sha256
-
-    ckpt = checkpoint(name)
-    target = export_dir(name)
-    if exported_sha256(target) == ckpt.sha256:
-        return target
-    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
-    with _locked(EXPORT_DIR / f".{name}.lock"):  # parallel test workers export once
-        if exported_sha256(target) == ckpt.sha256:
-            return target
-        return _export(name, target, progress)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _export(name: str, target: Path, progress: Progress) -> Path:
-    from proposals.text_pipeline.export import export_checkpoint, exported_sha256
-
-    ckpt = checkpoint(name)
-    gguf = checkpoint_file(name, progress)
-    scratch = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        export_checkpoint(gguf=gguf, out=scratch, progress=progress)
-        if target.exists():  # a stale export (another sha256 or unfinished): replaced
-            shutil.rmtree(target)
-        os.replace(scratch, target)
-    except OSError:
-        if exported_sha256(target) != ckpt.sha256:  # not a concurrent export finishing first
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target

@@ -399,7 +399,7 @@ def architecture_names() -> str:
     return f"{', '.join(dense)} (dense) and {', '.join(names(MOE_ARCHITECTURES))} (MoE)"
 
 
-# --- Real models: the packaged checkpoints (bench/real_reference.json, bench/real_agreement.json)
+# --- Real models: the packaged checkpoints (real_reference.json, bench/real_agreement.json)
 
 
 def real_packages_table() -> str:
@@ -420,11 +420,9 @@ def real_packages_table() -> str:
 
 
 def _reference() -> dict:
-    import json
+    from proposals.text_pipeline.real_models import load_reference
 
-    from generator.bench import results_dir
-
-    return json.loads((results_dir(TOPIC) / "real_reference.json").read_text())
+    return load_reference()
 
 
 def real_answers() -> str:

@@ -13,9 +13,13 @@ an unsupported architecture are refused in one line); a transformers folder need
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +27,15 @@ import onnx
 
 from generator.errors import UsageError
 from proposals.text_pipeline.build import SUPPORTED_MODEL_TYPES, build_decoder, decoder_spec
-from proposals.text_pipeline.checkpoints import CHECKPOINTS, Progress, file_sha256, stderr_progress
+from proposals.text_pipeline.checkpoints import (
+    CHECKPOINTS,
+    EXPORT_DIR,
+    Progress,
+    checkpoint,
+    checkpoint_file,
+    file_sha256,
+    stderr_progress,
+)
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.folder import FORMAT, PIPELINE_FILE, config_to_json
 
@@ -166,7 +178,6 @@ def hf_source(folder: Path) -> Source:
 def source_checkpoint(source: Source, where: str) -> Path:
     """The checkpoint an export came from, found again (a named model through its package,
     another by the path recorded) and checked against the sha256 ``pipeline.json`` records."""
-    from proposals.text_pipeline.checkpoints import checkpoint_file
 
     if source.model is not None:
         path = checkpoint_file(source.model)  # checks the package's file against its own sha256
@@ -193,7 +204,6 @@ def load_checkpoint(path: Path, source: Source):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folder, extra = (path.parent, {"gguf_file": path.name}) if source.kind == "gguf" else (path, {})
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True, **extra)
@@ -316,3 +326,56 @@ def export_checkpoint(
 
 
 # --8<-- [end:export]
+
+
+# --- The packaged checkpoints exported once, cached under build/exports/ ---
+
+
+def export_dir(name: str) -> Path:
+    """Where the named checkpoint's export is cached: keyed by the checkpoint's sha256."""
+    ckpt = checkpoint(name)
+    return EXPORT_DIR / f"{ckpt.name}-{ckpt.sha256[:16]}"
+
+
+def exported_folder(name: str, progress: Progress = stderr_progress) -> Path:
+    """The named checkpoint's pipeline model folder under ``build/exports/``, exported on first
+    use. An existing folder is reused only when its ``pipeline.json`` records the
+    checkpoint's sha256 (an interrupted export leaves no such folder: it is written beside
+    it and renamed into place)."""
+    ckpt = checkpoint(name)
+    target = export_dir(name)
+    if exported_sha256(target) == ckpt.sha256:
+        return target
+    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+    with _locked(EXPORT_DIR / f".{name}.lock"):  # parallel test workers export once
+        if exported_sha256(target) == ckpt.sha256:
+            return target
+        return _export(name, target, progress)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _export(name: str, target: Path, progress: Progress) -> Path:
+    ckpt = checkpoint(name)
+    gguf = checkpoint_file(name, progress)
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        export_checkpoint(gguf=gguf, out=scratch, progress=progress)
+        if target.exists():  # a stale export (another sha256 or unfinished): replaced
+            shutil.rmtree(target)
+        os.replace(scratch, target)
+    except OSError:
+        if exported_sha256(target) != ckpt.sha256:  # not a concurrent export finishing first
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target

@@ -76,8 +76,8 @@ class ModelFolder:
                 f"{path} is not a text_pipeline model folder: no {PIPELINE_FILE} "
                 "(run `python -m generator zoo text_pipeline` to write the zoo)"
             )
-        _inside(path, PIPELINE_FILE, f"{meta_path}: the folder's own {PIPELINE_FILE}")
-        manifest = _read_manifest(meta_path)
+        inside_folder(path, PIPELINE_FILE, f"{meta_path}: the folder's own {PIPELINE_FILE}")
+        manifest = read_manifest(meta_path)
         decoder_path = _named_file(path, manifest, "decoder")
         decoder, external = _read_decoder(decoder_path)
         tokenizer_path = _named_file(path, manifest, "tokenizer")
@@ -106,10 +106,10 @@ def special_tokens(folder: ModelFolder) -> dict[str, str]:
 
 def _named_file(folder: Path, manifest: dict, key: str) -> Path:
     """The file ``pipeline.json`` names under ``key``, which must lie inside the folder."""
-    return _inside(folder, manifest[key], f"{folder / PIPELINE_FILE}: {key} {manifest[key]!r}")
+    return inside_folder(folder, manifest[key], f"{folder / PIPELINE_FILE}: {key} {manifest[key]!r}")
 
 
-def _inside(folder: Path, name: str, what: str) -> Path:
+def inside_folder(folder: Path, name: str, what: str) -> Path:
     """``folder / name``, refused unless it stays inside ``folder``: a model folder may only
     name its own files (no absolute path, no ``..``, no symlink that leads out)."""
     relative = PurePosixPath(name)
@@ -126,7 +126,7 @@ def _inside(folder: Path, name: str, what: str) -> Path:
 MANIFEST_KEYS = {"format": str, "decoder": str, "tokenizer": str, "generation_config": dict}
 
 
-def _read_manifest(meta_path: Path) -> dict:
+def read_manifest(meta_path: Path) -> dict:
     """``pipeline.json`` parsed, with its format and required keys checked."""
     try:
         manifest = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -172,7 +172,7 @@ def _check_external_data(model_path: Path, tensor: onnx.TensorProto) -> None:
     info = {e.key: e.value for e in tensor.external_data}
     what = f"{model_path}: cannot read its external data (tensor {tensor.name!r}"
     try:
-        data = _inside(model_path.parent, info.get("location", ""), f"{what}, location {info.get('location')!r})")
+        data = inside_folder(model_path.parent, info.get("location", ""), f"{what}, location {info.get('location')!r})")
         offset = int(info.get("offset", 0))
         length = int(info["length"]) if "length" in info else None
     except ValueError:

@@ -33,7 +33,7 @@ HELD, SMALL, LARGE = 64, 128, 4096  # tokens held; buffer capacities
 
 
 def _folder(name: str):
-    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     return ModelFolder.read(exported_folder(name))

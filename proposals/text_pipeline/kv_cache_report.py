@@ -112,7 +112,7 @@ def memory(decoder: onnx.ModelProto) -> dict:
 
 def checkpoint_rows(names: tuple[str, ...] = ("smollm2-135m-instruct", "gemma3-270m")) -> list[dict]:
     """``--kv-cache int8`` against float32 on the packaged checkpoints' exported folders."""
-    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.export import exported_folder
 
     out = []
     for name in names:

@@ -169,7 +169,8 @@ PROMPTS = (
 def inplace_evidence(model: str = "smollm2-135m-instruct", new_tokens: int = 16) -> list[dict]:
     """Greedy tokens of mobius's static-cache graph, copied and bound in place, beside this
     pipeline's decoder on the same checkpoint, per prompt; plus the in-place rule's verdict."""
-    from proposals.text_pipeline.checkpoints import checkpoint_file, exported_folder
+    from proposals.text_pipeline.checkpoints import checkpoint_file
+    from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
     from proposals.text_pipeline.runners import OrtRunner
     from proposals.text_pipeline.tokenizer import load_tokenizer

@@ -3,7 +3,7 @@
 ``python -m proposals.text_pipeline.real_models reference`` computes the reference: each
 named checkpoint loaded by transformers, cast to float64 and run greedily in
 ``float64_mode`` (portable: no float32 kernel decides a token), ``NEW_TOKENS`` tokens per
-prompt, written to ``bench/real_reference.json``. The tests compare every backend with it.
+prompt, written to ``real_reference.json`` beside this module. The tests compare every backend with it.
 
 ``python -m proposals.text_pipeline.real_models agreement`` (part of ``make bench``) runs
 every backend on each exported folder and writes ``bench/real_agreement.json``: per model ×
@@ -21,16 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from generator.bench import machine, results_dir
+from generator.bench import machine
 from generator.errors import UsageError
 from proposals.text_pipeline.chat import chat_prompt
-from proposals.text_pipeline.checkpoints import CHECKPOINTS, checkpoint, exported_folder
+from proposals.text_pipeline.checkpoints import CHECKPOINTS, checkpoint
 from proposals.text_pipeline.config import GenerationConfig
+from proposals.text_pipeline.export import exported_folder
 from proposals.text_pipeline.tokenizer import CORPUS_DIR
 
 TOPIC = "text_pipeline"
 NEW_TOKENS = 64
-REFERENCE = "real_reference"
+# Test data, not a bench result: the tokens every backend is compared with
+REFERENCE = Path(__file__).with_name("real_reference.json")
 AGREEMENT = "real_agreement"
 REGENERATE = "python -m proposals.text_pipeline.real_models reference"
 
@@ -138,7 +140,7 @@ def answer(folder, tokens: list[int]) -> str:
 
 
 def load_reference() -> dict:
-    return json.loads((results_dir(TOPIC) / f"{REFERENCE}.json").read_text())
+    return json.loads(REFERENCE.read_text())
 
 
 def write_reference() -> Path:
@@ -152,9 +154,8 @@ def write_reference() -> Path:
         "dtype": "float64",
         "models": {name: reference_tokens(name) for name in CHECKPOINTS},
     }
-    path = results_dir(TOPIC) / f"{REFERENCE}.json"
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    return path
+    REFERENCE.write_text(json.dumps(data, indent=1) + "\n")
+    return REFERENCE
 
 
 def top2_gap(runner, ids: list[int]) -> float:
@@ -221,7 +222,7 @@ def write_agreement() -> Path:
 
     reference = load_reference()
     rows = [row for name in CHECKPOINTS for row in agreement(name, reference["models"][name])]
-    setup = {"new_tokens": NEW_TOKENS, "reference": f"bench/{REFERENCE}.json", "backends": list(BACKENDS)}
+    setup = {"new_tokens": NEW_TOKENS, "reference": REFERENCE.name, "backends": list(BACKENDS)}
     return write_json(TOPIC, AGREEMENT, rows, setup)
 
 

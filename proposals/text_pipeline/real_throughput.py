@@ -158,7 +158,8 @@ def transformers_run(hf_model, new_tokens: int) -> Run:
 def engines(name: str, context: int, new_tokens: int, only: set[str] | None) -> tuple[dict[str, Run], dict[str, str]]:
     """Every engine that can run ``name`` at ``context``; the others with one line each."""
     from proposals.kv_cache.fusion import fuse_to_gqa
-    from proposals.text_pipeline.checkpoints import checkpoint_file, exported_folder
+    from proposals.text_pipeline.checkpoints import checkpoint_file
+    from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     folder = ModelFolder.read(exported_folder(name))
@@ -228,7 +229,7 @@ def peak_rss_mb() -> float:
 
 def measure_cell(name: str, context: int, batch: int, new_tokens: int, rounds: int, only: set[str] | None) -> dict:
     from proposals.text_pipeline.build import spec_from_model
-    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     spec = spec_from_model(ModelFolder.read(exported_folder(name)).decoder)
@@ -285,7 +286,7 @@ def main(
     new_tokens: int = NEW_TOKENS,
 ) -> None:
     from proposals.text_pipeline.cache_formats import cache_bytes_per_token
-    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     plan = {"smollm2-135m-instruct": [(16, 1)]} if quick else (cells or FULL_CELLS)
@@ -361,7 +362,7 @@ def decode_op_profile(name: str = MODELS[0], context: int = 128, steps: int = 16
     import onnxruntime as ort
 
     from proposals.kv_cache.fusion import fuse_to_gqa
-    from proposals.text_pipeline.checkpoints import exported_folder
+    from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     folder = ModelFolder.read(exported_folder(name))

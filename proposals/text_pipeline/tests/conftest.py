@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proposals.text_pipeline.checkpoints import exported_folder
+from proposals.text_pipeline.export import exported_folder
 
 # CI sets this: the folders are exported afresh into the session's temporary folder (and the
 # export's determinism is checked against build/exports); locally the cached export is used.

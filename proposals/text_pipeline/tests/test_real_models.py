@@ -16,7 +16,7 @@ import pytest
 
 from generator.errors import UsageError
 from proposals.text_pipeline import __main__ as cli
-from proposals.text_pipeline import checkpoints
+from proposals.text_pipeline import checkpoints, export
 from proposals.text_pipeline.chat import chat_prompt
 from proposals.text_pipeline.config import GenerationConfig, GenerationInput
 from proposals.text_pipeline.factory import Device, create_pipeline
@@ -30,7 +30,7 @@ SMOL, GEMMA = "smollm2-135m-instruct", "gemma3-270m"
 
 @cache
 def reference(name: str) -> dict:
-    """The committed float64 transformers reference of one model (bench/real_reference.json)."""
+    """The committed float64 transformers reference of one model (real_reference.json)."""
     return load_reference()["models"][name]
 
 
@@ -260,7 +260,7 @@ def test_unknown_model_names_the_valid_ones(capsys):
 @pytest.mark.skipif(not os.environ.get(FRESH_EXPORT), reason=f"CI only ({FRESH_EXPORT}=1): a second export")
 def test_export_is_deterministic(real_folder):
     """The session's fresh export has the same bytes as the cached one in build/exports."""
-    cached = checkpoints.exported_folder(SMOL)
+    cached = export.exported_folder(SMOL)
     assert _tree(real_folder(SMOL)) == _tree(cached)
 
 
