@@ -98,6 +98,13 @@ def checkpoints(quick: bool) -> None:
         return
     from generator.bench import write_json
 
+    profile = real_throughput.decode_op_profile()
+    write_json(
+        TOPIC,
+        "throughput_checkpoints_ort_ops",
+        profile,
+        {"model": real_throughput.MODELS[0], "context": 128, "steps": 16},
+    )
     diagnosis = real_throughput.transformers_diagnosis()
     write_json(TOPIC, "transformers_diagnosis", diagnosis, {"model": real_throughput.MODELS[0], "held": 64})
     setup = {

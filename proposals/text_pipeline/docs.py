@@ -576,3 +576,14 @@ def kv_int8_checkpoints() -> str:
         rows,
         align="llrrr",
     )
+
+
+def checkpoint_profile_summary() -> str:
+    """Where a SmolLM2 decode step goes, standard and fused: the top op types' shares of kernel time."""
+    data = load_results(TOPIC, "throughput_checkpoints_ort_ops")
+    parts = []
+    for form in dict.fromkeys(r["form"] for r in data["rows"]):
+        rows = [r for r in data["rows"] if r["form"] == form]
+        top = ", ".join(f"{r['op']} {percent(r['share'])}" for r in rows[:4])
+        parts.append(f"{form}: {duration(rows[0]['run_s_per_step'])} per run, of which {top}")
+    return "; ".join(parts)
