@@ -39,8 +39,7 @@ def _kib(row: dict) -> str:
 def measured_on() -> str:
     """Where and with what the committed decode-step run was measured."""
     data = load_results(TOPIC, "decode_step")
-    setup = data["setup"]
-    return f"onnxruntime {setup['onnxruntime']} CPU, {setup['threads']} threads, {machine_text(data['machine'])}"
+    return f"{data['setup']['threads']} threads, {machine_text(data['machine'])}"
 
 
 def decode_step_table() -> str:
@@ -50,7 +49,7 @@ def decode_step_table() -> str:
         seconds = row["seconds"]
         rows.append(
             [
-                f"{row['heads']} x 128 x 128 ({_kib(row)})",
+                f"{_kib(row)} (H = {row['heads']})",
                 duration(seconds[PLAIN]),
                 duration(seconds[TWO]),
                 duration(seconds[ONE]),
@@ -60,7 +59,7 @@ def decode_step_table() -> str:
                 percent(row["share_of_limit"], 1),
             ]
         )
-    header = ["state", PLAIN, TWO, ONE, NO_SCAN, "plain / one buffer", COPY, "share of limit"]
+    header = ["state", "plain run", "2 buffers", "1 buffer", "no Scan", "plain / 1 buffer", "1 copy", "share"]
     return markdown_table(header, rows, align="lrrrrrrr")
 
 
