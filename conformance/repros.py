@@ -356,7 +356,7 @@ ALL: tuple[Repro, ...] = (
         "onnxruntime",
         _linear_attention_empty,
         lambda feeds: (
-            "Reshape node: The input tensor cannot be reshaped to the requested shape. "
+            "The input tensor cannot be reshaped to the requested shape. "
             "Input shape:{1,0,2}, requested shape:{1,0,-1,1}"
         ),
         "LinearAttention-27: 'Equivalent to running the recurrent update sequentially for each token' (over no "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import onnx
 
@@ -26,10 +27,18 @@ def collect(module: str) -> list:
     import onnx.backend.test.case.model as model_cases
     import onnx.backend.test.case.node as node_cases
 
-    # onnx's expect() appends to these module lists and offers no public way to read them
+    # onnx's expect() appends to these module lists and offers no public way to read them; it
+    # drops every node whose op is not the one an earlier collect_testcases(op_type) asked for
     if module not in _CASES:
         nodes, models = len(node_cases._NodeTestCases), len(model_cases._SimpleModelTestCases)  # noqa: SLF001
-        importlib.import_module(module)
+        target, node_cases._TargetOpType = node_cases._TargetOpType, None  # noqa: SLF001
+        try:
+            if module in sys.modules:  # its classes ran expect() at the first import
+                importlib.reload(sys.modules[module])
+            else:
+                importlib.import_module(module)
+        finally:
+            node_cases._TargetOpType = target  # noqa: SLF001
         _CASES[module] = [*node_cases._NodeTestCases[nodes:], *model_cases._SimpleModelTestCases[models:]]  # noqa: SLF001
         del node_cases._NodeTestCases[nodes:]  # noqa: SLF001
         del model_cases._SimpleModelTestCases[models:]  # noqa: SLF001

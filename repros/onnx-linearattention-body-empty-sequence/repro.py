@@ -1,6 +1,6 @@
 """LinearAttention-27's function body fails on an empty sequence (T = 0): Reshape with -1 of a size-0 tensor. Exit 1: reproduced; 0: fixed; 2: could not run (missing package or file, other error)."""
 import pathlib, sys
-HERE, ERROR = pathlib.Path(__file__).parent, 'Reshape node: The input tensor cannot be reshaped to the requested shape. Input shape:{1,0,2}, requested shape:{1,0,-1,1}'  # ERROR: the runtime's recorded error, if any
+HERE, ERROR = pathlib.Path(__file__).parent, 'The input tensor cannot be reshaped to the requested shape. Input shape:{1,0,2}, requested shape:{1,0,-1,1}'  # ERROR: the runtime's recorded error, if any
 def end(status, *words): print(" ".join(" ".join(map(str, words)).split())[:400]); sys.exit(status)
 try:
     import numpy as np, onnxruntime as ort
