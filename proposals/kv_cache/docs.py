@@ -152,6 +152,9 @@ def _mobius() -> dict:
     return load_results("text_pipeline", "mobius_inplace")  # written by proposals/text_pipeline/mobius_forms.py
 
 
+NOWRAP_RUN = 'run (<span class="nowrap">SmolLM2-135M-Instruct</span>, greedy)'  # a model id keeps whole
+
+
 def mobius_inplace_tokens() -> str:
     """Greedy tokens of mobius-onnx's static-cache graph, per way of running it, against the copying run."""
     data = _mobius()
@@ -160,7 +163,11 @@ def mobius_inplace_tokens() -> str:
     n = data["setup"]["new_tokens"]
     table = [[name, " · ".join(f"{r['equal_to_copying'][name]}/{n}" for r in rows)] for name in names]
     return markdown_table(
-        ["run (SmolLM2-135M-Instruct, greedy)", f"tokens equal to the copying run, {len(rows)} prompts"], table
+        [
+            NOWRAP_RUN,
+            f"tokens equal to the copying run, {len(rows)} prompts",
+        ],
+        table,
     )
 
 
@@ -183,7 +190,7 @@ def fusion_hits() -> str:
     for r in _fusion()["rows"]:
         misses = "; ".join(f"{n} × {reason}" for reason, n in r["misses"].items()) or "none"
         equal = " · ".join(f"{e}/{r['new_tokens']}" for e in r["tokens_equal"])
-        rows.append([r["model"], f"{r['fused']} of {r['attention_layers']}", misses, equal])
+        rows.append([f"`{r['model']}`", f"{r['fused']} of {r['attention_layers']}", misses, equal])
     return markdown_table(["checkpoint", "layers fused", "misses", "greedy tokens equal to the standard graph"], rows)
 
 

@@ -141,7 +141,9 @@ def checkpoint_accuracy_table() -> str:
 
     rows = [[config, *(cell(by.get((m, config))) for m in models)] for config in configs]
     return markdown_table(
-        ["config", *(f"{m}: agreement · KL · perplexity" for m in models)], rows, align="l" + "r" * len(models)
+        ["config", *(f'<span class="nowrap">{m}:</span> agreement · KL · ppl' for m in models)],
+        rows,
+        align="l" + "r" * len(models),
     )
 
 

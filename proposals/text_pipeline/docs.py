@@ -4,6 +4,7 @@ markers, so ``make bench`` updates the prose together with the table."""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 
 from generator.bench import (
@@ -409,7 +410,7 @@ def real_packages_table() -> str:
     rows = [
         [
             f"`--model {c.name}`",
-            c.title,
+            f'<span class="nowrap">{c.title}</span>',
             f"`{c.distribution}=={c.version}`" + (f" + {len(c.files)} part packages" if len(c.files) > 1 else ""),
             f"`{c.sha256[:16]}…`",
             c.licence,
@@ -434,7 +435,9 @@ def real_answers() -> str:
         for message, prompt in zip(MESSAGES[name], model["prompts"], strict=True):
             shown = message if message is not None else f"({len(prompt['prompt_ids'])} tokens of this project's notes)"
             text = " ".join(prompt["text"].split())
-            rows.append([f"`{name}`", shown, text[:160] + ("…" if len(text) > 160 else "")])
+            answer = html.escape(text[:160] + ("…" if len(text) > 160 else "")).replace("|", "&#124;")
+            # generated text may be code: shown as code, and <wbr> lets it wrap in its cell
+            rows.append([f"`{name}`", shown, f"<code>{answer}<wbr></code>"])
     return markdown_table(["model", "prompt", "greedy answer (transformers, float64; up to EOS or 64 tokens)"], rows)
 
 
@@ -492,7 +495,7 @@ def checkpoint_throughput_table() -> str:
         for engine, rate in r["decode_tokens_per_s"].items():
             rows.append(
                 [
-                    r["model"],
+                    f"`{r['model']}`",
                     f"{r['context']} × {r['batch']}",
                     engine,
                     f"{rate:.1f}",
@@ -563,7 +566,7 @@ def kv_int8_checkpoints() -> str:
     """``--kv-cache int8`` against float32 on both checkpoints: agreement and cache memory."""
     rows = [
         [
-            r["model"],
+            f"`{r['model']}`",
             r["kv_cache"],
             f"{r['equal_tokens']}/{r['tokens']} (identical prefix {r['identical_prefix_tokens']})",
             f"{r['cache_bytes_per_token']:,.0f} B",
