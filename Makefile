@@ -45,8 +45,10 @@ unit: $(STAMP)
 unit-core: $(STAMP)
 	$(PYTEST) -m "not site"
 
+# By file: the browser tests share one module fixture that screens every page (minutes), which a
+# worker would build again each time it came back to that file from another.
 unit-site: $(STAMP)
-	$(PYTEST) -m site
+	$(PYTEST) -m site --dist loadfile
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site

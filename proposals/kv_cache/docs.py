@@ -152,6 +152,7 @@ def _mobius() -> dict:
     return load_results("text_pipeline", "mobius_inplace")  # written by proposals/text_pipeline/mobius_forms.py
 
 
+NOWRAP_SMOLLM2 = '<span class="nowrap">SmolLM2-135M</span>'  # a model id keeps whole in a table
 NOWRAP_RUN = 'run (<span class="nowrap">SmolLM2-135M-Instruct</span>, greedy)'  # a model id keeps whole
 
 
@@ -200,7 +201,7 @@ def fusion_rates() -> str:
     rates = data["setup"]["decode_steps_per_s"]
     rows = [[name, f"{rate:.1f}"] for name, rate in rates.items()]
     return markdown_table(
-        [f"SmolLM2-135M, batch 1, {data['setup']['held']} tokens held", "decode steps/s"], rows, align="lr"
+        [f"{NOWRAP_SMOLLM2}, batch 1, {data['setup']['held']} tokens held", "decode steps/s"], rows, align="lr"
     )
 
 
@@ -230,7 +231,7 @@ def real_shapes_table() -> str:
     variants = list(data["rows"][0]["seconds"])
     rows = [
         [
-            r["layer"],
+            f'<span class="nowrap">{r["layer"]}</span>',
             f"{r['held']:,} in {r['capacity']:,}",
             *(f"{duration(r['seconds'][v])} ({r['roofline_share'][v]:.0%})" for v in variants),
         ]

@@ -426,6 +426,11 @@ def _reference() -> dict:
     return load_reference()
 
 
+def _code_cell(text: str) -> str:
+    """Prompts and answers may be code: shown as code, and ``<wbr>`` lets it wrap in its cell."""
+    return f"<code>{html.escape(text).replace('|', '&#124;')}<wbr></code>"
+
+
 def real_answers() -> str:
     """Each reference prompt's message and the first line of the model's answer."""
     from proposals.text_pipeline.real_models import MESSAGES
@@ -435,9 +440,8 @@ def real_answers() -> str:
         for message, prompt in zip(MESSAGES[name], model["prompts"], strict=True):
             shown = message if message is not None else f"({len(prompt['prompt_ids'])} tokens of this project's notes)"
             text = " ".join(prompt["text"].split())
-            answer = html.escape(text[:160] + ("…" if len(text) > 160 else "")).replace("|", "&#124;")
-            # generated text may be code: shown as code, and <wbr> lets it wrap in its cell
-            rows.append([f"`{name}`", shown, f"<code>{answer}<wbr></code>"])
+            answer = text[:160] + ("…" if len(text) > 160 else "")
+            rows.append([f"`{name}`", _code_cell(shown), _code_cell(answer)])
     return markdown_table(["model", "prompt", "greedy answer (transformers, float64; up to EOS or 64 tokens)"], rows)
 
 
