@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 # The engines' telemetry stays off (generator/telemetry.py does the same in process; docs/runtimes.md).
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: venv zoo verify test lint unit unit-core unit-site docs serve bench snippets fuzz onnx-cases upstream clean
+.PHONY: venv zoo verify test lint unit unit-core unit-site docs docs-then-site serve bench snippets fuzz onnx-cases upstream clean
 
 venv: $(STAMP)
 
@@ -45,21 +45,23 @@ unit: $(STAMP)
 unit-core: $(STAMP)
 	$(PYTEST) -m "not site"
 
-# By file: the browser tests share one module fixture that screens every page (minutes), which a
-# worker would build again each time it came back to that file from another.
+# In one process: the browser tests share one module fixture that screens every page, and in
+# `make test` they run beside unit-core, which has the two workers.
 unit-site: $(STAMP)
-	$(PYTEST) -m site --dist loadfile
+	$(PY) -m pytest -n 0 --durations=10 -m site
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Everything: lint, the conformance run over the committed zoo (the docs read its matrix, and
-# the scaffold test's copy reuses its cells), then the strict docs build beside the unit tests
-# that do not read the site (they rebuild the zoo in a temporary folder and compare bytes),
-# then those that open the freshly built site in headless Chromium. Each part's output is
-# printed when it ends.
+# the scaffold test's copy reuses its cells), then the unit tests that do not read the site
+# (they rebuild the zoo in a temporary folder and compare bytes) beside the strict docs build
+# followed at once by the tests that open the freshly built site in headless Chromium. Each
+# part's output is printed when it ends.
 test: lint verify
-	$(MAKE) --no-print-directory --output-sync=target -j2 docs unit-core
+	$(MAKE) --no-print-directory --output-sync=target -j2 unit-core docs-then-site
+
+docs-then-site: docs
 	$(MAKE) --no-print-directory unit-site
 
 serve: $(STAMP)

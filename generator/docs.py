@@ -256,14 +256,15 @@ def pass_counts(topic: str, matrix: Mapping | None = None) -> tuple[int, dict[st
     return len(rows), {rt: sum(row["results"][rt]["status"] == "pass" for row in rows) for rt in runtimes}
 
 
-def _from_home(text: str, topic: str) -> str:
+def _from_home(text: str, topic: str, prefix: str = "proposals/") -> str:
     """``text`` from ``proposals/<topic>/README.md`` with its relative links made relative to
-    the home page (``docs/index.md``, where the proposals are published as ``proposals/``)."""
+    the page that lists it: ``prefix`` is the proposals' folder seen from that page
+    (``proposals/`` from the home page, ``docs/index.md``; empty from ``docs/proposals/index.md``)."""
     for target in dict.fromkeys(link_targets(text)):
         if "://" in target or target.startswith(("mailto:", "/")):
             continue
         path, _, anchor = target.partition("#")
-        moved = posixpath.normpath(f"proposals/{topic}/{path or 'README.md'}") + (f"#{anchor}" if anchor else "")
+        moved = posixpath.normpath(f"{prefix}{topic}/{path or 'README.md'}") + (f"#{anchor}" if anchor else "")
         text = text.replace(f"]({target})", f"]({moved})")
     return text
 
@@ -273,7 +274,7 @@ def _title(page: Path) -> str:
     return found[0] if found else page.stem
 
 
-def proposal_row(topic: str, root: Path = ROOT) -> str:
+def proposal_row(topic: str, root: Path = ROOT, prefix: str = "proposals/") -> str:
     """One row of the home page's table: the proposal's title and other pages, linked, and
     the one-line conclusion its Summary gives (its ``**Conclusion:**`` paragraph)."""
     page = root / "proposals" / topic / "README.md"
@@ -282,18 +283,23 @@ def proposal_row(topic: str, root: Path = ROOT) -> str:
     text = conclusion(page.read_text())
     if not text:
         raise UsageError(f"{page.relative_to(root)}: no '{CONCLUSION} ...' paragraph in its '## Summary'")
-    links = [f"[{_title(page)}](proposals/{topic}/README.md)"]
-    links += [f"[{_title(p)}](proposals/{topic}/{p.name})" for p in sorted(page.parent.glob("*.md")) if p != page]
-    answer = _from_home(expand_generated(text), topic).replace("|", "\\|")
+    links = [f"[{_title(page)}]({prefix}{topic}/README.md)"]
+    links += [f"[{_title(p)}]({prefix}{topic}/{p.name})" for p in sorted(page.parent.glob("*.md")) if p != page]
+    answer = _from_home(expand_generated(text), topic, prefix).replace("|", "\\|")
     return f"| {'<br>↳ '.join(links)} | {answer[:1].upper()}{answer[1:]} |"
 
 
-def proposals_table(root: Path = ROOT) -> str:
+def proposals_table(root: Path = ROOT, prefix: str = "proposals/") -> str:
     """The home page's list of proposals: every topic folder under ``proposals/``, read from
     the folders (a new topic appears without editing the home page)."""
     names = sorted(p.name for p in (root / "proposals").iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
-    rows = [proposal_row(topic, root) for topic in names]
+    rows = [proposal_row(topic, root, prefix) for topic in names]
     return "\n".join(["| Proposal | Its conclusion |", "|---|---|", *rows]) + "\n"
+
+
+def proposals_index() -> str:
+    """The same list on the Proposals section's own page (``docs/proposals/index.md``)."""
+    return proposals_table(prefix="")
 
 
 def runtimes_sentence(matrix: Mapping | None = None) -> str:

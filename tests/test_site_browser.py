@@ -109,32 +109,24 @@ def _is_loopback(url: str) -> bool:
     return parsed.scheme in LOCAL_SCHEMES or parsed.hostname in ("127.0.0.1", "localhost")
 
 
-def test_every_page_loads_offline_without_errors(driver, base_url: str, site_dir: Path) -> None:
-    problems = []
-    pages = _pages(site_dir)
-    assert len(pages) >= 4, pages
-    for page in pages:
-        driver.get_log("browser")  # drop what earlier pages left
-        driver.get_log("performance")
-        driver.get(f"{base_url}/{page}")
-        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")  # lazy images
-        driver.execute_async_script(
-            "const done = arguments[arguments.length - 1];"
-            "Promise.all([...document.images].map(i => i.loading = 'eager')).then(() =>"
-            " Promise.all([...document.images].filter(i => !i.complete).map(i =>"
-            " new Promise(r => { i.onload = i.onerror = r; })))).then(done);"
-        )
-        broken = driver.execute_script(
-            "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
-        )
-        problems += [f"{page}: image did not load: {src}" for src in broken]
-        problems += [
-            f"{page}: console {e['level']}: {e['message']}" for e in driver.get_log("browser") if e["level"] == "SEVERE"
-        ]
-        problems += [
-            f"{page}: request left loopback: {url}" for url in _requested_urls(driver) if not _is_loopback(url)
-        ]
-    assert not problems, "\n".join(problems)
+def _load_problems(driver, page: str) -> list[str]:
+    """What went wrong while ``page`` loaded: images that did not load, console errors, and
+    requests that left loopback (the driver's logs are drained before each page)."""
+    broken = driver.execute_script(
+        "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+    )
+    problems = [f"{page}: image did not load: {src}" for src in broken]
+    problems += [
+        f"{page}: console {e['level']}: {e['message']}" for e in driver.get_log("browser") if e["level"] == "SEVERE"
+    ]
+    problems += [f"{page}: request left loopback: {url}" for url in _requested_urls(driver) if not _is_loopback(url)]
+    return problems
+
+
+def test_every_page_loads_offline_without_errors(inspected, site_dir: Path) -> None:
+    """Checked on each page's first load in the inspection pass below (every image eager)."""
+    assert len(_pages(site_dir)) >= 4
+    _assert_none(inspected, "load")
 
 
 def test_search_finds_tensorscatter(driver, base_url: str) -> None:
@@ -158,6 +150,8 @@ SCREENSHOT_MAX_HEIGHT = 12_000  # px; the rest of a longer page is left out
 
 
 def _load_with_images(driver, url: str) -> None:
+    driver.get_log("browser")  # drop what earlier pages left
+    driver.get_log("performance")
     driver.get(url)
     driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
@@ -190,6 +184,8 @@ def inspected(driver, base_url: str, site_dir: Path) -> dict[str, list[str]]:
         for width_name, width in WIDTHS.items():
             driver.set_window_size(width, 1000)
             _load_with_images(driver, f"{base_url}/{page}")
+            if width_name == "laptop":
+                found.setdefault("load", []).extend(_load_problems(driver, page))
             for scheme in ("default", "slate"):
                 driver.execute_script(f"document.body.setAttribute('data-md-color-scheme', '{scheme}')")
                 for kind, items in driver.execute_script(INSPECT).items():
