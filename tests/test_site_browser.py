@@ -134,6 +134,7 @@ def test_search_finds_tensorscatter(driver, base_url: str) -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
+    driver.set_window_size(WIDTHS["laptop"], 1000)  # the inspection pass may have left it at phone width
     driver.get(f"{base_url}/")
     driver.find_element(By.CSS_SELECTOR, "label.md-search__icon, .md-search__input").click()
     box = WebDriverWait(driver, 20).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "input.md-search__input")))
