@@ -132,16 +132,16 @@ SEEDS["qwen3_5"] = 31
 # Qwen3.5's RMSNorms scale by (1 + weight) (weights around 0), but the gated norm of its
 # linear-attention layers scales by weight (around 1)
 CENTRES["qwen3_5"] = lambda name: 1.0 if name.endswith("linear_attn.norm.weight") else 0.0
-_ALL = {**ARCHITECTURES, **HYBRID_ARCHITECTURES}
+ALL_ARCHITECTURES = {**ARCHITECTURES, **HYBRID_ARCHITECTURES}  # every tiny_model
 
 
 def tiny_config(arch: str, **overrides):
     """The transformers config of a tiny ``arch`` model (overrides win)."""
     import transformers
 
-    if arch not in _ALL:
-        raise UsageError(f"unknown architecture {arch!r}; valid: {', '.join(_ALL)}")
-    config_cls, _, extra = _ALL[arch]
+    if arch not in ALL_ARCHITECTURES:
+        raise UsageError(f"unknown architecture {arch!r}; valid: {', '.join(ALL_ARCHITECTURES)}")
+    config_cls, _, extra = ALL_ARCHITECTURES[arch]
     return getattr(transformers, config_cls)(**{**TINY, **extra, **overrides})
 
 
@@ -153,6 +153,6 @@ def tiny_model(arch: str, **overrides):
     config._attn_implementation = "eager"
     if arch in MOE_ARCHITECTURES:  # the per-expert loop: grouped_mm has no float64 kernel
         config._experts_implementation = "eager"
-    model_cls = getattr(transformers, _ALL[arch][1])
+    model_cls = getattr(transformers, ALL_ARCHITECTURES[arch][1])
     centre = CENTRES.get(arch, norm_centre)
     return seeded_model(lambda: model_cls(config), SEEDS[arch], config.initializer_range, centre=centre)
