@@ -145,6 +145,17 @@ class DecoderSpec:
 # --8<-- [end:spec]
 
 
+def refuse_recurrent(spec: DecoderSpec, backend: str, why: str) -> None:
+    """A one-line UsageError when a backend that runs attention layers only gets a hybrid."""
+    if spec.recurrent_layers:
+        layers = ", ".join(map(str, spec.recurrent_layers))
+        raise UsageError(
+            f"the {backend} backend {why}; this {spec.model_type} decoder's layers {layers} keep a conv and a "
+            f"recurrent state per sequence; valid: the onnxruntime backend for hybrid decoders, {backend} for "
+            "decoders whose every layer is attention"
+        )
+
+
 def _config_value(config, name: str, default=None):
     return getattr(config, name, default)
 

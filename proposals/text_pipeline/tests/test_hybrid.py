@@ -95,12 +95,15 @@ def test_create_pipeline_onnxruntime(hybrid, folder):
     assert [list(r.token_ids) for r in results] == expected
 
 
-def test_paged_backend_refuses_in_one_line(folder, capsys):
-    with pytest.raises(UsageError, match=r"pages KV caches only; .* layers 0, 2 .*; valid: the onnxruntime"):
-        create_pipeline("onnxruntime-paged", folder)
-    assert cli(["hi", "--backend", "onnxruntime-paged", "--model-dir", str(folder)]) == 2
+@pytest.mark.parametrize("backend", ["onnxruntime-paged", "onnxruntime-genai", "openvino-genai"])
+def test_attention_only_backends_refuse_in_one_line(folder, backend, capsys):
+    """The paged backend pages K/V (a recurrent state has no pages, no prefix to share); ORT
+    GenAI binds past_key/past_value only; OpenVINO cannot convert the gated-delta layers."""
+    with pytest.raises(UsageError, match=r"backend .*; this qwen3_5_text decoder's layers 0, 2 .*; valid: the onnx"):
+        create_pipeline(backend, folder)
+    assert cli(["hi", "--backend", backend, "--model-dir", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: the paged backend pages KV caches only")
+    assert err.count("\n") == 1 and err.startswith(f"error: the {backend} backend ")
 
 
 @pytest.mark.parametrize(
