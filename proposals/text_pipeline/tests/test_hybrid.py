@@ -12,6 +12,7 @@ import torch
 from generator.errors import UsageError
 from proposals.text_pipeline.__main__ import main as cli
 from proposals.text_pipeline.build import decoder_spec, spec_from_model
+from proposals.text_pipeline.cache_formats import cache_buffers, cache_bytes_per_token
 from proposals.text_pipeline.config import GenerationConfig, GenerationInput
 from proposals.text_pipeline.factory import create_pipeline
 from proposals.text_pipeline.families import tiny_config, tiny_model
@@ -52,6 +53,10 @@ def test_layers_carry_their_own_state(hybrid):
     assert [o.name for o in decoder.graph.output][1:] == [n.replace("past", "present") for n in names[2:]]
     ops = [n.op_type for n in decoder.graph.node]
     assert (ops.count("LinearAttention"), ops.count("TensorScatter"), ops.count("Attention")) == (2, 2, 1)
+    buffers = {b.name: b for b in cache_buffers(decoder)}  # the runner allocates what these say
+    assert buffers["conv_0"].shape(2, 99) == (2, 2 * 2 * 16 + 4 * 16, 3)  # [q | k | v] channels, K - 1
+    assert buffers["state_2"].shape(2, 99) == (2, 4, 16, 16)  # (B, H_v, d_k, d_v)
+    assert cache_bytes_per_token(decoder) == 2 * 2 * 16 * 4  # K and V of the one attention layer
     rules = {
         onnx.helper.get_attribute_value(a) for n in decoder.graph.node for a in n.attribute if a.name == "update_rule"
     }
