@@ -15,7 +15,7 @@ import onnx
 from proposals.text_pipeline.backends.onnxruntime_genai import position_ids_decoder, write_genai_folder
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
-from proposals.text_pipeline.families import ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
+from proposals.text_pipeline.families import ARCHITECTURES, HYBRID_ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
 from proposals.text_pipeline.folder import ModelFolder, decoder_bytes, write_folder
 from proposals.text_pipeline.generation import Generator
 from proposals.text_pipeline.moe_mlp import for_onnxruntime
@@ -67,7 +67,7 @@ def parity_table(new_tokens: int = 64) -> str:
         "| model | cache | prompt lengths | new tokens | identical tokens | max logit diff |",
         "|---|---|---|---|---|---|",
     ]
-    for arch in ARCHITECTURES:
+    for arch in (*ARCHITECTURES, *HYBRID_ARCHITECTURES):
         model = tiny_model(arch)
         decoder = for_onnxruntime(onnx.load_from_string(decoder_bytes(arch)))  # MoE: the body inlined
         spec = spec_from_model(decoder)
@@ -84,8 +84,17 @@ def parity_table(new_tokens: int = 64) -> str:
 # --8<-- [end:parity]
 
 
+def _layers(layers: tuple[int, ...]) -> str:
+    return f"layer{'s' * (len(layers) > 1)} {', '.join(map(str, layers))}"
+
+
 def cache_kinds(spec) -> str:
-    """The decoder's cache buffers in words (mixed ones name their linear layers)."""
+    """The decoder's cache buffers in words (mixed ones name their linear layers, a hybrid
+    its recurrent ones)."""
+    if spec.recurrent_layers:
+        return (
+            f"linear on {_layers(spec.attention_layers)} + conv and recurrent state on {_layers(spec.recurrent_layers)}"
+        )
     if spec.mixed:
         full = ", ".join(map(str, spec.full_layers))
         return f"circular (window {spec.sliding_window}) + linear on layer{'s' * (len(spec.full_layers) > 1)} {full}"
