@@ -7,7 +7,9 @@ aligned). One graph serves prefill (``write_indices = 0``, many tokens) and deco
 (``write_indices = tokens so far``, one token). Sliding-window configs use a circular
 buffer whose length is the window; configs that alternate sliding and full layers
 (Gemma 2/3) keep both kinds in one graph, a circular buffer per sliding layer and a
-linear one per full layer.
+linear one per full layer. A hybrid (Qwen3.5) has no KV cache on its ``linear_attention``
+layers: each carries a conv state and a recurrent state instead (LinearAttention-27, so
+its graph is opset 27).
 
 Graph signature (``L`` = cache length, fixed to the window for circular buffers, per layer)::
 
@@ -15,7 +17,9 @@ Graph signature (``L`` = cache length, fixed to the window for circular buffers,
     write_indices  int64 [batch]            tokens already in the cache, per sample
     past_key_i     float [batch, kv_heads, L, head_dim]   (and past_value_i)
     -> logits      float [batch, seq, vocab]
-    -> present_key_i / present_value_i      same shape as past_*
+    past_conv_i    float [batch, C, K-1]    a hybrid's recurrent layer i: the last K-1 conv inputs
+    past_state_i   float [batch, H_v, d_k, d_v]           and LinearAttention's state
+    -> present_key_i / present_value_i      same shape as past_* (present_conv_i / present_state_i)
 
 Positions (``write_indices + arange(seq)``) and ``nonpad_kv_seqlen``
 (``write_indices + seq``, capped at ``L`` for a circular buffer) are computed in the
@@ -620,6 +624,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     for i, (layer, past) in enumerate(zip(body.layers, pasts, strict=True)):
         b.push_module(f"layers.{i}")
         h = _maybe_norm(op, x, layer, norms.attn_in)
+        # --8<-- [start:layer_kind]
         if i in mixers:  # conv + recurrent state in, both updated out
             b.push_module("linear_attn")
             mixed, *states = mixer_outputs(b, h, *past, mixers[i])
@@ -638,6 +643,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
                 mode="circular" if spec.layer_circular(i) else "linear",
             )
             kinds = ("key", "value")
+        # --8<-- [end:layer_kind]
         b.pop_module()
         x = _residual(op, x, _maybe_norm(op, mixed, layer, norms.attn_out), residual)
         h = _maybe_norm(op, x, layer, norms.mlp_in)
