@@ -55,6 +55,7 @@ SUPPORTED_MODEL_TYPES = (
     "granite",
     "smollm3",
     "qwen3_5_text",
+    "qwen3_next",
 )
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin independent of length
 # why the length-dependent ones are refused (named in the error)
@@ -75,13 +76,14 @@ CAUSAL_LM_CLASSES = (
     "GraniteForCausalLM",
     "SmolLM3ForCausalLM",
     "Qwen3_5ForCausalLM",
+    "Qwen3NextForCausalLM",
 )
 SUPPORTED_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # SwiGLU, GeGLU (Gemma)
 LAYER_TYPES = ("full_attention", "sliding_attention")  # attention layers, by their cache buffer
 # Hybrid decoders: their ``linear_attention`` layers are gated-delta mixers, LinearAttention-27
 # (so the graph is opset 27) with a conv state and a recurrent state instead of a KV cache
 RECURRENT_LAYER_TYPES = ("linear_attention",)
-HYBRID_MODEL_TYPES = ("qwen3_5_text",)
+HYBRID_MODEL_TYPES = ("qwen3_5_text", "qwen3_next")
 HYBRID_OPSET = 27
 # MoE decoders: the MLP of a layer is the MoE proposal's function op (moe_mlp.py)
 MOE_MODEL_TYPES = ("qwen3_moe", "mixtral")
@@ -315,7 +317,12 @@ def _epsilon(norm) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
 
 
-OFFSET_NORMS = ("Gemma2RMSNorm", "Gemma3RMSNorm", "Qwen3_5RMSNorm")  # scale by (1 + weight), weight zero-centred
+OFFSET_NORMS = (
+    "Gemma2RMSNorm",
+    "Gemma3RMSNorm",
+    "Qwen3_5RMSNorm",
+    "Qwen3NextRMSNorm",
+)  # scale by (1 + weight), weight zero-centred
 
 
 def _norm_scale(norm) -> np.ndarray:
@@ -370,7 +377,7 @@ def _qkv(attn) -> list[tuple[np.ndarray, np.ndarray | None]]:
     return [(_transposed(p), _bias(p)) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
 
 
-GATED_ATTENTION = ("Qwen3_5Attention",)  # q_proj holds [query | gate] per head
+GATED_ATTENTION = ("Qwen3_5Attention", "Qwen3NextAttention")  # q_proj holds [query | gate] per head
 
 
 def _query_and_gate(weight: np.ndarray | None, heads: int, head_dim: int) -> tuple[np.ndarray | None, ...]:
@@ -441,13 +448,15 @@ def _mlp(op: OpBuilder, x: ir.Value, mlp, act: str = "silu") -> ir.Value:
     return _linear(op, gated, mlp.down_proj, "down_proj")
 
 
-def _layer_mlp(op: OpBuilder, x: ir.Value, mlp, act: str, functions: dict[str, onnx.FunctionProto]) -> ir.Value:
+def _layer_mlp(
+    op: OpBuilder, x: ir.Value, mlp, act: str, functions: dict[str, onnx.FunctionProto], opset: int = OPSET
+) -> ir.Value:
     """The dense gated MLP, or for an MoE block one MoE function-op node whose body's
     functions are collected in ``functions`` (one body per model: every layer's must agree)."""
     if not is_moe_block(mlp):
         return _mlp(op, x, mlp, act)
     y, bodies = moe_mlp(op, x, mlp)
-    for body in retarget(bodies, OPSET):
+    for body in retarget(bodies, opset):  # the decoder's own opset (27 in a hybrid)
         known = functions.setdefault(body.name, body)
         if known.SerializeToString() != body.SerializeToString():
             raise UsageError(f"MoE layers of different structure (the {body.name} bodies differ); supported: one kind")
@@ -648,7 +657,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         x = _residual(op, x, _maybe_norm(op, mixed, layer, norms.attn_out), residual)
         h = _maybe_norm(op, x, layer, norms.mlp_in)
         b.push_module("mlp")
-        y = _layer_mlp(op, h, layer.mlp, act, functions)
+        y = _layer_mlp(op, h, layer.mlp, act, functions, HYBRID_OPSET if mixers else OPSET)
         if norms.mlp_out is not None:  # OLMo-2, Gemma: the norm is the layer's module, not the MLP's
             b.pop_module()
             y = _maybe_norm(op, y, layer, norms.mlp_out)

@@ -128,10 +128,18 @@ HYBRID_ARCHITECTURES = {
         },
     ),
 }
-SEEDS["qwen3_5"] = 31
+# Qwen3-Next: the same layers (its mixer's q/k/v/z and b/a projections fused and grouped per
+# key head), and MoE MLPs: 4 experts of 32, top 2, and a shared expert behind a sigmoid gate
+HYBRID_ARCHITECTURES["qwen3_next"] = (
+    "Qwen3NextConfig",
+    "Qwen3NextForCausalLM",
+    HYBRID_ARCHITECTURES["qwen3_5"][2]
+    | {"moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2},
+)
+SEEDS.update({"qwen3_5": 31, "qwen3_next": 32})
 # Qwen3.5's RMSNorms scale by (1 + weight) (weights around 0), but the gated norm of its
 # linear-attention layers scales by weight (around 1)
-CENTRES["qwen3_5"] = lambda name: 1.0 if name.endswith("linear_attn.norm.weight") else 0.0
+CENTRES["qwen3_5"] = CENTRES["qwen3_next"] = lambda name: 1.0 if name.endswith("linear_attn.norm.weight") else 0.0
 ALL_ARCHITECTURES = {**ARCHITECTURES, **HYBRID_ARCHITECTURES}  # every tiny_model
 
 
@@ -151,7 +159,7 @@ def tiny_model(arch: str, **overrides):
 
     config = tiny_config(arch, **overrides)
     config._attn_implementation = "eager"
-    if arch in MOE_ARCHITECTURES:  # the per-expert loop: grouped_mm has no float64 kernel
+    if arch in MOE_ARCHITECTURES or arch == "qwen3_next":  # the per-expert loop: grouped_mm has no float64 kernel
         config._experts_implementation = "eager"
     model_cls = getattr(transformers, ALL_ARCHITECTURES[arch][1])
     centre = CENTRES.get(arch, norm_centre)

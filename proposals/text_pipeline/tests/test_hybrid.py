@@ -4,6 +4,8 @@ same builder, runner and generation loop as every other family."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -19,6 +21,7 @@ from proposals.text_pipeline.families import tiny_config, tiny_model
 from proposals.text_pipeline.folder import decoder_bytes, write_folder
 from proposals.text_pipeline.report import PROMPTS, greedy, hf_greedy
 from proposals.text_pipeline.runners import OrtRunner
+from proposals.text_pipeline.tests.conftest import HYBRID_MOE
 from proposals.text_pipeline.tokenizer import load_tokenizer
 
 ARCH = "qwen3_5"
@@ -70,6 +73,16 @@ def test_greedy_batch_is_token_identical(hybrid):
     assert [len(p) for p in prompts] == [5, 23] and all(len(row) == NEW_TOKENS for row in expected)
     assert greedy(OrtRunner(decoder), prompts, NEW_TOKENS) == expected
     assert greedy(OrtRunner(decoder, inplace=False), prompts, NEW_TOKENS) == expected
+
+
+@pytest.mark.skipif(not os.environ.get(HYBRID_MOE), reason=f"CI only ({HYBRID_MOE}=1): about 10 s of CPU")
+def test_qwen3_next_greedy_batch_is_token_identical(hybrid):
+    """Qwen3-Next through the same builder: its mixer's fused, per-key-head grouped projections
+    and its MoE MLPs (the MoE proposal's function op, with the gated shared expert)."""
+    _, _, prompts, _ = hybrid
+    decoder = onnx.load_from_string(decoder_bytes("qwen3_next"))
+    assert [n.op_type for n in decoder.graph.node].count("MoE") == 3
+    assert greedy(OrtRunner(decoder), prompts, NEW_TOKENS) == hf_greedy(tiny_model("qwen3_next"), prompts, NEW_TOKENS)
 
 
 def test_states_are_transformers_cache(hybrid):
@@ -132,9 +145,12 @@ def test_unsupported_layer_types_are_named(arch, layer_types, message):
 
 
 def test_unsupported_hybrid_family_is_named():
-    """Qwen3-Next's layers convert (linear_attention's survey) but its MoE MLP with a gated
-    shared expert has no decoder here: the architecture is refused, naming the supported ones."""
+    """OLMo-Hybrid's gated-delta layers convert (linear_attention's survey), but its decoder is
+    not one the builder knows: the architecture is refused, naming the supported ones."""
     import transformers
 
-    with pytest.raises(UsageError, match="unsupported architecture 'qwen3_next'; supported: .*qwen3_5_text"):
-        decoder_spec(transformers.Qwen3NextConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2))
+    config = transformers.OlmoHybridConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2)
+    with pytest.raises(
+        UsageError, match="unsupported architecture 'olmo_hybrid'; supported: .*qwen3_5_text, qwen3_next"
+    ):
+        decoder_spec(config)
