@@ -7,7 +7,7 @@ aligned). One graph serves prefill (``write_indices = 0``, many tokens) and deco
 (``write_indices = tokens so far``, one token). Sliding-window configs use a circular
 buffer whose length is the window; configs that alternate sliding and full layers
 (Gemma 2/3) keep both kinds in one graph, a circular buffer per sliding layer and a
-linear one per full layer. A hybrid (Qwen3.5) has no KV cache on its ``linear_attention``
+linear one per full layer. A hybrid (Qwen3.5, Qwen3-Next) has no KV cache on its ``linear_attention``
 layers: each carries a conv state and a recurrent state instead (LinearAttention-27, so
 its graph is opset 27).
 
@@ -608,7 +608,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     function adds the embedding, the norms, the MLPs and the language-model head.
     Gemma adds norms after each sublayer too, and caps the final logits. An MoE block
     (Qwen3-MoE, Mixtral) becomes the MoE proposal's function op (``moe_mlp.py``). A hybrid
-    (Qwen3.5) mixes in gated-delta layers, the linear-attention proposal's LinearAttention-27
+    (Qwen3.5, Qwen3-Next) mixes in gated-delta layers, the linear-attention proposal's LinearAttention-27
     layer (``hf.mixer_outputs``) with a conv and a recurrent state, and is opset 27."""
     spec = causal_lm_spec(hf_causal_lm)
     body = hf_causal_lm.model
