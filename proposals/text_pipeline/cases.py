@@ -188,7 +188,10 @@ def hybrid_decoder_case(arch: str) -> Case:
     decoded = [filled(states, len(row) + 1) for (_, _, states), row in zip(steps, rows, strict=True)]
     datasets.append(
         DataSet(
-            inputs={"input_ids": np.array([[t] for t in nxt], np.int64), "write_indices": np.array([4, 6], np.int64)}
+            inputs={
+                "input_ids": np.array([[t] for t in nxt], np.int64),
+                "write_indices": np.array([len(r) for r in rows], np.int64),
+            }
             | {f"past_{n}": np.concatenate([p[n] for p in prefilled]) for n in empty},
             outputs={"logits": np.stack([s[0] for s in steps]).astype(np.float32)}
             | {f"present_{n}": np.concatenate([d[n] for d in decoded]) for n in empty},
