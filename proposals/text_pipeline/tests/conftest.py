@@ -15,9 +15,6 @@ FRESH_EXPORT = "TEXT_PIPELINE_FRESH_EXPORT"
 # CI sets this too: the transformers backend loads the GGUF checkpoints live (tens of seconds
 # each) and is checked against the committed reference tokens.
 LIVE_TRANSFORMERS = "TEXT_PIPELINE_LIVE_TRANSFORMERS"
-# CI sets this too: Qwen3-Next's greedy parity (hybrid layers and MoE MLPs; about 10 s of CPU,
-# over the budget of `make test`, which checks the same layers on Qwen3.5)
-HYBRID_MOE = "TEXT_PIPELINE_HYBRID_MOE"
 
 
 @pytest.fixture(scope="session")

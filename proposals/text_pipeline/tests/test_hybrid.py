@@ -4,8 +4,6 @@ same builder, runner and generation loop as every other family."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
 import pytest
@@ -21,7 +19,6 @@ from proposals.text_pipeline.families import tiny_config, tiny_model
 from proposals.text_pipeline.folder import decoder_bytes, write_folder
 from proposals.text_pipeline.report import PROMPTS, greedy, hf_greedy
 from proposals.text_pipeline.runners import OrtRunner
-from proposals.text_pipeline.tests.conftest import HYBRID_MOE
 from proposals.text_pipeline.tokenizer import load_tokenizer
 
 ARCH = "qwen3_5"
@@ -75,7 +72,6 @@ def test_greedy_batch_is_token_identical(hybrid):
     assert greedy(OrtRunner(decoder, inplace=False), prompts, NEW_TOKENS) == expected
 
 
-@pytest.mark.skipif(not os.environ.get(HYBRID_MOE), reason=f"CI only ({HYBRID_MOE}=1): about 10 s of CPU")
 def test_qwen3_next_greedy_batch_is_token_identical(hybrid):
     """Qwen3-Next through the same builder: its mixer's fused, per-key-head grouped projections
     and its MoE MLPs (the MoE proposal's function op, with the gated shared expert)."""
