@@ -25,8 +25,9 @@ PROPOSAL_IMPORTS: dict[str, frozenset[str]] = {
     "moe": frozenset(),
     "paged_attention": frozenset({"kv_cache"}),
     # kv_cache's decoder layer; paged_attention's rewrite (every decoder in a test) and block manager (paged serving);
-    # moe's conversion of transformers MoE blocks, function op and substitution (MoE decoders)
-    "text_pipeline": frozenset({"kv_cache", "paged_attention", "moe"}),
+    # moe's conversion of transformers MoE blocks, function op and substitution (MoE decoders);
+    # linear_attention's conversion of gated-delta mixers (the hybrid decoders' recurrent layers)
+    "text_pipeline": frozenset({"kv_cache", "paged_attention", "moe", "linear_attention"}),
     # kv_cache's cache step, text_pipeline's decoders (accuracy study, the pipeline's KV-cache format)
     "quantized_attention": frozenset({"kv_cache", "text_pipeline"}),
 }

@@ -211,7 +211,8 @@ class AttentionWeights:
 
     Qwen2 biases its q/k/v projections; Qwen3 RMS-normalises each query and key head
     (``q_norm``/``k_norm``, weights of length head_dim) before RoPE; OLMo-2 normalises the
-    whole projection at once (weights of length heads * head_dim).
+    whole projection at once (weights of length heads * head_dim). Qwen3.5 and Qwen3-Next
+    gate the merged heads before ``o_proj`` with ``Sigmoid(x @ output_gate)``.
     """
 
     q_proj: np.ndarray  # (hidden, q_heads * head_dim)
@@ -227,6 +228,8 @@ class AttentionWeights:
     norm_epsilon: float = 1e-6
     scale: float | None = None  # None: Attention's default 1/sqrt(head_dim)
     softcap: float | None = None  # None: no score capping (Gemma 2 caps at attn_logit_softcapping)
+    output_gate: np.ndarray | None = None  # (hidden, q_heads * head_dim): y * Sigmoid(x @ gate) before o_proj
+    output_gate_bias: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,8 @@ def attention_block(
 
     MatMul projections -> Reshape/Transpose to heads -> RotaryEmbedding on Q and K (before
     the scatter: the cache stores rotated keys) -> :func:`cache_attention` (TensorScatter x2
-    + Attention-24 GQA) -> Transpose/Reshape to merge heads -> output MatMul.
+    + Attention-24 GQA) -> Transpose/Reshape to merge heads -> (the sigmoid output gate,
+    where the weights have one) -> output MatMul.
     ``x`` is (B, S, hidden); returns ``(output, present_key, present_value)``.
     ``rope=None`` is a layer without position encoding (SmolLM3's NoPE layers).
     """
@@ -294,6 +298,8 @@ def attention_block(
         op, q, k, v, cache, mode=mode, scale=weights.scale, softcap=weights.softcap
     )
     y = op.Reshape(op.Transpose(y, perm=BHSD), [0, 0, q_heads * head_dim])
+    if weights.output_gate is not None:
+        y = op.Mul(y, op.Sigmoid(_linear(op, x, weights.output_gate, weights.output_gate_bias, "gate_proj")))
     return _linear(op, y, weights.o_proj, weights.o_bias, "o_proj"), present_key, present_value
 
 

@@ -25,7 +25,7 @@ from proposals.text_pipeline.checkpoints import checkpoint, checkpoint_names
 from proposals.text_pipeline.config import GenerationInput, SamplingConfig
 from proposals.text_pipeline.export import exported_folder
 from proposals.text_pipeline.factory import Device, backend_names, create_pipeline, enumerate_devices
-from proposals.text_pipeline.families import ARCHITECTURES
+from proposals.text_pipeline.families import ALL_ARCHITECTURES
 from proposals.text_pipeline.folder import write_folder, zoo_folder
 
 
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m proposals.text_pipeline", description=__doc__.splitlines()[0])
     p.add_argument("prompt")
     p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(backend_names())}")
-    p.add_argument("--arch", default="llama", help=f"zoo model: {', '.join(ARCHITECTURES)}")
+    p.add_argument("--arch", default="llama", help=f"zoo model: {', '.join(ALL_ARCHITECTURES)}")
     p.add_argument("--model-dir", type=path_argument, help="a pipeline model folder (overrides --arch)")
     p.add_argument("--model", help=f"a packaged checkpoint: {', '.join(checkpoint_names())} (overrides --arch)")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template to the prompt")
@@ -93,8 +93,8 @@ def _model_dir(args, scratch: Path) -> Path:
         return args.model_dir
     if args.model is not None:
         return exported_folder(args.model)
-    if args.arch not in ARCHITECTURES:
-        raise UsageError(f"unknown --arch {args.arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    if args.arch not in ALL_ARCHITECTURES:
+        raise UsageError(f"unknown --arch {args.arch!r}; valid: {', '.join(ALL_ARCHITECTURES)}")
     return zoo_folder(args.arch) or write_folder(args.arch, scratch / args.arch)
 
 

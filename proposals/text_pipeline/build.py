@@ -7,7 +7,9 @@ aligned). One graph serves prefill (``write_indices = 0``, many tokens) and deco
 (``write_indices = tokens so far``, one token). Sliding-window configs use a circular
 buffer whose length is the window; configs that alternate sliding and full layers
 (Gemma 2/3) keep both kinds in one graph, a circular buffer per sliding layer and a
-linear one per full layer.
+linear one per full layer. A hybrid (Qwen3.5, Qwen3-Next) has no KV cache on its ``linear_attention``
+layers: each carries a conv state and a recurrent state instead (LinearAttention-27, so
+its graph is opset 27).
 
 Graph signature (``L`` = cache length, fixed to the window for circular buffers, per layer)::
 
@@ -15,7 +17,9 @@ Graph signature (``L`` = cache length, fixed to the window for circular buffers,
     write_indices  int64 [batch]            tokens already in the cache, per sample
     past_key_i     float [batch, kv_heads, L, head_dim]   (and past_value_i)
     -> logits      float [batch, seq, vocab]
-    -> present_key_i / present_value_i      same shape as past_*
+    past_conv_i    float [batch, C, K-1]    a hybrid's recurrent layer i: the last K-1 conv inputs
+    past_state_i   float [batch, H_v, d_k, d_v]           and LinearAttention's state
+    -> present_key_i / present_value_i      same shape as past_* (present_conv_i / present_state_i)
 
 Positions (``write_indices + arange(seq)``) and ``nonpad_kv_seqlen``
 (``write_indices + seq``, capped at ``L`` for a circular buffer) are computed in the
@@ -35,6 +39,7 @@ from generator.errors import UsageError
 from generator.onnx_build import PROPOSAL_DOMAIN, builder_model, graph_builder
 from generator.torch_reference import float64_mode
 from proposals.kv_cache.build import FLOAT, INT64, AttentionWeights, CacheInputs, Rope, attention_block
+from proposals.linear_attention.hf import GatedDeltaWeights, gated_delta_weights, mixer_outputs
 from proposals.text_pipeline.moe_mlp import is_moe_block, moe_mlp, retarget
 
 OPSET = 24
@@ -49,6 +54,8 @@ SUPPORTED_MODEL_TYPES = (
     "olmo2",
     "granite",
     "smollm3",
+    "qwen3_5_text",
+    "qwen3_next",
 )
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin independent of length
 # why the length-dependent ones are refused (named in the error)
@@ -68,9 +75,16 @@ CAUSAL_LM_CLASSES = (
     "Olmo2ForCausalLM",
     "GraniteForCausalLM",
     "SmolLM3ForCausalLM",
+    "Qwen3_5ForCausalLM",
+    "Qwen3NextForCausalLM",
 )
 SUPPORTED_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # SwiGLU, GeGLU (Gemma)
-LAYER_TYPES = ("full_attention", "sliding_attention")
+LAYER_TYPES = ("full_attention", "sliding_attention")  # attention layers, by their cache buffer
+# Hybrid decoders: their ``linear_attention`` layers are gated-delta mixers, LinearAttention-27
+# (so the graph is opset 27) with a conv state and a recurrent state instead of a KV cache
+RECURRENT_LAYER_TYPES = ("linear_attention",)
+HYBRID_MODEL_TYPES = ("qwen3_5_text", "qwen3_next")
+HYBRID_OPSET = 27
 # MoE decoders: the MLP of a layer is the MoE proposal's function op (moe_mlp.py)
 MOE_MODEL_TYPES = ("qwen3_moe", "mixtral")
 SUPPORTED_MODEL_TYPES += MOE_MODEL_TYPES
@@ -92,6 +106,7 @@ class DecoderSpec:
     max_positions: int
     sliding_window: int | None  # circular buffer of this length when set
     full_layers: tuple[int, ...] = ()  # layers keeping a linear buffer although a window is set
+    recurrent_layers: tuple[int, ...] = ()  # gated-delta layers (conv + recurrent state, no KV cache)
 
     @property
     def circular(self) -> bool:
@@ -109,10 +124,20 @@ class DecoderSpec:
         return self.circular and bool(self.full_layers)
 
     def layer_circular(self, layer: int) -> bool:
-        return self.circular and layer not in self.full_layers
+        return self.circular and layer not in self.full_layers and layer not in self.recurrent_layers
+
+    def layer_recurrent(self, layer: int) -> bool:
+        return layer in self.recurrent_layers
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """The layers with a KV cache (all of them but a hybrid's recurrent ones)."""
+        return tuple(i for i in range(self.num_layers) if i not in self.recurrent_layers)
 
     def cache_shape(self, batch: int, length: int, layer: int | None = None) -> tuple[int, int, int, int]:
         """Shape of one layer's key (or value) buffer (``layer`` is required when kinds mix)."""
+        if layer is not None and self.layer_recurrent(layer):
+            raise UsageError(f"layer {layer} is a recurrent layer: it keeps a conv and a recurrent state, no KV cache")
         if layer is None and self.mixed:
             raise UsageError(
                 f"decoder mixes circular and linear caches (full layers {list(self.full_layers)}); "
@@ -126,6 +151,17 @@ class DecoderSpec:
 # --8<-- [end:spec]
 
 
+def refuse_recurrent(spec: DecoderSpec, backend: str, why: str) -> None:
+    """A one-line UsageError when a backend that runs attention layers only gets a hybrid."""
+    if spec.recurrent_layers:
+        layers = ", ".join(map(str, spec.recurrent_layers))
+        raise UsageError(
+            f"the {backend} backend {why}; this {spec.model_type} decoder's layers {layers} keep a conv and a "
+            f"recurrent state per sequence; valid: the onnxruntime backend for hybrid decoders, {backend} for "
+            "decoders whose every layer is attention"
+        )
+
+
 def _config_value(config, name: str, default=None):
     return getattr(config, name, default)
 
@@ -136,17 +172,37 @@ def _cache_layout(config) -> tuple[int | None, tuple[int, ...]]:
     ``layer_types`` mixes them (Gemma's alternation, Qwen2's ``max_window_layers``)."""
     window = _config_value(config, "sliding_window")
     layer_types = _config_value(config, "layer_types")
-    if layer_types is not None and not set(layer_types) <= set(LAYER_TYPES):
-        raise UsageError(
-            f"unsupported config feature: layer_types {sorted(set(layer_types) - set(LAYER_TYPES))}; "
-            f"supported: {', '.join(LAYER_TYPES)}"
-        )
     if window is None:
         return None, ()
     if layer_types is None:
         return int(window), ()
     full = tuple(i for i, kind in enumerate(layer_types) if kind == "full_attention")
-    return (None, ()) if len(full) == len(layer_types) else (int(window), full)
+    attention = [kind for kind in layer_types if kind in LAYER_TYPES]
+    return (None, ()) if len(full) == len(attention) else (int(window), full)
+
+
+def _recurrent_layers(config, model_type: str) -> tuple[int, ...]:
+    """The layers ``layer_types`` marks ``linear_attention`` (hybrid decoders only); any other
+    layer type than the attention and recurrent ones is refused, naming the valid ones."""
+    layer_types = _config_value(config, "layer_types")
+    if layer_types is None:
+        return ()
+    valid = (*LAYER_TYPES, *RECURRENT_LAYER_TYPES)
+    unknown = sorted(set(layer_types) - set(valid))
+    if unknown:
+        raise UsageError(
+            f"unsupported config feature: layer_types {unknown}; supported: {', '.join(valid)} "
+            f"({', '.join(RECURRENT_LAYER_TYPES)} in {', '.join(HYBRID_MODEL_TYPES)} only)"
+        )
+    recurrent = tuple(i for i, kind in enumerate(layer_types) if kind in RECURRENT_LAYER_TYPES)
+    if recurrent and model_type not in HYBRID_MODEL_TYPES:
+        raise UsageError(
+            f"unsupported config feature: {model_type!r} with layer_types {', '.join(RECURRENT_LAYER_TYPES)}; "
+            f"supported in the hybrid decoders: {', '.join(HYBRID_MODEL_TYPES)}"
+        )
+    if len(recurrent) == len(layer_types):
+        raise UsageError("unsupported config: every layer is recurrent; supported: at least one attention layer")
+    return recurrent
 
 
 def _rope_per_layer_type(config) -> bool:
@@ -191,6 +247,7 @@ def decoder_spec(config) -> DecoderSpec:
     head_dim = _config_value(config, "head_dim") or config.hidden_size // heads
     for rope in _rope_parameter_sets(config):
         _check_rope(rope, head_dim)
+    recurrent_layers = _recurrent_layers(config, model_type)
     window, full_layers = _cache_layout(config)
     _check_rope_layers(config)
     return DecoderSpec(
@@ -204,6 +261,7 @@ def decoder_spec(config) -> DecoderSpec:
         max_positions=config.max_position_embeddings,
         sliding_window=window,
         full_layers=full_layers,
+        recurrent_layers=recurrent_layers,
     )
 
 
@@ -259,7 +317,12 @@ def _epsilon(norm) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
 
 
-OFFSET_NORMS = ("Gemma2RMSNorm", "Gemma3RMSNorm")  # scale by (1 + weight), weight zero-centred
+OFFSET_NORMS = (
+    "Gemma2RMSNorm",
+    "Gemma3RMSNorm",
+    "Qwen3_5RMSNorm",
+    "Qwen3NextRMSNorm",
+)  # scale by (1 + weight), weight zero-centred
 
 
 def _norm_scale(norm) -> np.ndarray:
@@ -314,13 +377,30 @@ def _qkv(attn) -> list[tuple[np.ndarray, np.ndarray | None]]:
     return [(_transposed(p), _bias(p)) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
 
 
+GATED_ATTENTION = ("Qwen3_5Attention", "Qwen3NextAttention")  # q_proj holds [query | gate] per head
+
+
+def _query_and_gate(weight: np.ndarray | None, heads: int, head_dim: int) -> tuple[np.ndarray | None, ...]:
+    """A gated ``q_proj``'s columns (or bias) cut into the query's and the output gate's:
+    each head's ``2 * head_dim`` outputs are ``[query | gate]``."""
+    if weight is None:
+        return None, None
+    per_head = weight.reshape(*weight.shape[:-1], heads, 2, head_dim)
+    return tuple(np.ascontiguousarray(per_head[..., i, :].reshape(*weight.shape[:-1], -1)) for i in (0, 1))
+
+
 def attention_weights(attn) -> AttentionWeights:
     """A transformers attention module's weights in the KV proposal's layer builder's form.
 
     Gemma 2's module passes ``attn_logit_softcapping`` to its attention; Gemma 3's keeps the
-    attribute but never applies it, so only Gemma 2 gets Attention's ``softcap``."""
+    attribute but never applies it, so only Gemma 2 gets Attention's ``softcap``. Qwen3.5's
+    ``q_proj`` also computes a sigmoid gate on the attention's output (``output_gate``)."""
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
     (q_proj, q_bias), (k_proj, k_bias), (v_proj, v_bias) = _qkv(attn)
+    gate = gate_bias = None
+    if type(attn).__name__ in GATED_ATTENTION:
+        heads = attn.config.num_attention_heads
+        (q_proj, gate), (q_bias, gate_bias) = (_query_and_gate(w, heads, attn.head_dim) for w in (q_proj, q_bias))
     return AttentionWeights(
         q_proj=q_proj,
         k_proj=k_proj,
@@ -335,6 +415,8 @@ def attention_weights(attn) -> AttentionWeights:
         norm_epsilon=_epsilon(q_norm) if q_norm is not None else 1e-6,
         scale=float(attn.scaling),
         softcap=_softcap(attn.config, "attn_logit_softcapping") if type(attn).__name__ in SOFTCAPPED else None,
+        output_gate=gate,
+        output_gate_bias=gate_bias,
     )
 
 
@@ -366,13 +448,15 @@ def _mlp(op: OpBuilder, x: ir.Value, mlp, act: str = "silu") -> ir.Value:
     return _linear(op, gated, mlp.down_proj, "down_proj")
 
 
-def _layer_mlp(op: OpBuilder, x: ir.Value, mlp, act: str, functions: dict[str, onnx.FunctionProto]) -> ir.Value:
+def _layer_mlp(
+    op: OpBuilder, x: ir.Value, mlp, act: str, functions: dict[str, onnx.FunctionProto], opset: int = OPSET
+) -> ir.Value:
     """The dense gated MLP, or for an MoE block one MoE function-op node whose body's
     functions are collected in ``functions`` (one body per model: every layer's must agree)."""
     if not is_moe_block(mlp):
         return _mlp(op, x, mlp, act)
     y, bodies = moe_mlp(op, x, mlp)
-    for body in retarget(bodies, OPSET):
+    for body in retarget(bodies, opset):  # the decoder's own opset (27 in a hybrid)
         known = functions.setdefault(body.name, body)
         if known.SerializeToString() != body.SerializeToString():
             raise UsageError(f"MoE layers of different structure (the {body.name} bodies differ); supported: one kind")
@@ -442,7 +526,7 @@ def _steps(op: OpBuilder, input_ids: ir.Value, write_indices: ir.Value, spec: De
     seq = op.Gather(op.Shape(input_ids), 1, axis=0)  # scalar: new tokens per sample
     positions = op.Add(op.Unsqueeze(write_indices, [1]), op.Range(0, seq, 1))
     nonpad = op.Add(write_indices, seq)
-    kinds = {spec.layer_circular(i) for i in range(spec.num_layers)}
+    kinds = {spec.layer_circular(i) for i in spec.attention_layers}
     steps = {False: _Steps(positions, write_indices, nonpad)} if False in kinds else {}
     if True in kinds:
         window = spec.sliding_window
@@ -485,6 +569,23 @@ def _activation(config) -> str:
     return _config_value(config, "hidden_act") or _config_value(config, "hidden_activation")
 
 
+RECURRENT_STATES = ("conv", "state")  # a recurrent layer's past_conv_i/past_state_i (present_*)
+
+
+def _cache_inputs(b: GraphBuilder, spec: DecoderSpec, layer: int) -> tuple[ir.Value, ir.Value]:
+    """An attention layer's ``past_key_i``/``past_value_i``: a ring of the window, or linear."""
+    length = spec.sliding_window if spec.layer_circular(layer) else "cache_len"
+    cache = ["batch", spec.num_kv_heads, length, spec.head_dim]
+    return b.input(f"past_key_{layer}", FLOAT, cache), b.input(f"past_value_{layer}", FLOAT, cache)
+
+
+def _recurrent_inputs(b: GraphBuilder, w: GatedDeltaWeights, layer: int) -> tuple[ir.Value, ir.Value]:
+    """A gated-delta layer's ``past_conv_i (B, C, K-1)``, the last conv inputs, and
+    ``past_state_i (B, H_v, d_k, d_v)``, LinearAttention's state: fixed sizes, no length."""
+    conv = b.input(f"past_conv_{layer}", FLOAT, ["batch", w.conv_channels, w.kernel - 1])
+    return conv, b.input(f"past_state_{layer}", FLOAT, ["batch", w.v_heads, w.d_k, w.d_v])
+
+
 def causal_lm_spec(model) -> DecoderSpec:
     """The spec of a supported transformers causal LM; anything else is a UsageError."""
     supported = ", ".join(CAUSAL_LM_CLASSES)
@@ -506,20 +607,21 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     Each layer's attention is the KV-cache proposal's :func:`attention_block`; this
     function adds the embedding, the norms, the MLPs and the language-model head.
     Gemma adds norms after each sublayer too, and caps the final logits. An MoE block
-    (Qwen3-MoE, Mixtral) becomes the MoE proposal's function op (``moe_mlp.py``)."""
+    (Qwen3-MoE, Mixtral) becomes the MoE proposal's function op (``moe_mlp.py``). A hybrid
+    (Qwen3.5, Qwen3-Next) mixes in gated-delta layers, the linear-attention proposal's LinearAttention-27
+    layer (``hf.mixer_outputs``) with a conv and a recurrent state, and is opset 27."""
     spec = causal_lm_spec(hf_causal_lm)
     body = hf_causal_lm.model
-    b = graph_builder(f"{spec.model_type}_decoder", {"": OPSET})
+    mixers = {i: gated_delta_weights(body.layers[i].linear_attn) for i in spec.recurrent_layers}
+    b = graph_builder(f"{spec.model_type}_decoder", {"": HYBRID_OPSET if mixers else OPSET})
     op = b.op
     input_ids = b.input("input_ids", INT64, ["batch", "seq"])
     write_indices = b.input("write_indices", INT64, ["batch"])
-    pasts = []
-    for i in range(spec.num_layers):
-        length = spec.sliding_window if spec.layer_circular(i) else "cache_len"
-        cache = ["batch", spec.num_kv_heads, length, spec.head_dim]
-        pasts.append((b.input(f"past_key_{i}", FLOAT, cache), b.input(f"past_value_{i}", FLOAT, cache)))
+    pasts = [
+        _recurrent_inputs(b, mixers[i], i) if i in mixers else _cache_inputs(b, spec, i) for i in range(spec.num_layers)
+    ]
     steps = _steps(op, input_ids, write_indices, spec)
-    ropes = _ropes(b, hf_causal_lm, spec, steps[spec.layer_circular(0)].positions)
+    ropes = _ropes(b, hf_causal_lm, spec, steps[spec.layer_circular(spec.attention_layers[0])].positions)
     embed = b.initializer(ir.tensor(_weight(body.embed_tokens.weight)), "embed_tokens.weight")
     functions: dict[str, onnx.FunctionProto] = {}  # the MoE function op's body, if any layer is MoE
     config = hf_causal_lm.config
@@ -528,26 +630,34 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
     norms = LAYER_NORMS.get(spec.model_type, PRE_NORMS)
     residual = float(_config_value(config, "residual_multiplier", 1.0))
     presents = []
-    for i, (layer, (past_key, past_value)) in enumerate(zip(body.layers, pasts, strict=True)):
+    for i, (layer, past) in enumerate(zip(body.layers, pasts, strict=True)):
         b.push_module(f"layers.{i}")
-        step = steps[spec.layer_circular(i)]
         h = _maybe_norm(op, x, layer, norms.attn_in)
-        b.push_module("self_attn")
-        attn, present_key, present_value = attention_block(
-            op,
-            h,
-            attention_weights(layer.self_attn),
-            _layer_rope(ropes, config, i) if _uses_rope(config, i) else None,
-            CacheInputs(past_key, past_value, step.slots, step.nonpad),
-            q_heads=spec.num_heads,
-            kv_heads=spec.num_kv_heads,
-            mode="circular" if spec.layer_circular(i) else "linear",
-        )
+        # --8<-- [start:layer_kind]
+        if i in mixers:  # conv + recurrent state in, both updated out
+            b.push_module("linear_attn")
+            mixed, *states = mixer_outputs(b, h, *past, mixers[i])
+            kinds = RECURRENT_STATES
+        else:
+            step = steps[spec.layer_circular(i)]
+            b.push_module("self_attn")
+            mixed, *states = attention_block(
+                op,
+                h,
+                attention_weights(layer.self_attn),
+                _layer_rope(ropes, config, i) if _uses_rope(config, i) else None,
+                CacheInputs(*past, step.slots, step.nonpad),
+                q_heads=spec.num_heads,
+                kv_heads=spec.num_kv_heads,
+                mode="circular" if spec.layer_circular(i) else "linear",
+            )
+            kinds = ("key", "value")
+        # --8<-- [end:layer_kind]
         b.pop_module()
-        x = _residual(op, x, _maybe_norm(op, attn, layer, norms.attn_out), residual)
+        x = _residual(op, x, _maybe_norm(op, mixed, layer, norms.attn_out), residual)
         h = _maybe_norm(op, x, layer, norms.mlp_in)
         b.push_module("mlp")
-        y = _layer_mlp(op, h, layer.mlp, act, functions)
+        y = _layer_mlp(op, h, layer.mlp, act, functions, HYBRID_OPSET if mixers else OPSET)
         if norms.mlp_out is not None:  # OLMo-2, Gemma: the norm is the layer's module, not the MLP's
             b.pop_module()
             y = _maybe_norm(op, y, layer, norms.mlp_out)
@@ -555,7 +665,7 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
         x = _residual(op, x, y, residual)
         b.pop_module()
         b.pop_module()
-        presents += [(present_key, f"present_key_{i}"), (present_value, f"present_value_{i}")]
+        presents += [(value, f"present_{kind}_{i}") for value, kind in zip(states, kinds, strict=True)]
     x = _rms_norm(op, x, body.norm, "norm")
     if hf_causal_lm.config.tie_word_embeddings:
         head = op.Transpose(embed, perm=[1, 0])
@@ -574,21 +684,21 @@ def build_decoder(hf_causal_lm) -> onnx.ModelProto:
 
 
 def _metadata(spec: DecoderSpec) -> dict[str, str]:
-    """The spec as metadata strings; ``full_layers`` only where kinds mix (``"1,3"``)."""
+    """The spec as metadata strings; ``full_layers`` only where kinds mix (``"1,3"``),
+    ``recurrent_layers`` only in a hybrid."""
     meta = {k: str(v) for k, v in vars(spec).items() if k not in _OPTIONAL}
-    if spec.full_layers:
-        meta["full_layers"] = ",".join(map(str, spec.full_layers))
+    for key in _OPTIONAL:
+        if getattr(spec, key):
+            meta[key] = ",".join(map(str, getattr(spec, key)))
     return meta
 
 
-def _full_layers(text: str | None, num_layers: int) -> tuple[int, ...]:
+def _layer_list(key: str, text: str | None, num_layers: int) -> tuple[int, ...]:
     if text is None:
         return ()
     parts = text.split(",")
     if not all(p.isascii() and p.isdigit() and int(p) < num_layers for p in parts):
-        raise UsageError(
-            f"decoder metadata full_layers={text!r}; expected comma-separated layer indices below {num_layers}"
-        )
+        raise UsageError(f"decoder metadata {key}={text!r}; expected comma-separated layer indices below {num_layers}")
     return tuple(map(int, parts))
 
 
@@ -607,12 +717,13 @@ def spec_from_model(model: onnx.ModelProto) -> DecoderSpec:
     return DecoderSpec(
         model_type=meta["model_type"],
         sliding_window=None if window == "None" else _positive_int("sliding_window", window),
-        full_layers=_full_layers(meta.get("full_layers"), counts["num_layers"]),
+        **{key: _layer_list(key, meta.get(key), counts["num_layers"]) for key in _OPTIONAL},
         **counts,
     )
 
 
-_OPTIONAL = ("full_layers",)  # absent from the metadata of decoders that do not mix cache kinds
+# absent from the metadata of decoders that do not mix cache kinds / have no recurrent layer
+_OPTIONAL = ("full_layers", "recurrent_layers")
 _NOT_COUNTS = ("model_type", "sliding_window", *_OPTIONAL)
 
 

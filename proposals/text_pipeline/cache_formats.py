@@ -89,12 +89,21 @@ class CacheBuffer:
     def numpy_dtype(self) -> np.dtype:
         return self.dtype.numpy()
 
+    @property
+    def recurrent(self) -> bool:
+        """A hybrid's conv or recurrent state (``past_conv_i``, ``past_state_i``): one per sequence."""
+        return self.name.startswith(("conv_", "state_"))
+
     def bytes_per_token(self) -> float:
-        """Bytes one token of one sequence takes in this buffer (bits / 8: int4 packs two per byte)."""
+        """Bytes one token of one sequence takes in this buffer (bits / 8: int4 packs two per
+        byte); a recurrent state's size does not grow with the tokens (0)."""
+        if self.recurrent:
+            return 0.0
         return math.prod(self.dims[1:2] + self.dims[3:]) * self.dtype.bitwidth / 8
 
     def shape(self, batch: int, length: int) -> tuple[int, ...]:
-        """The buffer's shape for ``batch`` sequences of ``length`` slots (a fixed length wins)."""
+        """The buffer's shape for ``batch`` sequences of ``length`` slots (a fixed length wins;
+        a recurrent state has fixed dims only)."""
         fixed = self.dims[2] if isinstance(self.dims[2], int) else length
         return (batch, self.dims[1], fixed, *self.dims[3:])
 

@@ -1,12 +1,13 @@
 """Tiny random-weight transformers causal LMs, built offline from configs and seeded.
 
 Each config is a real architecture (Llama, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3,
-Phi-3, OLMo-2, Granite, SmolLM3, and the MoE decoders Qwen3-MoE and Mixtral) shrunk so a
-zoo file stays far under 1 MiB: hidden 64, 2 layers, vocab = the shipped tokenizer's.
+Phi-3, OLMo-2, Granite, SmolLM3, the MoE decoders Qwen3-MoE and Mixtral, the hybrid Qwen3.5)
+shrunk so a zoo file stays far under 1 MiB: hidden 64, 2 layers (the hybrid 3), vocab = the
+shipped tokenizer's.
 Weights are drawn with the project's RNG (never torch's initialisers, which move with
 the CPU's kernels): every matrix and bias ``N(0, initializer_range)``, every RMSNorm
 weight ``1 + N(0, initializer_range)`` (Gemma's norms scale by ``1 + weight``, so their
-weights are ``N(0, initializer_range)``). ``initializer_range`` is raised above the
+weights are ``N(0, initializer_range)``, and Qwen3.5's likewise). ``initializer_range`` is raised above the
 default so random logits are peaked enough for greedy parity to be meaningful (no
 near-ties at float32 noise level).
 """
@@ -107,14 +108,48 @@ MOE_ARCHITECTURES = {
 ARCHITECTURES.update(MOE_ARCHITECTURES)
 SEEDS.update({"qwen3_moe": 21, "mixtral": 22})
 
+# Hybrid decoders: gated-delta layers (LinearAttention-27, a conv and a recurrent state each)
+# between attention layers. Kept out of ARCHITECTURES: their cache is not only K/V, so the
+# KV-cache formats, the paged rewrite and the KV-cache report do not apply to them.
+# Qwen3.5: linear, full, linear; 2 key heads serve 4 value heads, conv kernel 4; the
+# attention layers gate their output and rotate a quarter of each head (partial_rotary_factor).
+HYBRID_ARCHITECTURES = {
+    "qwen3_5": (
+        "Qwen3_5TextConfig",
+        "Qwen3_5ForCausalLM",
+        {
+            "num_hidden_layers": 3,
+            "layer_types": ["linear_attention", "full_attention", "linear_attention"],
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "linear_conv_kernel_dim": 4,
+        },
+    ),
+}
+# Qwen3-Next: the same layers (its mixer's q/k/v/z and b/a projections fused and grouped per
+# key head), and MoE MLPs: 4 experts of 32, top 2, and a shared expert behind a sigmoid gate
+HYBRID_ARCHITECTURES["qwen3_next"] = (
+    "Qwen3NextConfig",
+    "Qwen3NextForCausalLM",
+    HYBRID_ARCHITECTURES["qwen3_5"][2]
+    | {"moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2},
+)
+SEEDS.update({"qwen3_5": 31, "qwen3_next": 32})
+# Qwen3.5's RMSNorms scale by (1 + weight) (weights around 0), but the gated norm of its
+# linear-attention layers scales by weight (around 1)
+CENTRES["qwen3_5"] = CENTRES["qwen3_next"] = lambda name: 1.0 if name.endswith("linear_attn.norm.weight") else 0.0
+ALL_ARCHITECTURES = {**ARCHITECTURES, **HYBRID_ARCHITECTURES}  # every tiny_model
+
 
 def tiny_config(arch: str, **overrides):
     """The transformers config of a tiny ``arch`` model (overrides win)."""
     import transformers
 
-    if arch not in ARCHITECTURES:
-        raise UsageError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
-    config_cls, _, extra = ARCHITECTURES[arch]
+    if arch not in ALL_ARCHITECTURES:
+        raise UsageError(f"unknown architecture {arch!r}; valid: {', '.join(ALL_ARCHITECTURES)}")
+    config_cls, _, extra = ALL_ARCHITECTURES[arch]
     return getattr(transformers, config_cls)(**{**TINY, **extra, **overrides})
 
 
@@ -124,8 +159,8 @@ def tiny_model(arch: str, **overrides):
 
     config = tiny_config(arch, **overrides)
     config._attn_implementation = "eager"
-    if arch in MOE_ARCHITECTURES:  # the per-expert loop: grouped_mm has no float64 kernel
+    if arch in MOE_ARCHITECTURES or arch == "qwen3_next":  # the per-expert loop: grouped_mm has no float64 kernel
         config._experts_implementation = "eager"
-    model_cls = getattr(transformers, ARCHITECTURES[arch][1])
+    model_cls = getattr(transformers, ALL_ARCHITECTURES[arch][1])
     centre = CENTRES.get(arch, norm_centre)
     return seeded_model(lambda: model_cls(config), SEEDS[arch], config.initializer_range, centre=centre)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -273,3 +274,28 @@ def reference_step(model64, tokens: list[int], cache=None):
     float64 values for the zoo's expected outputs, which the caller casts once."""
     with float64_mode():
         return hf_step(model64, tokens, cache)
+
+
+def cache_arrays(cache) -> dict[str, np.ndarray]:
+    """Sample 0's transformers cache under the decoder's buffer names (copies: transformers
+    updates its states in place): ``key_i``/``value_i`` ``[kv_heads, len, head_dim]`` of an
+    attention layer, ``conv_i`` (the last K-1 conv inputs; transformers keeps K, the oldest of
+    which is never read again) and ``state_i`` ``[H_v, d_k, d_v]`` of a recurrent one."""
+    arrays = {}
+    for i, layer in enumerate(cache.layers):
+        if hasattr(layer, "recurrent_states"):
+            arrays[f"conv_{i}"] = cache.get_conv_state(i, state_idx=0)[0, :, 1:].numpy().copy()
+            arrays[f"state_{i}"] = cache.get_recurrent_state(i, state_idx=0)[0].numpy().copy()
+        else:
+            arrays[f"key_{i}"], arrays[f"value_{i}"] = (t[0].numpy().copy() for t in (layer.keys, layer.values))
+    return arrays
+
+
+def reference_states(model64, tokens: list[int], cache=None):
+    """A float64 model's logits ``[S, V]`` for ``tokens``, its cache (updated in place by the
+    next call) and :func:`cache_arrays` of it: a hybrid decoder's expected values."""
+    import torch
+
+    with float64_mode(), torch.no_grad():
+        out = model64(input_ids=torch.tensor([tokens]), cache=cache, use_cache=True)
+        return out.logits[0].numpy(), out.cache, cache_arrays(out.cache)

@@ -15,7 +15,7 @@ import onnx
 from proposals.text_pipeline.backends.onnxruntime_genai import position_ids_decoder, write_genai_folder
 from proposals.text_pipeline.build import build_decoder, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
-from proposals.text_pipeline.families import ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
+from proposals.text_pipeline.families import ARCHITECTURES, HYBRID_ARCHITECTURES, MOE_ARCHITECTURES, tiny_model
 from proposals.text_pipeline.folder import ModelFolder, decoder_bytes, write_folder
 from proposals.text_pipeline.generation import Generator
 from proposals.text_pipeline.moe_mlp import for_onnxruntime
@@ -60,32 +60,46 @@ def hf_greedy(model, prompts: list[list[int]], new: int) -> list[list[int]]:
 
 # --8<-- [start:parity]
 @cache  # shown on the proposal page and in its blog post: computed once per build
-def parity_table(new_tokens: int = 64) -> str:
-    """Markdown: greedy tokens of the onnxruntime backend vs transformers ``generate``."""
-    prompts = [load_tokenizer().encode(p).ids for p in PROMPTS]
+def parity_table(new_tokens: int = 64, archs: tuple[str, ...] = (*ARCHITECTURES, *HYBRID_ARCHITECTURES)) -> str:
+    """Markdown: greedy tokens of the onnxruntime backend vs transformers ``generate``
+    (every tiny architecture, or ``archs``)."""
     rows = [
         "| model | cache | prompt lengths | new tokens | identical tokens | max logit diff |",
         "|---|---|---|---|---|---|",
     ]
-    for arch in ARCHITECTURES:
-        model = tiny_model(arch)
-        decoder = for_onnxruntime(onnx.load_from_string(decoder_bytes(arch)))  # MoE: the body inlined
-        spec = spec_from_model(decoder)
-        ours = greedy(OrtRunner(decoder), prompts, new_tokens)
-        theirs = hf_greedy(model, prompts, new_tokens)
-        same = sum(a == b for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True))
-        rows.append(
-            f"| {arch} | {cache_kinds(spec)} | {', '.join(str(len(p)) for p in prompts)} | "
-            f"2 × {new_tokens} | {same}/{2 * new_tokens} | {_logit_gap(model, decoder):.1e} |"
-        )
-    return "\n".join(rows)
+    return "\n".join(rows + [parity_row(arch, new_tokens) for arch in archs])
+
+
+@cache  # the hybrids' rows are on the linear-attention page too
+def parity_row(arch: str, new_tokens: int = 64) -> str:
+    """One architecture's row of :func:`parity_table`."""
+    prompts = [load_tokenizer().encode(p).ids for p in PROMPTS]
+    model = tiny_model(arch)
+    decoder = for_onnxruntime(onnx.load_from_string(decoder_bytes(arch)))  # MoE: the body inlined
+    spec = spec_from_model(decoder)
+    ours = greedy(OrtRunner(decoder), prompts, new_tokens)
+    theirs = hf_greedy(model, prompts, new_tokens)
+    same = sum(a == b for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True))
+    return (
+        f"| {arch} | {cache_kinds(spec)} | {', '.join(str(len(p)) for p in prompts)} | "
+        f"2 × {new_tokens} | {same}/{2 * new_tokens} | {_logit_gap(model, decoder):.1e} |"
+    )
 
 
 # --8<-- [end:parity]
 
 
+def _layers(layers: tuple[int, ...]) -> str:
+    return f"layer{'s' * (len(layers) > 1)} {', '.join(map(str, layers))}"
+
+
 def cache_kinds(spec) -> str:
-    """The decoder's cache buffers in words (mixed ones name their linear layers)."""
+    """The decoder's cache buffers in words (mixed ones name their linear layers, a hybrid
+    its recurrent ones)."""
+    if spec.recurrent_layers:
+        return (
+            f"linear on {_layers(spec.attention_layers)} + conv and recurrent state on {_layers(spec.recurrent_layers)}"
+        )
     if spec.mixed:
         full = ", ".join(map(str, spec.full_layers))
         return f"circular (window {spec.sliding_window}) + linear on layer{'s' * (len(spec.full_layers) > 1)} {full}"

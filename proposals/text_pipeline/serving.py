@@ -33,7 +33,7 @@ from generator.ort import session
 from proposals.paged_attention.blocks import BlockManager
 from proposals.paged_attention.rewrite import BLOCK_TABLE, SLOT_MAPPING, to_paged
 from proposals.text_pipeline import reference
-from proposals.text_pipeline.build import DecoderSpec, spec_from_model
+from proposals.text_pipeline.build import DecoderSpec, refuse_recurrent, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.reference import Decode, check_context
 
@@ -69,6 +69,8 @@ class PagedCache:
                 f"the paged backend needs a linear cache; this {self.spec.model_type} decoder slides a "
                 f"{self.spec.sliding_window}-token window (circular buffer)"
             )
+        # a recurrent state is one per sequence: no blocks to page, no prefix to share
+        refuse_recurrent(self.spec, "onnxruntime-paged", "pages KV caches only")
         self.manager = BlockManager(num_blocks, block_size, share_prefixes=share_prefixes)
         paged = to_paged(decoder, num_blocks=num_blocks, block_size=block_size)
         self.session = session(paged, threads=threads, external_data=external_data)

@@ -35,7 +35,7 @@ import onnx_ir.passes
 from onnxscript import TapeBuilder
 
 from generator.errors import UsageError
-from proposals.text_pipeline.build import DecoderSpec, spec_from_model
+from proposals.text_pipeline.build import DecoderSpec, refuse_recurrent, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.factory import Device, register_backend
 from proposals.text_pipeline.folder import ModelFolder, special_tokens
@@ -173,6 +173,7 @@ class OrtGenaiEngine:
 
         self.og = og
         self.spec = spec_from_model(folder.decoder)
+        refuse_recurrent(self.spec, "onnxruntime-genai", "binds past_key/past_value only")
         self.pad_id = load_tokenizer(folder.tokenizer_json).token_to_id(special_tokens(folder)["pad"])
         with tempfile.TemporaryDirectory(prefix="ortgenai-") as scratch:  # read only while loading
             write_genai_folder(folder, Path(scratch))

@@ -40,7 +40,7 @@ import numpy as np
 
 from generator.errors import UsageError
 from proposals.text_pipeline.backends.transformers import folder_model
-from proposals.text_pipeline.build import decoder_spec, spec_from_model
+from proposals.text_pipeline.build import decoder_spec, refuse_recurrent, spec_from_model
 from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.factory import Device, register_backend
 from proposals.text_pipeline.folder import ModelFolder, special_tokens
@@ -204,6 +204,9 @@ class OpenVinoGenaiEngine:
 
         self.ov, self.ovg = ov, ovg
         self.spec = spec_from_model(folder.decoder)
+        refuse_recurrent(
+            self.spec, "openvino-genai", "cannot convert the gated-delta layers (aten::linalg_solve_triangular)"
+        )
         gguf = native_gguf(folder) if hf_model is None else None
         if gguf is not None:  # OpenVINO GenAI reads the folder's source checkpoint itself
             self.pipe = ovg.LLMPipeline(str(gguf), "CPU", scheduler_config=self.scheduler(), **properties)
