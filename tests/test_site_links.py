@@ -84,3 +84,38 @@ def test_no_list_item_rendered_as_text(site_dir: Path) -> None:
         text = re.sub(r"<(pre|svg|script|code)\b.*?</\1>", "", page.read_text(errors="replace"), flags=re.S)
         stray += [f"{page.relative_to(site_dir)}: {m[0].strip()[:60]}" for m in re.finditer(r"^\s*- \S.*$", text, re.M)]
     assert not stray, "\n".join(stray)
+
+
+class _NavLinks(HTMLParser):
+    """The left navigation's links: (href, text) of every ``a.md-nav__link``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "a" and "md-nav__link" in (found.get("class") or "").split():
+            self.links.append((found.get("href") or "", ""))
+            self._inside = True
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = self._inside and tag != "a"
+
+    def handle_data(self, data: str) -> None:
+        if self._inside and data.strip():
+            href, text = self.links[-1]
+            self.links[-1] = (href, f"{text} {data.strip()}".strip())
+
+
+def test_every_proposal_has_its_own_nav_entry(site_dir: Path) -> None:
+    """Each proposal page is an item of the Proposals section, not the section's own link
+    (Material's navigation.indexes makes the first README of a section its index page)."""
+    nav = _NavLinks()
+    nav.feed((site_dir / "index.html").read_text())
+    titles = dict(nav.links)
+    topics = sorted(p.name for p in (site_dir.parent / "proposals").iterdir() if (p / "README.md").is_file())
+    assert titles.get("proposals/") == "Proposals"
+    wrong = {t: titles.get(f"proposals/{t}/") for t in topics if titles.get(f"proposals/{t}/") in (None, "Proposals")}
+    assert not wrong, f"proposal pages without their own nav entry: {wrong}"
