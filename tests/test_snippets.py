@@ -11,19 +11,30 @@ from generator import UsageError
 from generator.snippets import POSTS, Exporter, check_site_url, export_all, include
 
 
-def test_every_post_exports_standalone(tmp_path: Path) -> None:
+def test_export_all_writes_one_folder_per_post(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What export_all adds to Exporter: a fresh folder per post (each post's export is the test below)."""
+    stale = tmp_path / "gone.md"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_text("left from an earlier export")
+    monkeypatch.setattr(Exporter, "export", lambda self: self.out_dir / "post.md")
     exported = export_all(POSTS, tmp_path)
-    assert len(exported) == len(list(POSTS.glob("*.md"))) >= 1
-    for post in exported:
-        text = post.read_text()
-        assert 'exec="on"' not in text and "--8<--" not in text and "<!-- more -->" not in text
-        assert not text.startswith("---"), "front matter is dropped"
-        assert "```text\n" in text, "printed output is inlined"
-        for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
-            assert "/" not in image and (post.parent / image).stat().st_size > 0
-        prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
-        links = re.findall(r"(?<!!)\[[^\]]+\]\((?!https?://)[^)]*\)", prose)
-        assert not links, f"site-relative links remain: {links}"
+    assert exported == [tmp_path / p.stem / "post.md" for p in sorted(POSTS.glob("*.md"))] and exported
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("source", sorted(POSTS.glob("*.md")), ids=lambda p: p.stem)
+def test_every_post_exports_standalone(source: Path, tmp_path: Path) -> None:
+    """One test per post, so the two workers share the posts' executed code."""
+    post = Exporter(source, tmp_path / source.stem).export()
+    text = post.read_text()
+    assert 'exec="on"' not in text and "--8<--" not in text and "<!-- more -->" not in text
+    assert not text.startswith("---"), "front matter is dropped"
+    assert "```text\n" in text, "printed output is inlined"
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert "/" not in image and (post.parent / image).stat().st_size > 0
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    links = re.findall(r"(?<!!)\[[^\]]+\]\((?!https?://)[^)]*\)", prose)
+    assert not links, f"site-relative links remain: {links}"
 
 
 def test_include_reads_a_named_section() -> None:
