@@ -182,11 +182,11 @@ def inspected(driver, base_url: str, site_dir: Path) -> dict[str, list[str]]:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     found: dict[str, list[str]] = {}
     for page in _pages(site_dir):
+        driver.set_window_size(WIDTHS["laptop"], 1000)
+        _load_with_images(driver, f"{base_url}/{page}")
+        found.setdefault("load", []).extend(_load_problems(driver, page))
         for width_name, width in WIDTHS.items():
-            driver.set_window_size(width, 1000)
-            _load_with_images(driver, f"{base_url}/{page}")
-            if width_name == "laptop":
-                found.setdefault("load", []).extend(_load_problems(driver, page))
+            driver.set_window_size(width, 1000)  # the page reflows to the new width: no reload
             for scheme in ("default", "slate"):
                 driver.execute_script(f"document.body.setAttribute('data-md-color-scheme', '{scheme}')")
                 for kind, items in driver.execute_script(INSPECT).items():
