@@ -25,11 +25,14 @@ run in its time), and the result records which cells were measured.
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import onnx
 
 from generator.bench import memory_bandwidth_gbs, write_json
 from generator.errors import UsageError
@@ -60,9 +63,12 @@ FOUR_BIT = ("mobius 4-bit", "openvino-genai (GGUF)", "llama.cpp (GGUF)")
 Run = Callable[[list[list[int]]], tuple[float, float]]
 
 
-def prompts(context: int, batch: int, vocab: int) -> list[list[int]]:
-    """``batch`` deterministic prompts of ``context`` ordinary token ids."""
-    return [[(13 * i + 7 * row + 5) % min(vocab, 20000) + 300 for i in range(context)] for row in range(batch)]
+def prompts(context: int, batch: int, vocab: int, salt: int = 0) -> list[list[int]]:
+    """``batch`` deterministic prompts of ``context`` ordinary token ids; another ``salt`` changes
+    every first token, so no engine can reuse a cached prefix from an earlier round."""
+    return [
+        [(13 * i + 7 * row + 101 * salt + 5) % min(vocab, 20000) + 300 for i in range(context)] for row in range(batch)
+    ]
 
 
 def _generator_run(runner, new_tokens: int) -> Run:
@@ -140,23 +146,59 @@ def openvino_gguf_run(gguf: Path, new_tokens: int) -> Run:
 
 
 def transformers_run(hf_model, new_tokens: int) -> Run:
+    """``generate`` once; a streamer stamps the first new token (its first ``put`` is the prompt)."""
     import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class Stamps(BaseStreamer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def put(self, value) -> None:
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            self.times.append(time.perf_counter())
 
     def run(ids: list[list[int]]) -> tuple[float, float]:
-        tensor = torch.tensor(ids)
+        stamps = Stamps()
         with torch.no_grad():
             start = time.perf_counter()
-            hf_model.generate(tensor, max_new_tokens=1, min_new_tokens=1, do_sample=False)
-            first = time.perf_counter()
-            hf_model.generate(tensor, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            whole = time.perf_counter() - first
-        return first - start, whole - (first - start)  # the decode part of a full generate
+            hf_model.generate(
+                torch.tensor(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                streamer=stamps,
+            )
+        first = stamps.times[1]  # times[0]: the prompt, put before any forward pass
+        return first - start, stamps.times[-1] - first
 
     return run
 
 
-def engines(name: str, context: int, new_tokens: int, only: set[str] | None) -> tuple[dict[str, Run], dict[str, str]]:
-    """Every engine that can run ``name`` at ``context``; the others with one line each."""
+def _onnx_weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of a graph's weights at their stored precision, rotary tables left out (a decode
+    step gathers one row of them)."""
+    return sum(
+        math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        for t in model.graph.initializer
+        if not _rotary_table(t.name)
+    )
+
+
+def _ir_weight_bytes(model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if not _rotary_table(v.name))
+
+
+def _rotary_table(name: str) -> bool:
+    return "cos_cache" in name or "sin_cache" in name
+
+
+def engine_run(name: str, engine: str, context: int, new_tokens: int) -> tuple[Run, int]:
+    """One engine on ``name`` for ``context``-token prompts, and the bytes of weights it
+    holds at their precision (what a decode step reads). Raises ImportError when the engine
+    is not installed."""
     from proposals.kv_cache.fusion import fuse_to_gqa
     from proposals.text_pipeline.checkpoints import checkpoint_file
     from proposals.text_pipeline.export import exported_folder
@@ -166,34 +208,107 @@ def engines(name: str, context: int, new_tokens: int, only: set[str] | None) -> 
     gguf = checkpoint_file(name)
     capacity = context + new_tokens
     ort_args = {"threads": THREADS, "external_data": folder.external_data}
-    makers: dict[str, Callable[[], Run]] = {
-        "this pipeline, in place": lambda: _generator_run(OrtRunner(folder.decoder, **ort_args), new_tokens),
-        "this pipeline, fused GQA": lambda: _generator_run(
-            OrtRunner(fuse_to_gqa(folder.decoder), **ort_args), new_tokens
-        ),
-        "onnxruntime-genai": lambda: _ortgenai(folder, new_tokens),
-        "mobius GQA": lambda: _greedy_run(MobiusGqaRunner(ort_session(build_mobius(gguf, "gqa"))), new_tokens),
-        "mobius static, in place": lambda: _greedy_run(
-            MobiusStaticRunner(ort_session(build_mobius(gguf, "static", max_seq_len=capacity)), inplace=True),
-            new_tokens,
-            capacity,
-        ),
-        "mobius 4-bit": lambda: _greedy_run(MobiusGqaRunner(ort_session(build_mobius(gguf, "4-bit"))), new_tokens),
-        "openvino-genai (GGUF)": lambda: openvino_gguf_run(gguf, new_tokens),
-        "llama.cpp (GGUF)": lambda: llama_cpp_run(gguf, new_tokens, context),
-        "transformers": lambda: transformers_run(_hf_model(gguf), new_tokens),
-    }
-    runs, skipped = {}, {}
-    for engine, make in makers.items():
-        if only and engine not in only:
+    exported = _onnx_weight_bytes(folder.decoder)
+
+    def mobius(form: str, runner, **kwargs) -> tuple[Run, int]:
+        model = build_mobius(gguf, form, **kwargs)
+        weights = _ir_weight_bytes(model)
+        return _greedy_run(runner(ort_session(model)), new_tokens, kwargs.get("max_seq_len")), weights
+
+    if engine == "this pipeline, in place":
+        return _generator_run(OrtRunner(folder.decoder, **ort_args), new_tokens), exported
+    if engine == "this pipeline, fused GQA":
+        return _generator_run(OrtRunner(fuse_to_gqa(folder.decoder), **ort_args), new_tokens), exported
+    if engine == "onnxruntime-genai":
+        return _ortgenai(folder, new_tokens), exported
+    if engine == "mobius GQA":
+        return mobius("gqa", MobiusGqaRunner)
+    if engine == "mobius static, in place":
+        return mobius("static", lambda s: MobiusStaticRunner(s, inplace=True), max_seq_len=capacity)
+    if engine == "mobius 4-bit":
+        return mobius("4-bit", MobiusGqaRunner)
+    if engine == "openvino-genai (GGUF)":
+        return openvino_gguf_run(gguf, new_tokens), gguf.stat().st_size
+    if engine == "llama.cpp (GGUF)":
+        return llama_cpp_run(gguf, new_tokens, context), gguf.stat().st_size
+    if engine == "transformers":
+        model = _hf_model(gguf)
+        return transformers_run(model, new_tokens), sum(p.numel() * p.element_size() for p in model.parameters())
+    raise UsageError(f"unknown engine {engine!r}; valid: {', '.join(FLOAT32 + FOUR_BIT)}")
+
+
+# Engines whose graph or context is sized for the prompt: rebuilt when the prompt length changes.
+SIZED_FOR_CONTEXT = ("mobius static, in place", "llama.cpp (GGUF)")
+
+
+def _serve_engine(conn, name: str, engine: str, context: int, new_tokens: int) -> None:
+    """A child process holding one engine, so its memory is its own: builds it, answers each
+    prompt batch it is sent with (seconds to the first token, seconds after it), resets its
+    peak RSS on "reset", and on None answers its peak RSS and exits."""
+    try:
+        run, weights = engine_run(name, engine, context, new_tokens)
+    except ImportError as err:
+        conn.send(("skip", f"not installed ({err.name})"))
+        return
+    except Exception as err:  # an engine that cannot load this model is skipped, never fatal
+        conn.send(("skip", f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"))
+        return
+    conn.send(("ready", {"weight_bytes": weights, "load_peak_rss_mb": _peak_rss_mb()}))
+    while (message := conn.recv()) is not None:
+        if message == "reset":
+            Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here on (Linux)
+            conn.send(("ok", None))
+            continue
+        if message == "peak":
+            conn.send(("ok", _peak_rss_mb()))
             continue
         try:
-            runs[engine] = make()
-        except ImportError as err:
-            skipped[engine] = f"not installed ({err.name})"
-        except Exception as err:  # an engine that cannot load this model is skipped, never fatal
-            skipped[engine] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
-    return runs, skipped
+            conn.send(("ok", run(message)))
+        except UsageError as err:
+            conn.send(("skip", str(err)))
+    conn.send(("ok", _peak_rss_mb()))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class EngineProcess:
+    """The parent's handle on one engine's child process."""
+
+    def __init__(self, name: str, engine: str, context: int, new_tokens: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding thread pools
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve_engine, args=(child, name, engine, context, new_tokens), daemon=True)
+        self.process.start()
+        child.close()
+        self.context = context
+        self.status, self.info = self._answer()
+
+    def _answer(self) -> tuple[str, object]:
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.process.join()
+            return "skip", f"its process ended (exit status {self.process.exitcode})"
+
+    def ask(self, message) -> tuple[str, object]:
+        self.conn.send(message)
+        return self._answer()
+
+    def close(self) -> float | None:
+        """Ends the child; its peak RSS since the last reset."""
+        peak = self.ask(None)[1] if self.status == "ready" and self.process.is_alive() else None
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+        return peak if isinstance(peak, float) else None
 
 
 def _ortgenai(folder, new_tokens: int) -> Run:
@@ -223,58 +338,132 @@ def _hf_model(gguf: Path):
     return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _one_line(text: object) -> str:
+    return str(text).splitlines()[0][:200] if str(text) else "no message"
 
 
-def measure_cell(name: str, context: int, batch: int, new_tokens: int, rounds: int, only: set[str] | None) -> dict:
+def measure_model(
+    name: str, cells: list[tuple[int, int]], new_tokens: int, rounds: int, only: set[str] | None
+) -> Iterator[dict]:
+    """Every cell of one model, each row as soon as it is measured; each engine in its own
+    process, kept across cells (rebuilt when the prompt length changes for those sized for it)."""
     from proposals.text_pipeline.build import spec_from_model
     from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     spec = spec_from_model(ModelFolder.read(exported_folder(name)).decoder)
-    if context + new_tokens > spec.max_positions:
-        raise UsageError(
-            f"a {context}-token prompt plus {new_tokens} new tokens exceeds {name}'s context of {spec.max_positions}"
-        )
-    runs, skipped = engines(name, context, new_tokens, only)
-    for engine, why in skipped.items():
-        print(f"  skip {engine}: {why}")
-    ids = prompts(context, batch, spec.vocab_size)
-    samples: dict[str, list[tuple[float, float]]] = {engine: [] for engine in runs}
-    for engine, run in list(runs.items()):  # warm-up, and engines that cannot run this batch
-        try:
-            run(prompts(8, batch, spec.vocab_size))
-        except UsageError as err:
-            skipped[engine] = str(err)
-            del runs[engine], samples[engine]
-    names = list(runs)
+    for context, _ in cells:
+        if context + new_tokens > spec.max_positions:
+            raise UsageError(
+                f"a {context}-token prompt plus {new_tokens} new tokens exceeds {name}'s context "
+                f"of {spec.max_positions}"
+            )
+    wanted = [e for e in FLOAT32 + FOUR_BIT if not only or e in only]
+    pool: dict[str, EngineProcess] = {}
+    unavailable: dict[str, str] = {}
+    try:
+        for context, batch in cells:
+            for engine in wanted:
+                held = pool.get(engine)
+                if held is not None and engine in SIZED_FOR_CONTEXT and held.context != context:
+                    held.close()
+                    del pool[engine]
+                if engine not in pool and engine not in unavailable:
+                    started = EngineProcess(name, engine, context, new_tokens)
+                    if started.status == "ready":
+                        pool[engine] = started
+                    else:
+                        unavailable[engine] = _one_line(started.info)
+                        started.close()
+                        print(f"  skip {engine}: {unavailable[engine]}", flush=True)
+            started = time.time()
+            row = measure_cell(name, pool, context, batch, new_tokens, rounds, spec.vocab_size, unavailable)
+            row["cell_seconds"] = time.time() - started  # engine builds left out
+            print(name, context, batch, {e: round(v, 1) for e, v in row["decode_tokens_per_s"].items()}, flush=True)
+            yield row
+    finally:
+        for held in pool.values():
+            held.close()
+
+
+def measure_cell(
+    name: str,
+    pool: dict[str, EngineProcess],
+    context: int,
+    batch: int,
+    new_tokens: int,
+    rounds: int,
+    vocab: int,
+    unavailable: dict[str, str],
+) -> dict:
+    """One cell: a warm-up run each, then ``rounds`` interleaved rounds; medians, and each
+    engine's peak RSS over this cell's runs."""
+    import os
+
+    skipped = dict(unavailable)
+    names = []
+    for engine, held in pool.items():
+        status, info = held.ask(prompts(8, batch, vocab))  # warm-up; engines that cannot run this batch
+        if status == "ok":
+            held.ask("reset")
+            names.append(engine)
+        else:
+            skipped[engine] = _one_line(info)
+            print(f"  skip {engine} at batch {batch}: {skipped[engine]}", flush=True)
+    samples: dict[str, list[tuple[float, float]]] = {engine: [] for engine in names}
+    load = [os.getloadavg()[0]]
     for round_ in range(rounds):
         for engine in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            if engine in skipped:
+                continue
             time.sleep(0.3)
-            samples[engine].append(runs[engine](ids))
-    decode = {e: batch * (new_tokens - 1) / statistics.median(s[1] for s in v) for e, v in samples.items()}
-    ttft = {e: statistics.median(s[0] for s in v) for e, v in samples.items()}
+            status, info = pool[engine].ask(prompts(context, batch, vocab, salt=1 + round_))
+            if status == "ok":
+                samples[engine].append(info)
+            else:
+                skipped[engine] = _one_line(info)
+        load.append(os.getloadavg()[0])
+    measured = [e for e in names if e not in skipped]
+    peak = {e: pool[e].ask("peak")[1] for e in measured}
     return {
         "model": name,
         "context": context,
         "batch": batch,
         "new_tokens": new_tokens,
         "rounds": rounds,
-        "decode_tokens_per_s": decode,
-        "ttft_s": ttft,
+        "decode_tokens_per_s": {
+            e: batch * (new_tokens - 1) / statistics.median(s[1] for s in samples[e]) for e in measured
+        },
+        "ttft_s": {e: statistics.median(s[0] for s in samples[e]) for e in measured},
+        "peak_rss_mb": peak,
+        "weight_bytes": {e: pool[e].info["weight_bytes"] for e in measured},
+        "load_peak_rss_mb": {e: pool[e].info["load_peak_rss_mb"] for e in measured},
         "skipped": skipped,
-        "peak_rss_mb_after": peak_rss_mb(),
+        "load_average": load,
     }
 
 
-def roofline(row: dict, weight_bytes: dict[str, float], cache_bytes_per_token: float, bandwidth_gbs: float) -> dict:
-    """Share of the read-bandwidth limit each engine's decode step reaches."""
+def cache_bytes_held(decoder, held: int) -> float:
+    """Bytes of cache one sequence holding ``held`` tokens has: a sliding-window layer's
+    circular buffer holds at most its window."""
+    from proposals.text_pipeline.cache_formats import cache_buffers
+
+    return sum(buffer.bytes_per_token() * _held_in(buffer.dims[2], held) for buffer in cache_buffers(decoder))
+
+
+def _held_in(length: int | str, held: int) -> int:
+    """Tokens a buffer of ``length`` slots holds (a symbolic length grows with the sequence)."""
+    return min(held, length) if isinstance(length, int) else held
+
+
+def roofline(row: dict, cache_bytes: Callable[[int], float], bandwidth_gbs: float) -> dict:
+    """Share of the read-bandwidth limit each engine's decode step reaches: the step's bytes
+    (its weights at their precision, plus every sequence's cache) at the measured bandwidth,
+    over the measured step."""
     held = row["context"] + row["new_tokens"] // 2  # the cache in the middle of the decode
     out = {}
     for engine, rate in row["decode_tokens_per_s"].items():
-        precision = "4-bit" if engine in FOUR_BIT else "float32"
-        step_bytes = weight_bytes[precision] + row["batch"] * held * cache_bytes_per_token
+        step_bytes = row["weight_bytes"][engine] + row["batch"] * cache_bytes(held)
         out[engine] = (step_bytes / (bandwidth_gbs * 1e9)) / (row["batch"] / rate)
     return out
 
@@ -284,33 +473,74 @@ def main(
     cells: dict[str, list[tuple[int, int]]] | None = None,
     only: set[str] | None = None,
     new_tokens: int = NEW_TOKENS,
+    rounds: int = 3,
+    append: bool = False,
 ) -> None:
-    from proposals.text_pipeline.cache_formats import cache_bytes_per_token
+    """Measure ``cells`` (the full matrix by default) and write the result after every cell,
+    so an interrupted run keeps what it measured. ``append`` keeps the committed result's
+    other cells (measured by an earlier run of this code), each roofline share recomputed at
+    the best bandwidth either run measured."""
+    import os
+
+    # OpenMP's default spin-wait stalls llama.cpp's and torch's workers whenever the 2 cores
+    # are shared; passive waiting is what a 2-core machine needs (every engine's child inherits it).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    plan = {"smollm2-135m-instruct": [(16, 1)]} if quick else (cells or FULL_CELLS)
+    new_tokens, rounds = (4, 1) if quick else (new_tokens, rounds)
+    earlier = _earlier_result() if append and not quick else {"rows": [], "setup": {}}
+    bandwidth = earlier["setup"].get("bandwidth_samples_gbs", []) + [memory_bandwidth_gbs()]
+    rows = [r for r in earlier["rows"] if (r["context"], r["batch"]) not in plan.get(r["model"], [])]
+    seconds = earlier["setup"].get("bench_seconds", 0.0)
+    for name, model_cells in plan.items():
+        started = time.time()
+        for row in measure_model(name, model_cells, new_tokens, rounds, only):
+            row["cache_bytes_per_sequence"] = _cache_bytes_held(name, row["context"] + row["new_tokens"] // 2)
+            rows.append(row)
+            if not quick:
+                _write(rows, bandwidth, seconds + time.time() - started)
+        seconds += time.time() - started
+    bandwidth.append(memory_bandwidth_gbs())
+    if not quick:
+        _write(rows, bandwidth, seconds)
+
+
+def _earlier_result() -> dict:
+    from generator.bench import load_results
+
+    try:
+        data = load_results(TOPIC, "throughput_checkpoints")
+    except FileNotFoundError:
+        return {"rows": [], "setup": {}}
+    return data if "bandwidth_samples_gbs" in data["setup"] else {"rows": [], "setup": {}}
+
+
+def _cache_bytes_held(name: str, held: int) -> float:
     from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
-    plan = {"smollm2-135m-instruct": [(16, 1)]} if quick else (cells or FULL_CELLS)
-    new_tokens, rounds = (4, 1) if quick else (new_tokens, 3)
-    bandwidth = memory_bandwidth_gbs()
-    rows = []
-    for name, model_cells in plan.items():
-        decoder = ModelFolder.read(exported_folder(name)).decoder
-        params = sum(int(__import__("numpy").prod(t.dims)) for t in decoder.graph.initializer)
-        weights = {"float32": 4.0 * params, "4-bit": 0.5625 * params}  # Q4_1/Q4_K: 4.5 bits a weight
-        per_token = cache_bytes_per_token(decoder)
-        for context, batch in model_cells:
-            row = measure_cell(name, context, batch, new_tokens, rounds, only)
-            row["roofline_share"] = roofline(row, weights, per_token, bandwidth)
-            rows.append(row)
-            print(name, context, batch, {e: round(r, 1) for e, r in row["decode_tokens_per_s"].items()}, flush=True)
-    if not quick:
-        setup = {
-            "threads": THREADS,
-            "bandwidth_gbs": bandwidth,
-            "measured_cells": {n: c for n, c in plan.items()},
-            "full_cells": FULL_CELLS,
-        }
-        write_json(TOPIC, "throughput_checkpoints", rows, setup)
+    return cache_bytes_held(ModelFolder.read(exported_folder(name)).decoder, held)
+
+
+def _write(rows: list[dict], bandwidth: list[float], seconds: float) -> None:
+    import os
+
+    best = max(bandwidth)  # the least disturbed of the measurements
+    for row in rows:
+        row["roofline_share"] = roofline(row, lambda held, r=row: r["cache_bytes_per_sequence"], best)
+    measured: dict[str, list[tuple[int, int]]] = {}
+    for row in rows:
+        measured.setdefault(row["model"], []).append((row["context"], row["batch"]))
+    setup = {
+        "threads": THREADS,
+        "bandwidth_gbs": best,
+        "bandwidth_samples_gbs": bandwidth,
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "engine_processes": "one child process per engine; peak RSS per engine over a cell's runs",
+        "measured_cells": {n: sorted(c) for n, c in measured.items()},
+        "full_cells": FULL_CELLS,
+        "bench_seconds": seconds,
+    }
+    write_json(TOPIC, "throughput_checkpoints", rows, setup)
 
 
 def transformers_diagnosis(steps: int = 8) -> list[dict]:
@@ -414,10 +644,13 @@ if __name__ == "__main__":  # pragma: no cover
         )
     elif "--transformers-diagnosis" in sys.argv:
         write_json(TOPIC, "transformers_diagnosis", transformers_diagnosis(), {"model": MODELS[0], "held": 64})
-    elif "--cells" in sys.argv:  # e.g. --cells smollm2-135m-instruct:128x1,1024x1
-        spec = sys.argv[sys.argv.index("--cells") + 1]
-        name, cells = spec.split(":")
+    elif "--cells" in sys.argv:  # e.g. --cells "smollm2-135m-instruct:128x1,1024x1 gemma3-270m:128x1"
+        plan = {}
+        for part in sys.argv[sys.argv.index("--cells") + 1].split():
+            name, cells = part.split(":")
+            plan[name] = [tuple(int(x) for x in c.split("x")) for c in cells.split(",")]
         tokens = int(sys.argv[sys.argv.index("--new-tokens") + 1]) if "--new-tokens" in sys.argv else NEW_TOKENS
-        main(cells={name: [tuple(int(x) for x in c.split("x")) for c in cells.split(",")]}, new_tokens=tokens)
+        only = set(sys.argv[sys.argv.index("--engines") + 1].split(",")) if "--engines" in sys.argv else None
+        main(cells=plan, new_tokens=tokens, only=only, append="--append" in sys.argv)
     else:
         main(quick="--quick" in sys.argv)
