@@ -104,8 +104,14 @@ def _greedy_run(runner, new_tokens: int, capacity: int | None = None) -> Run:
 
 def llama_cpp_run(gguf: Path, new_tokens: int, context: int) -> Run:
     import llama_cpp
+    import numpy as np
 
     llm = llama_cpp.Llama(str(gguf), n_threads=THREADS, n_ctx=context + new_tokens, n_batch=512, verbose=False)
+
+    def next_token() -> int:
+        # Llama.eval keeps no logits unless logits_all; read the last position's from the context
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        return int(logits.argmax())
 
     def run(ids: list[list[int]]) -> tuple[float, float]:
         if len(ids) != 1:
@@ -113,11 +119,11 @@ def llama_cpp_run(gguf: Path, new_tokens: int, context: int) -> Run:
         llm.reset()
         start = time.perf_counter()
         llm.eval(ids[0])
-        token = int(llm.scores[llm.n_tokens - 1].argmax())
+        token = next_token()
         first = time.perf_counter()
         for _ in range(new_tokens - 1):
             llm.eval([token])
-            token = int(llm.scores[llm.n_tokens - 1].argmax())
+            token = next_token()
         return first - start, time.perf_counter() - first
 
     return run
@@ -543,11 +549,33 @@ def _write(rows: list[dict], bandwidth: list[float], seconds: float) -> None:
     write_json(TOPIC, "throughput_checkpoints", rows, setup)
 
 
-def transformers_diagnosis(steps: int = 8) -> list[dict]:
-    """Why transformers decodes SmolLM2 so slowly here: one decode step (64 tokens held) of the
-    GGUF-loaded model and of a model built from the same config with random weights, at 1 and
-    2 torch threads, interleaved. Equal times rule the GGUF load out; the thread count is the
-    difference (torch's intra-op pool waits on a descheduled worker on an oversubscribed CPU)."""
+def transformers_diagnosis(steps: int = 16) -> list[dict]:
+    """Why transformers decoded SmolLM2 so slowly on a busy machine: one decode step (64 tokens
+    held) of the GGUF-loaded model and of a model built from the same config with random
+    weights, at 1 and 2 torch threads interleaved, in a child process under OpenMP's default
+    wait policy (workers spin before they sleep) and under ``OMP_WAIT_POLICY=PASSIVE``. Equal
+    model times rule the GGUF load out; the policy and thread rows show what the shared cores do."""
+    import multiprocessing
+    import os
+
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for policy in ("default", "PASSIVE"):
+        saved = os.environ.pop("OMP_WAIT_POLICY", None)
+        if policy != "default":
+            os.environ["OMP_WAIT_POLICY"] = policy
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=_transformers_steps, args=(child, steps, policy))
+        process.start()  # the child's OpenMP reads the policy when torch loads
+        rows += parent.recv()
+        process.join()
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        if saved is not None:
+            os.environ["OMP_WAIT_POLICY"] = saved
+    return rows
+
+
+def _transformers_steps(conn, steps: int, policy: str) -> None:
     import os
 
     import torch
@@ -572,6 +600,7 @@ def transformers_diagnosis(steps: int = 8) -> list[dict]:
         torch.set_num_threads(threads)
         rows.append(
             {
+                "omp_wait_policy": policy,
                 "threads": threads,
                 "gguf_ms": step_ms(gguf_model),
                 "from_config_ms": step_ms(random_model),
@@ -579,7 +608,7 @@ def transformers_diagnosis(steps: int = 8) -> list[dict]:
             }
         )
         print(rows[-1], flush=True)
-    return rows
+    conn.send(rows)
 
 
 def decode_op_profile(name: str = MODELS[0], context: int = 128, steps: int = 16) -> list[dict]:
