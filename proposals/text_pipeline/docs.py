@@ -742,6 +742,27 @@ def transformers_diagnosis_table() -> str:
     )
 
 
+def llama_cpp_verdict() -> str:
+    """llama.cpp's decode rate under OpenMP's default and passive wait policies."""
+    import statistics
+
+    data = load_results(TOPIC, "llama_cpp_diagnosis")
+    rows = [r for r in data["rows"] if "decode_tokens_per_s" in r]
+    if not rows:
+        return "llama.cpp was not installed when the diagnosis ran"
+
+    def rate(policy: str) -> float:
+        return statistics.median(r["decode_tokens_per_s"] for r in rows if r["omp_wait_policy"] == policy)
+
+    loads = [r["load_average"] for r in rows]
+    return (
+        f"llama.cpp decodes {rate('default'):.1f} tokens/s under OpenMP's default wait policy and "
+        f"{rate('PASSIVE'):.1f} under `OMP_WAIT_POLICY=PASSIVE` ({data['setup']['model']}, "
+        f"{data['setup']['context']}-token prompt, {data['setup']['threads']} threads, a fresh process each, "
+        f"load average {min(loads):.1f}–{max(loads):.1f})"
+    )
+
+
 def transformers_verdict() -> str:
     """What the diagnosis rows say, in one sentence: GGUF load, wait policy, thread count, and
     transformers' rate beside this pipeline's in the side-by-side run."""

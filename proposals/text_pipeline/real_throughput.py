@@ -549,30 +549,66 @@ def _write(rows: list[dict], bandwidth: list[float], seconds: float) -> None:
     write_json(TOPIC, "throughput_checkpoints", rows, setup)
 
 
+def _under_policy(policy: str, target: Callable, *args) -> list[dict]:
+    """``target(conn, *args)`` in a child process whose OpenMP reads ``OMP_WAIT_POLICY=policy``
+    ("default": unset) when it loads; the rows it sends back."""
+    import multiprocessing
+    import os
+
+    ctx = multiprocessing.get_context("spawn")
+    saved = os.environ.pop("OMP_WAIT_POLICY", None)
+    if policy != "default":
+        os.environ["OMP_WAIT_POLICY"] = policy
+    try:
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=target, args=(child, *args))
+        process.start()
+        rows = parent.recv()
+        process.join()
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        if saved is not None:
+            os.environ["OMP_WAIT_POLICY"] = saved
+    return rows
+
+
 def transformers_diagnosis(steps: int = 16) -> list[dict]:
     """Why transformers decoded SmolLM2 so slowly on a busy machine: one decode step (64 tokens
     held) of the GGUF-loaded model and of a model built from the same config with random
     weights, at 1 and 2 torch threads interleaved, in a child process under OpenMP's default
     wait policy (workers spin before they sleep) and under ``OMP_WAIT_POLICY=PASSIVE``. Equal
     model times rule the GGUF load out; the policy and thread rows show what the shared cores do."""
-    import multiprocessing
+    return [
+        row for policy in ("default", "PASSIVE") for row in _under_policy(policy, _transformers_steps, steps, policy)
+    ]
+
+
+def llama_cpp_diagnosis(context: int = 128, steps: int = 32) -> list[dict]:
+    """llama.cpp's decode rate on SmolLM2 (2 threads) under OpenMP's default wait policy and under
+    ``OMP_WAIT_POLICY=PASSIVE``, each in a fresh process, twice, alternating."""
+    return [
+        row
+        for policy in ("default", "PASSIVE", "default", "PASSIVE")
+        for row in _under_policy(policy, _llama_cpp_rate, context, steps, policy)
+    ]
+
+
+def _llama_cpp_rate(conn, context: int, steps: int, policy: str) -> None:
     import os
 
-    ctx = multiprocessing.get_context("spawn")
-    rows = []
-    for policy in ("default", "PASSIVE"):
-        saved = os.environ.pop("OMP_WAIT_POLICY", None)
-        if policy != "default":
-            os.environ["OMP_WAIT_POLICY"] = policy
-        parent, child = ctx.Pipe()
-        process = ctx.Process(target=_transformers_steps, args=(child, steps, policy))
-        process.start()  # the child's OpenMP reads the policy when torch loads
-        rows += parent.recv()
-        process.join()
-        os.environ.pop("OMP_WAIT_POLICY", None)
-        if saved is not None:
-            os.environ["OMP_WAIT_POLICY"] = saved
-    return rows
+    from proposals.text_pipeline.checkpoints import checkpoint_file
+
+    try:
+        run = llama_cpp_run(checkpoint_file(MODELS[0]), steps + 1, context)
+    except ImportError as err:
+        conn.send([{"omp_wait_policy": policy, "skipped": f"not installed ({err.name})"}])
+        return
+    run(prompts(8, 1, 20000))  # warm-up
+    ttft, decode = run(prompts(context, 1, 20000, salt=1))
+    row = {"omp_wait_policy": policy, "decode_tokens_per_s": steps / decode, "ttft_s": ttft}
+    row["load_average"] = os.getloadavg()[0]
+    print(row, flush=True)
+    conn.send([row])
 
 
 def _transformers_steps(conn, steps: int, policy: str) -> None:
@@ -673,6 +709,9 @@ if __name__ == "__main__":  # pragma: no cover
         )
     elif "--transformers-diagnosis" in sys.argv:
         write_json(TOPIC, "transformers_diagnosis", transformers_diagnosis(), {"model": MODELS[0], "held": 64})
+    elif "--llama-cpp-diagnosis" in sys.argv:
+        setup = {"model": MODELS[0], "context": 128, "steps": 32, "threads": THREADS}
+        write_json(TOPIC, "llama_cpp_diagnosis", llama_cpp_diagnosis(), setup)
     elif "--cells" in sys.argv:  # e.g. --cells "smollm2-135m-instruct:128x1,1024x1 gemma3-270m:128x1"
         plan = {}
         for part in sys.argv[sys.argv.index("--cells") + 1].split():
