@@ -654,12 +654,19 @@ def checkpoint_throughput_setup() -> str:
     missing = {m: [c for c in map(tuple, v) if c not in measured.get(m, [])] for m, v in setup["full_cells"].items()}
     loads = [x for r in rows for x in r.get("load_average", [])]
     load = f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else ""
+    grouped = {r["model"]: r["engine_groups"] for r in rows if len(r.get("engine_groups", [])) > 1}
+    groups = "".join(
+        f". {model}'s engines did not all fit in memory at once, so they ran in groups, each interleaved "
+        f"within itself: {' | '.join(', '.join(g) for g in engine_groups)}"
+        for model, engine_groups in grouped.items()
+    )
     return (
         f"measured cells (prompt tokens × batch): {cells(measured)}, each the median of {rows[0]['rounds']} "
         f"interleaved rounds, {rows[0]['new_tokens']} new tokens, {setup['threads']} threads, read bandwidth "
         f"{setup['bandwidth_gbs']:.1f} GB/s (the best of {len(setup.get('bandwidth_samples_gbs', [1, 1]))} "
         f"measurements, before and after the cells){load}, {setup.get('bench_seconds', 0) / 60:.0f} minutes "
-        f"on {machine_text(data['machine'])}. Not measured (they did not fit the time): {cells(missing) or 'none'}"
+        f"on {machine_text(data['machine'])}{groups}. Not measured (they did not fit the time): "
+        f"{cells(missing) or 'none'}"
     )
 
 

@@ -485,7 +485,9 @@ def main(
     """Measure ``cells`` (the full matrix by default) and write the result after every cell,
     so an interrupted run keeps what it measured. ``append`` keeps the committed result's
     other cells (measured by an earlier run of this code), each roofline share recomputed at
-    the best bandwidth either run measured."""
+    the best bandwidth any run measured; with ``only`` (a group of engines, when every engine
+    of a model at once would not fit in memory) a measured cell is merged into the committed
+    one, the group recorded in its ``engine_groups``."""
     import os
 
     # OpenMP's default spin-wait stalls llama.cpp's and torch's workers whenever the 2 cores
@@ -495,19 +497,47 @@ def main(
     new_tokens, rounds = (4, 1) if quick else (new_tokens, rounds)
     earlier = _earlier_result() if append and not quick else {"rows": [], "setup": {}}
     bandwidth = earlier["setup"].get("bandwidth_samples_gbs", []) + [memory_bandwidth_gbs()]
-    rows = [r for r in earlier["rows"] if (r["context"], r["batch"]) not in plan.get(r["model"], [])]
+    rows = earlier["rows"]
     seconds = earlier["setup"].get("bench_seconds", 0.0)
     for name, model_cells in plan.items():
         started = time.time()
         for row in measure_model(name, model_cells, new_tokens, rounds, only):
             row["cache_bytes_per_sequence"] = _cache_bytes_held(name, row["context"] + row["new_tokens"] // 2)
-            rows.append(row)
+            row["engine_groups"] = [sorted(row["decode_tokens_per_s"])]
+            rows = _place(rows, row, merge=only is not None)
             if not quick:
                 _write(rows, bandwidth, seconds + time.time() - started)
         seconds += time.time() - started
     bandwidth.append(memory_bandwidth_gbs())
     if not quick:
         _write(rows, bandwidth, seconds)
+
+
+PER_ENGINE = ("decode_tokens_per_s", "ttft_s", "peak_rss_mb", "weight_bytes", "load_peak_rss_mb")
+
+
+def _place(rows: list[dict], row: dict, *, merge: bool) -> list[dict]:
+    """``rows`` with ``row`` in its cell: replacing the cell's earlier row, or merged into it
+    (another group of engines, measured in its own interleaved rounds)."""
+    key = (row["model"], row["context"], row["batch"])
+    old = next((r for r in rows if (r["model"], r["context"], r["batch"]) == key), None)
+    others = [r for r in rows if r is not old]
+    if old is None or not merge:
+        return [*others, row]
+    merged = dict(old)
+    for field in PER_ENGINE:
+        merged[field] = {**old[field], **row[field]}
+    measured = set(merged["decode_tokens_per_s"])
+    skipped = {**old["skipped"], **row["skipped"]}
+    merged["skipped"] = {e: why for e, why in skipped.items() if e not in measured}
+    kept = [
+        [e for e in g if e not in row["decode_tokens_per_s"]]
+        for g in old.get("engine_groups", [sorted(old[PER_ENGINE[0]])])
+    ]
+    merged["engine_groups"] = [g for g in kept if g] + row["engine_groups"]
+    merged["load_average"] = old["load_average"] + row["load_average"]
+    merged["cell_seconds"] = old["cell_seconds"] + row["cell_seconds"]
+    return [*others, merged]
 
 
 def _earlier_result() -> dict:
@@ -712,13 +742,13 @@ if __name__ == "__main__":  # pragma: no cover
     elif "--llama-cpp-diagnosis" in sys.argv:
         setup = {"model": MODELS[0], "context": 128, "steps": 32, "threads": THREADS}
         write_json(TOPIC, "llama_cpp_diagnosis", llama_cpp_diagnosis(), setup)
-    elif "--cells" in sys.argv:  # e.g. --cells "smollm2-135m-instruct:128x1,1024x1 gemma3-270m:128x1"
+    elif "--cells" in sys.argv:  # --cells "smollm2-135m-instruct:128x1,1024x1 gemma3-270m:128x1" [--engines "a;b"]
         plan = {}
         for part in sys.argv[sys.argv.index("--cells") + 1].split():
             name, cells = part.split(":")
             plan[name] = [tuple(int(x) for x in c.split("x")) for c in cells.split(",")]
         tokens = int(sys.argv[sys.argv.index("--new-tokens") + 1]) if "--new-tokens" in sys.argv else NEW_TOKENS
-        only = set(sys.argv[sys.argv.index("--engines") + 1].split(",")) if "--engines" in sys.argv else None
+        only = set(sys.argv[sys.argv.index("--engines") + 1].split(";")) if "--engines" in sys.argv else None
         main(cells=plan, new_tokens=tokens, only=only, append="--append" in sys.argv)
     else:
         main(quick="--quick" in sys.argv)
