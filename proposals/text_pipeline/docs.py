@@ -670,6 +670,17 @@ def checkpoint_throughput_setup() -> str:
     )
 
 
+def checkpoint_openvino_defaults() -> str:
+    """The CPU plug-in defaults openvino-genai ran with, as the result recorded them."""
+    defaults = _throughput()["setup"].get("openvino_cpu_defaults", {})
+    if not defaults:
+        return "its CPU defaults were not recorded"
+    return (
+        f"it computes in {defaults['INFERENCE_PRECISION_HINT']} and keeps its KV cache in "
+        f"{defaults['KV_CACHE_PRECISION']}"
+    )
+
+
 def checkpoint_skipped() -> str:
     """Engines skipped in the measured cells, one line each."""
     lines = {f"{e}: {why}" for r in _throughput()["rows"] for e, why in r["skipped"].items()}

@@ -575,8 +575,22 @@ def _write(rows: list[dict], bandwidth: list[float], seconds: float) -> None:
         "measured_cells": {n: sorted(c) for n, c in measured.items()},
         "full_cells": FULL_CELLS,
         "bench_seconds": seconds,
+        "openvino_cpu_defaults": _openvino_defaults(),
     }
     write_json(TOPIC, "throughput_checkpoints", rows, setup)
+
+
+def _openvino_defaults() -> dict[str, str]:
+    """openvino-genai runs at the CPU plug-in's defaults: on a CPU with bf16 that is bf16
+    compute, and its KV cache has its own precision. Recorded so the page can say so."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    return {
+        key: core.get_property("CPU", key).get_type_name() for key in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")
+    }
 
 
 def _under_policy(policy: str, target: Callable, *args) -> list[dict]:
