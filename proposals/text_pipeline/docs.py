@@ -834,11 +834,12 @@ def kv_int8_checkpoints() -> str:
 
 
 def checkpoint_profile_summary() -> str:
-    """Where a SmolLM2 decode step goes, standard and fused: the top op types' shares of kernel time."""
+    """Where a SmolLM2 decode step goes after each profiled prompt, per form: the time per run
+    and the top op types' shares of kernel time."""
     data = load_results(TOPIC, "throughput_checkpoints_ort_ops")
     parts = []
-    for form in dict.fromkeys(r["form"] for r in data["rows"]):
-        rows = [r for r in data["rows"] if r["form"] == form]
-        top = ", ".join(f"{r['op']} {percent(r['share'])}" for r in rows[:4])
-        parts.append(f"{form}: {duration(rows[0]['run_s_per_step'])} per run, of which {top}")
+    for context, form in dict.fromkeys((r.get("context", 128), r["form"]) for r in data["rows"]):
+        rows = [r for r in data["rows"] if r.get("context", 128) == context and r["form"] == form]
+        top = ", ".join(f"{r['op']} {percent(r['share'])}" for r in rows[:3])
+        parts.append(f"{form} after {context:,} tokens: {duration(rows[0]['run_s_per_step'])} per step ({top})")
     return "; ".join(parts)

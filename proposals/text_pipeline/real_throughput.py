@@ -691,54 +691,93 @@ def _transformers_steps(conn, steps: int, policy: str) -> None:
     conn.send(rows)
 
 
-def decode_op_profile(name: str = MODELS[0], context: int = 128, steps: int = 16) -> list[dict]:
-    """Where this pipeline's decode step goes on a packaged checkpoint, standard and fused:
-    onnxruntime's profiler, each op type's seconds per step and share (prefill and the first
-    decode step left out). Written beside the throughput result when its goal is missed."""
+PROFILE_CONTEXTS = (128, 4096)
+
+
+def decode_op_profile(
+    name: str = MODELS[0], contexts: tuple[int, ...] = PROFILE_CONTEXTS, steps: int = 16
+) -> list[dict]:
+    """Where a decode step goes on a packaged checkpoint, this pipeline's graph standard and
+    fused beside mobius-onnx's static-cache graph (in place): onnxruntime's profiler, each op
+    type's seconds per step and share (prefill and the first decode step left out), after a
+    prompt of each of ``contexts`` tokens. Written beside the throughput result, whose goals
+    it explains where they are missed."""
+    import onnxruntime as ort
+
+    from proposals.kv_cache.fusion import fuse_to_gqa
+    from proposals.text_pipeline.checkpoints import checkpoint_file
+    from proposals.text_pipeline.export import exported_folder
+    from proposals.text_pipeline.folder import ModelFolder
+
+    folder = ModelFolder.read(exported_folder(name))
+    fused = fuse_to_gqa(folder.decoder)
+    rows = []
+    for context in contexts:
+        capacity = context + steps + 2
+        static = ir_serde_model(build_mobius(checkpoint_file(name), "static", max_seq_len=capacity))
+        forms = {
+            "standard": (folder.decoder, folder.external_data, lambda s: _profiled_runner(OrtRunner, s, folder)),
+            "fused GQA": (fused, folder.external_data, lambda s: _profiled_runner(OrtRunner, s, folder, fused)),
+            "mobius static, in place": (static, None, lambda s: MobiusStaticRunner(s, inplace=True)),
+        }
+        for form, (model, weights, make) in forms.items():
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if weights is not None:
+                options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights))
+            events = _profile_events(options, model, make, context, steps, capacity)
+            rows += [{"context": context, "form": form, **r} for r in _op_shares(events)]
+    return rows
+
+
+def ir_serde_model(model) -> onnx.ModelProto:
+    from onnx_ir import serde
+
+    return serde.serialize_model(model)
+
+
+def _profiled_runner(kind, session, folder, decoder=None):
+    runner = kind(
+        decoder if decoder is not None else folder.decoder, threads=THREADS, external_data=folder.external_data
+    )
+    runner.session = session  # the profiling session on the same graph
+    return runner
+
+
+def _profile_events(options, model: onnx.ModelProto, make, context: int, steps: int, capacity: int) -> list[dict]:
+    """The profiler's events of one prefill and ``steps + 1`` greedy decode steps."""
     import json
     import tempfile
 
     import onnxruntime as ort
 
-    from proposals.kv_cache.fusion import fuse_to_gqa
-    from proposals.text_pipeline.export import exported_folder
-    from proposals.text_pipeline.folder import ModelFolder
+    with tempfile.TemporaryDirectory(prefix="tp-ckprof-") as scratch:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(scratch) / "decode")
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        runner = make(session)
+        runner.start(1, capacity)
+        logits = runner.append(prompts(context, 1, 20000))
+        for _ in range(steps + 1):
+            logits = runner.append([[int(t)] for t in logits.argmax(-1)])
+        return json.loads(Path(session.end_profiling()).read_text())
 
-    folder = ModelFolder.read(exported_folder(name))
-    rows = []
-    for form, decoder in (("standard", folder.decoder), ("fused GQA", fuse_to_gqa(folder.decoder))):
-        runner = OrtRunner(decoder, threads=THREADS, external_data=folder.external_data)
-        with tempfile.TemporaryDirectory(prefix="tp-ckprof-") as scratch:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.add_session_config_entry(
-                "session.model_external_initializers_file_folder_path", str(folder.external_data)
-            )
-            options.enable_profiling = True
-            options.profile_file_prefix = str(Path(scratch) / "decode")
-            runner.session = ort.InferenceSession(
-                decoder.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
-            gen = Generator(runner, GenerationConfig(max_new_tokens=steps + 2), batch_size=1)
-            gen.append_input_tokens(prompts(context, 1, runner.vocab_size))
-            for _ in range(steps + 1):
-                gen.generate_next_token()
-            events = json.loads(Path(runner.session.end_profiling()).read_text())
-        runs = [e for e in events if e.get("name") == "model_run"]
-        cutoff = runs[1]["ts"] + runs[1]["dur"]  # after the prefill and the first decode run
-        kernels: dict[str, float] = {}
-        for e in events:
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= cutoff:
-                kernels[e["args"]["op_name"]] = kernels.get(e["args"]["op_name"], 0.0) + e["dur"] * 1e-6
-        count = len([r for r in runs if r["ts"] >= cutoff])
-        wall = sum(r["dur"] for r in runs if r["ts"] >= cutoff) * 1e-6 / count
-        total = sum(kernels.values())
-        rows += [
-            {"form": form, "op": op, "s_per_step": t / count, "share": t / total, "run_s_per_step": wall}
-            for op, t in sorted(kernels.items(), key=lambda kv: -kv[1])
-        ]
-    return rows
+
+def _op_shares(events: list[dict]) -> list[dict]:
+    runs = [e for e in events if e.get("name") == "model_run"]
+    cutoff = runs[1]["ts"] + runs[1]["dur"]  # after the prefill and the first decode run
+    kernels: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= cutoff:
+            kernels[e["args"]["op_name"]] = kernels.get(e["args"]["op_name"], 0.0) + e["dur"] * 1e-6
+    count = len([r for r in runs if r["ts"] >= cutoff])
+    wall = sum(r["dur"] for r in runs if r["ts"] >= cutoff) * 1e-6 / count
+    total = sum(kernels.values())
+    return [
+        {"op": op, "s_per_step": t / count, "share": t / total, "run_s_per_step": wall}
+        for op, t in sorted(kernels.items(), key=lambda kv: -kv[1])
+    ]
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -749,7 +788,7 @@ if __name__ == "__main__":  # pragma: no cover
             TOPIC,
             "throughput_checkpoints_ort_ops",
             decode_op_profile(),
-            {"model": MODELS[0], "context": 128, "steps": 16},
+            {"model": MODELS[0], "contexts": list(PROFILE_CONTEXTS), "steps": 16},
         )
     elif "--transformers-diagnosis" in sys.argv:
         write_json(TOPIC, "transformers_diagnosis", transformers_diagnosis(), {"model": MODELS[0], "held": 64})
