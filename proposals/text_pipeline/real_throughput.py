@@ -57,7 +57,8 @@ FLOAT32 = (
     "mobius static, in place",
     "transformers",
 )
-FOUR_BIT = ("mobius 4-bit", "openvino-genai (GGUF)", "llama.cpp (GGUF)")
+LLAMA_CPP_DEFAULT_WAIT = "llama.cpp (GGUF), OpenMP default wait"
+FOUR_BIT = ("mobius 4-bit", "openvino-genai (GGUF)", "llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT)
 
 # One generation: (prompts) -> (seconds to the first token, seconds for the tokens after it).
 Run = Callable[[list[list[int]]], tuple[float, float]]
@@ -235,7 +236,7 @@ def engine_run(name: str, engine: str, context: int, new_tokens: int) -> tuple[R
         return mobius("4-bit", MobiusGqaRunner)
     if engine == "openvino-genai (GGUF)":
         return openvino_gguf_run(gguf, new_tokens), gguf.stat().st_size
-    if engine == "llama.cpp (GGUF)":
+    if engine in ("llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT):
         return llama_cpp_run(gguf, new_tokens, context), gguf.stat().st_size
     if engine == "transformers":
         model = _hf_model(gguf)
@@ -244,7 +245,7 @@ def engine_run(name: str, engine: str, context: int, new_tokens: int) -> tuple[R
 
 
 # Engines whose graph or context is sized for the prompt: rebuilt when the prompt length changes.
-SIZED_FOR_CONTEXT = ("mobius static, in place", "llama.cpp (GGUF)")
+SIZED_FOR_CONTEXT = ("mobius static, in place", "llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT)
 
 
 def _serve_engine(conn, name: str, engine: str, context: int, new_tokens: int) -> None:
@@ -288,11 +289,18 @@ class EngineProcess:
 
     def __init__(self, name: str, engine: str, context: int, new_tokens: int) -> None:
         import multiprocessing
+        import os
 
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding thread pools
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve_engine, args=(child, name, engine, context, new_tokens), daemon=True)
-        self.process.start()
+        # llama.cpp as its users get it: OpenMP's default wait (spin, then sleep) read at load
+        policy = os.environ.pop("OMP_WAIT_POLICY", None) if engine == LLAMA_CPP_DEFAULT_WAIT else None
+        try:
+            self.process.start()
+        finally:
+            if policy is not None:
+                os.environ["OMP_WAIT_POLICY"] = policy
         child.close()
         self.context = context
         self.status, self.info = self._answer()
