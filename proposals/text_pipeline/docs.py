@@ -653,6 +653,7 @@ def checkpoint_throughput_setup() -> str:
     measured = {m: [tuple(c) for c in v] for m, v in setup["measured_cells"].items()}
     missing = {m: [c for c in map(tuple, v) if c not in measured.get(m, [])] for m, v in setup["full_cells"].items()}
     loads = [x for r in rows for x in r.get("load_average", [])]
+    samples = setup.get("bandwidth_samples_gbs", [setup["bandwidth_gbs"]])
     load = f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else ""
     grouped = {r["model"]: r["engine_groups"] for r in rows if len(r.get("engine_groups", [])) > 1}
     groups = "".join(
@@ -663,8 +664,9 @@ def checkpoint_throughput_setup() -> str:
     return (
         f"measured cells (prompt tokens × batch): {cells(measured)}, each the median of {rows[0]['rounds']} "
         f"interleaved rounds, {rows[0]['new_tokens']} new tokens, {setup['threads']} threads, read bandwidth "
-        f"{setup['bandwidth_gbs']:.1f} GB/s (the best of {len(setup.get('bandwidth_samples_gbs', [1, 1]))} "
-        f"measurements, before and after the cells){load}, {setup.get('bench_seconds', 0) / 60:.0f} minutes "
+        f"{setup['bandwidth_gbs']:.1f} GB/s (the best of {len(samples)} measurements taken between the runs, "
+        f"which ranged over {min(samples):.0f}–{max(samples):.0f} GB/s){load}, "
+        f"{setup.get('bench_seconds', 0) / 60:.0f} minutes "
         f"on {machine_text(data['machine'])}{groups}. Not measured (they did not fit the time): "
         f"{cells(missing) or 'none'}"
     )
