@@ -185,21 +185,66 @@ def transformers_run(hf_model, new_tokens: int) -> Run:
 
 
 def _onnx_weight_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of a graph's weights at their stored precision, rotary tables left out (a decode
-    step gathers one row of them)."""
+    """Bytes of the weights a decode step reads, at their stored precision: every initializer
+    but rotary tables and tables only a Gather reads (a step gathers one row of each; a table
+    tied to the output projection is read whole and counted)."""
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
     return sum(
         math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         for t in model.graph.initializer
-        if not _rotary_table(t.name)
+        if not _rotary_table(t.name) and readers.get(t.name, {"?"}) != {"Gather"}
     )
 
 
 def _ir_weight_bytes(model) -> int:
-    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if not _rotary_table(v.name))
+    """:func:`_onnx_weight_bytes` of an onnx-ir model (mobius-onnx builds those)."""
+    return sum(
+        v.const_value.nbytes
+        for v in model.graph.initializers.values()
+        if not _rotary_table(v.name) and {use.node.op_type for use in v.uses()} != {"Gather"}
+    )
 
 
 def _rotary_table(name: str) -> bool:
     return "cos_cache" in name or "sin_cache" in name
+
+
+def weight_bytes(name: str, engine: str) -> int:
+    """What ``engine_run`` reports for ``engine`` on ``name``, without a session (recounts a
+    committed result when the counting rule changes)."""
+    from proposals.text_pipeline.checkpoints import checkpoint_file
+    from proposals.text_pipeline.export import exported_folder
+    from proposals.text_pipeline.folder import ModelFolder
+
+    gguf = checkpoint_file(name)
+    forms = {"mobius GQA": "gqa", "mobius static, in place": "static", "mobius 4-bit": "4-bit"}
+    if engine in forms:
+        return _ir_weight_bytes(
+            build_mobius(gguf, forms[engine], **({"max_seq_len": 256} if "static" in engine else {}))
+        )
+    if engine in ("openvino-genai (GGUF)", "llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT):
+        return gguf.stat().st_size
+    if engine == "transformers":
+        return sum(p.numel() * p.element_size() for p in _hf_model(gguf).parameters())
+    return _onnx_weight_bytes(ModelFolder.read(exported_folder(name)).decoder)
+
+
+def recount_weights(engines: tuple[str, ...] = ("mobius GQA", "mobius static, in place", "mobius 4-bit")) -> None:
+    """Recount ``engines``' weight bytes in the committed result, and every roofline share."""
+    data = _earlier_result()
+    counted: dict[tuple[str, str], int] = {}
+    for row in data["rows"]:
+        for engine in (e for e in row["weight_bytes"] if e in engines):
+            key = (row["model"], engine)
+            if key not in counted:
+                counted[key] = weight_bytes(*key)
+                print(key, row["weight_bytes"][engine], "->", counted[key], flush=True)
+            row["weight_bytes"][engine] = counted[key]
+    setup = data["setup"]
+    _write(data["rows"], setup["bandwidth_samples_gbs"], setup["bench_seconds"])
 
 
 def engine_run(name: str, engine: str, context: int, new_tokens: int) -> tuple[Run, int]:
@@ -800,6 +845,8 @@ if __name__ == "__main__":  # pragma: no cover
         )
     elif "--transformers-diagnosis" in sys.argv:
         write_json(TOPIC, "transformers_diagnosis", transformers_diagnosis(), {"model": MODELS[0], "held": 64})
+    elif "--recount-weights" in sys.argv:
+        recount_weights()
     elif "--llama-cpp-diagnosis" in sys.argv:
         setup = {"model": MODELS[0], "context": 128, "steps": 32, "threads": THREADS}
         write_json(TOPIC, "llama_cpp_diagnosis", llama_cpp_diagnosis(), setup)
