@@ -683,6 +683,22 @@ def checkpoint_openvino_defaults() -> str:
     )
 
 
+def checkpoint_mobius_4bit_note() -> str:
+    """Where mobius-onnx's 4-bit form holds as many weight bytes as the float32 graph (it did
+    not keep that checkpoint's quantized weights), per checkpoint."""
+    notes = {}
+    for r in _throughput()["rows"]:
+        bytes_ = r["weight_bytes"]
+        if "mobius 4-bit" in bytes_ and "this pipeline, in place" in bytes_:
+            if bytes_["mobius 4-bit"] >= 0.9 * bytes_["this pipeline, in place"]:
+                notes[r["model"]] = (
+                    f"on {r['model']} mobius's 4-bit form holds {bytes_['mobius 4-bit'] / 1e6:,.0f} MB of weights "
+                    f"against the float32 graph's {bytes_['this pipeline, in place'] / 1e6:,.0f} MB: it kept "
+                    "float32 weights there, so its row is a float32 row"
+                )
+    return "; ".join(notes.values()) or "mobius's 4-bit form kept 4-bit weights on every checkpoint"
+
+
 def checkpoint_skipped() -> str:
     """Engines skipped in the measured cells, one line each."""
     lines = {f"{e}: {why}" for r in _throughput()["rows"] for e, why in r["skipped"].items()}
