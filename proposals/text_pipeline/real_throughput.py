@@ -11,12 +11,14 @@ Engines, each on the same GGUF checkpoint (SmolLM2-135M-Instruct, Gemma 3 270M):
   llama.cpp through llama-cpp-python (an optional bench extra).
 
 Every cell (model x prompt length x batch) runs each engine once per round, rounds
-interleaved, at least 3, medians reported: time to first token, decode tokens/s (the
-batch's tokens after the first), peak RSS of the process after the engine's runs. The roofline
-share is the time a decode step must take at the machine's measured read bandwidth (weights
-at their precision, plus the cache held) over the measured step. An engine that is not
-installed or cannot run a model is skipped with one line; a prompt longer than a model's
-context is refused in one line.
+interleaved, at least 3, medians reported: time to first token, decode tokens/s (the batch's
+tokens after the first), and peak RSS. Each engine lives in its own child process, so its peak
+RSS is its own (the process's high-water mark over the cell's runs), and each round's prompt is
+fresh, so no engine reuses a prefix cached in an earlier round. The roofline share is the time a
+decode step must take at the machine's measured read bandwidth (each engine's weights at their
+precision, plus the cache held) over the measured step. An engine that is not installed or
+cannot run a model is skipped with one line; a prompt longer than a model's context is refused
+in one line.
 
 The full matrix (prompts of 128, 1,024, 4,096 and, for Gemma, 8,192 tokens; batch 1 and 4;
 128 new tokens) is :data:`FULL_CELLS`; ``--cells`` picks a subset (what a 2-core machine can
