@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -847,30 +848,38 @@ def _op_shares(events: list[dict]) -> list[dict]:
     ]
 
 
-if __name__ == "__main__":  # pragma: no cover
-    import sys
+def _cli(argv: list[str]) -> int:
+    """``python -m proposals.text_pipeline.real_throughput [--cells ... | --profile | ...]``."""
+    try:
+        if "--profile" in argv:
+            write_json(
+                TOPIC,
+                "throughput_checkpoints_ort_ops",
+                decode_op_profile(),
+                {"model": MODELS[0], "contexts": list(PROFILE_CONTEXTS), "steps": 16},
+            )
+        elif "--transformers-diagnosis" in argv:
+            write_json(TOPIC, "transformers_diagnosis", transformers_diagnosis(), {"model": MODELS[0], "held": 64})
+        elif "--recount-weights" in argv:
+            recount_weights()
+        elif "--llama-cpp-diagnosis" in argv:
+            setup = {"model": MODELS[0], "context": 128, "steps": 32, "threads": THREADS}
+            write_json(TOPIC, "llama_cpp_diagnosis", llama_cpp_diagnosis(), setup)
+        elif "--cells" in argv:  # --cells "smollm2-135m-instruct:128x1,1024x1 gemma3-270m:128x1" [--engines "a;b"]
+            plan = {}
+            for part in argv[argv.index("--cells") + 1].split():
+                name, cells = part.split(":")
+                plan[name] = [tuple(int(x) for x in c.split("x")) for c in cells.split(",")]
+            tokens = int(argv[argv.index("--new-tokens") + 1]) if "--new-tokens" in argv else NEW_TOKENS
+            only = set(argv[argv.index("--engines") + 1].split(";")) if "--engines" in argv else None
+            main(cells=plan, new_tokens=tokens, only=only, append="--append" in argv)
+        else:
+            main(quick="--quick" in argv)
+    except UsageError as err:
+        print(f"real_throughput: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
-    if "--profile" in sys.argv:
-        write_json(
-            TOPIC,
-            "throughput_checkpoints_ort_ops",
-            decode_op_profile(),
-            {"model": MODELS[0], "contexts": list(PROFILE_CONTEXTS), "steps": 16},
-        )
-    elif "--transformers-diagnosis" in sys.argv:
-        write_json(TOPIC, "transformers_diagnosis", transformers_diagnosis(), {"model": MODELS[0], "held": 64})
-    elif "--recount-weights" in sys.argv:
-        recount_weights()
-    elif "--llama-cpp-diagnosis" in sys.argv:
-        setup = {"model": MODELS[0], "context": 128, "steps": 32, "threads": THREADS}
-        write_json(TOPIC, "llama_cpp_diagnosis", llama_cpp_diagnosis(), setup)
-    elif "--cells" in sys.argv:  # --cells "smollm2-135m-instruct:128x1,1024x1 gemma3-270m:128x1" [--engines "a;b"]
-        plan = {}
-        for part in sys.argv[sys.argv.index("--cells") + 1].split():
-            name, cells = part.split(":")
-            plan[name] = [tuple(int(x) for x in c.split("x")) for c in cells.split(",")]
-        tokens = int(sys.argv[sys.argv.index("--new-tokens") + 1]) if "--new-tokens" in sys.argv else NEW_TOKENS
-        only = set(sys.argv[sys.argv.index("--engines") + 1].split(";")) if "--engines" in sys.argv else None
-        main(cells=plan, new_tokens=tokens, only=only, append="--append" in sys.argv)
-    else:
-        main(quick="--quick" in sys.argv)
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_cli(sys.argv))
