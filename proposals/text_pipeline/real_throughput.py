@@ -629,6 +629,7 @@ def _write(rows: list[dict], bandwidth: list[float], seconds: float) -> None:
     import os
 
     best = max(bandwidth)  # the least disturbed of the measurements
+    rows.sort(key=lambda r: (MODELS.index(r["model"]) if r["model"] in MODELS else 99, r["batch"], r["context"]))
     for row in rows:
         row["roofline_share"] = roofline(row, lambda held, r=row: r["cache_bytes_per_sequence"], best)
     measured: dict[str, list[tuple[int, int]]] = {}
