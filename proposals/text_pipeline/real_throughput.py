@@ -61,6 +61,7 @@ FLOAT32 = (
     "transformers",
 )
 LLAMA_CPP_DEFAULT_WAIT = "llama.cpp (GGUF), OpenMP default wait"
+OMP_WAIT_POLICY = "PASSIVE"  # every engine process's, but LLAMA_CPP_DEFAULT_WAIT's
 FOUR_BIT = ("mobius 4-bit", "openvino-genai (GGUF)", "llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT)
 
 # One generation: (prompts) -> (seconds to the first token, seconds for the tokens after it).
@@ -548,7 +549,7 @@ def main(
 
     # OpenMP's default spin-wait stalls llama.cpp's and torch's workers whenever the 2 cores
     # are shared; passive waiting is what a 2-core machine needs (every engine's child inherits it).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     plan = {"smollm2-135m-instruct": [(16, 1)]} if quick else (cells or FULL_CELLS)
     new_tokens, rounds = (4, 1) if quick else (new_tokens, rounds)
     earlier = _earlier_result() if append and not quick else {"rows": [], "setup": {}}
@@ -626,7 +627,6 @@ def _cache_bytes_held(name: str, held: int) -> float:
 
 
 def _write(rows: list[dict], bandwidth: list[float], seconds: float) -> None:
-    import os
 
     best = max(bandwidth)  # the least disturbed of the measurements
     rows.sort(key=lambda r: (MODELS.index(r["model"]) if r["model"] in MODELS else 99, r["batch"], r["context"]))
@@ -639,7 +639,7 @@ def _write(rows: list[dict], bandwidth: list[float], seconds: float) -> None:
         "threads": THREADS,
         "bandwidth_gbs": best,
         "bandwidth_samples_gbs": bandwidth,
-        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "omp_wait_policy": OMP_WAIT_POLICY,
         "engine_processes": "one child process per engine; peak RSS per engine over a cell's runs",
         "measured_cells": {n: sorted(c) for n, c in measured.items()},
         "full_cells": FULL_CELLS,
