@@ -655,11 +655,20 @@ def checkpoint_throughput_setup() -> str:
     loads = [x for r in rows for x in r.get("load_average", [])]
     samples = setup.get("bandwidth_samples_gbs", [setup["bandwidth_gbs"]])
     load = f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else ""
-    grouped = {r["model"]: r["engine_groups"] for r in rows if len(r.get("engine_groups", [])) > 1}
+    grouped: dict[str, list[str]] = {}
+    for r in rows:
+        if len(r.get("engine_groups", [])) > 1:
+            grouped.setdefault(r["model"], []).append(f"{r['context']}×{r['batch']}")
     groups = "".join(
-        f". {model}'s engines did not all fit in memory at once, so they ran in groups, each interleaved "
-        f"within itself: {' | '.join(', '.join(g) for g in engine_groups)}"
-        for model, engine_groups in grouped.items()
+        f". On {model} ({', '.join(where)}) the engines ran in groups, each interleaved within itself, "
+        "since every engine's process at once did not fit in memory (or a group was added later): "
+        + " | ".join(
+            ", ".join(g)
+            for g in next(r for r in rows if r["model"] == model and len(r.get("engine_groups", [])) > 1)[
+                "engine_groups"
+            ]
+        )
+        for model, where in grouped.items()
     )
     return (
         f"measured cells (prompt tokens × batch): {cells(measured)}, each the median of {rows[0]['rounds']} "
