@@ -655,20 +655,16 @@ def checkpoint_throughput_setup() -> str:
     loads = [x for r in rows for x in r.get("load_average", [])]
     samples = setup.get("bandwidth_samples_gbs", [setup["bandwidth_gbs"]])
     load = f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else ""
-    grouped: dict[str, list[str]] = {}
-    for r in rows:
-        if len(r.get("engine_groups", [])) > 1:
-            grouped.setdefault(r["model"], []).append(f"{r['context']}×{r['batch']}")
-    groups = "".join(
-        f". On {model} ({', '.join(where)}) the engines ran in groups, each interleaved within itself, "
-        "since every engine's process at once did not fit in memory (or a group was added later): "
-        + " | ".join(
-            ", ".join(g)
-            for g in next(r for r in rows if r["model"] == model and len(r.get("engine_groups", [])) > 1)[
-                "engine_groups"
-            ]
-        )
-        for model, where in grouped.items()
+    grouped = [
+        f"{r['model']} {r['context']}×{r['batch']}: " + " | ".join(", ".join(g) for g in r["engine_groups"])
+        for r in rows
+        if len(r.get("engine_groups", [])) > 1
+    ]
+    groups = (
+        ". These cells ran their engines in groups, each interleaved within itself (every engine's process "
+        "at once did not fit in memory, or a group was added later): " + "; ".join(grouped)
+        if grouped
+        else ""
     )
     return (
         f"measured cells (prompt tokens × batch): {cells(measured)}, each the median of {rows[0]['rounds']} "
