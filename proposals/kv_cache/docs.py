@@ -205,6 +205,14 @@ def fusion_rates() -> str:
     )
 
 
+def fusion_conditions() -> str:
+    """How the fusion's decode rates were measured: timing and the machine's load."""
+    setup = _fusion()["setup"]
+    load = setup.get("load_average")
+    where = f"load average {min(load):.1f}–{max(load):.1f}" if load else "load average not recorded"
+    return f"median of 9 interleaved batches of at least 0.3 s each, {setup['threads']} threads, {where}"
+
+
 def fusion_goals() -> str:
     """The two goals of the fusion, met or missed, from the committed rates."""
     setup = _fusion()["setup"]

@@ -103,10 +103,12 @@ def checkpoints(quick: bool) -> None:
         TOPIC,
         "throughput_checkpoints_ort_ops",
         profile,
-        {"model": real_throughput.MODELS[0], "context": 128, "steps": 16},
+        {"model": real_throughput.MODELS[0], "contexts": list(real_throughput.PROFILE_CONTEXTS), "steps": 16},
     )
     diagnosis = real_throughput.transformers_diagnosis()
     write_json(TOPIC, "transformers_diagnosis", diagnosis, {"model": real_throughput.MODELS[0], "held": 64})
+    setup = {"model": real_throughput.MODELS[0], "context": 128, "steps": 32, "threads": real_throughput.THREADS}
+    write_json(TOPIC, "llama_cpp_diagnosis", real_throughput.llama_cpp_diagnosis(), setup)
     setup = {
         "backend": "onnxruntime",
         "new_tokens": kv_cache_report.NEW_TOKENS,

@@ -132,15 +132,16 @@ def contiguous(decoder: onnx.ModelProto, jobs: list[Job], weights: Path | None =
 
 
 def paged(
-    decoder: onnx.ModelProto, jobs: list[Job], share_prefixes: bool, weights: Path | None = None
+    decoder: onnx.ModelProto, jobs: list[Job], share_prefixes: bool, weights: Path | None = None, watermark: int = 0
 ) -> tuple[dict, list[list[int]]]:
-    """Every job submitted at once to a PagedServer on a pool of the same budget."""
+    """Every job submitted at once to a PagedServer on a pool of the same budget (admission
+    leaving ``watermark`` blocks free while requests run)."""
     blocks = SEQUENCES * CONTEXT // BLOCK_SIZE
     cache = PagedCache(
         decoder, blocks, BLOCK_SIZE, threads=THREADS, share_prefixes=share_prefixes, external_data=weights
     )
     clock = SessionClock(cache.session)
-    server = PagedServer(cache)
+    server = PagedServer(cache, watermark=watermark)
     start, cpu = time.perf_counter(), time.process_time()
     ids = [server.submit(list(j.prompt), GenerationConfig(max_new_tokens=j.output)) for j in jobs]
     done = {f.id: f for f in server.run()}
@@ -150,7 +151,9 @@ def paged(
     full = [s for s in server.stats if s.waiting] or server.stats
     used = sum(s.blocks_used for s in full) * BLOCK_SIZE
     stats = {
-        "policy": f"paged, block {BLOCK_SIZE}" + (", prefix sharing" if share_prefixes else ""),
+        "policy": f"paged, block {BLOCK_SIZE}"
+        + (", prefix sharing" if share_prefixes else "")
+        + (f", watermark {watermark} blocks" if watermark else ""),
         "sequences_mean": float(np.mean([s.running for s in full])),
         "sequences_max": max(s.running for s in server.stats),
         "slots_in_use_mean": used / len(full),
@@ -159,6 +162,7 @@ def paged(
         "waste_share": 1 - sum(s.tokens_cached for s in full) / used,
         "steps": len(server.stats),
         "preemptions": sum(f.preemptions for f in done.values()),
+        "recomputed_tokens": server.recomputed_tokens,
         "wall_s": wall,
         "cpu_s": cpu,
         "session_share": clock.seconds / wall,
@@ -183,7 +187,13 @@ def simulated(jobs: list[Job], seed: int = SEED) -> list[dict]:
     return simulate.rows(results)
 
 
-def measure(decoder: onnx.ModelProto, jobs: list[Job], repeats: int, weights: Path | None = None) -> list[dict]:
+def measure(
+    decoder: onnx.ModelProto,
+    jobs: list[Job],
+    repeats: int,
+    weights: Path | None = None,
+    watermarks: tuple[int, ...] = (),
+) -> list[dict]:
     """The three policies, interleaved ``repeats`` times; tokens/s from the median wall time,
     and per CPU second of this process (steadier on a shared machine: onnxruntime runs on
     the calling thread). Every paged run's tokens are checked against the contiguous run's."""
@@ -191,8 +201,8 @@ def measure(decoder: onnx.ModelProto, jobs: list[Job], repeats: int, weights: Pa
     for _ in range(repeats):
         base, expected = contiguous(decoder, jobs, weights)
         runs.setdefault(base["policy"], []).append(base)
-        for share in (False, True):
-            stats, tokens = paged(decoder, jobs, share, weights)
+        for share, watermark in [(False, 0), (True, 0)] + [(True, w) for w in watermarks]:
+            stats, tokens = paged(decoder, jobs, share, weights, watermark)
             wrong = [i for i, (a, b) in enumerate(zip(tokens, expected, strict=True)) if a != b]
             if wrong:
                 raise AssertionError(f"{stats['policy']}: requests {wrong[:5]} differ from the contiguous run")
@@ -250,19 +260,27 @@ def main(quick: bool = False) -> None:
     write_json(TOPIC, "serving", rows, setup)
 
 
-def checkpoint_main(name: str = "smollm2-135m-instruct", repeats: int = 1) -> None:
-    """The same 128-request workload on a packaged checkpoint (its weights, the same budget of
-    2,048 slots and context 256): ``bench/serving_checkpoint.json``."""
+WATERMARKS = (4, 12)  # blocks of the 128-block pool kept free at admission, tried on the checkpoint
+
+
+def checkpoint_main(name: str = "smollm2-135m-instruct", repeats: int = 1, requests: int = 128) -> None:
+    """The same workload on a packaged checkpoint (its weights, the same budget of 2,048 slots
+    and context 256), and admission watermarks against preemption: ``bench/serving_checkpoint.json``."""
+    import os
+
     from proposals.text_pipeline.export import exported_folder
     from proposals.text_pipeline.folder import ModelFolder
 
     folder = ModelFolder.read(exported_folder(name))
-    jobs = workload(128)
-    rows = measure(folder.decoder, jobs, repeats, folder.external_data)
+    jobs = workload(requests)
+    load = [os.getloadavg()[0]]  # recorded: the cores are shared
+    rows = measure(folder.decoder, jobs, repeats, folder.external_data, WATERMARKS)
+    load.append(os.getloadavg()[0])
     for r in rows:
         print(
             f"{r['policy']:32} {r['sequences_mean']:5.1f} seqs, waste {r['waste_share']:.1%}, "
-            f"{r['tokens_per_s']:6.1f} tok/s, {r['preemptions']} preemptions",
+            f"{r['tokens_per_s']:6.1f} tok/s, {r['preemptions']} preemptions, "
+            f"{r.get('recomputed_tokens', 0)} tokens recomputed",
             flush=True,
         )
     setup = {
@@ -273,9 +291,14 @@ def checkpoint_main(name: str = "smollm2-135m-instruct", repeats: int = 1) -> No
         "block_size": BLOCK_SIZE,
         "threads": THREADS,
         "repeats": repeats,
+        "generated_tokens": sum(j.output for j in jobs),
+        "prompt_tokens_total": sum(len(j.prompt) for j in jobs),
+        "load_average": load,
     }
     write_json(TOPIC, "serving_checkpoint", rows, setup)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    checkpoint_main()
+    import sys
+
+    checkpoint_main(repeats=int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 1)

@@ -110,9 +110,12 @@ def decode_rates(folder, fused: onnx.ModelProto, gguf, *, quick: bool) -> dict[s
 
 
 def main(quick: bool = False) -> None:
+    import os
+
     from proposals.text_pipeline.checkpoints import checkpoint_file
 
     new_tokens = 4 if quick else 16
+    load = [os.getloadavg()[0]]  # recorded: the cores are shared
     rows, decoders = [], {}
     for name in MODELS:
         row, folder, fused = fusion_evidence(name, new_tokens)
@@ -124,7 +127,9 @@ def main(quick: bool = False) -> None:
     for name, rate in rates.items():
         print(f"{name}: {rate:.1f} steps/s")
     if not quick:
+        load.append(os.getloadavg()[0])
         setup = {"decode_model": MODELS[0], "held": HELD, "capacities": [SMALL, LARGE], "threads": 2, "batch": 1}
+        setup["load_average"] = load
         write_json(TOPIC, "gqa_fusion", rows, {**setup, "decode_steps_per_s": rates})
 
 

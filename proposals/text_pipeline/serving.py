@@ -200,8 +200,14 @@ class PagedServer:
     produces one token for every running request (admitting waiting ones first while their
     prompt's blocks fit), ``collect`` hands back the finished ones."""
 
-    def __init__(self, cache: PagedCache, *, decode: Decode | None = None) -> None:
+    def __init__(self, cache: PagedCache, *, decode: Decode | None = None, watermark: int = 0) -> None:
+        if not isinstance(watermark, int) or not 0 <= watermark < cache.manager.num_blocks:
+            raise UsageError(
+                f"watermark is a count of free blocks in [0, {cache.manager.num_blocks}), got {watermark!r}"
+            )
         self.cache, self.decode = cache, decode
+        self.watermark = watermark  # blocks admission leaves free for the running requests to grow into
+        self.recomputed_tokens = 0  # cached tokens thrown away by preemption (computed again)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order; the last is preempted first
         self.finished: dict[int, Finished] = {}
@@ -311,7 +317,8 @@ class PagedServer:
         while self.waiting:
             request = self.waiting[0]
             shared = manager.admit(request.id, request.tokens)
-            if not manager.can_grow(request.id, len(request.tokens)):
+            reserve = self.watermark * manager.block_size if self.running else 0
+            if not manager.can_grow(request.id, len(request.tokens) + reserve):
                 manager.release(request.id)
                 break
             request.cached = shared  # the shared prefix's K/V is already in its blocks
@@ -331,6 +338,7 @@ class PagedServer:
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
         self.cache.manager.release(request.id)
+        self.recomputed_tokens += request.cached
         request.cached, request.preemptions = 0, request.preemptions + 1
         self.waiting.appendleft(request)
 

@@ -93,6 +93,20 @@ def test_a_pool_that_runs_out_makes_requests_wait_and_corrupts_nothing():
         assert list(served[index].new_tokens) == greedy(OrtRunner(decoder), [prompt], new)[0]
 
 
+def test_an_admission_watermark_preempts_less_and_changes_no_token():
+    """Admission that leaves blocks free for the running requests to grow into takes fewer
+    blocks back (and throws away fewer computed tokens) on the same exhausted pool."""
+    decoder = _decoder("llama")
+    plain = PagedServer(PagedCache(decoder, num_blocks=10, block_size=4))
+    kept = PagedServer(PagedCache(decoder, num_blocks=10, block_size=4), watermark=3)
+    first, second = _serve(plain), _serve(kept)
+    assert sum(f.preemptions for f in second.values()) < sum(f.preemptions for f in first.values())
+    assert kept.recomputed_tokens < plain.recomputed_tokens
+    assert all(first[i].new_tokens == second[i].new_tokens for i in first)
+    with pytest.raises(UsageError, match=r"watermark is a count of free blocks in \[0, 10\), got 10"):
+        PagedServer(PagedCache(decoder, num_blocks=10, block_size=4), watermark=10)
+
+
 def test_a_request_that_can_never_fit_is_refused():
     server = PagedServer(PagedCache(_decoder("llama"), num_blocks=4, block_size=4))
     with pytest.raises(

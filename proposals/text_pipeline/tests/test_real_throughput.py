@@ -1,0 +1,65 @@
+"""The roofline arithmetic of the engines-side-by-side bench (``real_throughput.py``): a
+sliding-window layer's cache holds at most its window, and the share is the time a step must
+take at the read bandwidth over the measured step, whatever the batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from proposals.text_pipeline.cache_formats import cache_buffers
+from proposals.text_pipeline.real_throughput import PER_ENGINE, _place, cache_bytes_held, roofline
+
+ZOO_GEMMA3 = Path(__file__).resolve().parents[3] / "zoo" / "text_pipeline" / "test_gemma3_decoder" / "model.onnx"
+
+
+def test_a_sliding_layer_holds_at_most_its_window() -> None:
+    decoder = onnx.load(ZOO_GEMMA3)  # the zoo's tiny Gemma 3: layer 0 slides over 8 slots, layer 1 is linear
+    per_token = {isinstance(b.dims[2], int): 0.0 for b in cache_buffers(decoder)}
+    for b in cache_buffers(decoder):
+        per_token[isinstance(b.dims[2], int)] += b.bytes_per_token()
+    sliding, linear = per_token[True], per_token[False]
+    assert sliding > 0 and linear > 0
+    assert cache_bytes_held(decoder, 5) == 5 * (sliding + linear)
+    assert cache_bytes_held(decoder, 100) == 8 * sliding + 100 * linear
+
+
+def test_roofline_share_is_the_bound_step_over_the_measured_one() -> None:
+    row = {
+        "context": 96,
+        "new_tokens": 8,
+        "batch": 4,
+        "decode_tokens_per_s": {"a": 40.0, "b": 80.0},  # a step of 0.1 s and of 0.05 s
+        "weight_bytes": {"a": 1.5e9, "b": 0.5e9},
+    }
+    shares = roofline(row, lambda held: 1e6 * held, bandwidth_gbs=20.0)  # 100 tokens held mid-decode
+    assert shares["a"] == pytest.approx((1.5e9 + 4 * 1e8) / 20e9 / 0.1)
+    assert shares["b"] == pytest.approx((0.5e9 + 4 * 1e8) / 20e9 / 0.05)
+
+
+def _row(rates: dict[str, float], skipped: dict[str, str]) -> dict:
+    return {
+        "model": "m",
+        "context": 128,
+        "batch": 1,
+        **{field: dict(rates) for field in PER_ENGINE},
+        "skipped": skipped,
+        "engine_groups": [sorted(rates)],
+        "load_average": [1.0],
+        "cell_seconds": 10.0,
+    }
+
+
+def test_a_second_group_of_engines_merges_into_the_cell_and_a_full_run_replaces_it() -> None:
+    first = _row({"a": 1.0, "b": 2.0}, {"c": "not installed (c)"})
+    second = _row({"b": 3.0, "c": 4.0}, {})
+    other = {**_row({"a": 5.0}, {}), "context": 1024}
+    merged = _place([first, other], second, merge=True)
+    assert len(merged) == 2 and other in merged
+    cell = next(r for r in merged if r["context"] == 128)
+    assert cell["decode_tokens_per_s"] == {"a": 1.0, "b": 3.0, "c": 4.0}
+    assert cell["skipped"] == {}  # c ran in the second group
+    assert cell["engine_groups"] == [["a"], ["b", "c"]]
+    assert _place([first, other], second, merge=False) == [other, second]
