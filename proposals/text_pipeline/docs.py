@@ -615,7 +615,7 @@ def checkpoint_throughput_table() -> str:
                 values.append("–" if rate is None else f"{rate:.1f} ({percent(r['roofline_share'][engine])})")
             if any(v != "–" for v in values):
                 body.append([engine, "float32" if engine in FLOAT32 else "4-bit", *values])
-        header = [f"`{model}`", "weights", *(f"{c:,} × {b}" for c, b in cells)]
+        header = [f'<span class="nowrap"><code>{model}</code></span>', "weights", *(f"{c:,} × {b}" for c, b in cells)]
         tables.append(markdown_table(header, body, align="ll" + "r" * len(cells)))
     return "Decode tokens/s (roofline share), per prompt tokens × batch:\n\n" + "\n\n".join(tables)
 
@@ -637,7 +637,7 @@ def checkpoint_latency_table() -> str:
             peaks = [r["peak_rss_mb"][engine] for r in rows if engine in r.get("peak_rss_mb", {})]
             if peaks:
                 body.append([engine, *("–" if t is None else duration(t) for t in ttft), f"{max(peaks):,.0f} MiB"])
-        header = [f"`{model}`", *(f"{c:,} × {b}" for c, b in cells), "peak RSS"]
+        header = [f'<span class="nowrap"><code>{model}</code></span>', *(f"{c:,} × {b}" for c, b in cells), "peak RSS"]
         tables.append(markdown_table(header, body, align="l" + "r" * (len(cells) + 1)))
     return "Time to first token per prompt tokens × batch, and peak RSS:\n\n" + "\n\n".join(tables)
 

@@ -297,10 +297,22 @@ def engine_run(name: str, engine: str, context: int, new_tokens: int) -> tuple[R
 SIZED_FOR_CONTEXT = ("mobius static, in place", "llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT)
 
 
-def _serve_engine(conn, name: str, engine: str, context: int, new_tokens: int) -> None:
+def set_wait_policy(policy: str) -> None:
+    """In a spawned bench child, before OpenMP loads: its ``OMP_WAIT_POLICY`` ("default":
+    unset, OpenMP's spin-then-sleep). The parent's environment is never changed."""
+    import os
+
+    if policy == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = policy
+
+
+def _serve_engine(conn, name: str, engine: str, context: int, new_tokens: int, policy: str) -> None:
     """A child process holding one engine, so its memory is its own: builds it, answers each
     prompt batch it is sent with (seconds to the first token, seconds after it), resets its
     peak RSS on "reset", and on None answers its peak RSS and exits."""
+    set_wait_policy(policy)
     try:
         run, weights = engine_run(name, engine, context, new_tokens)
     except ImportError as err:
@@ -342,14 +354,11 @@ class EngineProcess:
 
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding thread pools
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve_engine, args=(child, name, engine, context, new_tokens), daemon=True)
         # llama.cpp as its users get it: OpenMP's default wait (spin, then sleep) read at load
-        policy = os.environ.pop("OMP_WAIT_POLICY", None) if engine == LLAMA_CPP_DEFAULT_WAIT else None
-        try:
-            self.process.start()
-        finally:
-            if policy is not None:
-                os.environ["OMP_WAIT_POLICY"] = policy
+        policy = "default" if engine == LLAMA_CPP_DEFAULT_WAIT else os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+        args = (child, name, engine, context, new_tokens, policy)
+        self.process = ctx.Process(target=_serve_engine, args=args, daemon=True)
+        self.process.start()
         child.close()
         self.context = context
         self.status, self.info = self._answer()
@@ -545,11 +554,9 @@ def main(
     the best bandwidth any run measured; with ``only`` (a group of engines, when every engine
     of a model at once would not fit in memory) a measured cell is merged into the committed
     one, the group recorded in its ``engine_groups``."""
-    import os
-
     # OpenMP's default spin-wait stalls llama.cpp's and torch's workers whenever the 2 cores
-    # are shared; passive waiting is what a 2-core machine needs (every engine's child inherits it).
-    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    # are shared; passive waiting is what a 2-core machine needs (EngineProcess gives it to
+    # every engine's child but LLAMA_CPP_DEFAULT_WAIT's).
     plan = {"smollm2-135m-instruct": [(16, 1)]} if quick else (cells or FULL_CELLS)
     new_tokens, rounds = (4, 1) if quick else (new_tokens, rounds)
     earlier = _earlier_result() if append and not quick else {"rows": [], "setup": {}}
@@ -666,23 +673,19 @@ def _under_policy(policy: str, target: Callable, *args) -> list[dict]:
     """``target(conn, *args)`` in a child process whose OpenMP reads ``OMP_WAIT_POLICY=policy``
     ("default": unset) when it loads; the rows it sends back."""
     import multiprocessing
-    import os
 
     ctx = multiprocessing.get_context("spawn")
-    saved = os.environ.pop("OMP_WAIT_POLICY", None)
-    if policy != "default":
-        os.environ["OMP_WAIT_POLICY"] = policy
-    try:
-        parent, child = ctx.Pipe()
-        process = ctx.Process(target=target, args=(child, *args))
-        process.start()
-        rows = parent.recv()
-        process.join()
-    finally:
-        os.environ.pop("OMP_WAIT_POLICY", None)
-        if saved is not None:
-            os.environ["OMP_WAIT_POLICY"] = saved
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_with_policy, args=(policy, target, child, *args))
+    process.start()
+    rows = parent.recv()
+    process.join()
     return rows
+
+
+def _with_policy(policy: str, target: Callable, *args) -> None:
+    set_wait_policy(policy)
+    target(*args)
 
 
 def transformers_diagnosis(steps: int = 16) -> list[dict]:
