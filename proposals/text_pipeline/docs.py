@@ -5,7 +5,7 @@ markers, so ``make bench`` updates the prose together with the table."""
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from generator.bench import (
     duration,
@@ -591,8 +591,21 @@ def _throughput() -> dict:
     return load_results(TOPIC, "throughput_checkpoints")
 
 
-def _cells(rows: list[dict]) -> list[tuple[int, int]]:
-    return sorted({(r["context"], r["batch"]) for r in rows}, key=lambda c: (c[1], c[0]))
+def _per_checkpoint(title: str, table: Callable[[str, list[dict], list[tuple[int, int]]], str]) -> str:
+    """``title``, then one table per checkpoint of the real-model throughput result:
+    ``table(model id, its rows, its measured cells (prompt tokens, batch))``."""
+    rows = _throughput()["rows"]
+    tables = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        tables.append(
+            table(model, mine, sorted({(r["context"], r["batch"]) for r in mine}, key=lambda c: (c[1], c[0])))
+        )
+    return f"{title}:\n\n" + "\n\n".join(tables)
+
+
+def _model_header(model: str) -> str:
+    return f'<span class="nowrap"><code>{model}</code></span>'  # a model id keeps whole
 
 
 def checkpoint_throughput_table() -> str:
@@ -600,11 +613,7 @@ def checkpoint_throughput_table() -> str:
     (prompt tokens × batch), float32 engines first; a dash where the engine did not run."""
     from proposals.text_pipeline.real_throughput import FLOAT32, FOUR_BIT
 
-    tables = []
-    data = _throughput()
-    for model in dict.fromkeys(r["model"] for r in data["rows"]):
-        rows = [r for r in data["rows"] if r["model"] == model]
-        cells = _cells(rows)
+    def table(model: str, rows: list[dict], cells: list[tuple[int, int]]) -> str:
         by_cell = {(r["context"], r["batch"]): r for r in rows}
         body = []
         for engine in FLOAT32 + FOUR_BIT:
@@ -615,9 +624,10 @@ def checkpoint_throughput_table() -> str:
                 values.append("–" if rate is None else f"{rate:.1f} ({percent(r['roofline_share'][engine])})")
             if any(v != "–" for v in values):
                 body.append([engine, "float32" if engine in FLOAT32 else "4-bit", *values])
-        header = [f'<span class="nowrap"><code>{model}</code></span>', "weights", *(f"{c:,} × {b}" for c, b in cells)]
-        tables.append(markdown_table(header, body, align="ll" + "r" * len(cells)))
-    return "Decode tokens/s (roofline share), per prompt tokens × batch:\n\n" + "\n\n".join(tables)
+        header = [_model_header(model), "weights", *(f"{c:,} × {b}" for c, b in cells)]
+        return markdown_table(header, body, align="ll" + "r" * len(cells))
+
+    return _per_checkpoint("Decode tokens/s (roofline share), per prompt tokens × batch", table)
 
 
 def checkpoint_latency_table() -> str:
@@ -625,11 +635,7 @@ def checkpoint_latency_table() -> str:
     (its own process, over a cell's runs; the largest over the cells)."""
     from proposals.text_pipeline.real_throughput import FLOAT32, FOUR_BIT
 
-    tables = []
-    data = _throughput()
-    for model in dict.fromkeys(r["model"] for r in data["rows"]):
-        rows = [r for r in data["rows"] if r["model"] == model]
-        cells = _cells(rows)
+    def table(model: str, rows: list[dict], cells: list[tuple[int, int]]) -> str:
         by_cell = {(r["context"], r["batch"]): r for r in rows}
         body = []
         for engine in FLOAT32 + FOUR_BIT:
@@ -637,9 +643,10 @@ def checkpoint_latency_table() -> str:
             peaks = [r["peak_rss_mb"][engine] for r in rows if engine in r.get("peak_rss_mb", {})]
             if peaks:
                 body.append([engine, *("–" if t is None else duration(t) for t in ttft), f"{max(peaks):,.0f} MiB"])
-        header = [f'<span class="nowrap"><code>{model}</code></span>', *(f"{c:,} × {b}" for c, b in cells), "peak RSS"]
-        tables.append(markdown_table(header, body, align="l" + "r" * (len(cells) + 1)))
-    return "Time to first token per prompt tokens × batch, and peak RSS:\n\n" + "\n\n".join(tables)
+        header = [_model_header(model), *(f"{c:,} × {b}" for c, b in cells), "peak RSS"]
+        return markdown_table(header, body, align="l" + "r" * (len(cells) + 1))
+
+    return _per_checkpoint("Time to first token per prompt tokens × batch, and peak RSS", table)
 
 
 def checkpoint_throughput_setup() -> str:
