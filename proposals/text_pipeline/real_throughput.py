@@ -43,6 +43,7 @@ from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.generation import Generator
 from proposals.text_pipeline.mobius_forms import MobiusGqaRunner, MobiusStaticRunner, build_mobius, ort_session
 from proposals.text_pipeline.runners import OrtRunner
+from proposals.text_pipeline.throughput import Run, transformers_run  # one generation, timed
 
 TOPIC = "text_pipeline"
 THREADS = 2
@@ -63,9 +64,6 @@ FLOAT32 = (
 LLAMA_CPP_DEFAULT_WAIT = "llama.cpp (GGUF), OpenMP default wait"
 OMP_WAIT_POLICY = "PASSIVE"  # every engine process's, but LLAMA_CPP_DEFAULT_WAIT's
 FOUR_BIT = ("mobius 4-bit", "openvino-genai (GGUF)", "llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT)
-
-# One generation: (prompts) -> (seconds to the first token, seconds for the tokens after it).
-Run = Callable[[list[list[int]]], tuple[float, float]]
 
 
 def prompts(context: int, batch: int, vocab: int, salt: int = 0) -> list[list[int]]:
@@ -152,38 +150,6 @@ def openvino_gguf_run(gguf: Path, new_tokens: int) -> Run:
         total = time.perf_counter() - start
         ttft = result.perf_metrics.get_ttft().mean / 1000
         return ttft, total - ttft
-
-    return run
-
-
-def transformers_run(hf_model, new_tokens: int) -> Run:
-    """``generate`` once; a streamer stamps the first new token (its first ``put`` is the prompt)."""
-    import torch
-    from transformers.generation.streamers import BaseStreamer
-
-    class Stamps(BaseStreamer):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def put(self, value) -> None:
-            self.times.append(time.perf_counter())
-
-        def end(self) -> None:
-            self.times.append(time.perf_counter())
-
-    def run(ids: list[list[int]]) -> tuple[float, float]:
-        stamps = Stamps()
-        with torch.no_grad():
-            start = time.perf_counter()
-            hf_model.generate(
-                torch.tensor(ids),
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                streamer=stamps,
-            )
-        first = stamps.times[1]  # times[0]: the prompt, put before any forward pass
-        return first - start, stamps.times[-1] - first
 
     return run
 
