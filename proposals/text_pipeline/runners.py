@@ -6,6 +6,13 @@ the cache is one numpy buffer per layer and direction, bound through IOBinding a
 ``past_*`` and ``present_*`` so TensorScatter updates it in place (``inplace=False`` runs
 plain ``session.run`` instead, which copies the cache every step: the bench baseline).
 ``TorchRunner`` runs the transformers module with its own cache: the reference.
+
+A ring cannot take a chunk of several tokens once it has wrapped: the chunk's last keys
+would overwrite slots its first queries still need. A mixed decoder (Gemma 2/3) therefore
+prefills a prompt that passes its window through a second session, the masked-linear form
+of the same graph (``masked_window.masked_prefill``), on linear scratch buffers for the
+sliding layers; each ring then takes the last ``window`` entries. A decoder whose every
+layer slides (Mistral) still goes token by token past its window.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import onnxruntime as ort
 from generator.errors import UsageError
 from generator.ort import ERROR, WARNING, session
 from proposals.text_pipeline.build import DecoderSpec, spec_from_model
-from proposals.text_pipeline.cache_formats import cache_buffers
+from proposals.text_pipeline.cache_formats import CacheBuffer, cache_buffers
 
 
 # --8<-- [start:ort_runner]
@@ -38,6 +45,8 @@ class OrtRunner:
         self.session = session(
             model, threads=threads, log_severity=WARNING if inplace else ERROR, external_data=external_data
         )
+        self.model, self.threads, self.external_data = model, threads, external_data
+        self._prefill_session: ort.InferenceSession | None = None  # built on the first prompt past a window
         self.inplace = inplace
         self.vocab_size = self.spec.vocab_size
         self.max_positions = self.spec.max_positions
@@ -62,10 +71,63 @@ class OrtRunner:
         # cache (no padding); circular caches go token by token once past the window.
         rows = []
         for row, seq in enumerate(tokens):
+            if self._prefills_masked(row, len(seq)):
+                rows.append(self._prefill_masked(row, list(seq)))
+                continue
             for chunk in self._chunks(row, list(seq)):
                 last = self._step(np.asarray([chunk], np.int64), slice(row, row + 1))
             rows.append(last[0])
         return np.stack(rows)
+
+    def _prefills_masked(self, row: int, count: int) -> bool:
+        """A float32 mixed decoder given tokens that pass its window (a quantized cache
+        format keeps the token-by-token path: its scale buffers are not rings to unroll)."""
+        return (
+            count > 1
+            and self.spec.mixed
+            and self.lengths[row] + count > self.spec.sliding_window
+            and all(b.numpy_dtype == np.float32 for b in self.buffers)
+        )
+
+    def _prefill_masked(self, row: int, seq: list[int]) -> np.ndarray:
+        """``seq`` appended to sequence ``row`` through the masked-linear session, in chunks
+        of the window; returns the last token's logits."""
+        from proposals.text_pipeline.masked_window import masked_prefill
+
+        start, end, window = self.lengths[row], self.lengths[row] + len(seq), self.spec.sliding_window
+        if end > self.capacity:
+            raise UsageError(f"{end} tokens exceed the cache capacity {self.capacity}")
+        if self._prefill_session is None:
+            self._prefill_session = session(
+                masked_prefill(self.model), threads=self.threads, external_data=self.external_data
+            )
+        rows = slice(row, row + 1)
+        length = next(c.shape[2] for b, c in zip(self.buffers, self.caches.values(), strict=True) if not _ring(b))
+        scratch = {
+            b.name: np.zeros((1, *b.dims[1:2], length, *b.dims[3:]), np.float32) for b in self.buffers if _ring(b)
+        }
+        held = np.arange(max(0, start - window), start)  # what each ring holds now, as linear positions
+        for name, buffer in scratch.items():
+            buffer[:, :, held] = self.caches[name][rows][:, :, held % window]
+        binding = self._prefill_session.io_binding()
+        binding.bind_output("logits")  # first, so it is get_outputs()[0]
+        values = []  # kept alive beside the binding
+        for name, cache in self.caches.items():
+            value = ort.OrtValue.ortvalue_from_numpy(scratch[name] if name in scratch else cache[rows])
+            binding.bind_ortvalue_input(f"past_{name}", value)
+            binding.bind_ortvalue_output(f"present_{name}", value)
+            values.append(value)
+        for at in range(start, end, window):
+            ids = np.asarray([seq[at - start : at - start + window]], np.int64)
+            binding.bind_cpu_input("input_ids", ids)
+            binding.bind_cpu_input("write_indices", np.asarray([at], np.int64))
+            binding.bind_output("logits")
+            self._prefill_session.run_with_iobinding(binding)
+        kept = np.arange(max(0, end - window), end)
+        for name, buffer in scratch.items():
+            self.caches[name][row, :, kept % window] = buffer[0, :, kept]
+        self.lengths[row] = end
+        return binding.get_outputs()[0].numpy()[0, -1]
 
     def _chunks(self, row: int, seq: list[int]) -> list[list[int]]:
         if not seq:
@@ -167,6 +229,11 @@ class OrtRunner:
 
 
 # --8<-- [end:ort_runner]
+
+
+def _ring(buffer: CacheBuffer) -> bool:
+    """A sliding layer's circular buffer: its length is fixed (the window)."""
+    return not buffer.recurrent and isinstance(buffer.dims[2], int)
 
 
 class TorchRunner:

@@ -40,3 +40,24 @@ def test_rings_become_masked_linear_buffers(arch):
 def test_decoders_with_one_cache_kind_are_left_alone(arch):
     decoder = onnx.load_from_string(decoder_bytes(arch))
     assert masked_linear(decoder) is decoder
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_prompts_past_the_window_prefill_in_chunks_and_keep_the_rings(arch):
+    """A ring decoder given 30 tokens (window 8) prefills through the masked-linear form in
+    chunks of 8, then 11 more (the rings' history goes into the scratch buffers), then decodes
+    on its rings: every step's logits are transformers' on the whole sequence."""
+    runner = OrtRunner(onnx.load_from_string(decoder_bytes(arch)))
+    assert runner.spec.mixed and runner.spec.sliding_window == 8
+    runner.start(1, 64)
+    model = tiny_model(arch)
+    prompt, more = [(7 * i + 3) % 500 for i in range(30)], [(5 * i + 1) % 500 for i in range(11)]
+    held: list[int] = []
+    for appended in (prompt, more, [42], [7]):
+        held += appended
+        got = runner.append([appended])[0]
+        with torch.no_grad():
+            want = model(torch.tensor([held])).logits[0, -1].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)  # float32 logits: error scales with size
+    assert runner._prefill_session is not None  # the chunked path ran, not token by token
+    assert runner.lengths == [len(held)]
