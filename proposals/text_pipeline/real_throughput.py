@@ -17,9 +17,9 @@ tokens after the first), and peak RSS. Each engine lives in its own child proces
 RSS is its own (the process's high-water mark over the cell's runs), and each round's prompt is
 fresh, so no engine reuses a prefix cached in an earlier round. The roofline share is the time a
 decode step must take at the machine's measured read bandwidth (each engine's weights at their
-precision, plus the cache held; the paged engine's whole blocks) over the measured step. An engine that is not installed or
-cannot run a model is skipped with one line; a prompt longer than a model's context is refused
-in one line.
+precision, plus the cache held; the paged engine's whole blocks) over the measured step. An
+engine that is not installed or cannot run a model is skipped with one line; a prompt longer
+than a model's context is refused in one line.
 
 The full matrix (prompts of 128, 1,024, 4,096 and, for Gemma, 8,192 tokens; batch 1 and 4;
 128 new tokens) is :data:`FULL_CELLS`; ``--cells`` picks a subset (what a 2-core machine can
