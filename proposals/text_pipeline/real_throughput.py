@@ -488,7 +488,7 @@ def measure_cell(
             print(f"  skip {engine} at batch {batch}: {skipped[engine]}", flush=True)
     samples: dict[str, list[tuple[float, float]]] = {engine: [] for engine in names}
     load = [os.getloadavg()[0]]
-    for round_ in range(rounds):
+    for round_ in range(rounds if names else 0):  # none left when every engine was skipped
         for engine in names[round_ % len(names) :] + names[: round_ % len(names)]:
             if engine in skipped:
                 continue
