@@ -4,7 +4,8 @@ seconds-long smoke run that writes nothing).
 Engines, each on the same GGUF checkpoint (SmolLM2-135M-Instruct, Gemma 3 270M):
 
 - float32 weights (the GGUF dequantized): this pipeline with the cache in place
-  (``OrtRunner``), the same after the GQA fusion (:mod:`proposals.kv_cache.fusion`),
+  (``OrtRunner``), on the paged decoder (``serving.PagedRunner``, the ``onnxruntime-paged``
+  backend; linear caches only), the same after the GQA fusion (:mod:`proposals.kv_cache.fusion`),
   onnxruntime-genai on the exported folder, mobius-onnx's GQA and static-cache graphs,
   transformers ``generate``;
 - 4-bit weights: mobius-onnx's MatMulNBits graph, openvino-genai reading the GGUF,
@@ -16,9 +17,9 @@ tokens after the first), and peak RSS. Each engine lives in its own child proces
 RSS is its own (the process's high-water mark over the cell's runs), and each round's prompt is
 fresh, so no engine reuses a prefix cached in an earlier round. The roofline share is the time a
 decode step must take at the machine's measured read bandwidth (each engine's weights at their
-precision, plus the cache held) over the measured step. An engine that is not installed or
-cannot run a model is skipped with one line; a prompt longer than a model's context is refused
-in one line.
+precision, plus the cache held; the paged engine's whole blocks) over the measured step. An
+engine that is not installed or cannot run a model is skipped with one line; a prompt longer
+than a model's context is refused in one line.
 
 The full matrix (prompts of 128, 1,024, 4,096 and, for Gemma, 8,192 tokens; batch 1 and 4;
 128 new tokens) is :data:`FULL_CELLS`; ``--cells`` picks a subset (what a 2-core machine can
@@ -43,6 +44,7 @@ from proposals.text_pipeline.config import GenerationConfig
 from proposals.text_pipeline.generation import Generator
 from proposals.text_pipeline.mobius_forms import MobiusGqaRunner, MobiusStaticRunner, build_mobius, ort_session
 from proposals.text_pipeline.runners import OrtRunner
+from proposals.text_pipeline.serving import DEFAULT_BLOCK_SIZE, PagedCache, PagedRunner
 from proposals.text_pipeline.throughput import Run, transformers_run  # one generation, timed
 
 TOPIC = "text_pipeline"
@@ -53,8 +55,11 @@ FULL_CELLS = {
     "smollm2-135m-instruct": [(c, b) for c in (128, 1024, 4096) for b in (1, 4)],
     "gemma3-270m": [(c, b) for c in (128, 1024, 4096, 8192) for b in (1, 4)],
 }
+PAGED = "this pipeline, onnxruntime-paged"
+PAGED_BLOCK_SIZE = DEFAULT_BLOCK_SIZE
 FLOAT32 = (
     "this pipeline, in place",
+    PAGED,
     "this pipeline, fused GQA",
     "onnxruntime-genai",
     "mobius GQA",
@@ -103,6 +108,31 @@ def _greedy_run(runner, new_tokens: int, capacity: int | None = None) -> Run:
         return first - start, time.perf_counter() - first
 
     return run
+
+
+def paged_pool_blocks(context: int, new_tokens: int, batch: int) -> int:
+    """Blocks the paged engine's pool gets for one cell: every sequence at its longest."""
+    # Not the backend's default (eight sequences at the model's full context: ~3 GB for SmolLM2's
+    # 8,192 positions). The in-place engine's cache is sized for the cell (batch x (prompt + new
+    # tokens)), so a pool sized the same keeps the peak RSS comparable; the decode step reads only
+    # the blocks a sequence holds either way, so the pool's size does not change the rate.
+    return batch * -(-(context + new_tokens) // PAGED_BLOCK_SIZE)
+
+
+def paged_runner(
+    decoder: onnx.ModelProto, context: int, new_tokens: int, batch: int, external_data: Path | None = None
+) -> PagedRunner:
+    """This pipeline's paged decoder (the ``onnxruntime-paged`` backend's runner) with its pool
+    sized for one cell; refuses a circular cache (UsageError) as the backend does."""
+    blocks = paged_pool_blocks(context, new_tokens, batch)
+    cache = PagedCache(decoder, blocks, PAGED_BLOCK_SIZE, threads=THREADS, external_data=external_data)
+    return PagedRunner(cache)
+
+
+def cache_tokens_read(engine: str, held: int) -> int:
+    """Cache slots one sequence's decode step reads while holding ``held`` tokens: the paged
+    graph gathers every block the sequence holds, its last one partly filled."""
+    return -(-held // PAGED_BLOCK_SIZE) * PAGED_BLOCK_SIZE if engine == PAGED else held
 
 
 def llama_cpp_run(gguf: Path, new_tokens: int, context: int) -> Run:
@@ -217,10 +247,10 @@ def recount_weights(engines: tuple[str, ...] = ("mobius GQA", "mobius static, in
     _write(data["rows"], setup["bandwidth_samples_gbs"], setup["bench_seconds"])
 
 
-def engine_run(name: str, engine: str, context: int, new_tokens: int) -> tuple[Run, int]:
-    """One engine on ``name`` for ``context``-token prompts, and the bytes of weights it
-    holds at their precision (what a decode step reads). Raises ImportError when the engine
-    is not installed."""
+def engine_run(name: str, engine: str, context: int, new_tokens: int, batch: int = 1) -> tuple[Run, int]:
+    """One engine on ``name`` for ``context``-token prompts (``batch`` of them, for an engine
+    sized for the batch), and the bytes of weights it holds at their precision (what a decode
+    step reads). Raises ImportError when the engine is not installed."""
     from proposals.kv_cache.fusion import fuse_to_gqa
     from proposals.text_pipeline.checkpoints import checkpoint_file
     from proposals.text_pipeline.export import exported_folder
@@ -239,6 +269,9 @@ def engine_run(name: str, engine: str, context: int, new_tokens: int) -> tuple[R
 
     if engine == "this pipeline, in place":
         return _generator_run(OrtRunner(folder.decoder, **ort_args), new_tokens), exported
+    if engine == PAGED:  # the same initializers after the rewrite: the same weight bytes
+        runner = paged_runner(folder.decoder, context, new_tokens, batch, folder.external_data)
+        return _generator_run(runner, new_tokens), exported
     if engine == "this pipeline, fused GQA":
         return _generator_run(OrtRunner(fuse_to_gqa(folder.decoder), **ort_args), new_tokens), exported
     if engine == "onnxruntime-genai":
@@ -259,8 +292,10 @@ def engine_run(name: str, engine: str, context: int, new_tokens: int) -> tuple[R
     raise UsageError(f"unknown engine {engine!r}; valid: {', '.join(FLOAT32 + FOUR_BIT)}")
 
 
-# Engines whose graph or context is sized for the prompt: rebuilt when the prompt length changes.
-SIZED_FOR_CONTEXT = ("mobius static, in place", "llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT)
+# Engines whose graph or context is sized for the prompt: rebuilt when the prompt length changes;
+# and those sized for the batch too (the paged engine's block pool): rebuilt when it changes.
+SIZED_FOR_CONTEXT = ("mobius static, in place", "llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT, PAGED)
+SIZED_FOR_BATCH = (PAGED,)
 
 
 def set_wait_policy(policy: str) -> None:
@@ -274,13 +309,13 @@ def set_wait_policy(policy: str) -> None:
         os.environ["OMP_WAIT_POLICY"] = policy
 
 
-def _serve_engine(conn, name: str, engine: str, context: int, new_tokens: int, policy: str) -> None:
+def _serve_engine(conn, name: str, engine: str, context: int, new_tokens: int, batch: int, policy: str) -> None:
     """A child process holding one engine, so its memory is its own: builds it, answers each
     prompt batch it is sent with (seconds to the first token, seconds after it), resets its
     peak RSS on "reset", and on None answers its peak RSS and exits."""
     set_wait_policy(policy)
     try:
-        run, weights = engine_run(name, engine, context, new_tokens)
+        run, weights = engine_run(name, engine, context, new_tokens, batch)
     except ImportError as err:
         conn.send(("skip", f"not installed ({err.name})"))
         return
@@ -314,7 +349,7 @@ def _peak_rss_mb() -> float:
 class EngineProcess:
     """The parent's handle on one engine's child process."""
 
-    def __init__(self, name: str, engine: str, context: int, new_tokens: int) -> None:
+    def __init__(self, name: str, engine: str, context: int, new_tokens: int, batch: int = 1) -> None:
         import multiprocessing
         import os
 
@@ -322,11 +357,11 @@ class EngineProcess:
         self.conn, child = ctx.Pipe()
         # llama.cpp as its users get it: OpenMP's default wait (spin, then sleep) read at load
         policy = "default" if engine == LLAMA_CPP_DEFAULT_WAIT else os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-        args = (child, name, engine, context, new_tokens, policy)
+        args = (child, name, engine, context, new_tokens, batch, policy)
         self.process = ctx.Process(target=_serve_engine, args=args, daemon=True)
         self.process.start()
         child.close()
-        self.context = context
+        self.context, self.batch = context, batch
         self.status, self.info = self._answer()
 
     def _answer(self) -> tuple[str, object]:
@@ -403,11 +438,14 @@ def measure_model(
         for context, batch in cells:
             for engine in wanted:
                 held = pool.get(engine)
-                if held is not None and engine in SIZED_FOR_CONTEXT and held.context != context:
+                if held is not None and (
+                    (engine in SIZED_FOR_CONTEXT and held.context != context)
+                    or (engine in SIZED_FOR_BATCH and held.batch != batch)
+                ):
                     held.close()
                     del pool[engine]
                 if engine not in pool and engine not in unavailable:
-                    started = EngineProcess(name, engine, context, new_tokens)
+                    started = EngineProcess(name, engine, context, new_tokens, batch)
                     if started.status == "ready":
                         pool[engine] = started
                     else:
@@ -450,7 +488,7 @@ def measure_cell(
             print(f"  skip {engine} at batch {batch}: {skipped[engine]}", flush=True)
     samples: dict[str, list[tuple[float, float]]] = {engine: [] for engine in names}
     load = [os.getloadavg()[0]]
-    for round_ in range(rounds):
+    for round_ in range(rounds if names else 0):  # none left when every engine was skipped
         for engine in names[round_ % len(names) :] + names[: round_ % len(names)]:
             if engine in skipped:
                 continue
@@ -494,14 +532,14 @@ def _held_in(length: int | str, held: int) -> int:
     return min(held, length) if isinstance(length, int) else held
 
 
-def roofline(row: dict, cache_bytes: Callable[[int], float], bandwidth_gbs: float) -> dict:
+def roofline(row: dict, cache_bytes: Callable[[str, int], float], bandwidth_gbs: float) -> dict:
     """Share of the read-bandwidth limit each engine's decode step reaches: the step's bytes
-    (its weights at their precision, plus every sequence's cache) at the measured bandwidth,
-    over the measured step."""
+    (its weights at their precision, plus every sequence's cache: ``cache_bytes(engine, held)``)
+    at the measured bandwidth, over the measured step."""
     held = row["context"] + row["new_tokens"] // 2  # the cache in the middle of the decode
     out = {}
     for engine, rate in row["decode_tokens_per_s"].items():
-        step_bytes = row["weight_bytes"][engine] + row["batch"] * cache_bytes(held)
+        step_bytes = row["weight_bytes"][engine] + row["batch"] * cache_bytes(engine, held)
         out[engine] = (step_bytes / (bandwidth_gbs * 1e9)) / (row["batch"] / rate)
     return out
 
@@ -534,7 +572,14 @@ def main(
         for number, group in enumerate(groups):
             started = time.time()
             for row in measure_model(name, model_cells, new_tokens, rounds, group):
-                row["cache_bytes_per_sequence"] = _cache_bytes_held(name, row["context"] + row["new_tokens"] // 2)
+                held = row["context"] + row["new_tokens"] // 2
+                row["cache_bytes_per_sequence"] = _cache_bytes_held(name, held)
+                # engines whose step reads more than the tokens held (the paged one: whole blocks)
+                row["cache_bytes_read"] = {
+                    e: _cache_bytes_held(name, cache_tokens_read(e, held))
+                    for e in row["decode_tokens_per_s"]
+                    if cache_tokens_read(e, held) != held
+                }
                 row["engine_groups"] = [sorted(row["decode_tokens_per_s"])]
                 rows = _place(rows, row, merge=only is not None or number > 0)
                 if not quick:
@@ -547,9 +592,10 @@ def main(
 
 # Gemma 3's engine processes together need more than a 24 GiB machine (mobius's graphs hold
 # several GiB each): its engines run in two groups, each interleaved within itself, merged per cell.
+# The paged engine refuses Gemma's ring buffers at build: listed, so its skip line is recorded.
 MEMORY_GROUPS = {
     "gemma3-270m": [
-        {"this pipeline, in place", "this pipeline, fused GQA", "onnxruntime-genai", "mobius GQA"},
+        {"this pipeline, in place", PAGED, "this pipeline, fused GQA", "onnxruntime-genai", "mobius GQA"},
         {"mobius static, in place", "transformers", "mobius 4-bit", "openvino-genai (GGUF)"}
         | {"llama.cpp (GGUF)", LLAMA_CPP_DEFAULT_WAIT},
     ]
@@ -572,6 +618,7 @@ def _place(rows: list[dict], row: dict, *, merge: bool) -> list[dict]:
     measured = set(merged["decode_tokens_per_s"])
     skipped = {**old["skipped"], **row["skipped"]}
     merged["skipped"] = {e: why for e, why in skipped.items() if e not in measured}
+    merged["cache_bytes_read"] = {**old.get("cache_bytes_read", {}), **row.get("cache_bytes_read", {})}
     kept = [
         [e for e in g if e not in row["decode_tokens_per_s"]]
         for g in old.get("engine_groups", [sorted(old[PER_ENGINE[0]])])
@@ -599,12 +646,17 @@ def _cache_bytes_held(name: str, held: int) -> float:
     return cache_bytes_held(ModelFolder.read(exported_folder(name)).decoder, held)
 
 
+def _cache_bytes_read(row: dict, engine: str) -> float:
+    """The cache bytes one sequence's decode step of ``engine`` reads in ``row``'s cell."""
+    return row.get("cache_bytes_read", {}).get(engine, row["cache_bytes_per_sequence"])
+
+
 def _write(rows: list[dict], bandwidth: list[float], seconds: float) -> None:
 
     best = max(bandwidth)  # the least disturbed of the measurements
     rows.sort(key=lambda r: (MODELS.index(r["model"]) if r["model"] in MODELS else 99, r["batch"], r["context"]))
     for row in rows:
-        row["roofline_share"] = roofline(row, lambda held, r=row: r["cache_bytes_per_sequence"], best)
+        row["roofline_share"] = roofline(row, lambda engine, held, r=row: _cache_bytes_read(r, engine), best)
     measured: dict[str, list[tuple[int, int]]] = {}
     for row in rows:
         measured.setdefault(row["model"], []).append((row["context"], row["batch"]))

@@ -1,6 +1,7 @@
 """The roofline arithmetic of the engines-side-by-side bench (``real_throughput.py``): a
-sliding-window layer's cache holds at most its window, and the share is the time a step must
-take at the read bandwidth over the measured step, whatever the batch."""
+sliding-window layer's cache holds at most its window, the paged engine reads whole blocks, and
+the share is the time a step must take at the read bandwidth over the measured step, whatever the
+batch. The paged engine, built as the bench builds it, decodes the in-place engine's tokens."""
 
 from __future__ import annotations
 
@@ -9,8 +10,21 @@ from pathlib import Path
 import onnx
 import pytest
 
+from generator.errors import UsageError
 from proposals.text_pipeline.cache_formats import cache_buffers
-from proposals.text_pipeline.real_throughput import PER_ENGINE, _place, cache_bytes_held, roofline
+from proposals.text_pipeline.folder import decoder_bytes
+from proposals.text_pipeline.real_throughput import (
+    PAGED,
+    PAGED_BLOCK_SIZE,
+    PER_ENGINE,
+    _place,
+    cache_bytes_held,
+    cache_tokens_read,
+    paged_runner,
+    roofline,
+)
+from proposals.text_pipeline.report import greedy
+from proposals.text_pipeline.runners import OrtRunner
 
 ZOO_GEMMA3 = Path(__file__).resolve().parents[3] / "zoo" / "text_pipeline" / "test_gemma3_decoder" / "model.onnx"
 
@@ -31,12 +45,42 @@ def test_roofline_share_is_the_bound_step_over_the_measured_one() -> None:
         "context": 96,
         "new_tokens": 8,
         "batch": 4,
-        "decode_tokens_per_s": {"a": 40.0, "b": 80.0},  # a step of 0.1 s and of 0.05 s
-        "weight_bytes": {"a": 1.5e9, "b": 0.5e9},
+        "decode_tokens_per_s": {"a": 40.0, PAGED: 80.0},  # a step of 0.1 s and of 0.05 s
+        "weight_bytes": {"a": 1.5e9, PAGED: 0.5e9},
     }
-    shares = roofline(row, lambda held: 1e6 * held, bandwidth_gbs=20.0)  # 100 tokens held mid-decode
+
+    def bytes_read(engine: str, held: int) -> float:
+        return 1e6 * cache_tokens_read(engine, held)
+
+    shares = roofline(row, bytes_read, bandwidth_gbs=20.0)  # 100 tokens held mid-decode
     assert shares["a"] == pytest.approx((1.5e9 + 4 * 1e8) / 20e9 / 0.1)
-    assert shares["b"] == pytest.approx((0.5e9 + 4 * 1e8) / 20e9 / 0.05)
+    assert shares[PAGED] == pytest.approx((0.5e9 + 4 * 1.12e8) / 20e9 / 0.05)  # 7 blocks of 16
+
+
+def test_the_paged_engine_reads_every_block_it_holds() -> None:
+    assert PAGED_BLOCK_SIZE == 16
+    assert [cache_tokens_read(PAGED, held) for held in (1, 16, 17, 100)] == [16, 16, 32, 112]
+    assert cache_tokens_read("this pipeline, in place", 100) == 100
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_paged_engine_decodes_the_in_place_engines_tokens_in_a_pool_sized_for_the_cell(batch) -> None:
+    """Built as the bench builds it (no spare block: 21 + 11 tokens fill 2 blocks of 16 per
+    sequence), reused across runs as the bench's rounds reuse it."""
+    decoder = onnx.load_from_string(decoder_bytes("llama"))  # seeded tiny Llama
+    context, new = 21, 11
+    runner = paged_runner(decoder, context, new, batch)
+    assert runner.cache.manager.num_blocks == 2 * batch
+    for salt in (0, 1):
+        prompts = [[(11 * i + 5 * row + 37 * salt) % 300 + 3 for i in range(context)] for row in range(batch)]
+        expected = greedy(OrtRunner(decoder), prompts, new)
+        assert all(len(tokens) == new for tokens in expected)  # no early stop: every step compared
+        assert greedy(runner, prompts, new) == expected
+
+
+def test_the_paged_engine_refuses_a_ring_buffer_in_one_line() -> None:
+    with pytest.raises(UsageError, match="needs a linear cache"):
+        paged_runner(onnx.load(ZOO_GEMMA3), 16, 4, 1)
 
 
 def _row(rates: dict[str, float], skipped: dict[str, str]) -> dict:
@@ -53,8 +97,8 @@ def _row(rates: dict[str, float], skipped: dict[str, str]) -> dict:
 
 
 def test_a_second_group_of_engines_merges_into_the_cell_and_a_full_run_replaces_it() -> None:
-    first = _row({"a": 1.0, "b": 2.0}, {"c": "not installed (c)"})
-    second = _row({"b": 3.0, "c": 4.0}, {})
+    first = {**_row({"a": 1.0, "b": 2.0}, {"c": "not installed (c)"}), "cache_bytes_read": {"a": 5.0}}
+    second = {**_row({"b": 3.0, "c": 4.0}, {}), "cache_bytes_read": {"c": 7.0}}
     other = {**_row({"a": 5.0}, {}), "context": 1024}
     merged = _place([first, other], second, merge=True)
     assert len(merged) == 2 and other in merged
@@ -62,4 +106,5 @@ def test_a_second_group_of_engines_merges_into_the_cell_and_a_full_run_replaces_
     assert cell["decode_tokens_per_s"] == {"a": 1.0, "b": 3.0, "c": 4.0}
     assert cell["skipped"] == {}  # c ran in the second group
     assert cell["engine_groups"] == [["a"], ["b", "c"]]
+    assert cell["cache_bytes_read"] == {"a": 5.0, "c": 7.0}
     assert _place([first, other], second, merge=False) == [other, second]
