@@ -782,6 +782,9 @@ def _transformers_steps(conn, steps: int, policy: str) -> None:
 
 
 PROFILE_CONTEXTS = (128, 4096)
+# The cell where this pipeline missed its goal against mobius's static graph (decode_gap).
+GAP_CONTEXT = 4096
+GAP_ENGINES = ("this pipeline, in place", "mobius static, in place")
 
 
 def decode_op_profile(
@@ -870,6 +873,110 @@ def _op_shares(events: list[dict]) -> list[dict]:
     ]
 
 
+def held_step(runner, held: int) -> Callable[[], object]:
+    """One decode step of ``runner`` with ``held`` tokens in its cache, repeatable: each call
+    rewinds the batch to ``held`` tokens first, so it writes the same slot and reads as much."""
+
+    def step():
+        runner.lengths = [held] * len(runner.lengths)
+        return runner.append([[5]] * len(runner.lengths))
+
+    return step
+
+
+def decode_gap(
+    name: str = MODELS[0], context: int = GAP_CONTEXT, new_tokens: int = NEW_TOKENS, rounds: int = 5
+) -> tuple[list[dict], dict]:
+    """The ``context`` x 1 cell's gap between this pipeline in place and mobius-onnx's
+    static-cache graph in place, measured again in one process: each engine built as
+    :func:`engine_run` builds it (the same cache capacity, ``context + new_tokens``), first the
+    bench's own generations (``_generator_run``, ``_greedy_run``), interleaved over ``rounds``
+    rounds, then one decode step with ``context`` tokens held (:func:`held_step`), interleaved,
+    beside this pipeline's step in a cache of the decoder's whole context (what a capacity
+    difference would cost) and the Generator's per-token choice (what the two run loops differ by)."""
+    import copy
+    import os
+
+    from generator.bench import time_interleaved
+    from proposals.text_pipeline import reference
+    from proposals.text_pipeline.checkpoints import checkpoint_file
+    from proposals.text_pipeline.export import exported_folder
+    from proposals.text_pipeline.folder import ModelFolder
+
+    capacity = context + new_tokens
+    # mobius's graph first: its GGUF load and serialization peak before the other session exists
+    static = MobiusStaticRunner(
+        ort_session(build_mobius(checkpoint_file(name), "static", max_seq_len=capacity)), inplace=True
+    )
+    folder = ModelFolder.read(exported_folder(name))
+    ours = OrtRunner(folder.decoder, threads=THREADS, external_data=folder.external_data)
+    runs = {GAP_ENGINES[0]: _generator_run(ours, new_tokens), GAP_ENGINES[1]: _greedy_run(static, new_tokens, capacity)}
+    samples: dict[str, list[tuple[float, float]]] = {engine: [] for engine in runs}
+    load = [os.getloadavg()[0]]
+    for round_ in range(rounds):
+        for engine in list(runs)[round_ % 2 :] + list(runs)[: round_ % 2]:
+            samples[engine].append(runs[engine](prompts(context, 1, ours.vocab_size, salt=1 + round_)))
+        load.append(os.getloadavg()[0])
+        print("round", round_, {e: round((new_tokens - 1) / s[-1][1], 1) for e, s in samples.items()}, flush=True)
+    rows = [
+        {
+            "measure": "generation",
+            "engine": engine,
+            "capacity": capacity,
+            "decode_tokens_per_s": (new_tokens - 1) / statistics.median(s[1] for s in runs_),
+            "ttft_s": statistics.median(s[0] for s in runs_),
+            "decode_tokens_per_s_each_round": [(new_tokens - 1) / s[1] for s in runs_],
+        }
+        for engine, runs_ in samples.items()
+    ]
+    # both caches hold the last generation's prompt and tokens: step from `context` tokens on
+    whole = copy.copy(ours)  # the same session, its own cache of the decoder's whole context
+    whole.start(1, ours.max_positions)
+    for key, cache in ours.caches.items():
+        whole.caches[key][:, :, : cache.shape[2]] = cache
+    logits = ours.append([[5]])
+    config = GenerationConfig(max_new_tokens=new_tokens)
+    history = [list(range(context))]
+    steps = {
+        (GAP_ENGINES[0], capacity): held_step(ours, context),
+        (GAP_ENGINES[1], capacity): held_step(static, context),
+        (GAP_ENGINES[0], whole.capacity): held_step(whole, context),
+        ("Generator's token choice", None): lambda: reference.choose(
+            reference.process(logits, history, [1], config), config.sampling_config, None
+        ),
+    }
+    times = time_interleaved({f"{e} @ {c}": f for (e, c), f in steps.items()}, batches=15, min_batch_s=0.2)
+    load.append(os.getloadavg()[0])
+    for (engine, slots), seconds in zip(steps, times.values(), strict=True):
+        rows.append(
+            {"measure": "decode step", "engine": engine, "capacity": slots, "held": context, "s_per_step": seconds}
+        )
+    return rows, {"load_average": load, "niceness": os.nice(0)}
+
+
+def write_decode_gap(rounds: int = 5) -> None:
+    """:func:`decode_gap` to ``bench/throughput_checkpoints_gap.json``, beside what the
+    throughput bench recorded in that cell."""
+    rows, measured = decode_gap(rounds=rounds)
+    cell = next(
+        (r for r in _earlier_result()["rows"] if (r["model"], r["context"], r["batch"]) == (MODELS[0], GAP_CONTEXT, 1)),
+        None,
+    )
+    recorded = {k: cell[k] for k in ("decode_tokens_per_s", "ttft_s", "load_average", "rounds")} if cell else {}
+    setup = {
+        "model": MODELS[0],
+        "context": GAP_CONTEXT,
+        "batch": 1,
+        "new_tokens": NEW_TOKENS,
+        "rounds": rounds,
+        "threads": THREADS,
+        "engines": list(GAP_ENGINES),
+        "bench_recorded": recorded,
+        **measured,
+    }
+    write_json(TOPIC, "throughput_checkpoints_gap", rows, setup)
+
+
 def _cli(argv: list[str]) -> int:
     """``python -m proposals.text_pipeline.real_throughput [--cells ... | --profile | ...]``."""
     try:
@@ -880,6 +987,8 @@ def _cli(argv: list[str]) -> int:
                 decode_op_profile(),
                 {"model": MODELS[0], "contexts": list(PROFILE_CONTEXTS), "steps": 16},
             )
+        elif "--decode-gap" in argv:
+            write_decode_gap()
         elif "--transformers-diagnosis" in argv:
             write_json(TOPIC, "transformers_diagnosis", transformers_diagnosis(), {"model": MODELS[0], "held": 64})
         elif "--recount-weights" in argv:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from generator.errors import UsageError
+from proposals.text_pipeline import build_decoder
 from proposals.text_pipeline.cache_formats import cache_buffers
+from proposals.text_pipeline.families import tiny_model
 from proposals.text_pipeline.folder import decoder_bytes
 from proposals.text_pipeline.real_throughput import (
     PAGED,
@@ -20,6 +23,7 @@ from proposals.text_pipeline.real_throughput import (
     _place,
     cache_bytes_held,
     cache_tokens_read,
+    held_step,
     paged_runner,
     roofline,
 )
@@ -108,3 +112,17 @@ def test_a_second_group_of_engines_merges_into_the_cell_and_a_full_run_replaces_
     assert cell["engine_groups"] == [["a"], ["b", "c"]]
     assert cell["cache_bytes_read"] == {"a": 5.0, "c": 7.0}
     assert _place([first, other], second, merge=False) == [other, second]
+
+
+def test_a_held_step_rewinds_to_the_same_slot_every_call() -> None:
+    """decode_gap's repeated step: each call decodes as the first step after ``held`` tokens
+    did, however far the runner had gone, and leaves ``held + 1`` tokens held."""
+    runner = OrtRunner(build_decoder(tiny_model("llama")), threads=1)
+    runner.start(1, 16)
+    runner.append([[7, 8, 9, 10]])
+    first = runner.append([[5]])  # the step after 4 tokens
+    runner.append([[11]])  # the runner moves on; slot 5 now holds another token
+    step = held_step(runner, 4)
+    for _ in range(2):
+        np.testing.assert_allclose(step(), first, rtol=1e-6, atol=1e-6)
+        assert runner.lengths == [5]
