@@ -662,25 +662,30 @@ def checkpoint_throughput_setup() -> str:
     loads = [x for r in rows for x in r.get("load_average", [])]
     samples = setup.get("bandwidth_samples_gbs", [setup["bandwidth_gbs"]])
     load = f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else ""
-    grouped = [
-        f"{r['model']} {r['context']}×{r['batch']}: " + " | ".join(", ".join(g) for g in r["engine_groups"])
-        for r in rows
-        if len(r.get("engine_groups", [])) > 1
-    ]
-    groups = (
-        ". These cells ran their engines in groups, each interleaved within itself (every engine's process "
-        "at once did not fit in memory, or a group was added later): " + "; ".join(grouped)
-        if grouped
-        else ""
-    )
     return (
         f"measured cells (prompt tokens × batch): {cells(measured)}, each the median of {rows[0]['rounds']} "
         f"interleaved rounds, {rows[0]['new_tokens']} new tokens, {setup['threads']} threads, read bandwidth "
         f"{setup['bandwidth_gbs']:.1f} GB/s (the best of {len(samples)} measurements taken between the runs, "
         f"which ranged over {min(samples):.0f}–{max(samples):.0f} GB/s){load}, "
         f"{setup.get('bench_seconds', 0) / 60:.0f} minutes "
-        f"on {machine_text(data['machine'])}{groups}. Not measured (they did not fit the time): "
+        f"on {machine_text(data['machine'])}. Not measured (they did not fit the time): "
         f"{cells(missing) or 'none'}"
+    )
+
+
+def checkpoint_engine_groups() -> str:
+    """A list of the cells whose engines ran in groups, each group on its own line."""
+    rows = [r for r in _throughput()["rows"] if len(r.get("engine_groups", [])) > 1]
+    if not rows:
+        return "Every cell ran all its engines at once."
+    items = [
+        f"- {r['model']}, {r['context']}×{r['batch']}: "
+        + " and ".join(f"[{'; '.join(group)}]" for group in r["engine_groups"])  # names hold commas
+        for r in rows
+    ]
+    return (
+        "These cells ran their engines in groups, each group interleaved within itself (all of a cell's "
+        "engine processes at once did not fit in memory, or a group was measured again later):\n\n" + "\n".join(items)
     )
 
 
