@@ -35,6 +35,7 @@ def session(
     threads: int = 2,
     log_severity: int = WARNING,
     external_data: Path | None = None,
+    spinning: bool = False,
 ) -> ort.InferenceSession:
     """A CPU session with thread-pool spinning off, on ``threads`` intra-op threads (or
     ``ONNX_GENAI_ORT_THREADS``).
@@ -47,6 +48,9 @@ def session(
     proposal is about. A caller that runs such a graph with a plain ``run()`` on purpose
     (a copying baseline, a check of values only) passes ``log_severity=ERROR`` and says why.
 
+    ``spinning=True`` lets idle pool threads spin between ops instead of sleeping: only for
+    a measurement of what that waiting costs, with nothing else meant to run beside it.
+
     ``external_data`` is the folder a model's external-data locations are relative to, for a
     model read without its weights (``ModelFolder.read`` of an exported checkpoint): onnxruntime
     then reads the weights from there instead of a second copy in memory.
@@ -54,7 +58,7 @@ def session(
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads(threads)
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = log_severity
     if external_data is not None:  # a model in memory whose weights stay in its folder's data file

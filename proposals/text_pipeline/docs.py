@@ -878,3 +878,26 @@ def checkpoint_profile_summary() -> str:
         top = ", ".join(f"{r['op']} {percent(r['share'])}" for r in rows[:3])
         parts.append(f"{form} after {context:,} tokens: {duration(rows[0]['run_s_per_step'])} per step ({top})")
     return "; ".join(parts)
+
+
+def checkpoint_decode_gap() -> str:
+    """SmolLM2's 4,096 x 1 cell measured again, this pipeline against mobius's static graph
+    in one process at the same capacity (``real_throughput.py --decode-gap``)."""
+    data = load_results(TOPIC, "throughput_checkpoints_gap")
+    setup, rows = data["setup"], data["rows"]
+    ours, static = setup["engines"]
+    runs = {r["engine"]: r for r in rows if r["measure"] == "generation"}
+    steps = {(r["engine"], r["capacity"]): r["s_per_step"] for r in rows if r["measure"] == "decode step"}
+    capacity = runs[ours]["capacity"]
+    whole = next(c for (e, c) in steps if e == ours and c != capacity)
+    recorded = setup["bench_recorded"]["decode_tokens_per_s"]
+    loads = setup["load_average"]
+    return (
+        f"both at {capacity:,} slots, over {setup['rounds']} interleaved rounds, {ours} decoded at "
+        f"{runs[ours]['decode_tokens_per_s']:.1f} tokens/s and {static} at "
+        f"{runs[static]['decode_tokens_per_s']:.1f} (the committed cell had {recorded[ours]:.1f} and "
+        f"{recorded[static]:.1f}); one decode step with {setup['context']:,} tokens held took "
+        f"{duration(steps[(ours, capacity)])} and {duration(steps[(static, capacity)])}, and "
+        f"{duration(steps[(ours, whole)])} for this pipeline in {whole:,} slots; load average "
+        f"{min(loads):.1f}–{max(loads):.1f}"
+    )

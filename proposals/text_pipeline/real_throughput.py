@@ -954,6 +954,35 @@ def decode_gap(
     return rows, {"load_average": load, "niceness": os.nice(0)}
 
 
+THREADING_HELD = (128, 1024)  # tokens held: the float32 goal's and the roofline goal's cells
+
+
+def threading_diagnosis(name: str = MODELS[0]) -> list[dict]:
+    """One decode step of this pipeline in place with ``THREADING_HELD`` tokens held, its
+    session's intra-op pool three ways, interleaved in one process: 2 threads sleeping between
+    ops (how every session here runs), 2 threads spinning, and 1 thread. What the 2-thread
+    pool's wake-ups cost per step, beside the step's roofline time."""
+    from generator.bench import time_interleaved
+    from proposals.text_pipeline.export import exported_folder
+    from proposals.text_pipeline.folder import ModelFolder
+
+    folder = ModelFolder.read(exported_folder(name))
+    pools = {"2 threads, sleeping": (2, False), "2 threads, spinning": (2, True), "1 thread": (1, False)}
+    rows = []
+    for held in THREADING_HELD:
+        steps = {}
+        for pool, (threads, spinning) in pools.items():
+            runner = OrtRunner(folder.decoder, threads=threads, external_data=folder.external_data, spinning=spinning)
+            runner.start(1, held + 1)
+            runner.append([prompts(held, 1, runner.vocab_size)[0]])
+            steps[pool] = held_step(runner, held)
+        times = time_interleaved(steps, batches=9, min_batch_s=0.3)
+        weights = weight_bytes(name, GAP_ENGINES[0])
+        rows += [{"held": held, "pool": p, "s_per_step": t, "weight_bytes": weights} for p, t in times.items()]
+        print(held, {p: round(1 / t, 1) for p, t in times.items()}, flush=True)
+    return rows
+
+
 def write_decode_gap(rounds: int = 5) -> None:
     """:func:`decode_gap` to ``bench/throughput_checkpoints_gap.json``, beside what the
     throughput bench recorded in that cell."""
@@ -987,6 +1016,13 @@ def _cli(argv: list[str]) -> int:
                 decode_op_profile(),
                 {"model": MODELS[0], "contexts": list(PROFILE_CONTEXTS), "steps": 16},
             )
+        elif "--threading" in argv:
+            import os
+
+            setup = {"model": MODELS[0], "load_average": [os.getloadavg()[0]], "bandwidth_gbs": memory_bandwidth_gbs()}
+            rows = threading_diagnosis()
+            setup["load_average"].append(os.getloadavg()[0])
+            write_json(TOPIC, "throughput_checkpoints_threads", rows, setup)
         elif "--decode-gap" in argv:
             write_decode_gap()
         elif "--transformers-diagnosis" in argv:

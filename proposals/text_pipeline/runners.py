@@ -36,14 +36,24 @@ class OrtRunner:
     """onnxruntime CPU runner with the cache updated in place through IOBinding."""
 
     def __init__(
-        self, model: onnx.ModelProto, *, inplace: bool = True, threads: int = 2, external_data: Path | None = None
+        self,
+        model: onnx.ModelProto,
+        *,
+        inplace: bool = True,
+        threads: int = 2,
+        external_data: Path | None = None,
+        spinning: bool = False,
     ) -> None:
         self.spec: DecoderSpec = spec_from_model(model)
         self.buffers = cache_buffers(model)  # past_* inputs: names, element types, dims
         # The copying runner is the bench's baseline: it copies the cache on purpose, so
         # onnxruntime's TensorScatter copy warning would repeat at every step.
         self.session = session(
-            model, threads=threads, log_severity=WARNING if inplace else ERROR, external_data=external_data
+            model,
+            threads=threads,
+            log_severity=WARNING if inplace else ERROR,
+            external_data=external_data,
+            spinning=spinning,
         )
         self.model, self.threads, self.external_data = model, threads, external_data
         self._prefill_session: ort.InferenceSession | None = None  # built on the first prompt past a window
