@@ -901,3 +901,21 @@ def checkpoint_decode_gap() -> str:
         f"{duration(steps[(ours, whole)])} for this pipeline in {whole:,} slots; load average "
         f"{min(loads):.1f}–{max(loads):.1f}"
     )
+
+
+def checkpoint_threading() -> str:
+    """This pipeline's SmolLM2 decode step with its pool sleeping, spinning and on one thread
+    (``real_throughput.py --threading``), each with its roofline share."""
+    data = load_results(TOPIC, "throughput_checkpoints_threads")
+    bandwidth = data["setup"]["bandwidth_gbs"]
+    parts = []
+    for held in dict.fromkeys(r["held"] for r in data["rows"]):
+        rows = [r for r in data["rows"] if r["held"] == held]
+        share = {r["pool"]: r["weight_bytes"] / (bandwidth * 1e9) / r["s_per_step"] for r in rows}
+        steps = ", ".join(f"{r['pool']} {duration(r['s_per_step'])} ({percent(share[r['pool']])})" for r in rows)
+        parts.append(f"with {held:,} tokens held: {steps}")
+    loads = data["setup"]["load_average"]
+    return (
+        "; ".join(parts) + f" (in brackets: the weights' read time at {bandwidth:.1f} GB/s over the step; "
+        f"load average {min(loads):.1f}–{max(loads):.1f})"
+    )
