@@ -989,6 +989,17 @@ def threading_diagnosis(name: str = MODELS[0]) -> list[dict]:
     return rows
 
 
+def write_threading() -> None:
+    """:func:`threading_diagnosis` to ``bench/throughput_checkpoints_threads.json``, with the
+    read bandwidth measured beside it."""
+    import os
+
+    setup = {"model": MODELS[0], "load_average": [os.getloadavg()[0]], "bandwidth_gbs": memory_bandwidth_gbs()}
+    rows = threading_diagnosis()
+    setup["load_average"].append(os.getloadavg()[0])
+    write_json(TOPIC, "throughput_checkpoints_threads", rows, setup)
+
+
 def write_decode_gap(rounds: int = 5) -> None:
     """:func:`decode_gap` to ``bench/throughput_checkpoints_gap.json``, beside what the
     throughput bench recorded in that cell."""
@@ -1023,12 +1034,7 @@ def _cli(argv: list[str]) -> int:
                 {"model": MODELS[0], "contexts": list(PROFILE_CONTEXTS), "steps": 16},
             )
         elif "--threading" in argv:
-            import os
-
-            setup = {"model": MODELS[0], "load_average": [os.getloadavg()[0]], "bandwidth_gbs": memory_bandwidth_gbs()}
-            rows = threading_diagnosis()
-            setup["load_average"].append(os.getloadavg()[0])
-            write_json(TOPIC, "throughput_checkpoints_threads", rows, setup)
+            write_threading()
         elif "--decode-gap" in argv:
             write_decode_gap()
         elif "--transformers-diagnosis" in argv:
