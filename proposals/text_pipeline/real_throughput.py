@@ -374,12 +374,20 @@ class EngineProcess:
         try:
             return self.conn.recv()
         except EOFError:
-            self.process.join()
-            return "skip", f"its process ended (exit status {self.process.exitcode})"
+            return self._ended()
 
     def ask(self, message) -> tuple[str, object]:
-        self.conn.send(message)
+        try:
+            self.conn.send(message)
+        except BrokenPipeError:  # it died while another engine ran (the OOM killer picks the largest)
+            return self._ended()
         return self._answer()
+
+    def _ended(self) -> tuple[str, object]:
+        self.process.join()
+        code = self.process.exitcode
+        killed = ", killed (SIGKILL: the kernel's out-of-memory killer does that)" if code == -9 else ""
+        return "skip", f"its process ended (exit status {code}{killed})"
 
     def close(self) -> float | None:
         """Ends the child; its peak RSS since the last reset."""

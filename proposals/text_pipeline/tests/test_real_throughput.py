@@ -126,3 +126,26 @@ def test_a_held_step_rewinds_to_the_same_slot_every_call() -> None:
     for _ in range(2):
         np.testing.assert_allclose(step(), first, rtol=1e-6, atol=1e-6)
         assert runner.lengths == [5]
+
+
+@pytest.mark.parametrize(("kill", "said"), [(False, "exit status 3)"), (True, "out-of-memory killer")])
+def test_an_engine_whose_process_died_is_skipped_with_its_exit_status(kill: bool, said: str) -> None:
+    """A child that died while another engine ran (the OOM killer) makes its next turn a skip
+    with one line, not a BrokenPipeError that ends the whole bench."""
+    import multiprocessing
+    import sys
+    import time
+
+    from proposals.text_pipeline.real_throughput import EngineProcess
+
+    ctx = multiprocessing.get_context("fork")  # the child only exits or sleeps
+    handle = EngineProcess.__new__(EngineProcess)
+    handle.conn, child = ctx.Pipe()
+    handle.process = ctx.Process(target=time.sleep if kill else sys.exit, args=(60 if kill else 3,), daemon=True)
+    handle.process.start()
+    child.close()
+    if kill:
+        handle.process.kill()
+    handle.process.join()
+    status, info = handle.ask([[1, 2, 3]])
+    assert status == "skip" and said in info and "\n" not in info, (status, info)
