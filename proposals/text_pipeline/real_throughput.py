@@ -29,6 +29,7 @@ run in its time), and the result records which cells were measured.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import statistics
 import sys
@@ -251,7 +252,42 @@ def recount_weights(engines: tuple[str, ...] = ("mobius GQA", "mobius static, in
     _write(data["rows"], setup["bandwidth_samples_gbs"], setup["bench_seconds"])
 
 
+# Graphs whose prefill returns logits for every prompt position (this pipeline's keeps the last
+# one past a window; transformers' generate and llama.cpp keep one too).
+ALL_POSITION_LOGITS = ("onnxruntime-genai", "mobius GQA", "mobius static, in place", "mobius 4-bit")
+
+
 def engine_run(name: str, engine: str, context: int, new_tokens: int, batch: int = 1) -> tuple[Run, int]:
+    """:func:`build_engine`, refusing in one line a prompt batch whose every-position logits
+    alone would take more than half the machine's memory (it would swap, or be killed)."""
+    run, weights = build_engine(name, engine, context, new_tokens, batch)
+    if engine not in ALL_POSITION_LOGITS:
+        return run, weights
+    from proposals.text_pipeline.build import spec_from_model
+    from proposals.text_pipeline.export import exported_folder
+    from proposals.text_pipeline.folder import ModelFolder
+
+    vocab = spec_from_model(ModelFolder.read(exported_folder(name)).decoder).vocab_size
+    return logits_guard(run, vocab, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2), weights
+
+
+def logits_guard(run: Run, vocab: int, budget: float) -> Run:
+    """``run``, refusing in one line a prompt batch whose float32 logits for every position
+    would take more than ``budget`` bytes."""
+
+    def guarded(ids: list[list[int]]) -> tuple[float, float]:
+        need = len(ids) * max(map(len, ids)) * vocab * 4
+        if need > budget:
+            raise UsageError(
+                f"its prefill returns float32 logits for every prompt position: {need / 2**30:.1f} GiB for "
+                f"{len(ids)} x {max(map(len, ids))} tokens, over half this machine's {2 * budget / 2**30:.0f} GiB"
+            )
+        return run(ids)
+
+    return guarded
+
+
+def build_engine(name: str, engine: str, context: int, new_tokens: int, batch: int = 1) -> tuple[Run, int]:
     """One engine on ``name`` for ``context``-token prompts (``batch`` of them, for an engine
     sized for the batch), and the bytes of weights it holds at their precision (what a decode
     step reads). Raises ImportError when the engine is not installed."""

@@ -149,3 +149,14 @@ def test_an_engine_whose_process_died_is_skipped_with_its_exit_status(kill: bool
     handle.process.join()
     status, info = handle.ask([[1, 2, 3]])
     assert status == "skip" and said in info and "\n" not in info, (status, info)
+
+
+def test_a_prompt_batch_whose_logits_would_not_fit_is_refused_in_one_line() -> None:
+    from proposals.text_pipeline.real_throughput import logits_guard
+
+    ran = []
+    guarded = logits_guard(lambda ids: ran.append(ids) or (0.1, 0.2), vocab=1000, budget=2 * 10 * 1000 * 4)
+    assert guarded([[1] * 10, [2] * 10]) == (0.1, 0.2)  # exactly the budget: runs
+    with pytest.raises(UsageError, match=r"^its prefill returns float32 logits .* for 2 x 11 tokens") as err:
+        guarded([[1] * 11, [2] * 3])
+    assert "\n" not in str(err.value) and len(ran) == 1
