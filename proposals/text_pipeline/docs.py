@@ -675,14 +675,17 @@ def checkpoint_throughput_setup() -> str:
 
 def checkpoint_engine_groups() -> str:
     """A list of the cells whose engines ran in groups, each group on its own line."""
-    rows = [r for r in _throughput()["rows"] if len(r.get("engine_groups", [])) > 1]
-    if not rows:
-        return "Every cell ran all its engines at once."
+    groups = {  # a group whose engines were all skipped measured nothing
+        (r["model"], r["context"], r["batch"]): [g for g in r.get("engine_groups", []) if g]
+        for r in _throughput()["rows"]
+    }
     items = [
-        f"- {r['model']}, {r['context']}×{r['batch']}: "
-        + " and ".join(f"[{'; '.join(group)}]" for group in r["engine_groups"])  # names hold commas
-        for r in rows
+        f"- {model}, {context}×{batch}: " + " and ".join(f"[{'; '.join(g)}]" for g in cell)  # names hold commas
+        for (model, context, batch), cell in groups.items()
+        if len(cell) > 1
     ]
+    if not items:
+        return "Every cell ran all its engines at once."
     return (
         "These cells ran their engines in groups, each group interleaved within itself (all of a cell's "
         "engine processes at once did not fit in memory, or a group was measured again later):\n\n" + "\n".join(items)
