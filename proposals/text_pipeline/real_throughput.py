@@ -252,8 +252,9 @@ def recount_weights(engines: tuple[str, ...] = ("mobius GQA", "mobius static, in
     _write(data["rows"], setup["bandwidth_samples_gbs"], setup["bench_seconds"])
 
 
-# Graphs whose prefill returns logits for every prompt position (this pipeline's keeps the last
-# one past a window; transformers' generate and llama.cpp keep one too).
+# Engines whose prefill returns logits for every position of the whole batch's prompts at once
+# (this pipeline prefills one sequence at a time and, past a window, keeps the last position only;
+# transformers' generate and llama.cpp keep the last position).
 ALL_POSITION_LOGITS = ("onnxruntime-genai", "mobius GQA", "mobius static, in place", "mobius 4-bit")
 
 
