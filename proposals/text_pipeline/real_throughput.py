@@ -344,7 +344,6 @@ SIZED_FOR_BATCH = (PAGED,)
 def set_wait_policy(policy: str) -> None:
     """In a spawned bench child, before OpenMP loads: its ``OMP_WAIT_POLICY`` ("default":
     unset, OpenMP's spin-then-sleep). The parent's environment is never changed."""
-    import os
 
     if policy == "default":
         os.environ.pop("OMP_WAIT_POLICY", None)
@@ -394,7 +393,6 @@ class EngineProcess:
 
     def __init__(self, name: str, engine: str, context: int, new_tokens: int, batch: int = 1) -> None:
         import multiprocessing
-        import os
 
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding thread pools
         self.conn, child = ctx.Pipe()
@@ -525,7 +523,6 @@ def measure_cell(
 ) -> dict:
     """One cell: a warm-up run each, then ``rounds`` interleaved rounds; medians, and each
     engine's peak RSS over this cell's runs."""
-    import os
 
     skipped = dict(unavailable)
     names = []
@@ -779,7 +776,6 @@ def llama_cpp_diagnosis(context: int = 128, steps: int = 32) -> list[dict]:
 
 
 def _llama_cpp_rate(conn, context: int, steps: int, policy: str) -> None:
-    import os
 
     from proposals.text_pipeline.checkpoints import checkpoint_file
 
@@ -797,7 +793,6 @@ def _llama_cpp_rate(conn, context: int, steps: int, policy: str) -> None:
 
 
 def _transformers_steps(conn, steps: int, policy: str) -> None:
-    import os
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -946,7 +941,6 @@ def decode_gap(
     beside this pipeline's step in a cache of the decoder's whole context (what a capacity
     difference would cost) and the Generator's per-token choice (what the two run loops differ by)."""
     import copy
-    import os
 
     from generator.bench import time_interleaved
     from proposals.text_pipeline import reference
@@ -1037,7 +1031,6 @@ def threading_diagnosis(name: str = MODELS[0]) -> list[dict]:
 def write_threading() -> None:
     """:func:`threading_diagnosis` to ``bench/throughput_checkpoints_threads.json``, with the
     read bandwidth measured beside it."""
-    import os
 
     setup = {"model": MODELS[0], "load_average": [os.getloadavg()[0]], "bandwidth_gbs": memory_bandwidth_gbs()}
     rows = threading_diagnosis()
