@@ -106,7 +106,7 @@ def checkpoints(quick: bool) -> None:
         {"model": real_throughput.MODELS[0], "contexts": list(real_throughput.PROFILE_CONTEXTS), "steps": 16},
     )
     real_throughput.write_decode_gap()  # the 4096 x 1 cell's gap to mobius's static graph, remeasured
-    real_throughput.write_threading()  # what the 2-thread pool's sleeping costs a decode step
+    real_throughput.write_threading()  # what the 2-thread pool's sleeping costs a decode step (and node counts)
     diagnosis = real_throughput.transformers_diagnosis()
     write_json(TOPIC, "transformers_diagnosis", diagnosis, {"model": real_throughput.MODELS[0], "held": 64})
     setup = {"model": real_throughput.MODELS[0], "context": 128, "steps": 32, "threads": real_throughput.THREADS}

@@ -936,3 +936,16 @@ def checkpoint_long_prefill() -> str:
         other = min((e for e in ttft if not e.startswith("this pipeline")), key=ttft.get)
         parts.append(f"{r['context']:,} tokens: {ttft[ours]:.1f} s against {ttft[other]:.1f} s for {other}")
     return "; ".join(parts) or "no Gemma 3 cell past the window was measured"
+
+
+def checkpoint_kernels() -> str:
+    """Nodes onnxruntime runs per SmolLM2 step in each form, after its own optimizations, with
+    the commonest op types (``real_throughput.py --kernels``)."""
+    rows = load_results(TOPIC, "throughput_checkpoints_kernels")["rows"]
+    return "; ".join(
+        f"{r['form']} {r['nodes']:,} ({', '.join(f'{n} {op}' for op, n in _commonest(r['op_types'], 4))})" for r in rows
+    )
+
+
+def _commonest(counts: Mapping[str, int], k: int) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:k]

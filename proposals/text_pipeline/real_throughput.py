@@ -1028,6 +1028,41 @@ def threading_diagnosis(name: str = MODELS[0]) -> list[dict]:
     return rows
 
 
+def kernels_per_step(name: str = MODELS[0]) -> list[dict]:
+    """The nodes onnxruntime runs for one step of this pipeline's graph, its fused form and
+    mobius's static-cache graph, after onnxruntime's own graph optimizations (counted in the
+    optimized model it writes), by op type: each node is one wake-up of a sleeping pool."""
+    import tempfile
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    from proposals.kv_cache.fusion import fuse_to_gqa
+    from proposals.text_pipeline.checkpoints import checkpoint_file
+    from proposals.text_pipeline.export import exported_folder
+    from proposals.text_pipeline.folder import ModelFolder
+
+    folder = ModelFolder.read(exported_folder(name))
+    forms = {
+        "this pipeline": (folder.decoder, folder.external_data),
+        "this pipeline, fused GQA": (fuse_to_gqa(folder.decoder), folder.external_data),
+        "mobius static": (ir_serde_model(build_mobius(checkpoint_file(name), "static", max_seq_len=256)), None),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for form, (model, weights) in forms.items():
+            options = ort.SessionOptions()
+            options.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "w.bin")
+            if weights is not None:
+                options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights))
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+            ops = Counter(n.op_type for n in optimized.graph.node)
+            rows.append({"form": form, "nodes": sum(ops.values()), "op_types": dict(ops.most_common())})
+    return rows
+
+
 def write_threading() -> None:
     """:func:`threading_diagnosis` to ``bench/throughput_checkpoints_threads.json``, with the
     read bandwidth measured beside it."""
@@ -1036,6 +1071,12 @@ def write_threading() -> None:
     rows = threading_diagnosis()
     setup["load_average"].append(os.getloadavg()[0])
     write_json(TOPIC, "throughput_checkpoints_threads", rows, setup)
+    write_kernels()
+
+
+def write_kernels() -> None:
+    """:func:`kernels_per_step` to ``bench/throughput_checkpoints_kernels.json`` (a count, not a timing)."""
+    write_json(TOPIC, "throughput_checkpoints_kernels", kernels_per_step(), {"model": MODELS[0]})
 
 
 def write_decode_gap(rounds: int = 5) -> None:
@@ -1073,6 +1114,8 @@ def _cli(argv: list[str]) -> int:
             )
         elif "--threading" in argv:
             write_threading()
+        elif "--kernels" in argv:
+            write_kernels()
         elif "--decode-gap" in argv:
             write_decode_gap()
         elif "--transformers-diagnosis" in argv:
