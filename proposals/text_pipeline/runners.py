@@ -121,12 +121,9 @@ class OrtRunner:
             buffer[:, :, held] = self.caches[name][rows][:, :, held % window]
         binding = self._prefill_session.io_binding()
         binding.bind_output("logits")  # first, so it is get_outputs()[0]
-        values = []  # kept alive beside the binding
-        for name, cache in self.caches.items():
-            value = ort.OrtValue.ortvalue_from_numpy(scratch[name] if name in scratch else cache[rows])
-            binding.bind_ortvalue_input(f"past_{name}", value)
-            binding.bind_ortvalue_output(f"present_{name}", value)
-            values.append(value)
+        _alive = _bind_in_place(
+            binding, {n: scratch[n] if n in scratch else c[rows] for n, c in self.caches.items()}
+        )  # kept beside the binding
         for at in range(start, end, window):
             ids = np.asarray([seq[at - start : at - start + window]], np.int64)
             binding.bind_cpu_input("input_ids", ids)
@@ -175,13 +172,7 @@ class OrtRunner:
         if key not in self._bindings:
             binding = self.session.io_binding()
             binding.bind_output("logits")  # first, so it is get_outputs()[0]
-            values = []  # kept alive beside the binding
-            for name, cache in self.caches.items():
-                # The same OrtValue as past and present: TensorScatter writes in place.
-                value = ort.OrtValue.ortvalue_from_numpy(cache[rows])
-                binding.bind_ortvalue_input(f"past_{name}", value)
-                binding.bind_ortvalue_output(f"present_{name}", value)
-                values.append(value)
+            values = _bind_in_place(binding, {name: cache[rows] for name, cache in self.caches.items()})
             self._bindings[key] = (binding, values)
         return self._bindings[key][0]
 
@@ -202,11 +193,7 @@ class OrtRunner:
             binding.bind_ortvalue_input("input_ids", values[0])
             binding.bind_ortvalue_input("write_indices", values[1])
             binding.bind_ortvalue_output("logits", values[2])
-            for name, cache in self.caches.items():
-                value = ort.OrtValue.ortvalue_from_numpy(cache[rows])
-                binding.bind_ortvalue_input(f"past_{name}", value)
-                binding.bind_ortvalue_output(f"present_{name}", value)
-                values.append(value)
+            values += _bind_in_place(binding, {name: cache[rows] for name, cache in self.caches.items()})
             self._bindings[key] = (binding, values, buffers)
         binding, _, (ids_buffer, starts_buffer, logits) = self._bindings[key]
         ids_buffer[...] = ids
@@ -239,6 +226,16 @@ class OrtRunner:
 
 
 # --8<-- [end:ort_runner]
+
+
+def _bind_in_place(binding: ort.IOBinding, caches: dict[str, np.ndarray]) -> list[ort.OrtValue]:
+    """Each cache bound as both ``past_<name>`` and ``present_<name>``, one OrtValue over the
+    numpy buffer, so TensorScatter writes in place; the values, to keep alive beside the binding."""
+    values = [ort.OrtValue.ortvalue_from_numpy(cache) for cache in caches.values()]
+    for name, value in zip(caches, values, strict=True):
+        binding.bind_ortvalue_input(f"past_{name}", value)
+        binding.bind_ortvalue_output(f"present_{name}", value)
+    return values
 
 
 def _ring(buffer: CacheBuffer) -> bool:
