@@ -5,6 +5,7 @@ markers, so ``make bench`` updates the prose together with the table."""
 from __future__ import annotations
 
 import html
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from generator.bench import (
@@ -943,9 +944,6 @@ def checkpoint_kernels() -> str:
     the commonest op types (``real_throughput.py --kernels``)."""
     rows = load_results(TOPIC, "throughput_checkpoints_kernels")["rows"]
     return "; ".join(
-        f"{r['form']} {r['nodes']:,} ({', '.join(f'{n} {op}' for op, n in _commonest(r['op_types'], 4))})" for r in rows
+        f"{r['form']} {r['nodes']:,} ({', '.join(f'{n} {op}' for op, n in Counter(r['op_types']).most_common(4))})"
+        for r in rows
     )
-
-
-def _commonest(counts: Mapping[str, int], k: int) -> list[tuple[str, int]]:
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:k]
